@@ -1,0 +1,70 @@
+"""The one error model: domain errors carry a gRPC status code and an actionable message.
+
+Raise these anywhere in a service; ``modelserve.interceptors.ErrorInterceptor`` is the one place
+that turns them into gRPC statuses (RELIABILITY.md, "Status codes"). Anything else that escapes
+a handler becomes INTERNAL with an opaque id; the stack goes to the log, never to the caller.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ModelServeError(Exception):
+    """Base of every domain error; ``code`` is the gRPC status the caller sees."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgumentError(ModelServeError):
+    """Malformed request: bad tensor name, dtype, shape, byte size, bad name or config."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(ModelServeError):
+    """Unknown model, version, label, feature view or feature."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(ModelServeError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPreconditionError(ModelServeError):
+    """The request is well formed but the system is not in a state to do it (bad artifact)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnavailableError(ModelServeError):
+    """Retryable: not ready, no worker, draining, worker queue full."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhaustedError(ModelServeError):
+    """Not retried: gateway-wide overload or quota."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(ModelServeError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class PermissionDeniedError(ModelServeError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UnauthenticatedError(ModelServeError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class UnimplementedError(ModelServeError):
+    code = grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,102 @@
+"""Server interceptors: the single place errors become statuses, and server spans begin.
+
+grpc.aio interceptors receive a method handler; we return a copy whose behaviour is wrapped,
+for all four call kinds, so no RPC can forget the error mapping (CONVENTIONS.md habit 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from modelserve.errors import ModelServeError
+
+log = logging.getLogger(__name__)
+
+# Health and reflection stay out of traces and error rewriting.
+_SKIPPED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+Behaviour = Callable[..., Any]
+Wrapper = Callable[[str, Behaviour, bool], Behaviour]
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, method: str, wrap: Wrapper) -> grpc.RpcMethodHandler:
+    """Return ``handler`` with its behaviour passed through ``wrap(method, fn, streaming)``."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(method, handler.unary_unary, False),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(method, handler.unary_stream, True),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(method, handler.stream_unary, False),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(method, handler.stream_stream, True),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+async def abort_for(exc: BaseException, context: aio.ServicerContext, method: str) -> None:
+    """Abort ``context`` with the status that ``exc`` stands for (never returns)."""
+    if isinstance(exc, ModelServeError):
+        await context.abort(exc.code, exc.message)
+    ref = uuid.uuid4().hex[:12]
+    log.error("unexpected error in %s (ref %s)", method, ref, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    """Maps ``ModelServeError`` to its status and anything unexpected to INTERNAL + a ref id."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_SKIPPED_PREFIXES):
+            return handler
+        return _rewrap(handler, method, _wrap_errors)
+
+
+def _wrap_errors(method: str, fn: Behaviour, streaming: bool) -> Behaviour:
+    if streaming:
+
+        async def stream_behaviour(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in fn(request, context):
+                    yield item
+            except (asyncio.CancelledError, aio.AbortError):
+                raise
+            except Exception as exc:  # the one catch-all: mapped, logged, never leaked
+                await abort_for(exc, context, method)
+
+        return stream_behaviour
+
+    async def unary_behaviour(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await fn(request, context)
+        except (asyncio.CancelledError, aio.AbortError):
+            raise
+        except Exception as exc:
+            await abort_for(exc, context, method)
+
+    return unary_behaviour

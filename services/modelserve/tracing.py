@@ -1,0 +1,163 @@
+"""OpenTelemetry tracing across every hop: W3C trace context rides in gRPC metadata.
+
+``configure_tracing`` installs a tracer provider from settings (exporter none/console/otlp,
+honouring OTEL_* variables); ``TracingInterceptor`` opens one SERVER span per RPC whose parent
+is the caller's ``traceparent``; ``outbound_metadata`` puts the current context on calls we
+make. Spans never carry tensors or feature values (RELIABILITY.md, Tracing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from grpc import aio
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from modelserve.interceptors import _SKIPPED_PREFIXES, Behaviour, _rewrap
+
+log = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+def configure_tracing(
+    service_name: str,
+    exporter: str,
+    *,
+    sample_ratio: float = 1.0,
+    otlp_endpoint: str = "",
+    span_exporter: SpanExporter | None = None,
+) -> bool:
+    """Install the global tracer provider. Returns False (and installs nothing) for "none".
+
+    ``span_exporter`` lets tests pass an in-memory exporter.
+    """
+    if exporter == "none" and span_exporter is None:
+        return False
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name}),
+        sampler=ParentBasedTraceIdRatio(sample_ratio),
+    )
+    if span_exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    elif exporter == "console":
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        kwargs: dict[str, Any] = {"endpoint": otlp_endpoint} if otlp_endpoint else {}
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(**kwargs)))
+    else:
+        raise ValueError(f"unknown trace exporter {exporter!r}: expected none, console or otlp")
+    trace.set_tracer_provider(provider)
+    log.info("tracing on: exporter=%s sample_ratio=%s", exporter, sample_ratio)
+    return True
+
+
+def shutdown_tracing() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
+def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
+    """Metadata for an outbound call: ``extra`` plus the current W3C trace context."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [*extra, *carrier.items()]
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class TracingInterceptor(aio.ServerInterceptor):
+    """One SERVER span per RPC, child of the caller's ``traceparent`` metadata."""
+
+    def __init__(self, service_name: str) -> None:
+        self._tracer = trace.get_tracer(f"modelserve.{service_name}")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_SKIPPED_PREFIXES):
+            return handler
+        return _rewrap(handler, method, self._wrap)
+
+    def _start(self, method: str, context: aio.ServicerContext) -> tuple[Any, object]:
+        carrier: Mapping[str, Any] = {
+            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+        }
+        parent = propagate.extract(carrier)
+        service, _, name = method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span, token
+
+    @staticmethod
+    def _finish(span: Any, token: object, context: aio.ServicerContext, exc: BaseException | None) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        if exc is not None and not isinstance(exc, aio.AbortError):
+            span.record_exception(exc)
+        if code not in (None, grpc.StatusCode.OK):
+            span.set_status(Status(StatusCode.ERROR, str(code)))
+            span.set_attribute("rpc.grpc.status_code", int(code.value[0]))
+        span.end()
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        except Exception:  # detaching in another context after a cancel is harmless
+            pass
+
+    def _wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
+        if streaming:
+
+            async def stream_behaviour(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                span, token = self._start(method, context)
+                exc: BaseException | None = None
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    self._finish(span, token, context, exc)
+
+            return stream_behaviour
+
+        async def unary_behaviour(request: Any, context: aio.ServicerContext) -> Any:
+            span, token = self._start(method, context)
+            exc: BaseException | None = None
+            try:
+                return await fn(request, context)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                self._finish(span, token, context, exc)
+
+        return unary_behaviour
