@@ -8,11 +8,12 @@ The same call always yields byte-identical files, so their sha256 is stable:
 - ``wide``: INPUT0 FP32 [-1, 512] -> Gemm 2048 -> Relu -> Gemm 2048 -> Relu -> Gemm 10 -> OUTPUT0
   (compute-bound benchmark model).
 - ``dtypes``: one Identity per V2 datatype (FP32, FP16, INT32, INT64, BOOL, BYTES), for codec
-  tests end to end.
+  tests end to end; ``typed_echo`` is the same without FP16 (which V2 cannot send typed).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ def _mlp(
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current = input_name
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
         b = (rng.standard_normal(n_out) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
@@ -85,9 +86,11 @@ DTYPE_IO = [
 ]
 
 
-def dtypes() -> onnx.ModelProto:
+def dtypes(include_fp16: bool = True) -> onnx.ModelProto:
     nodes, inputs, outputs = [], [], []
     for v2, onnx_type in DTYPE_IO:
+        if v2 == "FP16" and not include_fp16:
+            continue
         inputs.append(helper.make_tensor_value_info(f"IN_{v2}", onnx_type, ["batch", 4]))
         outputs.append(helper.make_tensor_value_info(f"OUT_{v2}", onnx_type, ["batch", 4]))
         nodes.append(helper.make_node("Identity", [f"IN_{v2}"], [f"OUT_{v2}"]))
@@ -109,6 +112,8 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("tabular", 1, "tabular", ("production",), "benchmark: overhead-bound MLP"),
     DemoModel("wide", 1, "wide", ("production",), "benchmark: compute-bound MLP"),
     DemoModel("dtypes", 1, "dtypes", ("production",), "one Identity per V2 datatype"),
+    # V2 has no typed field for FP16; this one takes every datatype that can travel typed.
+    DemoModel("typed_echo", 1, "typed_echo", ("production",), "dtypes without FP16"),
 )
 
 _BUILDERS = {
@@ -117,6 +122,7 @@ _BUILDERS = {
     "tabular": tabular,
     "wide": wide,
     "dtypes": dtypes,
+    "typed_echo": lambda: dtypes(include_fp16=False),
 }
 
 

@@ -68,3 +68,44 @@ class UnauthenticatedError(ModelServeError):
 
 class UnimplementedError(ModelServeError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ModelServeError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        FailedPreconditionError,
+        UnavailableError,
+        ResourceExhaustedError,
+        DeadlineExceededError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+        UnimplementedError,
+    )
+}
+# Transport-level details name peers and addresses; callers get a short message instead.
+_TRANSPORT_MARKERS = ("ipv4:", "ipv6:", "unix:", "failed to connect", "Socket closed", "GOAWAY")
+
+
+def from_rpc_error(exc: grpc.RpcError, hop: str) -> ModelServeError:
+    """Carry a downstream status upstream unchanged, minus transport internals."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code == grpc.StatusCode.CANCELLED:
+        details = details or "cancelled"
+    if any(marker in details for marker in _TRANSPORT_MARKERS) or code in (
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    ):
+        details = (
+            f"{hop} failed ({code.name.lower()})"
+            if code != grpc.StatusCode.UNAVAILABLE
+            else (f"{hop} unavailable")
+        )
+    cls = _BY_CODE.get(code)
+    err = cls(details) if cls is not None else ModelServeError(details)
+    if cls is None:
+        err.code = code
+    return err

@@ -80,7 +80,9 @@ class ErrorInterceptor(aio.ServerInterceptor):
 def _wrap_errors(method: str, fn: Behaviour, streaming: bool) -> Behaviour:
     if streaming:
 
-        async def stream_behaviour(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream_behaviour(
+            request: Any, context: aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             try:
                 async for item in fn(request, context):
                     yield item

@@ -119,7 +119,9 @@ class TracingInterceptor(aio.ServerInterceptor):
         return span, token
 
     @staticmethod
-    def _finish(span: Any, token: object, context: aio.ServicerContext, exc: BaseException | None) -> None:
+    def _finish(
+        span: Any, token: object, context: aio.ServicerContext, exc: BaseException | None
+    ) -> None:
         code = context.code() if hasattr(context, "code") else None
         if exc is not None and not isinstance(exc, aio.AbortError):
             span.record_exception(exc)
@@ -135,7 +137,9 @@ class TracingInterceptor(aio.ServerInterceptor):
     def _wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
         if streaming:
 
-            async def stream_behaviour(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream_behaviour(
+                request: Any, context: aio.ServicerContext
+            ) -> AsyncIterator[Any]:
                 span, token = self._start(method, context)
                 exc: BaseException | None = None
                 try:

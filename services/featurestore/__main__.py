@@ -1,0 +1,8 @@
+from modelserve.server import serve
+
+from featurestore import SPEC
+
+if __name__ == "__main__":
+    import sys
+
+    serve(SPEC, sys.argv[1:])

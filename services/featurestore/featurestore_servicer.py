@@ -1,0 +1,86 @@
+"""The FeatureStore gRPC service: decode, call the domain, encode. Nothing else.
+
+Errors are domain exceptions; ``modelserve.interceptors.ErrorInterceptor`` maps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from grpc import aio
+from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
+
+from featurestore import convert
+from featurestore.catalog import ViewCatalog
+from featurestore.online import (
+    MAX_KEYS_PER_CALL,
+    MAX_VALUES_PER_CALL,
+    OnlineFeatures,
+    now_unix_ms,
+)
+from featurestore.online_store import OnlineStore
+
+
+class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
+    def __init__(
+        self,
+        *,
+        catalog: ViewCatalog,
+        online_store: OnlineStore,
+        max_keys_per_call: int = MAX_KEYS_PER_CALL,
+        max_values_per_call: int = MAX_VALUES_PER_CALL,
+        now_ms: Callable[[], int] = now_unix_ms,
+    ) -> None:
+        self._catalog = catalog
+        self._online = OnlineFeatures(
+            catalog=catalog,
+            online_store=online_store,
+            max_keys_per_call=max_keys_per_call,
+            max_values_per_call=max_values_per_call,
+            now_ms=now_ms,
+        )
+
+    async def ApplyFeatureView(
+        self,
+        request: featurestore_pb2.FeatureView,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.FeatureView:
+        view = await self._catalog.apply(convert.view_from_proto(request))
+        return convert.view_to_proto(view)
+
+    async def GetFeatureView(
+        self,
+        request: featurestore_pb2.GetFeatureViewRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.FeatureView:
+        return convert.view_to_proto(self._catalog.get(request.name))
+
+    async def ListFeatureViews(
+        self,
+        request: featurestore_pb2.ListFeatureViewsRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.ListFeatureViewsResponse:
+        views = [convert.view_to_proto(view) for view in self._catalog.views()]
+        return featurestore_pb2.ListFeatureViewsResponse(views=views)
+
+    async def WriteOnlineFeatures(
+        self,
+        request: featurestore_pb2.WriteOnlineFeaturesRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.WriteOnlineFeaturesResponse:
+        written = await self._online.write(
+            request.view,
+            request.entity_keys,
+            convert.columns_from_proto(request.values),
+            request.event_unix_ms,
+        )
+        return featurestore_pb2.WriteOnlineFeaturesResponse(written=written)
+
+    async def GetOnlineFeatures(
+        self,
+        request: featurestore_pb2.GetOnlineFeaturesRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.GetOnlineFeaturesResponse:
+        columns = await self._online.read(request.view, request.features, request.entity_keys)
+        return convert.lookup_to_proto(columns)

@@ -1,0 +1,165 @@
+"""The production online store: one Redis string per (view, entity), holding its encoded row.
+
+A lookup of N entities is ONE ``MGET`` (one command, one round trip). A write batch is ONE
+``EVALSHA`` of a small Lua script that, atomically (Redis runs a script as a unit), reads the
+stored rows, drops every incoming row older than the stored one, and writes the rest with
+``MSET``. Keys get no expiry tied to the TTL: EXPIRED is decided at read time from the event
+time, so Redis must never drop a value before its expiry can be reported. An optional key
+expiry far beyond the TTL keeps memory bounded. Run Redis with ``maxmemory-policy
+noeviction`` (or ``volatile-*`` with expiry off) so values are not evicted early.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from modelserve.errors import UnavailableError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from featurestore.breaker import CircuitBreaker
+from featurestore.online_store import StoredRow
+from featurestore.rows import EVENT_OFFSET, FORMAT_VERSION
+
+log = logging.getLogger(__name__)
+
+# Lua's unpack() tops out near 8000 values, so big batches are read and written in chunks;
+# the script as a whole stays atomic. 3000 keys: a 1,000-row batch is one MGET + one MSET.
+_CHUNK = 3000
+
+_WRITE_SCRIPT = f"""
+-- KEYS: row keys. ARGV[1]: key expiry in ms (0 = none). ARGV[i + 1]: the row for KEYS[i].
+-- A row's event time is an int64 LE at byte offset {EVENT_OFFSET} (rows.py); newest wins.
+local expiry = tonumber(ARGV[1])
+local chunk = {_CHUNK}
+local out = {{}}
+for first = 1, #KEYS, chunk do
+  local last = math.min(first + chunk - 1, #KEYS)
+  local old = redis.call('MGET', unpack(KEYS, first, last))
+  for i = first, last do
+    local new = ARGV[i + 1]
+    local prev = old[i - first + 1]
+    if prev and (#prev < {EVENT_OFFSET + 8} or string.byte(prev, 1) ~= {FORMAT_VERSION}) then
+      return redis.error_reply('ERR stored value at ' .. KEYS[i] .. ' is not a feature row')
+    end
+    if (not prev) or struct.unpack('<i8', prev, {EVENT_OFFSET + 1})
+        <= struct.unpack('<i8', new, {EVENT_OFFSET + 1}) then
+      out[#out + 1] = KEYS[i]
+      out[#out + 1] = new
+    end
+  end
+end
+for first = 1, #out, 2 * chunk do
+  redis.call('MSET', unpack(out, first, math.min(first + 2 * chunk - 1, #out)))
+end
+if expiry > 0 then
+  for i = 1, #out, 2 do redis.call('PEXPIRE', out[i], expiry) end
+end
+return #out / 2
+"""
+
+
+@dataclass(frozen=True)
+class RedisClientConfig:
+    """Redis client settings; the defaults are RELIABILITY.md's Redis row (50 ms budget)."""
+
+    socket_connect_timeout_s: float = 0.1
+    socket_timeout_s: float = 0.05
+    retries: int = 2  # on connection errors and timeouts only
+    backoff_base_s: float = 0.01
+    backoff_cap_s: float = 0.5
+    health_check_interval_s: int = 10
+    breaker_failures: int = 5
+    breaker_open_s: float = 1.0
+
+
+def make_client(url: str, config: RedisClientConfig) -> aioredis.Redis:
+    """A redis.asyncio client from a ``redis://`` / ``rediss://`` URL (AUTH/TLS in the URL)."""
+    return aioredis.from_url(
+        url,
+        socket_connect_timeout=config.socket_connect_timeout_s,
+        socket_timeout=config.socket_timeout_s,
+        retry=Retry(
+            ExponentialBackoff(cap=config.backoff_cap_s, base=config.backoff_base_s),
+            config.retries,
+            supported_errors=(RedisConnectionError, RedisTimeoutError),
+        ),
+        health_check_interval=config.health_check_interval_s,
+    )
+
+
+class RedisOnlineStore:
+    """Online rows in Redis under ``key_prefix`` (key = prefix + view + ":" + entity key).
+
+    ``key_expiry_factor`` > 0 expires a key ``max(factor x ttl, key_expiry_min_s)`` after its
+    last write (views with a ttl only); 0 keeps keys forever.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "modelserve:fs:",
+        client_config: RedisClientConfig | None = None,
+        key_expiry_factor: int = 10,
+        key_expiry_min_s: int = 86_400,
+    ) -> None:
+        config = client_config or RedisClientConfig()
+        self._client = make_client(url, config)
+        self._prefix = key_prefix
+        self._expiry_factor = key_expiry_factor
+        self._expiry_min_s = key_expiry_min_s
+        self._write_script = self._client.register_script(_WRITE_SCRIPT)
+        self._breaker = CircuitBreaker(
+            what="online feature store (Redis)",
+            failures=config.breaker_failures,
+            open_s=config.breaker_open_s,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def key(self, view: str, entity: str) -> str:
+        """The Redis key of one entity's row (view names cannot contain ':')."""
+        return f"{self._prefix}{view}:{entity}"
+
+    def _expiry_ms(self, ttl_seconds: int) -> int:
+        if ttl_seconds <= 0 or self._expiry_factor <= 0:
+            return 0
+        return max(ttl_seconds * self._expiry_factor, self._expiry_min_s) * 1000
+
+    async def write_rows(self, view: str, rows: Sequence[StoredRow], *, ttl_seconds: int) -> int:
+        if not rows:
+            return 0
+        keys = [self.key(view, row.entity) for row in rows]
+        args: list[Any] = [self._expiry_ms(ttl_seconds), *(row.blob for row in rows)]
+        stored = await self._guarded(lambda: self._write_script(keys=keys, args=args))
+        return int(stored)
+
+    async def read_rows(self, view: str, entities: Sequence[str]) -> list[bytes | None]:
+        if not entities:
+            return []
+        keys = [self.key(view, entity) for entity in entities]
+        values: list[bytes | None] = await self._guarded(lambda: self._client.mget(keys))
+        return values
+
+    async def _guarded(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a Redis call behind the breaker; outages become UNAVAILABLE (retryable)."""
+        self._breaker.check()
+        try:
+            result = await call()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._breaker.failure()
+            # The address stays in the log; the caller gets a code and a short message.
+            log.warning("redis online store call failed: %r", exc)
+            raise UnavailableError(
+                "online feature store (Redis) did not answer in time; retry"
+            ) from exc
+        self._breaker.success()
+        return result

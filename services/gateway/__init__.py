@@ -1,0 +1,15 @@
+"""gateway: the public V2 (Open Inference Protocol) edge."""
+
+from modelserve.server import ServiceSpec
+
+from gateway.service import build
+from gateway.settings import GatewaySettings
+
+SPEC = ServiceSpec(
+    name="gateway",
+    settings_cls=GatewaySettings,
+    build=build,
+    public=True,
+    connection_age_limited=True,
+    max_concurrent_rpcs=1024,
+)

@@ -1,0 +1,103 @@
+"""The public V2 endpoint: validates every request against the model's signature, then
+forwards it to a router. Metadata answers come from the local registry replica."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+from modelserve import v2_metadata
+from modelserve.catalog import Catalog
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.streaming import stream_infer
+from modelserve.tensors import validate_infer_request
+
+from gateway.signatures import SignatureCache
+from gateway.upstream import RouterClient
+
+EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
+
+
+def label_of(request: pb.ModelInferRequest) -> str:
+    param = request.parameters.get("label")
+    return param.string_param if param is not None else ""
+
+
+class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, *, catalog: Catalog, routers: RouterClient, version: str) -> None:
+        self._catalog = catalog
+        self._routers = routers
+        self._signatures = SignatureCache()
+        self._version = version
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        if not self._catalog.synced.is_set():
+            return pb.ServerReadyResponse(ready=False)
+        try:
+            answer = await self._routers.call(lambda s: s.ServerReady, request, context)
+        except Exception:
+            return pb.ServerReadyResponse(ready=False)
+        return pb.ServerReadyResponse(ready=answer.ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="modelserve", version=self._version, extensions=EXTENSIONS
+        )
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        self._catalog.resolve(request.name, request.version)  # NOT_FOUND at the edge
+        return await self._routers.call(lambda s: s.ModelReady, request, context)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._catalog.get_model(request.name)
+        return v2_metadata.model_metadata(
+            model, self._catalog.resolve(request.name, request.version)
+        )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        return v2_metadata.model_config(self._catalog.resolve(request.name, request.version))
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        return await self._routers.call(lambda s: s.RepositoryIndex, request, context)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self._catalog.resolve(request.name, request.version)
+        return await self._routers.call(lambda s: s.ModelStatistics, request, context)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        version = self._catalog.resolve(
+            request.model_name, request.model_version, label_of(request)
+        )
+        signature = self._signatures.get(version)
+        validate_infer_request(
+            request, signature.inputs, signature.outputs, signature.max_batch_size
+        )
+        return await self._routers.call(lambda s: s.ModelInfer, request, context)
+
+    def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        return stream_infer(request_iterator, context, self.ModelInfer)

@@ -1,0 +1,40 @@
+"""Composition root of the gateway."""
+
+from __future__ import annotations
+
+import modelserve
+from modelserve.catalog import Catalog
+from modelserve.channels import EndpointSet, follow
+from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from modelserve.server import Runtime
+
+from gateway.gateway_servicer import GatewayServicer
+from gateway.settings import GatewaySettings
+from gateway.upstream import RouterClient
+
+
+async def build(runtime: Runtime, settings: GatewaySettings) -> None:
+    catalog = Catalog(runtime.discovery)
+    routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
+    client = RouterClient(
+        routers=routers,
+        default_deadline=settings.default_deadline_seconds,
+        min_deadline=settings.min_deadline_seconds,
+        max_deadline=settings.max_deadline_seconds,
+    )
+    runtime.add_service(
+        grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+        GatewayServicer(catalog=catalog, routers=client, version=modelserve.__version__),
+    )
+    runtime.background(catalog.run(), "registry watch")
+    runtime.background(follow(runtime.discovery, "router", routers), "router discovery")
+
+    async def ready_when_synced() -> None:
+        # Routers may appear later under consul; until then ModelInfer answers UNAVAILABLE.
+        await catalog.synced.wait()
+        await runtime.set_serving(True)
+
+    runtime.background(ready_when_synced(), "readiness")
+    runtime.on_stop(routers.close)
+    runtime.on_stop(catalog.close)

@@ -1,0 +1,25 @@
+"""Gateway settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelserve.server import dependency
+from modelserve.settings import CommonSettings, setting
+
+
+@dataclass
+class GatewaySettings(CommonSettings):
+    port: int = setting(8001, "Public V2 gRPC port (where V2 clients look first).")
+    router_addr: str = dependency(
+        "router", "127.0.0.1:8101", "Router address(es), comma-separated (static discovery)."
+    )
+    registry_addr: str = dependency(
+        "registry", "127.0.0.1:8301", "Registry address(es) for model metadata (static discovery)."
+    )
+    default_deadline_seconds: float = setting(
+        2.0, "Deadline applied when a client sends none (RELIABILITY.md)."
+    )
+    min_deadline_seconds: float = setting(0.01, "Client deadlines are clamped to at least this.")
+    max_deadline_seconds: float = setting(30.0, "Client deadlines are clamped to at most this.")
+    max_concurrent_rpcs: int = setting(1024, "Backstop on concurrent RPCs per gateway process.")

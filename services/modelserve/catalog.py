@@ -1,0 +1,128 @@
+"""A local replica of the registry, fed by its Watch stream; the one place versions resolve.
+
+Gateway, router and worker each keep one, so they agree on what ``model`` + version or label
+means without asking the registry per request. Resolution rules (DESIGN.md, router):
+a numeric version string selects that version; a non-numeric one, or the ``label`` request
+parameter, selects a label; neither selects the ``production`` label, else the newest version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import grpc
+
+from modelserve.channels import EndpointSet
+from modelserve.discovery import Discovery
+from modelserve.errors import NotFoundError
+from modelserve.names import validate_name
+from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LABEL = "production"
+
+
+def resolve_version(
+    model: registry_pb2.Model, version: str = "", label: str = ""
+) -> registry_pb2.ModelVersion:
+    """Pick one version of ``model`` by the rules above; NOT_FOUND names what exists."""
+    by_number = {v.version: v for v in model.versions}
+    if version and version.isdigit():
+        found = by_number.get(int(version))
+        if found is None:
+            have = ", ".join(str(n) for n in sorted(by_number)) or "none"
+            raise NotFoundError(f"model '{model.name}' has no version {version} (versions: {have})")
+        return found
+    label = label or version
+    if label:
+        validate_name(label, "label")
+        if label not in model.labels:
+            have = ", ".join(sorted(model.labels)) or "none"
+            raise NotFoundError(f"model '{model.name}' has no label '{label}' (labels: {have})")
+        return by_number[model.labels[label]]
+    if DEFAULT_LABEL in model.labels and model.labels[DEFAULT_LABEL] in by_number:
+        return by_number[model.labels[DEFAULT_LABEL]]
+    if not by_number:
+        raise NotFoundError(f"model '{model.name}' has no versions")
+    return by_number[max(by_number)]
+
+
+class Catalog:
+    """Models as the registry last told us; ``synced`` is set after the first snapshot."""
+
+    def __init__(self, discovery: Discovery, *, registry_service: str = "registry") -> None:
+        self._discovery = discovery
+        self._service = registry_service
+        self._endpoints = EndpointSet()
+        self.models: dict[str, registry_pb2.Model] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self._listeners: list[Callable[[set[str]], None]] = []
+
+    def on_change(self, listener: Callable[[set[str]], None]) -> None:
+        """Call ``listener(changed_model_names)`` after every applied event."""
+        self._listeners.append(listener)
+
+    def get_model(self, name: str) -> registry_pb2.Model:
+        model = self.models.get(name)
+        if model is None:
+            validate_name(name)
+            raise NotFoundError(f"unknown model '{name}'")
+        return model
+
+    def resolve(self, name: str, version: str = "", label: str = "") -> registry_pb2.ModelVersion:
+        return resolve_version(self.get_model(name), version, label)
+
+    def apply(self, event: registry_pb2.WatchEvent) -> None:
+        changed = {m.name for m in event.models} | set(event.deleted)
+        if event.snapshot:
+            changed |= set(self.models)
+            self.models = {}
+        for model in event.models:
+            self.models[model.name] = model
+        for name in event.deleted:
+            self.models.pop(name, None)
+        self.revision = event.revision
+        for listener in self._listeners:
+            try:
+                listener(changed)
+            except Exception:
+                log.exception("catalog listener failed")
+        if event.snapshot:
+            self.synced.set()
+
+    async def run(self) -> None:
+        """Follow the registry's Watch forever, reconnecting with backoff on any failure."""
+        delay = 0.05
+        while True:
+            try:
+                instances = await self._discovery.resolve(self._service)
+                await self._endpoints.update(i.address for i in instances)
+                endpoint = self._endpoints.pick()
+                if endpoint is None:
+                    raise ConnectionError("no registry instance found by discovery")
+                stub = endpoint.stub(registry_pb2_grpc.RegistryStub)
+                async for event in stub.Watch(registry_pb2.WatchRequest()):
+                    self.apply(event)
+                    delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (grpc.RpcError, ConnectionError, OSError) as exc:
+                log.warning(
+                    "registry watch interrupted (%s); retrying in %.2fs", _short(exc), delay
+                )
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        await self._endpoints.close()
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,161 @@
+"""Client side of every internal hop: channel options, deadlines, and balancing.
+
+One channel per endpoint; requests go to the endpoint with fewer outstanding requests out of
+two picked at random (power of two choices); an endpoint that fails with UNAVAILABLE or a
+transport error is ejected for a while (30 s x ejection count, capped at 300 s, RELIABILITY.md
+"Outlier ejection"), and at most half the endpoints are ever ejected, so a fleet that looks
+all-bad still gets traffic (panic threshold).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from modelserve.errors import DeadlineExceededError
+from modelserve.settings import MIB
+
+# RELIABILITY.md, "Keepalive, internal channels".
+INTERNAL_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
+    """Options for internal channels: internal hops accept at least what the gateway does."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 0),  # retries are the router's decision, on another replica
+        *INTERNAL_KEEPALIVE,
+    ]
+
+
+def insecure_channel(address: str, max_message_bytes: int = 64 * MIB) -> aio.Channel:
+    return aio.insecure_channel(address, options=channel_options(max_message_bytes))
+
+
+def outbound_timeout(
+    context: aio.ServicerContext | None, default: float | None = None
+) -> float | None:
+    """Deadline for a call made while serving ``context``: what remains, less a per-hop margin.
+
+    Margin = max(2 ms, 5 %) (RELIABILITY.md). Raises DEADLINE_EXCEEDED when nothing is left.
+    """
+    remaining = context.time_remaining() if context is not None else None
+    if remaining is None:
+        return default
+    budget = remaining - max(0.002, remaining * 0.05)
+    if budget <= 0:
+        raise DeadlineExceededError("deadline exceeded before the request could be forwarded")
+    return budget
+
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+EJECT_AFTER_FAILURES = 5
+EJECT_BASE_S = 30.0
+EJECT_MAX_S = 300.0
+
+
+@dataclass
+class Endpoint:
+    """One remote instance: its channel, stubs made on it, and its health as we see it."""
+
+    address: str
+    channel: aio.Channel
+    outstanding: int = 0
+    consecutive_failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    stubs: dict[Any, Any] = field(default_factory=dict)
+
+    def stub(self, stub_cls: Callable[[aio.Channel], Any]) -> Any:
+        """A cached stub of ``stub_cls`` on this endpoint's channel."""
+        found = self.stubs.get(stub_cls)
+        if found is None:
+            found = stub_cls(self.channel)
+            self.stubs[stub_cls] = found
+        return found
+
+    def ejected(self, now: float) -> bool:
+        return self.ejected_until > now
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+
+    def record_failure(self, eject_after: int = EJECT_AFTER_FAILURES) -> bool:
+        """Count a retryable failure; eject once ``eject_after`` happen in a row."""
+        self.consecutive_failures += 1
+        if self.consecutive_failures < eject_after:
+            return False
+        self.ejections += 1
+        self.ejected_until = time.monotonic() + min(EJECT_BASE_S * self.ejections, EJECT_MAX_S)
+        self.consecutive_failures = 0
+        return True
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def pick(candidates: Sequence[Endpoint], exclude: Iterable[str] = ()) -> Endpoint | None:
+    """Power of two choices on outstanding requests among non-ejected candidates.
+
+    If every candidate is ejected (or excluded), ejected ones are used anyway rather than
+    failing: ejection is advice, and an all-ejected fleet is better tried than refused.
+    """
+    excluded = set(exclude)
+    pool = [e for e in candidates if e.address not in excluded]
+    if not pool:
+        return None
+    now = time.monotonic()
+    healthy = [e for e in pool if not e.ejected(now)]
+    if len(healthy) * 2 < len(pool):  # panic threshold 50 %: ignore ejections
+        healthy = pool
+    if len(healthy) == 1:
+        return healthy[0]
+    a, b = random.sample(healthy, 2)
+    return a if a.outstanding <= b.outstanding else b
+
+
+class EndpointSet:
+    """Channels to the instances of one service, kept in step with discovery."""
+
+    def __init__(self, max_message_bytes: int = 64 * MIB) -> None:
+        self._max_message_bytes = max_message_bytes
+        self.endpoints: dict[str, Endpoint] = {}
+
+    async def update(self, addresses: Iterable[str]) -> tuple[list[Endpoint], list[Endpoint]]:
+        """Open channels to new addresses, close removed ones; returns (added, removed)."""
+        wanted = set(addresses)
+        added = []
+        for address in sorted(wanted - self.endpoints.keys()):
+            endpoint = Endpoint(address, insecure_channel(address, self._max_message_bytes))
+            self.endpoints[address] = endpoint
+            added.append(endpoint)
+        removed = [self.endpoints.pop(a) for a in sorted(self.endpoints.keys() - wanted)]
+        for endpoint in removed:
+            await endpoint.close()
+        return added, removed
+
+    def pick(self, exclude: Iterable[str] = ()) -> Endpoint | None:
+        return pick(list(self.endpoints.values()), exclude)
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints.values():
+            await endpoint.close()
+        self.endpoints.clear()
+
+
+async def follow(discovery: Any, service: str, endpoints: EndpointSet) -> None:
+    """Keep ``endpoints`` equal to the passing instances of ``service``, forever."""
+    async for instances in discovery.watch(service):
+        await endpoints.update(i.address for i in instances)

@@ -1,0 +1,152 @@
+"""The ``modelserve`` command: run the suite, run one service, manage models, infer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
+from modelserve.registry_client import push_version
+from modelserve.suite import SERVICES
+from modelserve.tensors import DTYPES, decode_outputs, encode_inputs
+
+DEFAULT_GATEWAY = "127.0.0.1:8001"
+DEFAULT_REGISTRY = "127.0.0.1:8301"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelserve", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole suite on this machine until Ctrl-C")
+    up.add_argument("--data-dir", default=".modelserve-data", help="state of registry, workers")
+    up.add_argument("--no-demo", action="store_true", help="do not register the demo models")
+    up.add_argument("--workers", type=int, default=1, help="number of worker processes")
+
+    serve = sub.add_parser("serve", help="run one service (flags after it go to the service)")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("args", nargs=argparse.REMAINDER)
+
+    models = sub.add_parser("models", help="manage models in the registry")
+    models.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry address")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    push = msub.add_parser("push", help="push FILE.onnx as a new version of NAME")
+    push.add_argument("name")
+    push.add_argument("file", type=Path)
+    push.add_argument("--label", action="append", default=[], help="label(s) for the new version")
+    push.add_argument("--description", default="")
+    msub.add_parser("list", help="list models, versions and labels")
+    label = msub.add_parser("label", help="point LABEL of NAME at VERSION")
+    label.add_argument("name")
+    label.add_argument("version", type=int)
+    label.add_argument("label")
+
+    infer = sub.add_parser("infer", help="send one V2 inference to the gateway")
+    infer.add_argument("model")
+    infer.add_argument("--version", default="", help="version number or label")
+    infer.add_argument("--gateway", default=DEFAULT_GATEWAY)
+    infer.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="input tensor as a JSON nested list, e.g. transaction='[[0.1, 0.2, ...]]'",
+    )
+    infer.add_argument("--timeout", type=float, default=5.0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        module = importlib.import_module(args.service)  # services are found by name, not imported
+        from modelserve.server import serve
+
+        serve(module.SPEC, args.args)
+        return 0
+    if args.command == "up":
+        from modelserve.up import run_up
+
+        return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
+    try:
+        return asyncio.run(_client_command(args))
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    if args.command == "models":
+        async with grpc.aio.insecure_channel(args.registry) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            return await _models(stub, args)
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        return await _infer(pb_grpc.GRPCInferenceServiceStub(channel), args)
+
+
+async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace) -> int:
+    if args.models_command == "push":
+        v = await push_version(
+            stub, args.name, args.file, labels=args.label, description=args.description
+        )
+        print(
+            f"pushed {v.model} version {v.version} sha256={v.sha256[:12]} labels={list(v.labels)}"
+        )
+    elif args.models_command == "list":
+        reply = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
+        for m in reply.models:
+            labels = ", ".join(f"{k}->{v}" for k, v in sorted(m.labels.items()))
+            print(f"{m.name}  labels: {labels or '-'}")
+            for v in m.versions:
+                sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in v.inputs)
+                print(f"  v{v.version}  sha256={v.sha256[:12]}  inputs: {sig}")
+    elif args.models_command == "label":
+        m = await stub.SetLabel(
+            registry_pb2.SetLabelRequest(model=args.name, label=args.label, version=args.version),
+            timeout=10,
+        )
+        print(f"{m.name}: {args.label} -> version {m.labels[args.label]}")
+    return 0
+
+
+async def _infer(stub: pb_grpc.GRPCInferenceServiceStub, args: argparse.Namespace) -> int:
+    meta = await stub.ModelMetadata(
+        pb.ModelMetadataRequest(name=args.model, version=args.version), timeout=args.timeout
+    )
+    dtypes = {t.name: t.datatype for t in meta.inputs}
+    arrays: dict[str, np.ndarray] = {}
+    for item in args.input:
+        name, _, raw = item.partition("=")
+        if name not in dtypes:
+            print(
+                f"error: model {args.model} has no input {name!r}; inputs: {sorted(dtypes)}",
+                file=sys.stderr,
+            )
+            return 2
+        dtype = DTYPES[dtypes[name]].numpy
+        arrays[name] = np.asarray(json.loads(raw), dtype=dtype)
+    request = pb.ModelInferRequest(model_name=args.model, model_version=args.version)
+    encode_inputs(request, arrays)
+    response = await stub.ModelInfer(request, timeout=args.timeout)
+    outputs = {k: v.tolist() for k, v in decode_outputs(response).items()}
+    print(
+        json.dumps(
+            {"model": response.model_name, "version": response.model_version, "outputs": outputs},
+            default=str,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

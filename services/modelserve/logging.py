@@ -1,0 +1,56 @@
+"""Structured logs that carry the trace id, so a log line leads to its trace."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from opentelemetry import trace
+
+
+class _TraceIdFilter(logging.Filter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        record.trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
+        record.service = self._service
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": getattr(record, "service", ""),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        trace_id = getattr(record, "trace_id", "")
+        if trace_id:
+            out["trace_id"] = trace_id
+        for key in ("model", "version"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s [trace=%(trace_id)s] %(message)s"
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
+    """Route every log record to stderr, as text or one JSON object a line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_TraceIdFilter(service))
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,313 @@
+"""The server bootstrap every service shares (CONVENTIONS.md habit 6).
+
+``serve(spec, argv)`` loads settings, configures logs and traces, builds a grpc.aio server with
+the interceptor chain, health (NOT_SERVING until the service says it is warm) and reflection,
+starts the metrics port, registers in discovery, and on SIGTERM/SIGINT drains: health goes
+NOT_SERVING, the instance deregisters, in-flight RPCs get ``shutdown_grace_seconds`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from modelserve import metrics, tracing
+from modelserve.discovery import Discovery, Registration
+from modelserve.discovery.static import StaticDiscovery
+from modelserve.interceptors import ErrorInterceptor
+from modelserve.logging import configure_logging
+from modelserve.settings import CommonSettings, describe, load_settings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=CommonSettings)
+
+# Internal servers permit the pings internal clients send (RELIABILITY.md, keepalive A8).
+INTERNAL_SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 2),
+]
+# Gateway and workers: bounded connection age so clients rebalance after scale-out (A9).
+CONNECTION_AGE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_connection_idle_ms", 300_000),
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+]
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[S]):
+    """What ``serve`` needs to know about one service."""
+
+    name: str
+    settings_cls: type[S]
+    build: Callable[[Runtime, S], Awaitable[None]]
+    public: bool = False  # the public edge keeps gRPC's default keepalive policy
+    connection_age_limited: bool = False
+    max_concurrent_rpcs: int | None = None
+
+
+def dependency(service: str, default: Any, help: str) -> Any:
+    """A settings field holding static addresses of another service (``<svc>_addr``)."""
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "env": (), "secret": False, "service": service},
+    )
+
+
+def dependency_addresses(settings: CommonSettings) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for f in dataclasses.fields(settings):
+        svc = f.metadata.get("service")
+        if svc:
+            value = getattr(settings, f.name)
+            addrs = value if isinstance(value, list) else [a.strip() for a in value.split(",")]
+            out[svc] = [a for a in addrs if a]
+    return out
+
+
+def make_discovery(settings: CommonSettings) -> Discovery:
+    if settings.discovery == "consul":
+        from modelserve.discovery.consul import ConsulDiscovery
+
+        return ConsulDiscovery(settings.consul_addr, settings.consul_token)
+    return StaticDiscovery(dependency_addresses(settings))
+
+
+class Runtime:
+    """The running process of one service: server, health, discovery, background tasks."""
+
+    def __init__(
+        self,
+        spec: ServiceSpec[Any],
+        settings: CommonSettings,
+        discovery: Discovery,
+        interceptors: Sequence[aio.ServerInterceptor],
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.discovery = discovery
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if not spec.public:
+            options += INTERNAL_SERVER_OPTIONS
+        if spec.connection_age_limited:
+            options += CONNECTION_AGE_OPTIONS
+        self.server = aio.server(
+            interceptors=list(interceptors),
+            options=options,
+            maximum_concurrent_rpcs=spec.max_concurrent_rpcs,
+        )
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._service_names: list[str] = [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        ]
+        self._drain_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._before_stop_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.meta: dict[str, str] = {}
+        self.port = 0
+        self.metrics_port: int | None = None
+        self.registration: Registration | None = None
+        self.stopping = asyncio.Event()
+        self._serving = False
+        self._started = False
+
+    # --- wiring, called from each service's build() ---
+    def add_service(
+        self, full_name: str, add_fn: Callable[[Any, aio.Server], None], servicer: Any
+    ) -> None:
+        add_fn(servicer, self.server)
+        self._service_names.append(full_name)
+
+    def on_drain(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run when SIGTERM arrives, before the drain wait (e.g. tell routers we are leaving)."""
+        self._drain_hooks.append(hook)
+
+    def before_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run after the drain wait, right before the server stops: end long-lived streams
+        (watches) here, or they would hold the stop for the whole grace period."""
+        self._before_stop_hooks.append(hook)
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run after the server stopped (close stores, channels)."""
+        self._stop_hooks.append(hook)
+
+    def background(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A task that lives as long as the process; a crash is logged, never silent."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    @property
+    def serving(self) -> bool:
+        return self._serving
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health for every service on this port: SERVING only once warm, never while stopping.
+
+        Before ``start`` the wish is kept and applied once the server listens.
+        """
+        if self.stopping.is_set():
+            return
+        self._serving = serving
+        if self._started:
+            await self._apply_health()
+
+    async def _apply_health(self) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self._service_names]:
+            await self.health.set(name, status)
+        metrics.READY.set(1 if self._serving else 0)
+
+    async def update_meta(self, meta: Mapping[str, str]) -> None:
+        self.meta = dict(meta)
+        if self.registration is not None:
+            self.registration = dataclasses.replace(self.registration, meta=self.meta)
+            await self.discovery.update_meta(self.registration)
+
+    # --- lifecycle, called by serve() ---
+    async def start(self) -> None:
+        s = self.settings
+        if s.reflection_enabled:
+            reflection.enable_server_reflection(
+                [*self._service_names, reflection.SERVICE_NAME], self.server
+            )
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {s.host}:{s.port}")
+        await self.server.start()
+        self._started = True
+        await self._apply_health()
+        metrics_port = s.resolved_metrics_port(self.port)
+        if metrics_port is not None:
+            _server, self.metrics_port = metrics.start_metrics_server(s.metrics_host, metrics_port)
+        host = s.advertise_host or (s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
+        if s.discovery == "consul" and not s.advertise_host and s.host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        self.registration = Registration(
+            service=self.spec.name,
+            instance_id=s.instance_id or f"{self.spec.name}-{host}-{self.port}",
+            host=host,
+            port=self.port,
+            meta=self.meta,
+        )
+        await self.discovery.register(self.registration)
+        if s.port_file:
+            _write_port_file(Path(s.port_file), self.spec.name, self.port, self.metrics_port)
+        log.info("%s listening on %s:%d", self.spec.name, s.host, self.port)
+
+    async def shutdown(self) -> None:
+        """Drain, then stop: NOT_SERVING, deregister, wait, stop with grace, run stop hooks."""
+        s = self.settings
+        log.info("%s draining", self.spec.name)
+        self.stopping.set()
+        self._serving = False
+        await self.health.enter_graceful_shutdown()
+        for hook in self._drain_hooks:
+            with contextlib.suppress(Exception):
+                await hook()
+        if self.registration is not None:
+            try:
+                await self.discovery.deregister(self.registration)
+            except Exception:
+                log.warning("deregistration failed", exc_info=True)
+        await asyncio.sleep(s.resolved_drain_seconds())
+        for hook in self._before_stop_hooks:
+            with contextlib.suppress(Exception):
+                await hook()
+        await self.server.stop(s.shutdown_grace_seconds)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self._stop_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.warning("stop hook failed", exc_info=True)
+        await self.discovery.close()
+        log.info("%s stopped", self.spec.name)
+
+
+def _write_port_file(path: Path, service: str, port: int, metrics_port: int | None) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    payload = {"service": service, "port": port, "metrics_port": metrics_port, "pid": os.getpid()}
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:
+    """Build and start one service in this event loop (``run_service`` and in-process tests)."""
+    interceptors: list[aio.ServerInterceptor] = []
+    if traced:
+        interceptors.append(tracing.TracingInterceptor(spec.name))
+    interceptors.append(ErrorInterceptor())
+    runtime = Runtime(spec, settings, make_discovery(settings), interceptors)
+    await spec.build(runtime, settings)
+    await runtime.start()
+    return runtime
+
+
+async def run_service(spec: ServiceSpec[S], settings: S) -> None:
+    """Run one service until SIGTERM/SIGINT, then drain and stop."""
+    traced = tracing.configure_tracing(
+        settings.service_name or f"modelserve-{spec.name}",
+        settings.trace_exporter,
+        sample_ratio=settings.trace_sample_ratio,
+        otlp_endpoint=settings.otlp_endpoint,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = await start_runtime(spec, settings, traced=traced)
+    await stop.wait()
+    await runtime.shutdown()
+    tracing.shutdown_tracing()
+
+
+def serve(
+    spec: ServiceSpec[S], argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> None:
+    """Entry point of ``python -m <service>`` and ``modelserve serve <service>``."""
+    settings = load_settings(spec.settings_cls, argv, env)
+    configure_logging(spec.name, settings.log_level, settings.log_format)
+    log.info("starting %s with %s", spec.name, json.dumps(describe(settings), default=str))
+    try:
+        import uvloop
+
+        uvloop.run(run_service(spec, settings))
+    except ImportError:  # uvloop is optional on platforms without wheels
+        asyncio.run(run_service(spec, settings))

@@ -1,0 +1,193 @@
+"""Typed settings from flags and ``MODELSERVE_*`` environment variables.
+
+Each service declares a dataclass subclassing ``CommonSettings``; every field has a ``help``
+(the docs table is generated from them, see ``settings_table``). Precedence: flag > environment >
+default. Where the ecosystem has its own variable (CONSUL_HTTP_ADDR, OTEL_*), a field names it in
+``env`` and that variable is honoured after the MODELSERVE_ one. Loaders take an env mapping so
+tests never patch ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "MODELSERVE_"
+MIB = 1024 * 1024
+
+
+def setting(default: Any, help: str, *, env: Sequence[str] = (), secret: bool = False) -> Any:
+    """Declare a settings field: its default, a one-line help, extra env names to honour."""
+    return field(default=default, metadata={"help": help, "env": tuple(env), "secret": secret})
+
+
+@dataclass
+class CommonSettings:
+    """Settings every service shares."""
+
+    host: str = setting("127.0.0.1", "Interface the gRPC server binds (0.0.0.0 in containers).")
+    port: int = setting(0, "gRPC port; 0 picks a free one (tests).")
+    metrics_port: int = setting(
+        -1,
+        "Prometheus metrics HTTP port; -1 = gRPC port + 1 (0 when the gRPC port is 0); -2 = off.",
+    )
+    metrics_host: str = setting("127.0.0.1", "Interface the metrics HTTP server binds.")
+    port_file: str = setting(
+        "", "Write the bound ports as JSON to this file once listening (used by `up` and tests)."
+    )
+    advertise_host: str = setting(
+        "", "Host other services use to reach this one (default: host, or 127.0.0.1 for 0.0.0.0)."
+    )
+    instance_id: str = setting(
+        "", "Unique id of this instance in discovery (default: name-host-port)."
+    )
+    discovery: str = setting("static", "Discovery backend: static or consul.")
+    consul_addr: str = setting(
+        "http://127.0.0.1:8500", "Consul agent HTTP address.", env=("CONSUL_HTTP_ADDR",)
+    )
+    consul_token: str = setting("", "Consul ACL token.", env=("CONSUL_HTTP_TOKEN",), secret=True)
+    trace_exporter: str = setting(
+        "none", "Trace exporter: none, console or otlp.", env=("OTEL_TRACES_EXPORTER",)
+    )
+    otlp_endpoint: str = setting(
+        "", "OTLP/gRPC collector endpoint.", env=("OTEL_EXPORTER_OTLP_ENDPOINT",)
+    )
+    service_name: str = setting(
+        "", "Service name in traces (default modelserve-<service>).", env=("OTEL_SERVICE_NAME",)
+    )
+    trace_sample_ratio: float = setting(
+        1.0, "Head sampling ratio for new traces (0..1).", env=("OTEL_TRACES_SAMPLER_ARG",)
+    )
+    log_level: str = setting("INFO", "Log level.")
+    log_format: str = setting("text", "Log format: text or json.")
+    max_receive_message_bytes: int = setting(16 * MIB, "Largest gRPC message accepted.")
+    max_send_message_bytes: int = setting(16 * MIB, "Largest gRPC message sent.")
+    reflection_enabled: bool = setting(True, "Serve gRPC server reflection (grpcurl list).")
+    drain_seconds: float = setting(
+        -1.0,
+        "After SIGTERM, seconds NOT_SERVING before the server stops taking RPCs; "
+        "-1 = 11 with consul (check interval x failures + 1), 0.2 with static.",
+    )
+    shutdown_grace_seconds: float = setting(30.0, "Grace for in-flight RPCs when stopping.")
+
+    def resolved_metrics_port(self, bound_port: int) -> int | None:
+        if self.metrics_port == -2:
+            return None
+        if self.metrics_port == -1:
+            return 0 if self.port == 0 else bound_port + 1
+        return self.metrics_port
+
+    def resolved_drain_seconds(self) -> float:
+        if self.drain_seconds >= 0:
+            return self.drain_seconds
+        return 11.0 if self.discovery == "consul" else 0.2
+
+    def validate(self) -> None:
+        """Fail fast on impossible values; subclasses extend."""
+        _one_of("discovery", self.discovery, ("static", "consul"))
+        _one_of("trace_exporter", self.trace_exporter, ("none", "console", "otlp"))
+        _one_of("log_format", self.log_format, ("text", "json"))
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise SettingsError(
+                f"trace_sample_ratio must be in [0, 1], got {self.trace_sample_ratio}"
+            )
+
+
+class SettingsError(ValueError):
+    """A setting is missing or impossible; raised before anything starts."""
+
+
+def _one_of(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def _base_type(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _parse(raw: str, tp: Any, name: str) -> Any:
+    tp = _base_type(tp)
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if get_origin(tp) is list:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        return raw
+    except ValueError:
+        raise SettingsError(f"setting {name}: cannot parse {raw!r} as {tp.__name__}") from None
+
+
+def env_names(f: dataclasses.Field[Any]) -> list[str]:
+    return [ENV_PREFIX + f.name.upper(), *f.metadata.get("env", ())]
+
+
+def load_settings(
+    cls: type[S], argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> S:
+    """Build ``cls`` from defaults, then ``env``, then ``argv`` flags (``--field-name value``)."""
+    env = os.environ if env is None else env
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    parser = argparse.ArgumentParser(prog=cls.__name__, add_help=True)
+    for f in dataclasses.fields(cls):
+        for name in env_names(f):
+            if name in env and env[name] != "":
+                values[f.name] = _parse(env[name], hints[f.name], name)
+                break
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, help=f.metadata.get("help")
+        )
+    args = parser.parse_args(list(argv or []))
+    for f in dataclasses.fields(cls):
+        raw = getattr(args, f.name)
+        if raw is not None:
+            values[f.name] = _parse(raw, hints[f.name], "--" + f.name.replace("_", "-"))
+    settings = cls(**values)
+    settings.validate()
+    return settings
+
+
+def describe(settings: CommonSettings) -> dict[str, Any]:
+    """The resolved config for the one startup log line; secrets masked."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        out[f.name] = "***" if f.metadata.get("secret") and value else value
+    return out
+
+
+def settings_table(cls: type[CommonSettings]) -> str:
+    """A markdown table of every setting: env names, flag, default, help (docs/configuration.md)."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        env = " / ".join(f"`{n}`" for n in env_names(f))
+        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        rows.append(f"| {env} | `{flag}` | `{default!r}` | {f.metadata.get('help', '')} |")
+    return "\n".join(rows)

@@ -1,0 +1,168 @@
+"""Starting the five services as separate processes on loopback: ``modelserve up`` and the
+end-to-end tests share this launcher, so the tests exercise what users run.
+
+Services start in dependency order, each as ``python -m <service>`` with static discovery
+pointing at the ports the earlier ones reported (port 0 in tests, fixed defaults in ``up``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("registry", "featurestore", "worker", "router", "gateway")
+DEFAULT_PORTS = {
+    "gateway": 8001,
+    "router": 8101,
+    "worker": 8201,
+    "registry": 8301,
+    "featurestore": 8401,
+}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int | None
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Suite:
+    data_dir: Path
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        return self.processes[name].address
+
+    def stop(self, timeout: float = 40.0) -> dict[str, int | None]:
+        """SIGTERM every process, edge first, so in-flight requests drain inward."""
+        for name in reversed(SERVICES):
+            proc = self.processes.get(name)
+            if proc and proc.process.poll() is None:
+                proc.process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for name, proc in self.processes.items():
+            try:
+                codes[name] = proc.process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.process.kill()
+                codes[name] = proc.process.wait()
+        return codes
+
+
+def _wait_port_file(
+    path: Path, proc: subprocess.Popen[bytes], name: str, timeout: float
+) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode} while starting")
+        if path.exists():
+            data: dict[str, int] = json.loads(path.read_text())
+            return data
+        time.sleep(0.02)
+    raise TimeoutError(f"{name} did not start within {timeout:.0f}s")
+
+
+async def wait_serving(address: str, timeout: float, service: str = "") -> None:
+    """Poll grpc.health.v1 until SERVING (the service says it is warm)."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{address} not SERVING within {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+
+
+def start_suite(
+    data_dir: Path,
+    *,
+    ports: Mapping[str, int] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+    workers: int = 1,
+    timeout: float = 60.0,
+) -> Suite:
+    """Start registry, featurestore, worker(s), router and gateway; return once all listen."""
+    ports = ports or {}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    suite = Suite(data_dir)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    addr: dict[str, str] = {}
+    names = [
+        "registry",
+        "featurestore",
+        *[f"worker{i}" if i else "worker" for i in range(workers)],
+        "router",
+        "gateway",
+    ]
+    try:
+        for name in names:
+            service = "worker" if name.startswith("worker") else name
+            args = _args(service, name, data_dir, ports.get(name, 0), addr, suite)
+            args += list((extra_args or {}).get(name, ()))
+            log_path = data_dir / f"{name}.log"
+            port_file = data_dir / f"{name}.port.json"
+            port_file.unlink(missing_ok=True)
+            with log_path.open("ab") as log_file:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", service, "--port-file", str(port_file), *args],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=data_dir,
+                )
+            info = _wait_port_file(port_file, proc, name, timeout)
+            suite.processes[name] = ServiceProcess(
+                name, proc, info["port"], info.get("metrics_port"), log_path
+            )
+            addr[name] = f"127.0.0.1:{info['port']}"
+    except BaseException:
+        suite.stop(timeout=5)
+        raise
+    return suite
+
+
+def _args(
+    service: str, name: str, data_dir: Path, port: int, addr: Mapping[str, str], suite: Suite
+) -> list[str]:
+    args = ["--port", str(port), "--instance-id", f"{name}-{os.getpid()}"]
+    workers = ",".join(p.address for n, p in suite.processes.items() if n.startswith("worker"))
+    if service in ("registry", "featurestore", "worker"):
+        args += ["--data-dir", str(data_dir / name)]
+    if service in ("worker", "router", "gateway"):
+        args += ["--registry-addr", addr["registry"]]
+    if service == "router":
+        args += ["--worker-addrs", workers, "--featurestore-addr", addr["featurestore"]]
+    if service == "gateway":
+        args += ["--router-addr", addr["router"]]
+    return args

@@ -1,0 +1,107 @@
+"""V2 metadata answers built from registry records, shared by gateway, router and worker.
+
+Triton's conventions are kept so tritonclient and perf_analyzer read them as they read
+Triton's: platform ``onnxruntime_onnx``; metadata shapes include the batch dimension (-1);
+config ``dims`` exclude it when ``max_batch_size`` > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import model_config_pb2 as mc
+from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
+from modelserve.tensors import DTYPES
+
+PLATFORM = "onnxruntime_onnx"
+
+
+def model_metadata(
+    model: registry_pb2.Model, version: registry_pb2.ModelVersion
+) -> pb.ModelMetadataResponse:
+    def tensors(
+        specs: Iterable[common_pb2.TensorSpec],
+    ) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+        return [
+            pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
+            for s in specs
+        ]
+
+    return pb.ModelMetadataResponse(
+        name=model.name,
+        versions=[str(v.version) for v in sorted(model.versions, key=lambda v: v.version)],
+        platform=version.platform or PLATFORM,
+        inputs=tensors(version.inputs),
+        outputs=tensors(version.outputs),
+    )
+
+
+def _dims(spec: common_pb2.TensorSpec, batched: bool) -> list[int]:
+    return list(spec.shape[1:] if batched else spec.shape)
+
+
+def model_config(version: registry_pb2.ModelVersion) -> pb.ModelConfigResponse:
+    cfg = version.config
+    batched = cfg.max_batch_size > 0
+    config = mc.ModelConfig(
+        name=version.model,
+        platform=version.platform or PLATFORM,
+        backend="onnxruntime",
+        max_batch_size=cfg.max_batch_size,
+        input=[
+            mc.ModelInput(
+                name=s.name,
+                data_type=mc.DataType.Value(DTYPES[s.datatype].config),
+                dims=_dims(s, batched),
+            )
+            for s in version.inputs
+        ],
+        output=[
+            mc.ModelOutput(
+                name=s.name,
+                data_type=mc.DataType.Value(DTYPES[s.datatype].config),
+                dims=_dims(s, batched),
+            )
+            for s in version.outputs
+        ],
+        instance_group=[
+            mc.ModelInstanceGroup(
+                name=f"{version.model}_0",
+                count=max(cfg.instance_count, 1),
+                kind=mc.ModelInstanceGroup.KIND_GPU
+                if cfg.execution_provider == "cuda"
+                else mc.ModelInstanceGroup.KIND_CPU,
+            )
+        ],
+        version_policy=mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All()),
+        default_model_filename="model.onnx",
+    )
+    if batched:
+        config.dynamic_batching.CopyFrom(
+            mc.ModelDynamicBatching(
+                preferred_batch_size=list(cfg.preferred_batch_sizes),
+                max_queue_delay_microseconds=cfg.max_queue_delay_us,
+                default_queue_policy=mc.ModelQueuePolicy(max_queue_size=cfg.max_queue_size),
+            )
+        )
+    config.parameters["modelserve_version"].string_value = str(version.version)
+    config.parameters["sha256"].string_value = version.sha256
+    return pb.ModelConfigResponse(config=config)
+
+
+def repository_index(
+    models: Iterable[registry_pb2.Model], ready: set[tuple[str, int]] | None = None
+) -> pb.RepositoryIndexResponse:
+    """Every version; state READY when in ``ready`` (or when readiness is unknown)."""
+    out = pb.RepositoryIndexResponse()
+    for model in sorted(models, key=lambda m: m.name):
+        for v in sorted(model.versions, key=lambda v: v.version):
+            is_ready = ready is None or (model.name, v.version) in ready
+            out.models.add(
+                name=model.name,
+                version=str(v.version),
+                state="READY" if is_ready else "UNAVAILABLE",
+                reason="" if is_ready else "not loaded on any serving worker",
+            )
+    return out

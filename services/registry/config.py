@@ -1,0 +1,132 @@
+"""A version's serving config: the defaults, the bounds, and how a push's overrides resolve.
+
+Bounds follow RELIABILITY.md (max batch <= 64, bounded queues); anything outside them is the
+caller's mistake, so INVALID_ARGUMENT naming the field, the allowed range and what came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from modelserve.errors import InvalidArgumentError
+from modelserve.tensors import TensorSpec
+
+EXECUTION_PROVIDERS = ("auto", "cpu", "cuda")
+MAX_BATCH_SIZE = 64
+DEFAULT_MAX_QUEUE_SIZE = 64
+DEFAULT_INSTANCE_COUNT = 1
+DEFAULT_WARMUP_ITERATIONS = 3
+
+# field -> (lowest, highest) accepted value
+_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "max_batch_size": (0, MAX_BATCH_SIZE),
+    "max_queue_delay_us": (0, 1_000_000),
+    "max_queue_size": (1, 4096),
+    "instance_count": (1, 16),
+    "warmup_iterations": (0, 100),
+    "intra_op_threads": (0, 64),
+}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a worker serves one version (validated on construction)."""
+
+    max_batch_size: int = 0
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    instance_count: int = DEFAULT_INSTANCE_COUNT
+    warmup_iterations: int = DEFAULT_WARMUP_ITERATIONS
+    execution_provider: str = "auto"
+    intra_op_threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in _INT_BOUNDS.items():
+            _check_range(name, getattr(self, name), low, high)
+        if self.execution_provider not in EXECUTION_PROVIDERS:
+            raise InvalidArgumentError(
+                f"config.execution_provider must be one of {', '.join(EXECUTION_PROVIDERS)}; "
+                f"got {self.execution_provider[:32]!r}"
+            )
+        _check_preferred(self.preferred_batch_sizes, self.max_batch_size)
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """What a push asked for; None = take the registry's default for that field."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    preferred_batch_sizes: tuple[int, ...] | None = None
+    max_queue_size: int | None = None
+    instance_count: int | None = None
+    warmup_iterations: int | None = None
+    execution_provider: str | None = None
+    intra_op_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        # Range checks before any byte of the artifact is accepted; checks that need the
+        # signature (batch dimension) happen in resolve_config.
+        for name, (low, high) in _INT_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                _check_range(name, value, low, high)
+
+
+def default_config(inputs: Sequence[TensorSpec]) -> ServingConfig:
+    """Defaults for a model: batching up to 64 when every input has a variable first dim."""
+    batchable = _batchable(inputs)
+    return ServingConfig(max_batch_size=MAX_BATCH_SIZE if batchable else 0)
+
+
+def resolve_config(
+    overrides: ConfigOverrides | None, inputs: Sequence[TensorSpec]
+) -> ServingConfig:
+    """The defaults for ``inputs`` with ``overrides`` applied, validated as a whole."""
+    config = default_config(inputs)
+    if overrides is not None:
+        given: dict[str, Any] = {
+            f.name: getattr(overrides, f.name)
+            for f in fields(overrides)
+            if getattr(overrides, f.name) is not None
+        }
+        config = replace(config, **given)
+    if config.max_batch_size > 0 and not _batchable(inputs):
+        fixed = next((s for s in inputs if not s.shape or s.shape[0] != -1), None)
+        got = f"input {fixed.name!r} has shape {list(fixed.shape)}" if fixed else "it has no inputs"
+        raise InvalidArgumentError(
+            f"config.max_batch_size {config.max_batch_size} needs a variable first dimension "
+            f"on every model input, but {got}; use max_batch_size 0"
+        )
+    return config
+
+
+def _batchable(inputs: Sequence[TensorSpec]) -> bool:
+    return bool(inputs) and all(spec.shape and spec.shape[0] == -1 for spec in inputs)
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgumentError(f"config.{name} must be in [{low}, {high}]; got {value}")
+
+
+def _check_preferred(sizes: tuple[int, ...], max_batch_size: int) -> None:
+    if not sizes:
+        return
+    if max_batch_size == 0:
+        raise InvalidArgumentError(
+            "config.preferred_batch_sizes needs max_batch_size > 0; got max_batch_size 0"
+        )
+    for size in sizes:
+        if not 1 <= size <= max_batch_size:
+            raise InvalidArgumentError(
+                f"config.preferred_batch_sizes must each be in [1, {max_batch_size}] "
+                f"(max_batch_size); got {size}"
+            )
+    if len(set(sizes)) != len(sizes):
+        raise InvalidArgumentError(
+            f"config.preferred_batch_sizes must not repeat a size; got {list(sizes)}"
+        )

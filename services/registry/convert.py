@@ -1,0 +1,116 @@
+"""modelserve.v1 registry messages <-> domain records: the only module that knows both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
+from modelserve.tensors import TensorSpec
+
+from registry.artifacts import check_sha256
+from registry.config import ConfigOverrides, ServingConfig
+from registry.records import ChangeEvent, ModelRecord, Snapshot, VersionRecord
+from registry.store import check_push
+
+
+@dataclass(frozen=True)
+class PushHeader:
+    model: str
+    labels: tuple[str, ...]
+    config: ConfigOverrides | None
+    description: str
+    parent_version: int
+    sha256: str  # "" = the caller gave none
+
+
+def header_from_proto(header: registry_pb2.PushVersionRequest.Header) -> PushHeader:
+    """Decode and check a push header (before any artifact byte is accepted)."""
+    labels = tuple(header.labels)
+    check_push(header.model, labels, header.description, header.parent_version)
+    sha256 = header.sha256.strip().lower()
+    if sha256:
+        check_sha256(sha256)
+    config = overrides_from_proto(header.config) if header.HasField("config") else None
+    return PushHeader(
+        model=header.model,
+        labels=labels,
+        config=config,
+        description=header.description,
+        parent_version=header.parent_version,
+        sha256=sha256,
+    )
+
+
+def overrides_from_proto(config: registry_pb2.ServingConfig) -> ConfigOverrides:
+    """proto3 scalars have no presence, so a zero value means "not given" (take the default).
+
+    Consequence: max_batch_size 0 and warmup_iterations 0 cannot be requested explicitly.
+    """
+    return ConfigOverrides(
+        max_batch_size=config.max_batch_size or None,
+        max_queue_delay_us=config.max_queue_delay_us or None,
+        preferred_batch_sizes=tuple(config.preferred_batch_sizes) or None,
+        max_queue_size=config.max_queue_size or None,
+        instance_count=config.instance_count or None,
+        warmup_iterations=config.warmup_iterations or None,
+        execution_provider=config.execution_provider or None,
+        intra_op_threads=config.intra_op_threads or None,
+    )
+
+
+def spec_to_proto(spec: TensorSpec) -> common_pb2.TensorSpec:
+    return common_pb2.TensorSpec(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+
+
+def config_to_proto(config: ServingConfig) -> registry_pb2.ServingConfig:
+    return registry_pb2.ServingConfig(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_us=config.max_queue_delay_us,
+        preferred_batch_sizes=list(config.preferred_batch_sizes),
+        max_queue_size=config.max_queue_size,
+        instance_count=config.instance_count,
+        warmup_iterations=config.warmup_iterations,
+        execution_provider=config.execution_provider,
+        intra_op_threads=config.intra_op_threads,
+    )
+
+
+def version_to_proto(record: VersionRecord) -> registry_pb2.ModelVersion:
+    return registry_pb2.ModelVersion(
+        model=record.model,
+        version=record.version,
+        sha256=record.sha256,
+        size_bytes=record.size_bytes,
+        inputs=[spec_to_proto(s) for s in record.inputs],
+        outputs=[spec_to_proto(s) for s in record.outputs],
+        config=config_to_proto(record.config),
+        platform=record.platform,
+        created_unix_ms=record.created_unix_ms,
+        description=record.description,
+        labels=list(record.labels),
+        parent_version=record.parent_version,
+    )
+
+
+def model_to_proto(record: ModelRecord) -> registry_pb2.Model:
+    return registry_pb2.Model(
+        name=record.name,
+        versions=[version_to_proto(v) for v in record.versions],
+        labels=dict(record.labels),
+    )
+
+
+def snapshot_to_proto(snapshot: Snapshot) -> registry_pb2.WatchEvent:
+    return registry_pb2.WatchEvent(
+        revision=snapshot.revision,
+        snapshot=True,
+        models=[model_to_proto(m) for m in snapshot.models],
+    )
+
+
+def event_to_proto(event: ChangeEvent) -> registry_pb2.WatchEvent:
+    return registry_pb2.WatchEvent(
+        revision=event.revision,
+        models=[model_to_proto(m) for m in event.models],
+        deleted=list(event.deleted),
+    )

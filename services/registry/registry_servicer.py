@@ -1,0 +1,211 @@
+"""The Registry gRPC service: decodes requests, runs the store off the event loop, encodes.
+
+Store calls go to one dedicated thread (SQLite has one writer; calls stay in order); file I/O,
+hashing and ONNX inspection go to a small separate pool so a big upload never stalls a
+GetVersion. Errors are domain exceptions; ErrorInterceptor maps them to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from grpc import aio
+from modelserve.errors import FailedPreconditionError, InvalidArgumentError
+from modelserve.onnx_inspect import inspect_model
+from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
+
+from registry import convert
+from registry.store import RegistryStore
+from registry.uploads import TempUpload
+from registry.watch import WatchHub
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_MAX_ARTIFACT_BYTES = 2 << 30  # protobuf cannot hold a larger ONNX model anyway
+CHUNK_BYTES = 1 << 20
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+    def __init__(
+        self,
+        *,
+        store: RegistryStore,
+        hub: WatchHub,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+        store_executor: ThreadPoolExecutor | None = None,
+        io_executor: Executor | None = None,
+    ) -> None:
+        """``store_executor`` must have exactly one thread (store calls stay in commit order);
+        ``io_executor`` bounds concurrent hashing/inspection (each inspection holds a whole
+        model in memory). Executors not given are created here and shut down by ``close``."""
+        self._store = store
+        self._hub = hub
+        self._max_artifact_bytes = max_artifact_bytes
+        self._owned: list[Executor] = []
+        self._store_executor = store_executor or self._own(ThreadPoolExecutor(1, "registry-db"))
+        self._io_executor = io_executor or self._own(ThreadPoolExecutor(2, "registry-io"))
+
+    def close(self) -> None:
+        """Shut down the executors this servicer created (after the server has stopped)."""
+        for executor in self._owned:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._owned.clear()
+
+    async def PushVersion(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.PushVersionRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> registry_pb2.ModelVersion:
+        path = await self._in_io(self._store.new_upload_path)
+        upload = await self._in_io(TempUpload, path, self._max_artifact_bytes)
+        try:
+            header = await self._receive(request_iterator, upload)
+            sha256 = await self._in_io(upload.finish)
+            if header.sha256 and header.sha256 != sha256:
+                raise FailedPreconditionError(
+                    f"artifact sha256 mismatch: the header says {header.sha256}, the "
+                    f"{upload.size} bytes received hash to {sha256}; the upload was corrupted"
+                )
+            signature = await self._in_io(inspect_model, upload.path)
+            record = await self._in_store(
+                lambda: self._store.push_version(
+                    header.model,
+                    upload.path,
+                    sha256=sha256,
+                    size_bytes=upload.size,
+                    signature=signature,
+                    config=header.config,
+                    labels=header.labels,
+                    description=header.description,
+                    parent_version=header.parent_version,
+                )
+            )
+        finally:
+            await self._in_io(upload.discard)
+        log.info("pushed %s v%d (%s)", record.model, record.version, record.sha256[:12])
+        return convert.version_to_proto(record)
+
+    async def ListModels(
+        self, request: registry_pb2.ListModelsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> registry_pb2.ListModelsResponse:
+        models = await self._in_store(self._store.list_models)
+        return registry_pb2.ListModelsResponse(models=[convert.model_to_proto(m) for m in models])
+
+    async def GetModel(
+        self, request: registry_pb2.GetModelRequest, context: aio.ServicerContext[Any, Any]
+    ) -> registry_pb2.Model:
+        return convert.model_to_proto(await self._in_store(self._store.get_model, request.name))
+
+    async def GetVersion(
+        self, request: registry_pb2.GetVersionRequest, context: aio.ServicerContext[Any, Any]
+    ) -> registry_pb2.ModelVersion:
+        record = await self._in_store(
+            self._store.resolve, request.model, request.version, request.label
+        )
+        return convert.version_to_proto(record)
+
+    async def SetLabel(
+        self, request: registry_pb2.SetLabelRequest, context: aio.ServicerContext[Any, Any]
+    ) -> registry_pb2.Model:
+        model = await self._in_store(
+            self._store.set_label, request.model, request.label, request.version
+        )
+        return convert.model_to_proto(model)
+
+    async def DeleteLabel(
+        self, request: registry_pb2.DeleteLabelRequest, context: aio.ServicerContext[Any, Any]
+    ) -> registry_pb2.Model:
+        model = await self._in_store(self._store.delete_label, request.model, request.label)
+        return convert.model_to_proto(model)
+
+    async def FetchArtifact(
+        self, request: registry_pb2.FetchArtifactRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[registry_pb2.ArtifactChunk]:
+        record = await self._in_store(self._store.resolve, request.model, request.version)
+        path = await self._in_store(self._store.artifact_path_for, record)
+        f = await self._in_io(_open_binary, path)
+        try:
+            first = True
+            while data := await self._in_io(f.read, CHUNK_BYTES):
+                if first:
+                    yield registry_pb2.ArtifactChunk(
+                        data=data, sha256=record.sha256, size_bytes=record.size_bytes
+                    )
+                    first = False
+                else:
+                    yield registry_pb2.ArtifactChunk(data=data)
+        finally:
+            f.close()
+
+    async def Watch(
+        self, request: registry_pb2.WatchRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[registry_pb2.WatchEvent]:
+        # Subscribe first, then read the snapshot: a change committed in between is either in
+        # the snapshot (its event is skipped by revision) or after it (delivered): no gap.
+        with self._hub.subscribe() as subscription:
+            snapshot = await self._in_store(self._store.snapshot)
+            yield convert.snapshot_to_proto(snapshot)
+            revision = snapshot.revision
+            while True:
+                event = await subscription.get()
+                if event.revision <= revision:
+                    continue
+                revision = event.revision
+                yield convert.event_to_proto(event)
+
+    async def _receive(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.PushVersionRequest],
+        upload: TempUpload,
+    ) -> convert.PushHeader:
+        """Read the header then every chunk into ``upload``; the decoded header."""
+        header: convert.PushHeader | None = None
+        index = 0
+        async for message in request_iterator:
+            part = message.WhichOneof("part")
+            if header is None:
+                if part != "header":
+                    raise InvalidArgumentError(
+                        f"the first PushVersion message must carry the header; got {_what(part)}"
+                    )
+                header = convert.header_from_proto(message.header)
+            elif part != "chunk" or not message.chunk:
+                raise InvalidArgumentError(
+                    f"message {index} must be a non-empty chunk; got {_what(part)}"
+                )
+            else:
+                upload.check_room(len(message.chunk))  # refuse before queueing the write
+                await self._in_io(upload.write, message.chunk)
+            index += 1
+        if header is None:
+            raise InvalidArgumentError("empty upload: expected a header message, then chunks")
+        if upload.size == 0:
+            raise InvalidArgumentError(
+                f"upload for model {header.model!r} carried no artifact bytes: send the ONNX "
+                "file in chunk messages after the header"
+            )
+        return header
+
+    def _own(self, executor: ThreadPoolExecutor) -> ThreadPoolExecutor:
+        self._owned.append(executor)
+        return executor
+
+    async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._store_executor, fn, *args)
+
+    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io_executor, fn, *args)
+
+
+def _what(part: str | None) -> str:
+    return {"header": "a header", "chunk": "an empty chunk"}.get(part or "", "an empty message")
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")

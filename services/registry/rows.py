@@ -1,0 +1,56 @@
+"""SQLite rows <-> domain records: signatures and configs as JSON text, nothing executable."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from modelserve.tensors import TensorSpec
+
+from registry.config import ServingConfig
+from registry.records import VersionRecord
+
+
+def specs_to_json(specs: Sequence[TensorSpec]) -> str:
+    return json.dumps(
+        [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+    )
+
+
+def specs_from_json(text: str) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(name=item["name"], datatype=item["datatype"], shape=tuple(item["shape"]))
+        for item in json.loads(text)
+    )
+
+
+def config_to_json(config: ServingConfig) -> str:
+    data = asdict(config)
+    data["preferred_batch_sizes"] = list(config.preferred_batch_sizes)
+    return json.dumps(data, sort_keys=True)
+
+
+def config_from_json(text: str) -> ServingConfig:
+    data: dict[str, Any] = json.loads(text)
+    data["preferred_batch_sizes"] = tuple(data.get("preferred_batch_sizes", ()))
+    return ServingConfig(**data)
+
+
+def version_from_row(row: sqlite3.Row, labels: Sequence[str]) -> VersionRecord:
+    return VersionRecord(
+        model=row["model"],
+        version=row["version"],
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        inputs=specs_from_json(row["inputs_json"]),
+        outputs=specs_from_json(row["outputs_json"]),
+        config=config_from_json(row["config_json"]),
+        platform=row["platform"],
+        created_unix_ms=row["created_unix_ms"],
+        description=row["description"],
+        parent_version=row["parent_version"],
+        labels=tuple(sorted(labels)),
+    )

@@ -1,0 +1,19 @@
+"""Registry settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelserve.settings import CommonSettings, setting
+
+
+@dataclass
+class RegistrySettings(CommonSettings):
+    port: int = setting(8301, "gRPC port (modelserve.v1.Registry; admin plane).")
+    data_dir: str = setting(
+        ".modelserve-data/registry", "SQLite metadata and content-addressed artifacts."
+    )
+    max_artifact_bytes: int = setting(2 << 30, "Largest ONNX file a push may upload.")
+    max_receive_message_bytes: int = setting(
+        8 << 20, "Largest gRPC message accepted (pushes stream 1 MiB chunks)."
+    )

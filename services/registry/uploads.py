@@ -1,0 +1,56 @@
+"""An artifact upload in flight: streamed to a temp file and hashed as it arrives.
+
+Methods block (file I/O, hashing) and are run in an executor by the servicer. The size limit is
+checked before a chunk is written, so an oversized upload costs at most one chunk of memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import BinaryIO
+
+from modelserve.errors import InvalidArgumentError
+
+
+class TempUpload:
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO | None = path.open("wb")
+
+    def check_room(self, incoming: int) -> None:
+        """INVALID_ARGUMENT naming the limit when ``incoming`` more bytes would exceed it."""
+        if self.size + incoming > self.max_bytes:
+            raise InvalidArgumentError(
+                f"artifact is larger than this registry accepts: limit {self.max_bytes} bytes "
+                f"({self.max_bytes / (1 << 20):.0f} MiB), got at least {self.size + incoming} bytes"
+            )
+
+    def write(self, chunk: bytes) -> None:
+        self.check_room(len(chunk))
+        if self._file is None:
+            raise RuntimeError("upload already finished")
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> str:
+        """Flush and close the file; the hex sha256 of everything written."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        """Close and remove the temp file (it may already have been moved into the store)
+        and the private directory it was made in."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()

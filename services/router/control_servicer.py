@@ -1,0 +1,55 @@
+"""RouterControl: how the router would route, for the CLI and for debugging."""
+
+from __future__ import annotations
+
+import time
+
+from grpc import aio
+from modelserve.catalog import DEFAULT_LABEL, Catalog
+from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
+
+from router.workers import WorkerPool
+
+
+class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
+    def __init__(self, *, catalog: Catalog, pool: WorkerPool) -> None:
+        self._catalog = catalog
+        self._pool = pool
+
+    async def Resolve(
+        self, request: router_pb2.ResolveRequest, context: aio.ServicerContext
+    ) -> router_pb2.ResolveResponse:
+        version = self._catalog.resolve(request.model, request.version, request.label)
+        model = self._catalog.get_model(request.model)
+        if request.version.isdigit():
+            reason = "version"
+        elif request.label or request.version:
+            reason = f"label:{request.label or request.version}"
+        elif DEFAULT_LABEL in model.labels:
+            reason = f"label:{DEFAULT_LABEL}"
+        else:
+            reason = "newest"
+        return router_pb2.ResolveResponse(
+            model=version.model,
+            version=version.version,
+            reason=reason,
+            workers=[e.address for e in self._pool.candidates(version.model, version.version)],
+        )
+
+    async def ListWorkers(
+        self, request: router_pb2.ListWorkersRequest, context: aio.ServicerContext
+    ) -> router_pb2.ListWorkersResponse:
+        now = time.monotonic()
+        return router_pb2.ListWorkersResponse(
+            workers=[
+                router_pb2.WorkerInfo(
+                    address=address,
+                    worker_id=w.worker_id,
+                    serving=w.serving,
+                    ready_versions=sorted(f"{m}:{v}" for m, v in w.ready),
+                    outstanding=w.endpoint.outstanding,
+                    ejected=w.endpoint.ejected(now),
+                )
+                for address, w in sorted(self._pool.workers.items())
+            ]
+        )

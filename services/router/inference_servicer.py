@@ -1,0 +1,123 @@
+"""The router's V2 endpoint: a V2 client (or the gateway) can call it directly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc import aio
+from modelserve import v2_metadata
+from modelserve.catalog import Catalog
+from modelserve.channels import outbound_timeout
+from modelserve.errors import UnavailableError, from_rpc_error
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.streaming import stream_infer
+from modelserve.tracing import outbound_metadata
+
+from router.forwarding import Forwarder
+from router.statistics import merge_statistics
+from router.workers import WorkerPool
+
+
+def label_of(request: pb.ModelInferRequest) -> str:
+    param = request.parameters.get("label")
+    return param.string_param if param is not None else ""
+
+
+class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, *, catalog: Catalog, pool: WorkerPool, forwarder: Forwarder) -> None:
+        self._catalog = catalog
+        self._pool = pool
+        self._forwarder = forwarder
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(
+            ready=self._catalog.synced.is_set() and bool(self._pool.serving())
+        )
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="modelserve-router", version="0.1.0", extensions=["statistics"]
+        )
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        version = self._catalog.resolve(request.name, request.version)
+        return pb.ModelReadyResponse(
+            ready=bool(self._pool.candidates(version.model, version.version))
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._catalog.get_model(request.name)
+        return v2_metadata.model_metadata(
+            model, self._catalog.resolve(request.name, request.version)
+        )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        return v2_metadata.model_config(self._catalog.resolve(request.name, request.version))
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        index = v2_metadata.repository_index(
+            self._catalog.models.values(), self._pool.ready_versions()
+        )
+        if request.ready:
+            kept = [m for m in index.models if m.state == "READY"]
+            del index.models[:]
+            index.models.extend(kept)
+        return index
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        version = self._catalog.resolve(
+            request.model_name, request.model_version, label_of(request)
+        )
+        return await self._forwarder.infer(request, version, context)
+
+    def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        return stream_infer(request_iterator, context, self.ModelInfer)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            version = self._catalog.resolve(request.name, request.version)
+            request = pb.ModelStatisticsRequest(name=version.model, version=str(version.version))
+        workers = self._pool.serving()
+        if not workers:
+            raise UnavailableError("no serving worker to ask for statistics")
+        timeout = outbound_timeout(context, 2.0)
+        calls = [
+            w.endpoint.stub(pb_grpc.GRPCInferenceServiceStub).ModelStatistics(
+                request, timeout=timeout, metadata=outbound_metadata()
+            )
+            for w in workers
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        answers = [r for r in results if isinstance(r, pb.ModelStatisticsResponse)]
+        if not answers:
+            error = next(r for r in results if isinstance(r, BaseException))
+            if isinstance(error, grpc.RpcError):
+                raise from_rpc_error(error, "worker")
+            raise error
+        return merge_statistics(answers)

@@ -1,0 +1,108 @@
+"""The router's view of the worker fleet: who is serving, which versions each holds warm.
+
+Discovery says where workers are; each worker's WorkerControl.WatchStatus stream says what it
+holds and when it starts draining, so the router stops sending to a draining worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+
+import grpc
+from modelserve.channels import Endpoint, EndpointSet, pick
+from modelserve.discovery import Discovery
+from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerState:
+    endpoint: Endpoint
+    worker_id: str = ""
+    serving: bool = False
+    ready: set[tuple[str, int]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+
+
+class WorkerPool:
+    def __init__(self, discovery: Discovery, *, service: str = "worker") -> None:
+        self._discovery = discovery
+        self._service = service
+        self._endpoints = EndpointSet()
+        self.workers: dict[str, WorkerState] = {}
+        self.changed = asyncio.Event()
+
+    def candidates(self, model: str, version: int) -> list[Endpoint]:
+        key = (model, version)
+        return [w.endpoint for w in self.workers.values() if w.serving and key in w.ready]
+
+    def choose(self, model: str, version: int, exclude: set[str]) -> Endpoint | None:
+        return pick(self.candidates(model, version), exclude)
+
+    def serving(self) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.serving]
+
+    def ready_versions(self) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        for w in self.serving():
+            out |= w.ready
+        return out
+
+    async def run(self) -> None:
+        """Follow discovery; keep one status subscription per worker."""
+        async for instances in self._discovery.watch(self._service):
+            added, removed = await self._endpoints.update(i.address for i in instances)
+            for endpoint in removed:
+                state = self.workers.pop(endpoint.address, None)
+                if state and state.task:
+                    state.task.cancel()
+            for endpoint in added:
+                state = WorkerState(endpoint)
+                state.task = asyncio.create_task(
+                    self._follow(state), name=f"follow {endpoint.address}"
+                )
+                self.workers[endpoint.address] = state
+            self._notify()
+
+    async def _follow(self, state: WorkerState) -> None:
+        delay = 0.05
+        stub = state.endpoint.stub(worker_pb2_grpc.WorkerControlStub)
+        while True:
+            try:
+                async for status in stub.WatchStatus(worker_pb2.WatchStatusRequest()):
+                    self._apply(state, status)
+                    delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except grpc.RpcError as exc:
+                log.debug("worker %s status stream ended: %s", state.endpoint.address, exc.code())
+            if state.serving:
+                log.warning("worker %s lost; not routing to it", state.endpoint.address)
+            state.serving = False
+            self._notify()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    def _apply(self, state: WorkerState, status: worker_pb2.WorkerStatus) -> None:
+        state.worker_id = status.worker_id
+        state.serving = status.serving and not status.draining
+        state.ready = {
+            (v.model, v.version)
+            for v in status.versions
+            if v.state == worker_pb2.LoadedVersion.READY
+        }
+        self._notify()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def close(self) -> None:
+        for state in self.workers.values():
+            if state.task:
+                state.task.cancel()
+        await self._endpoints.close()

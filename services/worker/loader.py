@@ -1,0 +1,204 @@
+"""Which versions this worker holds, kept in step with the registry.
+
+Deployed = every version that carries a label, plus the newest version of each model (so a
+pushed version is servable as soon as it is warm). A version is fetched (sha256 verified),
+loaded, warmed, and only then READY; one that fails stays FAILED with its reason and the
+versions already serving keep serving. A version that stops being deployed stops taking new
+requests at once and is closed after ``unload_grace_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from modelserve.catalog import Catalog
+from modelserve.channels import EndpointSet
+from modelserve.errors import ModelServeError, UnavailableError
+from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, worker_pb2
+from modelserve.tensors import TensorSpec
+
+from worker.artifacts import ArtifactCache
+from worker.sessions import ModelSession
+from worker.stats import VersionStats
+
+log = logging.getLogger(__name__)
+
+State: TypeAlias = worker_pb2.LoadedVersion.State.ValueType
+
+
+@dataclass
+class Held:
+    record: registry_pb2.ModelVersion
+    state: State = worker_pb2.LoadedVersion.LOADING
+    reason: str = ""
+    session: ModelSession | None = None
+    stats: VersionStats | None = None
+    task: asyncio.Task[None] | None = None
+
+
+def deployed_versions(
+    models: dict[str, registry_pb2.Model], only: set[str]
+) -> dict[tuple[str, int], registry_pb2.ModelVersion]:
+    wanted: dict[tuple[str, int], registry_pb2.ModelVersion] = {}
+    for name, model in models.items():
+        if (only and name not in only) or not model.versions:
+            continue
+        by_number = {v.version: v for v in model.versions}
+        numbers = set(model.labels.values()) | {max(by_number)}
+        for n in numbers:
+            if n in by_number:
+                wanted[(name, n)] = by_number[n]
+    return wanted
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        registries: EndpointSet,
+        artifacts: ArtifactCache,
+        only_models: set[str],
+        gpu_mem_limit: int,
+        unload_grace: float,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._catalog = catalog
+        self._registries = registries
+        self._artifacts = artifacts
+        self._only = only_models
+        self._gpu_mem_limit = gpu_mem_limit
+        self._unload_grace = unload_grace
+        self._on_change = on_change
+        self.held: dict[tuple[str, int], Held] = {}
+        self._load_lock = asyncio.Semaphore(1)  # one load at a time: loads compete for cores
+        self._closing = False
+        self._unloads: set[asyncio.Task[None]] = set()
+        catalog.on_change(lambda _changed: self.reconcile())
+
+    def get(self, model: str, version: int) -> Held:
+        held = self.held.get((model, version))
+        if held is None or held.state != worker_pb2.LoadedVersion.READY or held.session is None:
+            state = (
+                "not deployed" if held is None else worker_pb2.LoadedVersion.State.Name(held.state)
+            )
+            raise UnavailableError(
+                f"model '{model}' version {version} is not ready on this worker ({state.lower()})"
+            )
+        return held
+
+    def ready(self) -> list[Held]:
+        return [h for h in self.held.values() if h.state == worker_pb2.LoadedVersion.READY]
+
+    def reconcile(self) -> None:
+        if self._closing:
+            return
+        wanted = deployed_versions(self._catalog.models, self._only)
+        for key, record in wanted.items():
+            held = self.held.get(key)
+            if held is None or (
+                held.state == worker_pb2.LoadedVersion.FAILED
+                and held.record.sha256 != record.sha256
+            ):
+                held = self.held[key] = Held(record=record)
+                held.task = asyncio.create_task(self._load(held), name=f"load {key}")
+        for key in list(self.held):
+            if key not in wanted:
+                task = asyncio.create_task(self._unload(key), name=f"unload {key}")
+                self._unloads.add(task)
+                task.add_done_callback(self._unloads.discard)
+        self._changed()
+
+    async def _load(self, held: Held) -> None:
+        r = held.record
+        try:
+            async with self._load_lock:
+                endpoint = self._registries.pick()
+                if endpoint is None:
+                    raise UnavailableError("no registry instance to fetch the artifact from")
+                stub = endpoint.stub(registry_pb2_grpc.RegistryStub)
+                path = await self._artifacts.fetch(stub, r.model, r.version, r.sha256)
+                session = await ModelSession.load(
+                    path,
+                    model=r.model,
+                    version=r.version,
+                    inputs=[TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in r.inputs],
+                    outputs=[TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in r.outputs],
+                    execution_provider=r.config.execution_provider or "auto",
+                    instance_count=max(r.config.instance_count, 1),
+                    intra_op_threads=r.config.intra_op_threads,
+                    gpu_mem_limit=self._gpu_mem_limit,
+                )
+                batch_sizes = (1,) if r.config.max_batch_size == 0 else _warm_sizes(r.config)
+                await session.warmup(max(r.config.warmup_iterations, 1), batch_sizes)
+        except asyncio.CancelledError:
+            raise
+        except ModelServeError as exc:
+            held.state, held.reason = worker_pb2.LoadedVersion.FAILED, exc.message
+            log.error("loading %s v%d failed: %s", r.model, r.version, exc.message)
+            self._changed()
+            return
+        except Exception as exc:
+            held.state, held.reason = worker_pb2.LoadedVersion.FAILED, "load failed"
+            log.exception("loading %s v%d failed", r.model, r.version, exc_info=exc)
+            self._changed()
+            return
+        if self.held.get((r.model, r.version)) is not held:  # undeployed while loading
+            session.close()
+            return
+        held.session, held.stats = session, VersionStats(r.model, r.version)
+        held.state = worker_pb2.LoadedVersion.READY
+        log.info(
+            "%s v%d ready on %s (cold start %.0f ms)",
+            r.model,
+            r.version,
+            session.execution_provider,
+            session.cold_start_ms,
+        )
+        self._changed()
+
+    async def _unload(self, key: tuple[str, int]) -> None:
+        held = self.held.pop(key, None)
+        if held is None:
+            return
+        if held.task and not held.task.done():
+            held.task.cancel()
+        self._changed()
+        if held.session is not None:
+            await asyncio.sleep(self._unload_grace)  # in-flight requests finish first
+            held.session.close()
+            log.info("%s v%d unloaded", *key)
+
+    def status_versions(self) -> list[worker_pb2.LoadedVersion]:
+        return [
+            worker_pb2.LoadedVersion(
+                model=h.record.model,
+                version=h.record.version,
+                state=h.state,
+                reason=h.reason,
+                execution_provider=h.session.execution_provider if h.session else "",
+                cold_start_ms=h.session.cold_start_ms if h.session else 0.0,
+            )
+            for h in sorted(self.held.values(), key=lambda h: (h.record.model, h.record.version))
+        ]
+
+    def _changed(self) -> None:
+        self._on_change()
+
+    async def close(self) -> None:
+        self._closing = True
+        for held in self.held.values():
+            if held.task and not held.task.done():
+                held.task.cancel()
+            if held.session is not None:
+                held.session.close()
+        self.held.clear()
+
+
+def _warm_sizes(config: registry_pb2.ServingConfig) -> tuple[int, ...]:
+    sizes = {1, *[s for s in config.preferred_batch_sizes if 0 < s <= config.max_batch_size]}
+    return tuple(sorted(sizes))

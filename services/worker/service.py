@@ -1,0 +1,88 @@
+"""Composition root of the worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelserve.catalog import Catalog
+from modelserve.channels import EndpointSet, follow
+from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
+from modelserve.server import Runtime
+
+from worker.artifacts import ArtifactCache
+from worker.control_servicer import WorkerControlServicer
+from worker.loader import ModelManager
+from worker.settings import WorkerSettings
+from worker.status import StatusBroadcaster
+from worker.worker_servicer import WorkerInferenceServicer
+
+META_VALUE_LIMIT = 512  # Consul's limit on one meta value
+
+
+async def build(runtime: Runtime, settings: WorkerSettings) -> None:
+    catalog = Catalog(runtime.discovery)
+    registries = EndpointSet()
+    status = StatusBroadcaster(settings.instance_id or f"worker-{id(runtime):x}")
+    draining = False
+
+    def publish() -> None:
+        versions = manager.status_versions()
+        serving = runtime.serving and not draining
+        status.publish(
+            worker_pb2.WorkerStatus(serving=serving, draining=draining, versions=versions)
+        )
+        ready = ",".join(
+            f"{v.model}:{v.version}" for v in versions if v.state == worker_pb2.LoadedVersion.READY
+        )
+        if len(ready) > META_VALUE_LIMIT:
+            ready = ready[: META_VALUE_LIMIT - 3] + "..."
+        if runtime.meta.get("ready_versions") != ready:
+            runtime.background(runtime.update_meta({"ready_versions": ready}), "meta")
+
+    manager = ModelManager(
+        catalog=catalog,
+        registries=registries,
+        artifacts=ArtifactCache(Path(settings.data_dir)),
+        only_models={m.strip() for m in settings.models.split(",") if m.strip()},
+        gpu_mem_limit=settings.gpu_mem_limit_bytes,
+        unload_grace=settings.unload_grace_seconds,
+        on_change=publish,
+    )
+    runtime.add_service(
+        grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+        WorkerInferenceServicer(
+            catalog=catalog, manager=manager, min_budget_s=settings.min_budget_ms / 1000
+        ),
+    )
+    runtime.add_service(
+        worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name,
+        worker_pb2_grpc.add_WorkerControlServicer_to_server,
+        WorkerControlServicer(status=status),
+    )
+    runtime.background(follow(runtime.discovery, "registry", registries), "registry discovery")
+    runtime.background(catalog.run(), "registry watch")
+
+    async def ready_when_synced() -> None:
+        # SERVING once the first snapshot is applied: versions then load one by one, and
+        # routers send each version only once this worker reports it READY.
+        await catalog.synced.wait()
+        await runtime.set_serving(True)
+        publish()
+
+    async def start_draining() -> None:
+        nonlocal draining
+        draining = True
+        publish()
+
+    runtime.background(ready_when_synced(), "readiness")
+
+    async def end_status_streams() -> None:
+        status.close()
+
+    runtime.on_drain(start_draining)
+    runtime.before_stop(end_status_streams)
+    runtime.on_stop(manager.close)
+    runtime.on_stop(registries.close)
+    runtime.on_stop(catalog.close)

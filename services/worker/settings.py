@@ -1,0 +1,27 @@
+"""Worker settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelserve.server import dependency
+from modelserve.settings import CommonSettings, setting
+
+
+@dataclass
+class WorkerSettings(CommonSettings):
+    port: int = setting(8201, "gRPC port (V2 inference + modelserve.v1.WorkerControl).")
+    registry_addr: str = dependency(
+        "registry", "127.0.0.1:8301", "Registry address(es), comma-separated (static discovery)."
+    )
+    data_dir: str = setting(".modelserve-data/worker", "Artifact cache directory.")
+    models: str = setting("", "Comma-separated model names this worker holds; empty = every model.")
+    gpu_mem_limit_bytes: int = setting(
+        0, "CUDA memory arena limit per model version in bytes; 0 = unlimited."
+    )
+    min_budget_ms: float = setting(
+        5.0, "A request with less deadline left than this is refused with DEADLINE_EXCEEDED."
+    )
+    unload_grace_seconds: float = setting(
+        5.0, "How long a version no longer deployed keeps its session for in-flight requests."
+    )

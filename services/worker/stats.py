@@ -1,0 +1,88 @@
+"""Per-version inference statistics in V2's ModelStatistics shape (cumulative counts and ns)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from modelserve.proto.inference import grpc_service_pb2 as pb
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class VersionStats:
+    model: str
+    version: int
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, tuple[Duration, Duration, Duration]] = field(default_factory=dict)
+
+    def record_success(
+        self,
+        *,
+        batch: int,
+        total_ns: int,
+        queue_ns: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+    ) -> None:
+        self.last_inference_ms = int(time.time() * 1000)
+        self.inference_count += batch
+        self.execution_count += 1
+        self.success.add(total_ns)
+        self.queue.add(queue_ns)
+        self.compute_input.add(input_ns)
+        self.compute_infer.add(infer_ns)
+        self.compute_output.add(output_ns)
+        per_batch = self.batches.setdefault(batch, (Duration(), Duration(), Duration()))
+        per_batch[0].add(input_ns)
+        per_batch[1].add(infer_ns)
+        per_batch[2].add(output_ns)
+
+    def record_failure(self, total_ns: int) -> None:
+        self.fail.add(total_ns)
+
+    def to_proto(self) -> pb.ModelStatistics:
+        out = pb.ModelStatistics(
+            name=self.model,
+            version=str(self.version),
+            last_inference=self.last_inference_ms,
+            inference_count=self.inference_count,
+            execution_count=self.execution_count,
+        )
+        s = out.inference_stats
+        for name in (
+            "success",
+            "fail",
+            "queue",
+            "compute_input",
+            "compute_infer",
+            "compute_output",
+        ):
+            d: Duration = getattr(self, name)
+            getattr(s, name).count = d.count
+            getattr(s, name).ns = d.ns
+        for size in sorted(self.batches):
+            ci, cf, co = self.batches[size]
+            b = out.batch_stats.add(batch_size=size)
+            b.compute_input.count, b.compute_input.ns = ci.count, ci.ns
+            b.compute_infer.count, b.compute_infer.ns = cf.count, cf.ns
+            b.compute_output.count, b.compute_output.ns = co.count, co.ns
+        return out

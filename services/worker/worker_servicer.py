@@ -1,0 +1,144 @@
+"""The worker's V2 endpoint: runs requests on the sessions of the versions it holds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from grpc import aio
+from modelserve import v2_metadata
+from modelserve.catalog import Catalog
+from modelserve.errors import DeadlineExceededError, ModelServeError
+from modelserve.metrics import INFER_LATENCY, INFER_REQUESTS
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.streaming import stream_infer
+from modelserve.tensors import decode_inputs, encode_outputs, validate_infer_request
+
+from worker.loader import ModelManager
+
+
+class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, *, catalog: Catalog, manager: ModelManager, min_budget_s: float) -> None:
+        self._catalog = catalog
+        self._manager = manager
+        self._min_budget_s = min_budget_s
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._catalog.synced.is_set())
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="modelserve-worker", version="0.1.0", extensions=["statistics"]
+        )
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        version = self._catalog.resolve(request.name, request.version)
+        try:
+            self._manager.get(version.model, version.version)
+        except ModelServeError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._catalog.get_model(request.name)
+        return v2_metadata.model_metadata(
+            model, self._catalog.resolve(request.name, request.version)
+        )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        return v2_metadata.model_config(self._catalog.resolve(request.name, request.version))
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        ready = {(h.record.model, h.record.version) for h in self._manager.ready()}
+        return v2_metadata.repository_index(self._catalog.models.values(), ready)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        wanted: tuple[str, int] | None = None
+        if request.name:
+            v = self._catalog.resolve(request.name, request.version)
+            wanted = (v.model, v.version)
+        out = pb.ModelStatisticsResponse()
+        for key, held in sorted(self._manager.held.items()):
+            if held.stats is not None and (wanted is None or key == wanted):
+                out.model_stats.append(held.stats.to_proto())
+        return out
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        start = time.perf_counter_ns()
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < self._min_budget_s:
+            raise DeadlineExceededError(
+                f"only {remaining * 1000:.1f} ms of deadline left; the worker needs at least "
+                f"{self._min_budget_s * 1000:.1f} ms to start"
+            )
+        label = request.parameters["label"].string_param if "label" in request.parameters else ""
+        version = self._catalog.resolve(request.model_name, request.model_version, label)
+        held = self._manager.get(version.model, version.version)
+        assert held.session is not None and held.stats is not None
+        labels = (version.model, str(version.version))
+        session = held.session
+        try:
+            t0 = time.perf_counter_ns()
+            # Callers may reach a worker directly (debugging): same checks as the gateway.
+            validate_infer_request(
+                request, session.inputs, session.outputs, version.config.max_batch_size
+            )
+            inputs = decode_inputs(request)
+            names = [o.name for o in request.outputs] or None
+            t1 = time.perf_counter_ns()
+            outputs = await session.run(inputs, names)
+            t2 = time.perf_counter_ns()
+            response = pb.ModelInferResponse(
+                model_name=version.model, model_version=str(version.version), id=request.id
+            )
+            encode_outputs(response, outputs)
+            t3 = time.perf_counter_ns()
+        except Exception:
+            held.stats.record_failure(time.perf_counter_ns() - start)
+            INFER_REQUESTS.labels(*labels, "error").inc()
+            raise
+        batch = _batch_of(request, version.config.max_batch_size)
+        held.stats.record_success(
+            batch=batch,
+            total_ns=t3 - start,
+            queue_ns=0,
+            input_ns=t1 - t0,
+            infer_ns=t2 - t1,
+            output_ns=t3 - t2,
+        )
+        INFER_REQUESTS.labels(*labels, "ok").inc()
+        INFER_LATENCY.labels(*labels).observe((t3 - start) / 1e9)
+        return response
+
+    def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        return stream_infer(request_iterator, context, self.ModelInfer)
+
+
+def _batch_of(request: pb.ModelInferRequest, max_batch_size: int) -> int:
+    if max_batch_size > 0 and request.inputs and request.inputs[0].shape:
+        return max(int(request.inputs[0].shape[0]), 1)
+    return 1

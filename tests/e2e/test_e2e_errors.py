@@ -1,0 +1,115 @@
+"""Every bad input gets a specific status and message, and the suite keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.tensors import decode_outputs, encode_inputs
+
+GOOD = np.ones((1, 8), dtype=np.float32)
+
+
+def request_with(**overrides: object) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="fraud")
+    encode_inputs(request, {"transaction": GOOD})
+    for key, value in overrides.items():
+        if key == "name":
+            request.inputs[0].name = str(value)
+        elif key == "datatype":
+            request.inputs[0].datatype = str(value)
+        elif key == "shape":
+            del request.inputs[0].shape[:]
+            request.inputs[0].shape.extend(value)  # type: ignore[arg-type]
+        elif key == "raw":
+            request.raw_input_contents[0] = value  # type: ignore[assignment]
+        elif key == "model":
+            request.model_name = str(value)
+        elif key == "version":
+            request.model_version = str(value)
+    return request
+
+
+CASES = [
+    ("unknown model", {"model": "nope"}, grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+    ("unknown version", {"version": "99"}, grpc.StatusCode.NOT_FOUND, "no version 99"),
+    ("unknown label", {"version": "canary"}, grpc.StatusCode.NOT_FOUND, "no label 'canary'"),
+    (
+        "path-like model name",
+        {"model": "../etc"},
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid model name",
+    ),
+    ("wrong input name", {"name": "amount"}, grpc.StatusCode.INVALID_ARGUMENT, "amount"),
+    ("wrong dtype", {"datatype": "INT64"}, grpc.StatusCode.INVALID_ARGUMENT, "expected FP32"),
+    ("wrong shape", {"shape": [1, 9]}, grpc.StatusCode.INVALID_ARGUMENT, "transaction"),
+    ("byte size", {"raw": b"\x00" * 31}, grpc.StatusCode.INVALID_ARGUMENT, "32 bytes"),
+]
+
+
+async def assert_still_serving(gateway: pb_grpc.GRPCInferenceServiceStub) -> None:
+    response = await gateway.ModelInfer(request_with(), timeout=10)
+    assert decode_outputs(response)["fraud_probability"].shape == (1, 1)
+
+
+@pytest.mark.parametrize(("what", "overrides", "code", "text"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_input_gets_specific_status(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+    what: str,
+    overrides: dict[str, object],
+    code: grpc.StatusCode,
+    text: str,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gateway.ModelInfer(request_with(**overrides), timeout=10)
+    assert info.value.code() == code, info.value.details()
+    assert text in (info.value.details() or ""), info.value.details()
+    await assert_still_serving(gateway)
+
+
+async def test_every_metadata_rpc_says_not_found_for_unknown_model(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    calls = [
+        gateway.ModelMetadata(pb.ModelMetadataRequest(name="nope"), timeout=5),
+        gateway.ModelConfig(pb.ModelConfigRequest(name="nope"), timeout=5),
+        gateway.ModelReady(pb.ModelReadyRequest(name="nope"), timeout=5),
+        gateway.ModelStatistics(pb.ModelStatisticsRequest(name="nope"), timeout=5),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_oversized_message_is_resource_exhausted(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    rows = np.zeros((64, 8), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="fraud")
+    encode_inputs(request, {"transaction": rows})
+    request.parameters["padding"].string_param = "x" * (17 << 20)  # past the 16 MiB limit
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gateway.ModelInfer(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await assert_still_serving(gateway)
+
+
+async def test_expired_deadline_is_deadline_exceeded(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gateway.ModelInfer(request_with(), timeout=0.0005)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await assert_still_serving(gateway)
+
+
+async def test_stream_infer_reports_errors_in_band_and_continues(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    requests = [request_with(), request_with(model="nope"), request_with()]
+    replies = [r async for r in gateway.ModelStreamInfer(iter(requests), timeout=10)]
+    assert [bool(r.error_message) for r in replies] == [False, True, False]
+    assert "NOT_FOUND" in replies[1].error_message
