@@ -6,9 +6,8 @@ over an ``OnlineStore`` backend (``sqlite_store`` by default, ``redis_store`` in
 ``featurestore_servicer`` is the protobuf edge.
 """
 
-from modelserve.server import ServiceSpec
-
 from featurestore.service import build
 from featurestore.settings import FeatureStoreSettings
+from modelserve.server import ServiceSpec
 
 SPEC = ServiceSpec(name="featurestore", settings_cls=FeatureStoreSettings, build=build)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
-from modelserve.server import Runtime
-
 from featurestore.catalog import ViewCatalog
 from featurestore.featurestore_servicer import FeatureStoreServicer
 from featurestore.online_store import OnlineStore
 from featurestore.redis_store import RedisClientConfig, RedisOnlineStore
 from featurestore.settings import FeatureStoreSettings
 from featurestore.sqlite_store import SqliteOnlineStore
+from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
+from modelserve.server import Runtime
 
 
 async def build(runtime: Runtime, settings: FeatureStoreSettings) -> None:

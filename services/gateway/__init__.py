@@ -1,9 +1,8 @@
 """gateway: the public V2 (Open Inference Protocol) edge."""
 
-from modelserve.server import ServiceSpec
-
 from gateway.service import build
 from gateway.settings import GatewaySettings
+from modelserve.server import ServiceSpec
 
 SPEC = ServiceSpec(
     name="gateway",

@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from grpc import aio
+
+from gateway.signatures import SignatureCache
+from gateway.upstream import RouterClient
 from modelserve import v2_metadata
 from modelserve.catalog import Catalog
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.streaming import stream_infer
 from modelserve.tensors import validate_infer_request
-
-from gateway.signatures import SignatureCache
-from gateway.upstream import RouterClient
 
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
 

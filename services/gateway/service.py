@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import modelserve
+from gateway.gateway_servicer import GatewayServicer
+from gateway.settings import GatewaySettings
+from gateway.upstream import RouterClient
 from modelserve.catalog import Catalog
 from modelserve.channels import EndpointSet, follow
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.server import Runtime
-
-from gateway.gateway_servicer import GatewayServicer
-from gateway.settings import GatewaySettings
-from gateway.upstream import RouterClient
 
 
 async def build(runtime: Runtime, settings: GatewaySettings) -> None:

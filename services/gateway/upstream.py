@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
+
 from modelserve.channels import Endpoint, EndpointSet
 from modelserve.errors import UnavailableError, from_rpc_error
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc

@@ -21,7 +21,6 @@ from typing import Any
 
 import onnx
 import onnxruntime as ort
-from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, TensorProto
 
 from modelserve.errors import FailedPreconditionError
@@ -62,7 +61,7 @@ def inspect_model(path: Path) -> ModelSignature:
     data = path.read_bytes()
     try:
         model = onnx.load_model_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # DecodeError mostly; whatever it is, the bytes are not a model
         log.info("onnx could not parse %s: %s", path, exc)
         raise FailedPreconditionError(
             "artifact is not an ONNX model: its protobuf could not be parsed"

@@ -2,7 +2,6 @@
 persisted in SQLite beside a content-addressed artifact directory, with a change stream."""
 
 from modelserve.server import ServiceSpec
-
 from registry.service import build
 from registry.settings import RegistrySettings
 

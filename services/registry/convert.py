@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
 from modelserve.tensors import TensorSpec
-
 from registry.artifacts import check_sha256
 from registry.config import ConfigOverrides, ServingConfig
 from registry.records import ChangeEvent, ModelRecord, Snapshot, VersionRecord

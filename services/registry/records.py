@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from modelserve.tensors import TensorSpec
-
 from registry.config import ServingConfig
 
 PRODUCTION = "production"  # the label a request without version or label resolves to

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from grpc import aio
+
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.onnx_inspect import inspect_model
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-
 from registry import convert
 from registry.store import RegistryStore
 from registry.uploads import TempUpload

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from typing import Any
 
 from modelserve.tensors import TensorSpec
-
 from registry.config import ServingConfig
 from registry.records import VersionRecord
 

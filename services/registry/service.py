@@ -6,7 +6,6 @@ from pathlib import Path
 
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from modelserve.server import Runtime
-
 from registry.registry_servicer import RegistryServicer
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore

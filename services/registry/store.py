@@ -25,7 +25,6 @@ from pathlib import Path
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
 from modelserve.onnx_inspect import ModelSignature
-
 from registry.artifacts import ArtifactStore, check_sha256
 from registry.config import ConfigOverrides, resolve_config
 from registry.records import PRODUCTION, ChangeEvent, ModelRecord, Snapshot, VersionRecord

@@ -26,8 +26,8 @@ class TempUpload:
         """INVALID_ARGUMENT naming the limit when ``incoming`` more bytes would exceed it."""
         if self.size + incoming > self.max_bytes:
             raise InvalidArgumentError(
-                f"artifact is larger than this registry accepts: limit {self.max_bytes} bytes "
-                f"({self.max_bytes / (1 << 20):.0f} MiB), got at least {self.size + incoming} bytes"
+                f"artifact is larger than this registry accepts: limit {self.max_bytes} bytes"
+                f"{_mib(self.max_bytes)}, got at least {self.size + incoming} bytes"
             )
 
     def write(self, chunk: bytes) -> None:
@@ -54,3 +54,7 @@ class TempUpload:
         self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()
+
+
+def _mib(size: int) -> str:
+    return f" ({size / (1 << 20):.0f} MiB)" if size >= 1 << 20 else ""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from modelserve.errors import ResourceExhaustedError, UnavailableError
-
 from registry.records import ChangeEvent
 
 log = logging.getLogger(__name__)

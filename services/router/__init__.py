@@ -1,7 +1,6 @@
 """router: decides which model version answers and which worker runs it."""
 
 from modelserve.server import ServiceSpec
-
 from router.service import build
 from router.settings import RouterSettings
 

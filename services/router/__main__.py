@@ -1,5 +1,4 @@
 from modelserve.server import serve
-
 from router import SPEC
 
 if __name__ == "__main__":

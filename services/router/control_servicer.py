@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from grpc import aio
+
 from modelserve.catalog import DEFAULT_LABEL, Catalog
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
-
 from router.workers import WorkerPool
 
 

@@ -11,13 +11,13 @@ import logging
 
 import grpc
 from grpc import aio
+
 from modelserve.channels import Endpoint, outbound_timeout
 from modelserve.errors import UnavailableError, from_rpc_error
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tracing import outbound_metadata
-
 from router.workers import WorkerPool
 
 log = logging.getLogger(__name__)

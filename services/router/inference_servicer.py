@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from grpc import aio
+
 from modelserve import v2_metadata
 from modelserve.catalog import Catalog
 from modelserve.channels import outbound_timeout
@@ -15,7 +16,6 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.streaming import stream_infer
 from modelserve.tracing import outbound_metadata
-
 from router.forwarding import Forwarder
 from router.statistics import merge_statistics
 from router.workers import WorkerPool

@@ -6,7 +6,6 @@ from modelserve.catalog import Catalog
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.server import Runtime
-
 from router.control_servicer import RouterControlServicer
 from router.forwarding import Forwarder
 from router.inference_servicer import RouterInferenceServicer

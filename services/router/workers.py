@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 import grpc
+
 from modelserve.channels import Endpoint, EndpointSet, pick
 from modelserve.discovery import Discovery
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc

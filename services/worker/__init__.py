@@ -1,7 +1,6 @@
 """worker: runs model versions in ONNX Runtime sessions."""
 
 from modelserve.server import ServiceSpec
-
 from worker.service import build
 from worker.settings import WorkerSettings
 

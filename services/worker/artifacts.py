@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import grpc
+
 from modelserve.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -94,7 +95,7 @@ class ArtifactCache:
 
     async def fetch(
         self,
-        stub: registry_pb2_grpc.RegistryAsyncStub,
+        stub: registry_pb2_grpc.RegistryStub,
         model: str,
         version: int,
         expected_sha256: str,
@@ -149,7 +150,7 @@ class ArtifactCache:
 
     async def _download(
         self,
-        stub: registry_pb2_grpc.RegistryAsyncStub,
+        stub: registry_pb2_grpc.RegistryStub,
         model: str,
         version: int,
         sha: str,
@@ -160,7 +161,8 @@ class ArtifactCache:
         partial = _Partial(self.directory / f".{sha}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
         self._partials.add(partial.path.name)
         request = registry_pb2.FetchArtifactRequest(model=model, version=version)
-        call = stub.FetchArtifact(request, timeout=deadline_s)
+        # Any: a stub on a grpc.aio channel answers with an async stream call.
+        call: Any = stub.FetchArtifact(request, timeout=deadline_s)
         try:
             await self._in_executor(partial.open)
             announced = await self._receive(call, partial, sha, label)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from grpc import aio
-from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 
+from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 from worker.status import StatusBroadcaster
 
 

@@ -20,7 +20,6 @@ from modelserve.channels import EndpointSet
 from modelserve.errors import ModelServeError, UnavailableError
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, worker_pb2
 from modelserve.tensors import TensorSpec
-
 from worker.artifacts import ArtifactCache
 from worker.sessions import ModelSession
 from worker.stats import VersionStats

@@ -9,7 +9,6 @@ from modelserve.channels import EndpointSet, follow
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 from modelserve.server import Runtime
-
 from worker.artifacts import ArtifactCache
 from worker.control_servicer import WorkerControlServicer
 from worker.loader import ModelManager

@@ -24,9 +24,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from modelserve.tensors import DTYPE_BY_ONNX, DTYPES, TensorSpec
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,12 @@ class ModelSession:
         provider = first.get_providers()[0]
         log.info(
             "%s runs on %s (%s); %d instance(s), intra_op_threads=%d, loaded in %.0f ms",
-            *(label, provider, why, instance_count, options.intra_op_threads, load_ms),
+            label,
+            provider,
+            why,
+            instance_count,
+            options.intra_op_threads,
+            load_ms,
         )
         instances = [_Instance(s, ort.RunOptions()) for s in sessions]
         return cls(

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 from grpc import aio
+
 from modelserve import v2_metadata
 from modelserve.catalog import Catalog
 from modelserve.errors import DeadlineExceededError, ModelServeError
@@ -14,7 +15,6 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.streaming import stream_infer
 from modelserve.tensors import decode_inputs, encode_outputs, validate_infer_request
-
 from worker.loader import ModelManager
 
 

@@ -9,25 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from suitesupport import dump_logs, ready_suite
+
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.suite import SERVICES, Suite, start_suite, wait_serving
-from modelserve.up import register_demo_models, wait_models_ready
-
-
-def dump_logs(suite: Suite) -> str:
-    out = []
-    for name, proc in suite.processes.items():
-        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
-        out.append(f"----- {name} -----\n{text[-4000:]}")
-    return "\n".join(out)
-
-
-async def ready_suite(suite: Suite) -> Suite:
-    for name in SERVICES:
-        await wait_serving(suite.address(name), timeout=60)
-    names = await register_demo_models(suite.address("registry"), suite.data_dir)
-    await wait_models_ready(suite.address("gateway"), names, timeout=120)
-    return suite
+from modelserve.suite import Suite, start_suite
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,7 @@ class FakeConsulAgent:
             idx = self._bump()
             self.services[sid] = _Service(definition, check, idx, idx)
         if check is not None:
-            check.task = asyncio.create_task(self._run_check(sid, check))
+            check.task = asyncio.create_task(self._run_check(check))
         return ""
 
     def _make_check(self, sid: str, name: str, body: Any) -> _Check:
@@ -449,7 +449,7 @@ class FakeConsulAgent:
 
     # -- checks ---------------------------------------------------------------------------
 
-    async def _run_check(self, sid: str, check: _Check) -> None:
+    async def _run_check(self, check: _Check) -> None:
         d = check.definition
         interval = max(go_duration(d["Interval"], "Interval"), self.min_check_interval_s)
         timeout = go_duration(d["Timeout"], "Timeout") if d.get("Timeout") else 10.0

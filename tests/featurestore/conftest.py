@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
+
 from featurestore.catalog import DB_FILENAME, ViewCatalog
 from featurestore.featurestore_servicer import FeatureStoreServicer
 from featurestore.online import OnlineFeatures

@@ -6,6 +6,7 @@ import struct
 import time
 
 import numpy as np
+
 from featurestore.views import Feature, FeatureView
 
 

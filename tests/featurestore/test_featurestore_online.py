@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from featurestore_testkit import now_ms, user_columns, user_view
+
 from featurestore.catalog import ViewCatalog
 from featurestore.online import OnlineFeatures, ValueStatus
 from featurestore.online_store import OnlineStore
 from featurestore.views import Feature, FeatureView
-from featurestore_testkit import now_ms, user_columns, user_view
 from modelserve.errors import InvalidArgumentError, NotFoundError
 
 P, M, E = ValueStatus.PRESENT, ValueStatus.MISSING, ValueStatus.EXPIRED

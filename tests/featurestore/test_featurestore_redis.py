@@ -6,10 +6,11 @@ import socket
 
 import pytest
 import redis.asyncio as aioredis
+from featurestore_testkit import now_ms, user_columns, user_view
+
 from featurestore.catalog import ViewCatalog
 from featurestore.online import OnlineFeatures, ValueStatus
 from featurestore.redis_store import RedisClientConfig, RedisOnlineStore, make_client
-from featurestore_testkit import now_ms, user_columns, user_view
 from modelserve.errors import UnavailableError
 
 
@@ -117,3 +118,14 @@ async def test_unreachable_redis_is_unavailable_then_breaks(catalog: ViewCatalog
             await online.read("users", [], ["a"])
     finally:
         await store.close()
+
+
+async def test_a_damaged_row_reads_as_missing_and_the_rest_is_served(
+    catalog: ViewCatalog, online: OnlineFeatures, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    await catalog.apply(user_view())
+    await online.write("users", ["good"], user_columns(1, base=3))
+    await redis_client.set(f"{redis_prefix}users:bad", b"\x01garbage")
+    (score,) = await online.read("users", ["score"], ["bad", "good"])
+    assert score.status.tolist() == [ValueStatus.MISSING, ValueStatus.PRESENT]
+    assert score.values.tolist() == [1.5, 3.0]

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from featurestore_testkit import now_ms, user_columns
+
 from modelserve.proto.modelserve.v1 import featurestore_pb2 as fs
 from modelserve.tensors import from_proto_tensor, to_proto_tensor
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from featurestore_testkit import user_view
+
 from featurestore.catalog import ViewCatalog
 from featurestore.views import Feature, FeatureView, view_from_json, view_to_json
-from featurestore_testkit import user_view
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 

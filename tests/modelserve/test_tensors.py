@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from modelserve.errors import InvalidArgumentError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import common_pb2

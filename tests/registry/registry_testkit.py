@@ -15,6 +15,7 @@ import grpc
 import onnx
 import pytest
 from grpc import aio
+
 from modelserve import demo_models
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.onnx_inspect import inspect_model

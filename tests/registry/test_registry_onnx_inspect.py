@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from modelserve import demo_models
 from modelserve.errors import FailedPreconditionError
 from modelserve.onnx_inspect import PLATFORM, inspect_model, sha256_file
 from modelserve.tensors import TensorSpec
-from onnx import TensorProto, helper, numpy_helper
 
 
 def write(tmp_path: Path, model: onnx.ModelProto, name: str = "model.onnx") -> Path:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import onnx
 import pytest
+from registry_testkit import (
+    FRAUD_V1,
+    FRAUD_V2,
+    Registry,
+    eventually,
+    expect_status,
+    model_bytes,
+)
+
 from modelserve import demo_models
 from modelserve.proto.modelserve.v1 import registry_pb2
-from registry_testkit import FRAUD_V1, FRAUD_V2, Registry, expect_status, model_bytes
 
 StartRegistry = Callable[..., Awaitable[Registry]]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -119,6 +128,25 @@ async def test_malformed_uploads_are_invalid_argument(start_registry: StartRegis
     await expect_status(
         registry.push("fraud", FRAUD_V1), INVALID, f"limit {len(FRAUD_V1) - 1} bytes"
     )
+    await assert_nothing_stored(registry)
+
+
+async def test_a_push_cancelled_mid_upload_leaves_nothing_behind(registry: Registry) -> None:
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[registry_pb2.PushVersionRequest]:
+        header = registry_pb2.PushVersionRequest.Header(model="fraud")
+        yield registry_pb2.PushVersionRequest(header=header)
+        yield registry_pb2.PushVersionRequest(chunk=FRAUD_V1[:100])
+        sent.set()
+        await never.wait()  # the client stalls, then gives up
+
+    call = registry.stub.PushVersion(stalled())
+    await sent.wait()
+    await eventually(lambda: any(p.iterdir() for p in registry.temp_entries()))
+    call.cancel()
+    await eventually(lambda: registry.temp_entries() == [])
     await assert_nothing_stored(registry)
 
 

@@ -7,17 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from onnx import TensorProto, helper
+from registry_testkit import FRAUD_V1, FRAUD_V2, model_bytes, push_direct, stage
+
 from modelserve import demo_models
 from modelserve.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
-from onnx import TensorProto, helper
 from registry.config import ConfigOverrides, ServingConfig
 from registry.records import ChangeEvent
 from registry.store import RegistryStore
-from registry_testkit import FRAUD_V1, FRAUD_V2, model_bytes, push_direct, stage
 
 
 @pytest.fixture
@@ -156,9 +157,9 @@ def test_overrides_apply_and_bad_configs_store_nothing(
             FRAUD_V2,
             config=ConfigOverrides(max_batch_size=8, preferred_batch_sizes=(16,)),
         )
-    for bad in ({"max_batch_size": 65}, {"instance_count": 0}, {"instance_count": 17}):
-        with pytest.raises(InvalidArgumentError, match="must be in"):
-            ConfigOverrides(**bad)
+    for field, value in (("max_batch_size", 65), ("instance_count", 0), ("instance_count", 17)):
+        with pytest.raises(InvalidArgumentError, match=f"config.{field} must be in"):
+            ConfigOverrides(**{field: value})  # type: ignore[arg-type]
     assert [v.version for v in store.get_model("fraud").versions] == [1]
     assert store.list_models()[0].name == "fraud" and len(store.list_models()) == 1
     assert len(list((tmp_path / "data" / "artifacts").rglob("*.onnx"))) == 1

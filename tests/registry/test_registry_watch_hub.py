@@ -6,10 +6,11 @@ import asyncio
 import threading
 
 import pytest
+from registry_testkit import eventually
+
 from modelserve.errors import ResourceExhaustedError, UnavailableError
 from registry.records import ChangeEvent
 from registry.watch import FELL_BEHIND, WatchHub
-from registry_testkit import eventually
 
 
 def event(revision: int) -> ChangeEvent:

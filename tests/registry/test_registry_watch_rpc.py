@@ -7,14 +7,15 @@ import threading
 from typing import Any
 
 import grpc
-from modelserve.proto.modelserve.v1 import registry_pb2
 from registry_testkit import FRAUD_V1, FRAUD_V2, Registry, eventually
+
+from modelserve.proto.modelserve.v1 import registry_pb2
 
 
 async def next_event(call: Any) -> registry_pb2.WatchEvent:
-    event = await asyncio.wait_for(call.read(), 5)
+    event: registry_pb2.WatchEvent = await asyncio.wait_for(call.read(), 5)
     assert event is not grpc.aio.EOF, "watch stream ended"
-    return event  # type: ignore[no-any-return]
+    return event
 
 
 def set_label(label: str, version: int) -> registry_pb2.SetLabelRequest:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from grpc import aio
+from worker_testkit import RegistryServer
+
 from modelserve import demo_models
 from modelserve.errors import (
     FailedPreconditionError,
@@ -17,7 +19,6 @@ from modelserve.errors import (
 )
 from modelserve.proto.modelserve.v1 import registry_pb2_grpc
 from worker.artifacts import ArtifactCache
-from worker_testkit import RegistryServer
 
 FRAUD_V2 = demo_models.fraud(2).SerializeToString()
 FRAUD_V2_SHA = hashlib.sha256(FRAUD_V2).hexdigest()

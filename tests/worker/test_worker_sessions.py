@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from modelserve import demo_models
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from modelserve.tensors import TensorSpec
@@ -50,8 +51,8 @@ def dtypes_inputs(batch: int) -> dict[str, np.ndarray]:
     }
 
 
-async def load(path: Path, **kwargs: object) -> ModelSession:
-    return await ModelSession.load(path, model=path.stem, version=1, **kwargs)  # type: ignore[arg-type]
+async def load(path: Path, **kwargs: Any) -> ModelSession:
+    return await ModelSession.load(path, model=path.stem, version=1, **kwargs)
 
 
 @pytest.mark.parametrize(

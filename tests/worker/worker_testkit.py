@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import onnx
 from grpc import aio
+
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 CHUNK = 4096  # small, so every demo artifact arrives in several chunks

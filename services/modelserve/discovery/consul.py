@@ -25,6 +25,7 @@ import httpx
 from modelserve.discovery.base import Discovery, Instance, Registration
 from modelserve.errors import (
     InvalidArgumentError,
+    ModelServeError,
     PermissionDeniedError,
     UnavailableError,
 )
@@ -57,16 +58,7 @@ _WATCH_BURST = 2.0
 _WATCH_REFILL_S = 1.0
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
 def parse_duration(text: str) -> float:
@@ -233,7 +225,7 @@ class ConsulDiscovery(Discovery):
             await bucket.take()
             try:
                 instances, new_index = await self._health(service, index=index)
-            except (UnavailableError, PermissionDeniedError, InvalidArgumentError) as exc:
+            except ModelServeError as exc:  # unreachable, 5xx, 403, 400: keep watching
                 if self._closed:
                     return
                 failures += 1
@@ -350,6 +342,8 @@ def _instances(service: str, payload: Any) -> list[Instance]:
         raise UnavailableError(f"Consul's health answer for {service} is not a list")
     out: list[Instance] = []
     for entry in payload:
+        if not isinstance(entry, dict):
+            raise UnavailableError(f"Consul's health answer for {service} is malformed")
         svc = entry.get("Service") or {}
         node = entry.get("Node") or {}
         # An empty Service.Address means "the node's address" in Consul.
@@ -377,7 +371,7 @@ def _next_index(previous: int, returned: int) -> int:
     # An index below 1 would make every query return at once (a busy loop); 1 always blocks.
     returned = max(returned, 1)
     # Gone backwards (snapshot restore, another agent): start over with a fresh read.
-    return max(returned, previous)
+    return 0 if returned < previous else returned
 
 
 def _backoff(failures: int) -> float:

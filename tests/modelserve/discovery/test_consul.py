@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fakes.consul_agent import FakeConsulAgent
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from modelserve.discovery import Instance, Registration
 from modelserve.discovery.consul import (
     ConsulDiscovery,
@@ -78,6 +79,15 @@ async def eventually(check: Callable[[], Awaitable[None]], timeout: float = 5.0)
             if asyncio.get_running_loop().time() > deadline:
                 raise
         await asyncio.sleep(0.02)
+
+
+async def _expect_count(consul: ConsulDiscovery, n: int) -> None:
+    assert len(await consul.resolve("worker")) == n
+
+
+async def _assert(condition: bool) -> None:
+    """For ``eventually(lambda: _assert(...))``: the lambda re-evaluates the condition."""
+    assert condition
 
 
 class Watcher:
@@ -499,9 +509,12 @@ def test_durations() -> None:
             parse_duration(bad)
 
 
-async def _expect_count(consul: ConsulDiscovery, n: int) -> None:
-    assert len(await consul.resolve("worker")) == n
-
-
-async def _assert(condition: bool) -> None:
-    assert condition
+async def test_close_ends_running_watches(agent: FakeConsulAgent) -> None:
+    """Stand-in: a blocking query in flight when the backend is closed."""
+    consul = fast(agent.addr)
+    watcher = Watcher(consul, "worker")
+    await eventually(lambda: _assert(len(watcher.seen) == 1))
+    await asyncio.sleep(0.1)  # now parked in a blocking query
+    await consul.close()
+    await asyncio.wait_for(watcher.task, 2)  # ends by itself, no error, no cancel
+    assert watcher.seen == [[]]

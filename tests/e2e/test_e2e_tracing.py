@@ -1,0 +1,112 @@
+"""One request is one trace: gateway, router and worker spans share a trace id, each the
+child of the hop before it. The services run in this process so an in-memory exporter sees
+every span; they are the same Runtime/build code the service processes run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from testsupport import eventually
+
+import gateway
+import registry
+import router
+import worker
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.proto.modelserve.v1 import registry_pb2_grpc
+from modelserve.registry_client import push_version
+from modelserve.server import Runtime, start_runtime
+from modelserve.tensors import encode_inputs
+from modelserve.tracing import configure_tracing
+
+EXPORTER = InMemorySpanExporter()
+FAST = {"port": 0, "metrics_port": -2, "drain_seconds": 0.0, "shutdown_grace_seconds": 1.0}
+
+
+@pytest.fixture(scope="module")
+async def traced_suite(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[str, str]]:
+    configure_tracing("modelserve-test", "none", span_exporter=EXPORTER)
+    data = tmp_path_factory.mktemp("traced")
+    runtimes: list[Runtime] = []
+    reg = await start_runtime(
+        registry.SPEC,
+        registry.RegistrySettings(**FAST, data_dir=str(data / "registry")),
+        traced=True,
+    )
+    runtimes.append(reg)
+    reg_addr = f"127.0.0.1:{reg.port}"
+    wrk = await start_runtime(
+        worker.SPEC,
+        worker.WorkerSettings(**FAST, registry_addr=reg_addr, data_dir=str(data / "worker")),
+        traced=True,
+    )
+    runtimes.append(wrk)
+    rtr = await start_runtime(
+        router.SPEC,
+        router.RouterSettings(**FAST, registry_addr=reg_addr, worker_addrs=f"127.0.0.1:{wrk.port}"),
+        traced=True,
+    )
+    runtimes.append(rtr)
+    gw = await start_runtime(
+        gateway.SPEC,
+        gateway.GatewaySettings(
+            **FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}"
+        ),
+        traced=True,
+    )
+    runtimes.append(gw)
+    try:
+        yield f"127.0.0.1:{gw.port}", reg_addr
+    finally:
+        for runtime in reversed(runtimes):
+            await runtime.shutdown()
+
+
+async def test_one_request_is_one_trace_across_gateway_router_worker(
+    traced_suite: tuple[str, str], demo_dir: Path
+) -> None:
+    gw_addr, reg_addr = traced_suite
+    async with grpc.aio.insecure_channel(reg_addr) as channel:
+        await push_version(
+            registry_pb2_grpc.RegistryStub(channel),
+            "fraud",
+            demo_dir / "fraud_v1.onnx",
+            labels=["production"],
+        )
+    async with grpc.aio.insecure_channel(gw_addr) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def ready() -> None:
+            assert (await stub.ModelReady(pb.ModelReadyRequest(name="fraud"), timeout=2)).ready
+
+        await eventually(ready)
+        EXPORTER.clear()
+        request = pb.ModelInferRequest(model_name="fraud", id="trace-me")
+        encode_inputs(request, {"transaction": np.ones((1, 8), np.float32)})
+        await stub.ModelInfer(request, timeout=5)
+
+    async def infer_spans() -> list[ReadableSpan]:
+        spans = [s for s in EXPORTER.get_finished_spans() if s.name.endswith("/ModelInfer")]
+        assert len(spans) == 3, [s.name for s in spans]
+        return spans
+
+    spans = await eventually(infer_spans)
+    by_service = {s.instrumentation_scope.name.rsplit(".", 1)[-1]: s for s in spans}
+    assert set(by_service) == {"gateway", "router", "worker"}
+    gw, rt, wk = by_service["gateway"], by_service["router"], by_service["worker"]
+    assert {s.context.trace_id for s in spans} == {gw.context.trace_id}
+    assert gw.parent is None and gw.kind == SpanKind.SERVER
+    assert rt.parent is not None and rt.parent.span_id == gw.context.span_id
+    assert wk.parent is not None and wk.parent.span_id == rt.context.span_id
+    for span in spans:  # no tensors or feature values in span attributes
+        assert all("contents" not in k and "raw" not in k for k in span.attributes or {})
