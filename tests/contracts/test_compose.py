@@ -57,7 +57,17 @@ def service(name: str) -> dict[str, Any]:
 
 def settings_of(name: str) -> CommonSettings:
     """The settings the container would start with: compose's env through the real loader."""
-    return load_settings(spec_of(name).settings_cls, [], environment(service(name)))
+    settings: CommonSettings = load_settings(
+        spec_of(name).settings_cls, [], environment(service(name))
+    )
+    return settings
+
+
+def value(settings: CommonSettings, field: str) -> Any:
+    """A field only some services' settings have (data_dir, online_store, ...)."""
+    values = dataclasses.asdict(settings)
+    assert field in values, f"{type(settings).__name__} has no setting {field}"
+    return values[field]
 
 
 def depends_on(svc: dict[str, Any]) -> dict[str, str]:
@@ -157,7 +167,7 @@ def test_stop_grace_period_covers_drain_and_grace(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["registry", "featurestore"])
 def test_state_lives_on_a_named_volume(name: str) -> None:
-    data_dir = str(getattr(settings_of(name), "data_dir"))
+    data_dir = str(value(settings_of(name), "data_dir"))
     assert data_dir.startswith("/"), f"{name} data_dir {data_dir!r} is relative"
     source = volume_mounts(service(name)).get(data_dir)
     assert source, f"{name} keeps {data_dir} in the container's writable layer"
@@ -166,8 +176,8 @@ def test_state_lives_on_a_named_volume(name: str) -> None:
 
 def test_featurestore_uses_the_compose_redis() -> None:
     settings = settings_of("featurestore")
-    assert getattr(settings, "online_store") == "redis"
-    url = urlsplit(str(getattr(settings, "redis_url")))
+    assert value(settings, "online_store") == "redis"
+    url = urlsplit(str(value(settings, "redis_url")))
     assert url.scheme == "redis" and url.hostname == "redis" and (url.port or 6379) == 6379
     assert depends_on(service("featurestore")).get("redis") == "service_healthy"
 
