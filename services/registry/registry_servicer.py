@@ -87,7 +87,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                 )
             )
         finally:
+            open("/tmp/regdbg.log","a").write(f"FINALLY {__import__('sys').exc_info()[0]}\n")
             await self._in_io(upload.discard)
+            open("/tmp/regdbg.log","a").write("DISCARDED\n")
         log.info("pushed %s v%d (%s)", record.model, record.version, record.sha256[:12])
         return convert.version_to_proto(record)
 

@@ -53,5 +53,5 @@ def test_each_service_has_the_same_shape() -> None:
         folder = ROOT / "services" / service
         for module in ("__init__.py", "__main__.py", "settings.py", "service.py"):
             assert (folder / module).exists(), f"{service} lacks {module}"
-        module = importlib.import_module(service)
-        assert module.SPEC.name == service
+        package = importlib.import_module(service)
+        assert package.SPEC.name == service

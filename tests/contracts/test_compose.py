@@ -23,6 +23,7 @@ from deploy_files import (
     exec_form,
     load_compose,
     load_stages,
+    provenance,
     published_ports,
     seconds,
     volume_mounts,
@@ -226,3 +227,24 @@ def test_prometheus_scrapes_the_metrics_port(name: str) -> None:
     settings = settings_of(name)
     metrics = settings.resolved_metrics_port(settings.port)
     assert (name, metrics) in prometheus_targets(), f"prometheus does not scrape {name}:{metrics}"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """safe_load plus Compose's `!reset` tag, read as the marker RESET."""
+
+
+RESET = object()
+_ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+
+
+def test_cpu_override_runs_the_worker_without_a_gpu() -> None:
+    override_path = ROOT / "deploy" / "docker-compose.cpu.yml"
+    override = yaml.load(override_path.read_text(), Loader=_ComposeLoader)
+    worker = override["services"]["worker"]
+    assert worker["deploy"] is RESET, "the override must drop the worker's GPU reservation"
+    target = worker["build"]["target"]
+    stages = load_stages()
+    assert target in stages
+    runs = "\n".join(i.args for s in provenance(stages, target) for i in s.of("RUN"))
+    assert "onnxruntime-gpu" not in runs, f"{target} is not the CPU image"
+    assert worker["image"] != service("worker")["image"], "CPU worker would reuse the GPU tag"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fakes.consul_agent import FakeConsulAgent
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from testsupport import eventually
 
 from modelserve.discovery import Instance, Registration
 from modelserve.discovery.consul import (
@@ -66,19 +67,6 @@ async def health_servers() -> AsyncIterator[list[HealthServer]]:
     yield servers
     for s in servers:
         await s.server.stop(grace=None)
-
-
-async def eventually(check: Callable[[], Awaitable[None]], timeout: float = 5.0) -> None:
-    """Retry ``check`` until it stops raising AssertionError, or re-raise at the deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await check()
-            return
-        except AssertionError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.02)
 
 
 async def _expect_count(consul: ConsulDiscovery, n: int) -> None:
