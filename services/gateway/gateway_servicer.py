@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
+from gateway.merging import RequestMerger
 from gateway.signatures import SignatureCache
 from gateway.upstream import RouterClient
 from modelserve import v2_metadata
@@ -25,9 +26,12 @@ def label_of(request: pb.ModelInferRequest) -> str:
 
 
 class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, *, catalog: Catalog, routers: RouterClient, version: str) -> None:
+    def __init__(
+        self, *, catalog: Catalog, routers: RouterClient, merger: RequestMerger, version: str
+    ) -> None:
         self._catalog = catalog
         self._routers = routers
+        self._merger = merger
         self._signatures = SignatureCache()
         self._version = version
 

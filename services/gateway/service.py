@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import modelserve
 from gateway.gateway_servicer import GatewayServicer
+from gateway.merging import RequestMerger
 from gateway.settings import GatewaySettings
 from gateway.upstream import RouterClient
 from modelserve.catalog import Catalog
@@ -24,7 +25,15 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     runtime.add_service(
         grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-        GatewayServicer(catalog=catalog, routers=client, version=modelserve.__version__),
+        GatewayServicer(
+            catalog=catalog,
+            routers=client,
+            merger=RequestMerger(
+                forward=client.infer,
+                max_in_flight=settings.merge_max_in_flight if settings.merge_enabled else 1 << 30,
+            ),
+            version=modelserve.__version__,
+        ),
     )
     runtime.background(catalog.run(), "registry watch")
     runtime.background(follow(runtime.discovery, "router", routers), "router discovery")

@@ -10,6 +10,7 @@ from grpc import aio
 
 from modelserve.channels import Endpoint, EndpointSet
 from modelserve.errors import UnavailableError, from_rpc_error
+from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.tracing import outbound_metadata
 
@@ -44,10 +45,23 @@ class RouterClient:
         request: Any,
         context: aio.ServicerContext,
     ) -> T:
-        timeout = self.deadline(context)
+        """Forward one RPC for ``context``: its deadline policy and its routing metadata."""
         metadata = outbound_metadata(
             [(k, v) for k, v in (context.invocation_metadata() or ()) if k in FORWARDED_METADATA]
         )
+        return await self.send(method, request, self.deadline(context), metadata)
+
+    async def infer(self, request: pb.ModelInferRequest, timeout: float) -> pb.ModelInferResponse:
+        """ModelInfer with an explicit deadline (also used for merged calls)."""
+        return await self.send(lambda s: s.ModelInfer, request, timeout, outbound_metadata())
+
+    async def send(
+        self,
+        method: Callable[[pb_grpc.GRPCInferenceServiceStub], Callable[..., Awaitable[T]]],
+        request: Any,
+        timeout: float,
+        metadata: list[tuple[str, str | bytes]],
+    ) -> T:
         tried: set[str] = set()
         last: grpc.RpcError | None = None
         for _ in range(2):

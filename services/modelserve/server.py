@@ -115,7 +115,8 @@ class Runtime:
         self.server = aio.server(
             interceptors=list(interceptors),
             options=options,
-            maximum_concurrent_rpcs=spec.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=getattr(settings, "max_concurrent_rpcs", None)
+            or spec.max_concurrent_rpcs,
         )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -21,7 +22,7 @@ from modelserve.onnx_inspect import inspect_model
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from registry import convert
 from registry.store import RegistryStore
-from registry.uploads import TempUpload
+from registry.uploads import TempUpload, temp_upload
 from registry.watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         self._hub = hub
         self._max_artifact_bytes = max_artifact_bytes
         self._owned: list[Executor] = []
+        self._cleanups: set[asyncio.Future[None]] = set()
         self._store_executor = store_executor or self._own(ThreadPoolExecutor(1, "registry-db"))
         self._io_executor = io_executor or self._own(ThreadPoolExecutor(2, "registry-io"))
 
@@ -62,9 +64,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         request_iterator: AsyncIterator[registry_pb2.PushVersionRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> registry_pb2.ModelVersion:
-        path = await self._in_io(self._store.new_upload_path)
-        upload = await self._in_io(TempUpload, path, self._max_artifact_bytes)
-        try:
+        new_upload = partial(TempUpload, self._store.new_upload_path, self._max_artifact_bytes)
+        async with temp_upload(new_upload, self._io_executor, self._cleanups) as upload:
             header = await self._receive(request_iterator, upload)
             sha256 = await self._in_io(upload.finish)
             if header.sha256 and header.sha256 != sha256:
@@ -86,10 +87,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                     parent_version=header.parent_version,
                 )
             )
-        finally:
-            open("/tmp/regdbg.log","a").write(f"FINALLY {__import__('sys').exc_info()[0]}\n")
-            await self._in_io(upload.discard)
-            open("/tmp/regdbg.log","a").write("DISCARDED\n")
         log.info("pushed %s v%d (%s)", record.model, record.version, record.sha256[:12])
         return convert.version_to_proto(record)
 

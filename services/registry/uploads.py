@@ -1,13 +1,17 @@
 """An artifact upload in flight: streamed to a temp file and hashed as it arrives.
 
-Methods block (file I/O, hashing) and are run in an executor by the servicer. The size limit is
+TempUpload's methods block (file I/O, hashing) and run in an executor. The size limit is
 checked before a chunk is written, so an oversized upload costs at most one chunk of memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,7 +19,10 @@ from modelserve.errors import InvalidArgumentError
 
 
 class TempUpload:
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, make_path: Callable[[], Path], max_bytes: int) -> None:
+        """``make_path`` creates the (unique, private) temp path; called here, in the
+        executor thread, since it touches the filesystem."""
+        path = make_path()
         self.path = path
         self.max_bytes = max_bytes
         self.size = 0
@@ -54,6 +61,36 @@ class TempUpload:
         self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()
+
+
+@asynccontextmanager
+async def temp_upload(
+    create: Callable[[], TempUpload], executor: Executor, pending: set[asyncio.Future[None]]
+) -> AsyncIterator[TempUpload]:
+    """A TempUpload made by ``create`` in ``executor``, removed however the block ends,
+    cancellation included.
+
+    A push cancelled while its upload is being created must still wait for the file to exist
+    before removing it; the cleanup is shielded and kept in ``pending`` (the loop holds tasks
+    only weakly) so a second cancellation cannot leave the file behind.
+    """
+    loop = asyncio.get_running_loop()
+    created = loop.run_in_executor(executor, create)
+    try:
+        yield await asyncio.shield(created)
+    finally:
+        cleanup = asyncio.ensure_future(_discard_when_created(created, executor))
+        pending.add(cleanup)
+        cleanup.add_done_callback(pending.discard)
+        await asyncio.shield(cleanup)
+
+
+async def _discard_when_created(created: asyncio.Future[TempUpload], executor: Executor) -> None:
+    try:
+        upload = await created
+    except Exception:  # creation failed: nothing to remove
+        return
+    await asyncio.get_running_loop().run_in_executor(executor, upload.discard)
 
 
 def _mib(size: int) -> str:

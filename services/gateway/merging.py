@@ -1,0 +1,214 @@
+"""Merging concurrent requests for one model version into one internal call.
+
+Each Python hop costs ~330 µs of CPU per call it forwards (DESIGN.md, Performance), so the
+gateway sends batches inward: requests bound for the same version, with the same input layout
+and requested outputs, share a lane; a lane sends a request alone while it has fewer than
+``max_in_flight`` calls out (no added latency at low load), and otherwise queues it, so that
+when a call returns, everything queued leaves together as one call (adaptive batching: batch
+size follows load, no timer). The routing decision (the version) is taken before a request
+enters a lane, so a merged call only ever holds requests for one version.
+
+Rows are concatenated as raw bytes (the gateway never decodes tensors) and the response is cut
+back per request by rows. If a merged call is refused as INVALID_ARGUMENT, its requests are
+retried one by one so only the faulty one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
+from modelserve.proto.inference import grpc_service_pb2 as pb
+
+Forward = Callable[[pb.ModelInferRequest, float], Awaitable[pb.ModelInferResponse]]
+LaneKey = tuple[object, ...]
+
+
+@dataclass
+class _Item:
+    request: pb.ModelInferRequest
+    rows: int
+    deadline: float  # loop time
+    future: asyncio.Future[pb.ModelInferResponse]
+
+
+@dataclass
+class _Lane:
+    pending: deque[_Item] = field(default_factory=deque)
+    in_flight: int = 0
+
+
+def lane_key(request: pb.ModelInferRequest, version: int) -> LaneKey | None:
+    """The merge key of ``request``, or None when it must travel alone."""
+    if request.parameters or len(request.raw_input_contents) != len(request.inputs):
+        return None  # typed tensors or request parameters: not merged
+    layout = []
+    rows = -1
+    for tensor in request.inputs:
+        if tensor.parameters or not tensor.shape:
+            return None
+        if rows < 0:
+            rows = tensor.shape[0]
+        elif tensor.shape[0] != rows:
+            return None
+        layout.append((tensor.name, tensor.datatype, tuple(tensor.shape[1:])))
+    if rows <= 0 or any(o.parameters for o in request.outputs):
+        return None
+    return (request.model_name, version, tuple(layout), tuple(o.name for o in request.outputs))
+
+
+class RequestMerger:
+    def __init__(self, *, forward: Forward, max_in_flight: int = 2) -> None:
+        self._forward = forward
+        self._max_in_flight = max(1, max_in_flight)
+        self._lanes: dict[LaneKey, _Lane] = {}
+        self.merged_calls = 0  # calls that carried more than one request (for tests/metrics)
+
+    async def infer(
+        self, request: pb.ModelInferRequest, version: int, max_rows: int, timeout: float
+    ) -> pb.ModelInferResponse:
+        key = lane_key(request, version) if max_rows > 0 else None
+        if key is None:
+            return await self._forward(request, timeout)
+        lane = self._lanes.setdefault(key, _Lane())
+        if lane.in_flight < self._max_in_flight and not lane.pending:
+            lane.in_flight += 1
+            try:
+                return await self._forward(request, timeout)
+            finally:
+                lane.in_flight -= 1
+                self._dispatch(key, lane, max_rows)
+        loop = asyncio.get_running_loop()
+        item = _Item(
+            request, request.inputs[0].shape[0], loop.time() + timeout, loop.create_future()
+        )
+        lane.pending.append(item)
+        if lane.in_flight < self._max_in_flight:
+            self._dispatch(key, lane, max_rows)
+        return await item.future
+
+    def _dispatch(self, key: LaneKey, lane: _Lane, max_rows: int) -> None:
+        """Send what is queued, as one call per ``max_rows`` rows, while slots are free."""
+        now = asyncio.get_running_loop().time()
+        while lane.pending and lane.in_flight < self._max_in_flight:
+            batch: list[_Item] = []
+            rows = 0
+            while lane.pending and rows + lane.pending[0].rows <= max(max_rows, 1):
+                item = lane.pending.popleft()
+                if item.future.done():
+                    continue  # the caller went away
+                if item.deadline <= now:
+                    item.future.set_exception(
+                        DeadlineExceededError("deadline exceeded while queued")
+                    )
+                    continue
+                batch.append(item)
+                rows += item.rows
+            if not batch:
+                if lane.pending and lane.pending[0].rows > max_rows:
+                    big = lane.pending.popleft()  # validated elsewhere; send it alone
+                    batch, rows = [big], big.rows
+                else:
+                    break
+            lane.in_flight += 1
+            asyncio.get_running_loop().create_task(self._send(key, lane, batch, max_rows))
+        if not lane.pending and lane.in_flight == 0:
+            self._lanes.pop(key, None)
+
+    async def _send(self, key: LaneKey, lane: _Lane, batch: list[_Item], max_rows: int) -> None:
+        try:
+            timeout = max(i.deadline for i in batch) - asyncio.get_running_loop().time()
+            if len(batch) == 1:
+                await self._settle_one(batch[0], timeout)
+                return
+            self.merged_calls += 1
+            try:
+                response = await self._forward(merge_requests([i.request for i in batch]), timeout)
+            except InvalidArgumentError:
+                # One bad request must not fail its neighbours: retry each alone.
+                await asyncio.gather(*(self._settle_one(i, timeout) for i in batch))
+                return
+            except ModelServeError as exc:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            for item, part in zip(batch, split_response(response, batch), strict=True):
+                if not item.future.done():
+                    item.future.set_result(part)
+        finally:
+            lane.in_flight -= 1
+            self._dispatch(key, lane, max_rows)
+
+    async def _settle_one(self, item: _Item, timeout: float) -> None:
+        try:
+            result = await self._forward(item.request, timeout)
+        except ModelServeError as exc:
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        if not item.future.done():
+            item.future.set_result(result)
+
+
+def merge_requests(requests: Sequence[pb.ModelInferRequest]) -> pb.ModelInferRequest:
+    """One request whose tensors are the rows of ``requests`` in order (raw bytes joined)."""
+    first = requests[0]
+    total = sum(r.inputs[0].shape[0] for r in requests)
+    merged = pb.ModelInferRequest(
+        model_name=first.model_name, model_version=first.model_version, outputs=first.outputs
+    )
+    for index, tensor in enumerate(first.inputs):
+        merged.inputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=[total, *tensor.shape[1:]]
+        )
+        merged.raw_input_contents.append(b"".join(r.raw_input_contents[index] for r in requests))
+    return merged
+
+
+def split_response(
+    response: pb.ModelInferResponse, batch: Sequence[_Item]
+) -> list[pb.ModelInferResponse]:
+    """Cut a merged response back into one response per request, by rows."""
+    parts = [
+        pb.ModelInferResponse(
+            model_name=response.model_name, model_version=response.model_version, id=i.request.id
+        )
+        for i in batch
+    ]
+    for index, tensor in enumerate(response.outputs):
+        raw = response.raw_output_contents[index]
+        inner = list(tensor.shape[1:])
+        per_row = math.prod(inner)
+        offsets = _row_offsets(raw, tensor.datatype, [i.rows for i in batch], per_row)
+        for part, item, (start, end) in zip(parts, batch, offsets, strict=True):
+            part.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=[item.rows, *inner])
+            part.raw_output_contents.append(raw[start:end])
+    return parts
+
+
+def _row_offsets(
+    raw: bytes, datatype: str, rows: Sequence[int], per_row: int
+) -> list[tuple[int, int]]:
+    total_rows = sum(rows)
+    out: list[tuple[int, int]] = []
+    if datatype != "BYTES":
+        row_bytes = len(raw) // total_rows if total_rows else 0
+        start = 0
+        for n in rows:
+            out.append((start, start + n * row_bytes))
+            start += n * row_bytes
+        return out
+    position = 0
+    for n in rows:  # BYTES: walk the 4-byte length prefixes element by element
+        start = position
+        for _ in range(n * per_row):
+            (length,) = struct.unpack_from("<I", raw, position)
+            position += 4 + length
+        out.append((start, position))
+    return out
