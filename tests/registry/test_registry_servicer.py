@@ -132,21 +132,23 @@ async def test_malformed_uploads_are_invalid_argument(start_registry: StartRegis
 
 
 async def test_a_push_cancelled_mid_upload_leaves_nothing_behind(registry: Registry) -> None:
-    sent = asyncio.Event()
-    never = asyncio.Event()
+    # Cancelling lands at a different point of the handler each time; repeat to cover them.
+    for _ in range(20):
+        sent = asyncio.Event()
+        never = asyncio.Event()
 
-    async def stalled() -> AsyncIterator[registry_pb2.PushVersionRequest]:
-        header = registry_pb2.PushVersionRequest.Header(model="fraud")
-        yield registry_pb2.PushVersionRequest(header=header)
-        yield registry_pb2.PushVersionRequest(chunk=FRAUD_V1[:100])
-        sent.set()
-        await never.wait()  # the client stalls, then gives up
+        async def stalled() -> AsyncIterator[registry_pb2.PushVersionRequest]:
+            header = registry_pb2.PushVersionRequest.Header(model="fraud")
+            yield registry_pb2.PushVersionRequest(header=header)
+            yield registry_pb2.PushVersionRequest(chunk=FRAUD_V1[:100])
+            sent.set()  # noqa: B023 -- each round's generator runs within its round
+            await never.wait()  # noqa: B023 -- the client stalls, then gives up
 
-    call = registry.stub.PushVersion(stalled())
-    await sent.wait()
-    await eventually(lambda: any(p.iterdir() for p in registry.temp_entries()))
-    call.cancel()
-    await eventually(lambda: registry.temp_entries() == [])
+        call = registry.stub.PushVersion(stalled())
+        await sent.wait()
+        await eventually(lambda: any(p.iterdir() for p in registry.temp_entries()))
+        call.cancel()
+        await eventually(lambda: registry.temp_entries() == [], within=2)
     await assert_nothing_stored(registry)
 
 
