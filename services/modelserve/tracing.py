@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
+# Set once tracing is configured: without it, injecting an empty context on every outbound
+# call is pure overhead on the hot path.
+_enabled = False
+
 
 def configure_tracing(
     service_name: str,
@@ -64,6 +68,8 @@ def configure_tracing(
     else:
         raise ValueError(f"unknown trace exporter {exporter!r}: expected none, console or otlp")
     trace.set_tracer_provider(provider)
+    global _enabled
+    _enabled = True
     log.info("tracing on: exporter=%s sample_ratio=%s", exporter, sample_ratio)
     return True
 
@@ -76,6 +82,8 @@ def shutdown_tracing() -> None:
 
 def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
     """Metadata for an outbound call: ``extra`` plus the current W3C trace context."""
+    if not _enabled:
+        return list(extra)
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [*extra, *carrier.items()]
