@@ -31,7 +31,7 @@ def resolve_version(
 ) -> registry_pb2.ModelVersion:
     """Pick one version of ``model`` by the rules above; NOT_FOUND names what exists."""
     by_number = {v.version: v for v in model.versions}
-    if version and version.isdigit():
+    if version and version.isascii() and version.isdigit():
         found = by_number.get(int(version))
         if found is None:
             have = ", ".join(str(n) for n in sorted(by_number)) or "none"

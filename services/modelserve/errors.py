@@ -86,7 +86,17 @@ _BY_CODE: dict[grpc.StatusCode, type[ModelServeError]] = {
     )
 }
 # Transport-level details name peers and addresses; callers get a short message instead.
-_TRANSPORT_MARKERS = ("ipv4:", "ipv6:", "unix:", "failed to connect", "Socket closed", "GOAWAY")
+_TRANSPORT_MARKERS = (
+    "ipv4:",
+    "ipv6:",
+    "unix:",
+    "failed to connect",
+    "Socket closed",
+    "GOAWAY",
+    "errors resolving",
+    "DNS resolution failed",
+    "lookup",
+)
 
 
 def from_rpc_error(exc: grpc.RpcError, hop: str) -> ModelServeError:

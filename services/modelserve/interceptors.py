@@ -57,6 +57,8 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
     """Abort ``context`` with the status that ``exc`` stands for (never returns)."""
     if isinstance(exc, ModelServeError):
         await context.abort(exc.code, exc.message)
+    if isinstance(exc, NotImplementedError):  # a generated base method nobody overrode
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
     ref = uuid.uuid4().hex[:12]
     log.error("unexpected error in %s (ref %s)", method, ref, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")

@@ -130,6 +130,7 @@ class Runtime:
         self.meta: dict[str, str] = {}
         self.port = 0
         self.metrics_port: int | None = None
+        self._metrics_server: Any = None
         self.registration: Registration | None = None
         self.stopping = asyncio.Event()
         self._serving = False
@@ -214,7 +215,9 @@ class Runtime:
         await self._apply_health()
         metrics_port = s.resolved_metrics_port(self.port)
         if metrics_port is not None:
-            _server, self.metrics_port = metrics.start_metrics_server(s.metrics_host, metrics_port)
+            self._metrics_server, self.metrics_port = metrics.start_metrics_server(
+                s.metrics_host, metrics_port
+            )
         host = s.advertise_host or (s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
         if s.discovery == "consul" and not s.advertise_host and s.host in ("0.0.0.0", "::"):
             host = socket.gethostname()
@@ -237,6 +240,7 @@ class Runtime:
         self.stopping.set()
         self._serving = False
         await self.health.enter_graceful_shutdown()
+        metrics.READY.set(0)
         for hook in self._drain_hooks:
             with contextlib.suppress(Exception):
                 await hook()
@@ -259,6 +263,9 @@ class Runtime:
             except Exception:
                 log.warning("stop hook failed", exc_info=True)
         await self.discovery.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("%s stopped", self.spec.name)
 
 

@@ -21,7 +21,7 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
     ) -> router_pb2.ResolveResponse:
         version = self._catalog.resolve(request.model, request.version, request.label)
         model = self._catalog.get_model(request.model)
-        if request.version.isdigit():
+        if request.version.isascii() and request.version.isdigit():
             reason = "version"
         elif request.label or request.version:
             reason = f"label:{request.label or request.version}"
