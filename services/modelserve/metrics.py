@@ -45,6 +45,20 @@ INFER_LATENCY = Histogram(
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+# Rows per model run: powers of two up to RELIABILITY.md's max batch of 64.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_SIZE = Histogram(
+    "modelserve_batch_size",
+    "Rows per model run formed by the worker's dynamic batcher",
+    ["model", "version"],
+    buckets=BATCH_SIZE_BUCKETS,
+)
+QUEUE_SECONDS = Histogram(
+    "modelserve_queue_seconds",
+    "Time a request waited in the worker's batch queue before its model run started",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
 READY = Gauge("modelserve_ready", "1 when this service reports SERVING")
 
 

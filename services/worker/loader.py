@@ -21,10 +21,13 @@ from modelserve.errors import ModelServeError, UnavailableError
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, worker_pb2
 from modelserve.tensors import TensorSpec
 from worker.artifacts import ArtifactCache
+from worker.batcher import DynamicBatcher
 from worker.sessions import ModelSession
 from worker.stats import VersionStats
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE_SIZE = 64  # the registry's default, for configs that leave it unset
 
 State: TypeAlias = worker_pb2.LoadedVersion.State.ValueType
 
@@ -36,6 +39,7 @@ class Held:
     reason: str = ""
     session: ModelSession | None = None
     stats: VersionStats | None = None
+    batcher: DynamicBatcher | None = None  # None: max_batch_size 0, runs go straight through
     task: asyncio.Task[None] | None = None
 
 
@@ -150,6 +154,7 @@ class ModelManager:
             session.close()
             return
         held.session, held.stats = session, VersionStats(r.model, r.version)
+        held.batcher = _batcher(session, r, held.stats)
         held.state = worker_pb2.LoadedVersion.READY
         log.info(
             "%s v%d ready on %s (cold start %.0f ms)",
@@ -169,6 +174,8 @@ class ModelManager:
         self._changed()
         if held.session is not None:
             await asyncio.sleep(self._unload_grace)  # in-flight requests finish first
+            if held.batcher is not None:
+                held.batcher.close()
             held.session.close()
             log.info("%s v%d unloaded", *key)
 
@@ -193,9 +200,30 @@ class ModelManager:
         for held in self.held.values():
             if held.task and not held.task.done():
                 held.task.cancel()
+            if held.batcher is not None:
+                held.batcher.close()
             if held.session is not None:
                 held.session.close()
         self.held.clear()
+
+
+def _batcher(
+    session: ModelSession, record: registry_pb2.ModelVersion, stats: VersionStats
+) -> DynamicBatcher | None:
+    c = record.config
+    if c.max_batch_size <= 0:
+        return None
+    return DynamicBatcher(
+        session,
+        model=record.model,
+        version=record.version,
+        max_batch_size=c.max_batch_size,
+        max_queue_delay_us=c.max_queue_delay_us,
+        preferred_batch_sizes=list(c.preferred_batch_sizes),
+        # 0 = unset (a record from before the field existed): RELIABILITY.md's default range.
+        max_queue_size=c.max_queue_size or DEFAULT_MAX_QUEUE_SIZE,
+        stats=stats,
+    )
 
 
 def _warm_sizes(config: registry_pb2.ServingConfig) -> tuple[int, ...]:

@@ -1,4 +1,10 @@
-"""Per-version inference statistics in V2's ModelStatistics shape (cumulative counts and ns)."""
+"""Per-version inference statistics in V2's ModelStatistics shape (cumulative counts and ns).
+
+Triton's semantics: per request, success/fail and the queue and compute durations (a request
+counts the whole duration of the batch it ran in), ``inference_count`` += its rows; per model
+run, ``execution_count`` += 1 and ``batch_stats`` by the run's rows. With batching,
+``execution_count < inference_count``.
+"""
 
 from __future__ import annotations
 
@@ -33,25 +39,30 @@ class VersionStats:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, tuple[Duration, Duration, Duration]] = field(default_factory=dict)
 
-    def record_success(
+    def record_request(
         self,
         *,
-        batch: int,
+        rows: int,
         total_ns: int,
         queue_ns: int,
         input_ns: int,
         infer_ns: int,
         output_ns: int,
     ) -> None:
+        """One successful request: ``total_ns`` end to end in the worker, the rest as Triton
+        counts them (compute_* are the durations of the model run the request was part of)."""
         self.last_inference_ms = int(time.time() * 1000)
-        self.inference_count += batch
-        self.execution_count += 1
+        self.inference_count += rows
         self.success.add(total_ns)
         self.queue.add(queue_ns)
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
-        per_batch = self.batches.setdefault(batch, (Duration(), Duration(), Duration()))
+
+    def record_execution(self, *, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One model run of ``rows`` rows (a batch of one or more requests)."""
+        self.execution_count += 1
+        per_batch = self.batches.setdefault(rows, (Duration(), Duration(), Duration()))
         per_batch[0].add(input_ns)
         per_batch[1].add(infer_ns)
         per_batch[2].add(output_ns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.streaming import stream_infer
 from modelserve.tensors import decode_inputs, encode_outputs, validate_infer_request
+from worker.batcher import run_unbatched
 from worker.loader import ModelManager
 
 
@@ -93,40 +95,43 @@ class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"only {remaining * 1000:.1f} ms of deadline left; the worker needs at least "
                 f"{self._min_budget_s * 1000:.1f} ms to start"
             )
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
         label = request.parameters["label"].string_param if "label" in request.parameters else ""
         version = self._catalog.resolve(request.model_name, request.model_version, label)
         held = self._manager.get(version.model, version.version)
         assert held.session is not None and held.stats is not None
         labels = (version.model, str(version.version))
-        session = held.session
         try:
             t0 = time.perf_counter_ns()
             # Callers may reach a worker directly (debugging): same checks as the gateway.
             validate_infer_request(
-                request, session.inputs, session.outputs, version.config.max_batch_size
+                request, held.session.inputs, held.session.outputs, version.config.max_batch_size
             )
             inputs = decode_inputs(request)
             names = [o.name for o in request.outputs] or None
             t1 = time.perf_counter_ns()
-            outputs = await session.run(inputs, names)
+            if held.batcher is not None:
+                result = await held.batcher.submit(inputs, names, deadline)
+            else:
+                result = await run_unbatched(held.session, held.stats, inputs, names)
             t2 = time.perf_counter_ns()
             response = pb.ModelInferResponse(
                 model_name=version.model, model_version=str(version.version), id=request.id
             )
-            encode_outputs(response, outputs)
+            encode_outputs(response, result.outputs)
             t3 = time.perf_counter_ns()
-        except Exception:
+        except BaseException:  # a caller cancelled while queued or running is a failure too
             held.stats.record_failure(time.perf_counter_ns() - start)
             INFER_REQUESTS.labels(*labels, "error").inc()
             raise
-        batch = _batch_of(request, version.config.max_batch_size)
-        held.stats.record_success(
-            batch=batch,
+        # Decoding and encoding are this request's own share of compute input and output.
+        held.stats.record_request(
+            rows=result.rows,
             total_ns=t3 - start,
-            queue_ns=0,
-            input_ns=t1 - t0,
-            infer_ns=t2 - t1,
-            output_ns=t3 - t2,
+            queue_ns=result.queue_ns,
+            input_ns=t1 - t0 + result.input_ns,
+            infer_ns=result.infer_ns,
+            output_ns=t3 - t2 + result.output_ns,
         )
         INFER_REQUESTS.labels(*labels, "ok").inc()
         INFER_LATENCY.labels(*labels).observe((t3 - start) / 1e9)
@@ -136,9 +141,3 @@ class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         return stream_infer(request_iterator, context, self.ModelInfer)
-
-
-def _batch_of(request: pb.ModelInferRequest, max_batch_size: int) -> int:
-    if max_batch_size > 0 and request.inputs and request.inputs[0].shape:
-        return max(int(request.inputs[0].shape[0]), 1)
-    return 1
