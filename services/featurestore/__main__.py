@@ -1,6 +1,5 @@
-from modelserve.server import serve
-
 from featurestore import SPEC
+from modelserve.server import serve
 
 if __name__ == "__main__":
     import sys

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from modelserve.errors import InvalidArgumentError
-from modelserve.tensors import v2_datatype_of
 
 from featurestore.values import decode_bytes_value, encode_bytes_value, numpy_dtype
 from featurestore.views import Feature
+from modelserve.errors import InvalidArgumentError
+from modelserve.tensors import v2_datatype_of
 
 
 def split_column(feature: Feature, column: np.ndarray, count: int) -> list[bytes]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from featurestore.catalog import MaterializationState
+from featurestore.online import FeatureColumn
+from featurestore.views import MAX_FEATURES, Feature, FeatureSource, FeatureView
 from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import common_pb2, featurestore_pb2
 from modelserve.tensors import from_proto_tensor, to_proto_tensor
-
-from featurestore.online import FeatureColumn
-from featurestore.views import MAX_FEATURES, Feature, FeatureView
 
 
 def view_from_proto(msg: featurestore_pb2.FeatureView) -> FeatureView:
@@ -35,11 +36,21 @@ def view_from_proto(msg: featurestore_pb2.FeatureView) -> FeatureView:
         ),
         ttl_seconds=msg.ttl_seconds,
         description=msg.description,
+        source=_source_from_proto(msg.source) if msg.HasField("source") else None,
+    )
+
+
+def _source_from_proto(msg: featurestore_pb2.FeatureSource) -> FeatureSource:
+    return FeatureSource(
+        format=msg.format,
+        path=msg.path,
+        event_timestamp_column=msg.event_timestamp_column,
+        created_timestamp_column=msg.created_timestamp_column,
     )
 
 
 def view_to_proto(view: FeatureView) -> featurestore_pb2.FeatureView:
-    return featurestore_pb2.FeatureView(
+    msg = featurestore_pb2.FeatureView(
         name=view.name,
         entity_key=view.entity_key,
         entity_type=view.entity_type,
@@ -51,6 +62,25 @@ def view_to_proto(view: FeatureView) -> featurestore_pb2.FeatureView:
         ],
         ttl_seconds=view.ttl_seconds,
         description=view.description,
+    )
+    if view.source is not None:
+        msg.source.CopyFrom(
+            featurestore_pb2.FeatureSource(
+                format=view.source.format,
+                path=view.source.path,
+                event_timestamp_column=view.source.event_timestamp_column,
+                created_timestamp_column=view.source.created_timestamp_column,
+            )
+        )
+    return msg
+
+
+def state_to_proto(state: MaterializationState) -> featurestore_pb2.MaterializationState:
+    return featurestore_pb2.MaterializationState(
+        view=state.view,
+        watermark_unix_ms=state.watermark_ms,
+        committed_unix_ms=state.committed_ms,
+        rows_written=state.rows_written,
     )
 
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from grpc import aio
-from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
 
 from featurestore import convert
 from featurestore.catalog import ViewCatalog
@@ -20,6 +19,7 @@ from featurestore.online import (
     now_unix_ms,
 )
 from featurestore.online_store import OnlineStore
+from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
 
 
 class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
@@ -84,3 +84,20 @@ class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
     ) -> featurestore_pb2.GetOnlineFeaturesResponse:
         columns = await self._online.read(request.view, request.features, request.entity_keys)
         return convert.lookup_to_proto(columns)
+
+    async def GetMaterializationState(
+        self,
+        request: featurestore_pb2.GetMaterializationStateRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.MaterializationState:
+        return convert.state_to_proto(self._catalog.materialization(request.view))
+
+    async def CommitMaterialization(
+        self,
+        request: featurestore_pb2.CommitMaterializationRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.MaterializationState:
+        state = await self._catalog.commit_materialization(
+            request.view, request.up_to_unix_ms, request.rows_written
+        )
+        return convert.state_to_proto(state)

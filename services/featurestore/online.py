@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-from modelserve.errors import InvalidArgumentError
 
 from featurestore.catalog import ViewCatalog
 from featurestore.columns import assemble_column, split_column
 from featurestore.online_store import OnlineStore, StoredRow
 from featurestore.rows import MAX_EVENT_MS, CorruptRowError, decode_row, encode_row
 from featurestore.views import Feature, FeatureView
+from modelserve.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from modelserve.errors import UnavailableError
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from featurestore.breaker import CircuitBreaker
 from featurestore.online_store import StoredRow
 from featurestore.rows import EVENT_OFFSET, FORMAT_VERSION
+from modelserve.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 

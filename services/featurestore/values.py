@@ -8,6 +8,7 @@ Fixed-width datatypes are little-endian row-major element bytes; BYTES elements 
 from __future__ import annotations
 
 import numpy as np
+
 from modelserve.tensors import DTYPES, deserialize_bytes_tensor, serialize_bytes_tensor
 
 FEATURE_DTYPES = ("FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES")

@@ -1,7 +1,9 @@
 """Feature views: what a view is, what a valid one looks like, and how one may evolve.
 
-A view names an entity key (``user_id``: STRING or INT64) and the features stored per entity.
-Views are immutable values, validated when built, so every other module can trust them.
+A view names an entity key (``user_id``: STRING or INT64) and the features stored per entity,
+and optionally its offline source (a Parquet/CSV file that ``modelserve features
+materialize`` reads client-side; the server only stores its description). Views are immutable
+values, validated when built, so every other module can trust them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from featurestore.values import FEATURE_DTYPES, decode_bytes_value, numpy_dtype
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
 
-from featurestore.values import FEATURE_DTYPES, decode_bytes_value, numpy_dtype
-
 ENTITY_TYPES = ("STRING", "INT64")
+SOURCE_FORMATS = ("parquet", "csv")
 # Bounds on what an admin may declare (RELIABILITY.md rule 9: every count is bounded).
 MAX_FEATURES = 1024
 MAX_RANK = 8
 MAX_ELEMENTS_PER_ENTITY = 65_536
 MAX_TTL_SECONDS = 100 * 365 * 86_400
 MAX_DESCRIPTION = 4096
+MAX_SOURCE_PATH = 4096
 _JSON_FORMAT = 1
 
 
@@ -104,6 +108,42 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class FeatureSource:
+    """A view's offline file: format, where it is, and its timestamp columns.
+
+    The path is documentation (and the CLI's default): no server code ever opens it
+    (RELIABILITY.md rule 8). The entity column is named like the view's entity key.
+    """
+
+    format: str
+    event_timestamp_column: str
+    path: str = ""
+    created_timestamp_column: str = ""  # "" = none
+
+    def __post_init__(self) -> None:
+        if self.format not in SOURCE_FORMATS:
+            raise InvalidArgumentError(
+                f"feature source: format must be parquet or csv, got {self.format[:32]!r}"
+            )
+        validate_name(self.event_timestamp_column, "event timestamp column")
+        if self.created_timestamp_column:
+            validate_name(self.created_timestamp_column, "created timestamp column")
+            if self.created_timestamp_column == self.event_timestamp_column:
+                raise InvalidArgumentError(
+                    "feature source: the created timestamp column must differ from the event "
+                    f"timestamp column {self.event_timestamp_column!r}"
+                )
+        if len(self.path) > MAX_SOURCE_PATH or any(ord(c) < 32 for c in self.path):
+            raise InvalidArgumentError(
+                f"feature source: path must be at most {MAX_SOURCE_PATH} printable characters"
+            )
+
+    @property
+    def timestamp_columns(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.event_timestamp_column, self.created_timestamp_column) if c)
+
+
+@dataclass(frozen=True)
 class FeatureView:
     """A named set of features stored per entity; values older than ``ttl_seconds`` expire."""
 
@@ -113,6 +153,7 @@ class FeatureView:
     features: tuple[Feature, ...]
     ttl_seconds: int = 0  # 0 = never expire
     description: str = ""
+    source: FeatureSource | None = None  # None: filled by pushes only
     _by_name: dict[str, Feature] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -143,6 +184,19 @@ class FeatureView:
                 f"{what}: description is {len(self.description)} characters, "
                 f"at most {MAX_DESCRIPTION}"
             )
+        if self.source is not None:
+            self._check_source_columns(self.source)
+
+    def _check_source_columns(self, source: FeatureSource) -> None:
+        # One source column per role: a timestamp column that is also the key or a feature
+        # would make a file mean two things at once.
+        taken = {self.entity_key, *self._by_name}
+        for column in source.timestamp_columns:
+            if column in taken:
+                raise InvalidArgumentError(
+                    f"feature view {self.name!r}: source timestamp column {column!r} is also "
+                    "the entity key or a feature; name it differently"
+                )
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -168,9 +222,9 @@ def _listing(names: tuple[str, ...], limit: int = 20) -> str:
 def check_evolution(old: FeatureView, new: FeatureView) -> None:
     """Refuse changes that would misread rows already stored under ``old``.
 
-    Adding features, changing defaults, ttl and description are fine. Changing the entity key
-    or type, or a feature's datatype or shape, would reinterpret stored bytes; removing a
-    feature would let a later re-add with another datatype do the same.
+    Adding features, changing defaults, ttl, description and source are fine. Changing the
+    entity key or type, or a feature's datatype or shape, would reinterpret stored bytes;
+    removing a feature would let a later re-add with another datatype do the same.
     """
     what = f"feature view {old.name!r}"
     if (new.entity_key, new.entity_type) != (old.entity_key, old.entity_type):
@@ -202,6 +256,7 @@ def view_to_json(view: FeatureView) -> str:
         "entity_type": view.entity_type,
         "ttl_seconds": view.ttl_seconds,
         "description": view.description,
+        "source": None if view.source is None else _source_to_doc(view.source),
         "features": [
             {
                 "name": f.name,
@@ -215,16 +270,27 @@ def view_to_json(view: FeatureView) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
+def _source_to_doc(source: FeatureSource) -> dict[str, str]:
+    return {
+        "format": source.format,
+        "path": source.path,
+        "event_timestamp_column": source.event_timestamp_column,
+        "created_timestamp_column": source.created_timestamp_column,
+    }
+
+
 def view_from_json(text: str) -> FeatureView:
     doc: dict[str, Any] = json.loads(text)
     if doc.get("format") != _JSON_FORMAT:
         raise ValueError(f"unknown feature view format {doc.get('format')!r}")
+    source = doc.get("source")  # absent in views stored before sources existed
     return FeatureView(
         name=doc["name"],
         entity_key=doc["entity_key"],
         entity_type=doc["entity_type"],
         ttl_seconds=int(doc["ttl_seconds"]),
         description=doc["description"],
+        source=None if source is None else FeatureSource(**source),
         features=tuple(
             Feature(
                 name=f["name"],

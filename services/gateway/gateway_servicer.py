@@ -14,9 +14,11 @@ from modelserve import v2_metadata
 from modelserve.catalog import Catalog
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.routing import routing_key_of
 from modelserve.streaming import stream_infer
 from modelserve.tensors import validate_infer_request
 
+ROUTING_PARAMETERS = ("label", "routing_key")
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
 
 
@@ -92,14 +94,23 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        version = self._catalog.resolve(
-            request.model_name, request.model_version, label_of(request)
+        key = routing_key_of(request, context.invocation_metadata())
+        version = self._catalog.route(
+            request.model_name, request.model_version, label_of(request), key
         )
+        # The decision travels explicitly, so the router cannot pick differently (a split
+        # without a key is random) and the version validated here is the one that answers.
+        request.model_version = str(version.version)
         signature = self._signatures.get(version)
         validate_infer_request(
             request, signature.inputs, signature.outputs, signature.max_batch_size
         )
-        return await self._routers.call(lambda s: s.ModelInfer, request, context)
+        # Routing parameters did their work here; without them the request can be merged.
+        for name in ROUTING_PARAMETERS:
+            if name in request.parameters:
+                del request.parameters[name]
+        timeout = self._routers.deadline(context)
+        return await self._merger.infer(request, version.version, signature.max_batch_size, timeout)
 
     def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext

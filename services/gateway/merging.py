@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.tensors import MERGED_REQUESTS_PARAMETER
 
 Forward = Callable[[pb.ModelInferRequest, float], Awaitable[pb.ModelInferResponse]]
 LaneKey = tuple[object, ...]
@@ -163,6 +164,7 @@ def merge_requests(requests: Sequence[pb.ModelInferRequest]) -> pb.ModelInferReq
     merged = pb.ModelInferRequest(
         model_name=first.model_name, model_version=first.model_version, outputs=first.outputs
     )
+    merged.parameters[MERGED_REQUESTS_PARAMETER].int64_param = len(requests)
     for index, tensor in enumerate(first.inputs):
         merged.inputs.add(
             name=tensor.name, datatype=tensor.datatype, shape=[total, *tensor.shape[1:]]

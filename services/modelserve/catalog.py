@@ -3,7 +3,12 @@
 Gateway, router and worker each keep one, so they agree on what ``model`` + version or label
 means without asking the registry per request. Resolution rules (DESIGN.md, router):
 a numeric version string selects that version; a non-numeric one, or the ``label`` request
-parameter, selects a label; neither selects the ``production`` label, else the newest version.
+parameter, selects a label; neither selects what the model's routing policy says when it has
+one (``modelserve.routing``), else the ``production`` label, else the newest version.
+
+``route_version`` is for requests being served (a split picks by the routing key, at random
+without one); ``resolve_version`` for everything else (metadata, readiness), where a split
+answers with its largest share so the answer does not change from call to call.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable
 
 import grpc
 
+from modelserve import routing
 from modelserve.channels import EndpointSet
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError
@@ -30,6 +36,20 @@ def resolve_version(
     model: registry_pb2.Model, version: str = "", label: str = ""
 ) -> registry_pb2.ModelVersion:
     """Pick one version of ``model`` by the rules above; NOT_FOUND names what exists."""
+    return _resolve(model, version, label, None)
+
+
+def route_version(
+    model: registry_pb2.Model, version: str = "", label: str = "", routing_key: str = ""
+) -> registry_pb2.ModelVersion:
+    """The version that serves one request: as ``resolve_version``, except that a split
+    policy picks by ``routing_key``'s bucket (a random bucket when the key is "")."""
+    return _resolve(model, version, label, routing_key)
+
+
+def _resolve(
+    model: registry_pb2.Model, version: str, label: str, key: str | None
+) -> registry_pb2.ModelVersion:
     by_number = {v.version: v for v in model.versions}
     if version and version.isascii() and version.isdigit():
         found = by_number.get(int(version))
@@ -44,11 +64,29 @@ def resolve_version(
             have = ", ".join(sorted(model.labels)) or "none"
             raise NotFoundError(f"model '{model.name}' has no label '{label}' (labels: {have})")
         return by_number[model.labels[label]]
+    target = routing.policy_target(model, key)
+    if target is not None:
+        return _policy_version(model, by_number, target)
     if DEFAULT_LABEL in model.labels and model.labels[DEFAULT_LABEL] in by_number:
         return by_number[model.labels[DEFAULT_LABEL]]
     if not by_number:
         raise NotFoundError(f"model '{model.name}' has no versions")
     return by_number[max(by_number)]
+
+
+def _policy_version(
+    model: registry_pb2.Model,
+    by_number: dict[int, registry_pb2.ModelVersion],
+    target: routing.Share,
+) -> registry_pb2.ModelVersion:
+    number = target.version or model.labels.get(target.label, 0)
+    found = by_number.get(number)
+    if found is None:  # the registry refuses such policies; only a damaged replica gets here
+        raise NotFoundError(
+            f"model '{model.name}' policy revision {model.policy.revision} routes to "
+            f"{target.describe()}, which the model does not have"
+        )
+    return found
 
 
 class Catalog:
@@ -76,6 +114,11 @@ class Catalog:
 
     def resolve(self, name: str, version: str = "", label: str = "") -> registry_pb2.ModelVersion:
         return resolve_version(self.get_model(name), version, label)
+
+    def route(
+        self, name: str, version: str = "", label: str = "", routing_key: str = ""
+    ) -> registry_pb2.ModelVersion:
+        return route_version(self.get_model(name), version, label, routing_key)
 
     def apply(self, event: registry_pb2.WatchEvent) -> None:
         changed = {m.name for m in event.models} | set(event.deleted)

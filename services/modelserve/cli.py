@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modelserve import features_cli, policy_cli
+from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("name")
     label.add_argument("version", type=int)
     label.add_argument("label")
+    _add_optimize(msub)
 
     infer = sub.add_parser("infer", help="send one V2 inference to the gateway")
     infer.add_argument("model")
@@ -63,7 +66,25 @@ def _parser() -> argparse.ArgumentParser:
         help="input tensor as a JSON nested list, e.g. transaction='[[0.1, 0.2, ...]]'",
     )
     infer.add_argument("--timeout", type=float, default=5.0)
+    policy_cli.add_parser(sub, DEFAULT_REGISTRY)
+    features_cli.add_parser(sub)
     return p
+
+
+def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    opt = msub.add_parser(
+        "optimize", help="derive an optimised version of NAME v VERSION, measure it, push it"
+    )
+    opt.add_argument("name")
+    opt.add_argument("--version", type=int, required=True, help="the parent version number")
+    how = opt.add_mutually_exclusive_group(required=True)
+    how.add_argument("--int8", action="store_true", help="ONNX Runtime dynamic INT8 quantisation")
+    opt.add_argument("--per-channel", action="store_true", help="one weight scale per channel")
+    opt.add_argument("--label", action="append", default=[], help="label(s) for the new version")
+    opt.add_argument("--samples", type=int, default=256, help="seeded sample rows compared")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--latency-runs", type=int, default=200, help="timed runs per batch size")
+    opt.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modelserve.up import run_up
 
         return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
+    if args.command == "features":
+        return features_cli.run(args)
     try:
         return asyncio.run(_client_command(args))
     except grpc.RpcError as exc:
@@ -86,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _client_command(args: argparse.Namespace) -> int:
+    if args.command == "policy":
+        return await policy_cli.run(args)
     if args.command == "models":
         async with grpc.aio.insecure_channel(args.registry) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)
@@ -116,6 +141,30 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
             timeout=10,
         )
         print(f"{m.name}: {args.label} -> version {m.labels[args.label]}")
+    elif args.models_command == "optimize":
+        return await _optimize(stub, args)
+    return 0
+
+
+async def _optimize(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace) -> int:
+    # Imported here: only this command needs onnx and ORT's quantiser loaded at start-up.
+    from modelserve.optimize import optimize_int8
+
+    try:
+        report = await optimize_int8(
+            stub,
+            args.name,
+            args.version,
+            labels=args.label,
+            per_channel=args.per_channel,
+            sample_rows=args.samples,
+            seed=args.seed,
+            latency_runs=args.latency_runs,
+        )
+    except ModelServeError as exc:
+        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
 
 

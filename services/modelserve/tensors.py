@@ -19,6 +19,10 @@ from modelserve.errors import InvalidArgumentError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import common_pb2
 
+# Set by the gateway on a call that carries several client requests merged along the batch
+# dimension, so the worker's statistics count client requests, not internal calls.
+MERGED_REQUESTS_PARAMETER = "modelserve_merged_requests"
+
 
 @dataclass(frozen=True)
 class DType:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
+from modelserve.routing import basis_points
 from modelserve.tensors import TensorSpec
 from registry.artifacts import check_sha256
 from registry.config import ConfigOverrides, ServingConfig
-from registry.records import ChangeEvent, ModelRecord, Snapshot, VersionRecord
+from registry.records import (
+    ChangeEvent,
+    ModelRecord,
+    PolicyRevision,
+    RoutingPolicy,
+    Snapshot,
+    SplitShare,
+    VersionRecord,
+)
 from registry.store import check_push
 
 
@@ -92,10 +103,56 @@ def version_to_proto(record: VersionRecord) -> registry_pb2.ModelVersion:
 
 
 def model_to_proto(record: ModelRecord) -> registry_pb2.Model:
-    return registry_pb2.Model(
+    model = registry_pb2.Model(
         name=record.name,
         versions=[version_to_proto(v) for v in record.versions],
         labels=dict(record.labels),
+    )
+    if record.policy is not None:
+        model.policy.CopyFrom(revision_to_proto(record.policy))
+    return model
+
+
+def policy_from_proto(policy: registry_pb2.RoutingPolicy) -> RoutingPolicy:
+    """Decode a policy; percentages become basis points (exact integers), so a split's sum
+    is checked without floating-point slack."""
+    return RoutingPolicy(
+        split=tuple(
+            SplitShare(version=t.version, label=t.label, basis_points=_basis_points(i, t.percent))
+            for i, t in enumerate(policy.split)
+        ),
+        target_label=policy.target_label,
+    )
+
+
+def _basis_points(index: int, percent: float) -> int:
+    if not math.isfinite(percent):
+        raise InvalidArgumentError(f"split target {index}: percent must be a number; got {percent}")
+    points = basis_points(percent)
+    if abs(percent * 100 - points) > 1e-6:
+        raise InvalidArgumentError(
+            f"split target {index}: percent {percent:g} has more than two decimals"
+        )
+    return points
+
+
+def policy_to_proto(policy: RoutingPolicy) -> registry_pb2.RoutingPolicy:
+    return registry_pb2.RoutingPolicy(
+        split=[
+            registry_pb2.SplitTarget(version=s.version, label=s.label, percent=s.basis_points / 100)
+            for s in policy.split
+        ],
+        target_label=policy.target_label,
+    )
+
+
+def revision_to_proto(record: PolicyRevision) -> registry_pb2.PolicyRevision:
+    return registry_pb2.PolicyRevision(
+        model=record.model,
+        revision=record.revision,
+        policy=policy_to_proto(record.policy),
+        note=record.note,
+        created_unix_ms=record.created_unix_ms,
     )
 
 

@@ -28,10 +28,51 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
+class SplitShare:
+    """One target of a weighted split: a version (>= 1) or a label, and its weight."""
+
+    version: int = 0
+    label: str = ""
+    basis_points: int = 0  # hundredths of a percent: a split's shares sum to 10 000
+
+    def describe(self) -> str:
+        return f"version {self.version}" if self.version else f"label {self.label!r}"
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """A split or a single target label; neither = the default resolution (no policy)."""
+
+    split: tuple[SplitShare, ...] = ()
+    target_label: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.split and not self.target_label
+
+    def labels(self) -> set[str]:
+        """The labels this policy routes through."""
+        found = {s.label for s in self.split if s.label}
+        return found | ({self.target_label} if self.target_label else set())
+
+
+@dataclass(frozen=True)
+class PolicyRevision:
+    """A model's policy as of one of its policy revisions (1, 2, ... per model)."""
+
+    model: str
+    revision: int
+    policy: RoutingPolicy
+    note: str = ""
+    created_unix_ms: int = 0
+
+
+@dataclass(frozen=True)
 class ModelRecord:
     name: str
     versions: tuple[VersionRecord, ...]  # ascending by version
     labels: Mapping[str, int] = field(default_factory=dict)  # label -> version
+    policy: PolicyRevision | None = None  # the current revision; None if never set
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.onnx_inspect import inspect_model
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from registry import convert
+from registry.policy_servicer import PolicyRpcs
 from registry.store import RegistryStore
 from registry.uploads import TempUpload, temp_upload
 from registry.watch import WatchHub
@@ -32,7 +33,7 @@ DEFAULT_MAX_ARTIFACT_BYTES = 2 << 30  # protobuf cannot hold a larger ONNX model
 CHUNK_BYTES = 1 << 20
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServicer):
+class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
     def __init__(
         self,
         *,

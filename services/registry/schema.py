@@ -2,6 +2,10 @@
 
 Signatures and configs are stored as JSON text (never pickle, RELIABILITY.md rule 11). The
 global revision lives in ``meta`` so it survives restarts and only ever grows.
+
+Schema versions: 1 models, versions, labels; 2 adds ``policies`` (routing policy revisions,
+an append-only history per model). Opening a version-1 file creates the new table; a file
+of a newer version than this build knows is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from pathlib import Path
 
 from modelserve.errors import FailedPreconditionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -44,6 +48,14 @@ CREATE TABLE IF NOT EXISTS labels (
     PRIMARY KEY (model, label),
     FOREIGN KEY (model, version) REFERENCES versions(model, version)
 );
+CREATE TABLE IF NOT EXISTS policies (
+    model           TEXT NOT NULL REFERENCES models(name),
+    revision        INTEGER NOT NULL,
+    policy_json     TEXT NOT NULL,
+    note            TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (model, revision)
+);
 """
 
 # Models changed by the current transaction, recorded by triggers so that no mutation can
@@ -59,6 +71,8 @@ CREATE TEMP TRIGGER touch_label_upd AFTER UPDATE ON labels BEGIN
     INSERT OR IGNORE INTO temp_touched VALUES (NEW.model); END;
 CREATE TEMP TRIGGER touch_label_del AFTER DELETE ON labels BEGIN
     INSERT OR IGNORE INTO temp_touched VALUES (OLD.model); END;
+CREATE TEMP TRIGGER touch_policy AFTER INSERT ON policies BEGIN
+    INSERT OR IGNORE INTO temp_touched VALUES (NEW.model); END;
 """
 
 

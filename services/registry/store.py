@@ -27,6 +27,7 @@ from modelserve.names import validate_name
 from modelserve.onnx_inspect import ModelSignature
 from registry.artifacts import ArtifactStore, check_sha256
 from registry.config import ConfigOverrides, resolve_config
+from registry.policy_store import PolicyStoreMethods
 from registry.records import PRODUCTION, ChangeEvent, ModelRecord, Snapshot, VersionRecord
 from registry.rows import config_to_json, specs_to_json, version_from_row
 from registry.schema import open_database
@@ -40,7 +41,7 @@ _LISTED = 20  # how many names a NOT_FOUND message lists before "..."
 ChangeListener = Callable[[ChangeEvent], None]
 
 
-class RegistryStore:
+class RegistryStore(PolicyStoreMethods):
     """The registry's persistent state under ``data_dir``.
 
     ``on_change`` is called after each committed change, in commit order, on the thread that
@@ -152,7 +153,8 @@ class RegistryStore:
             return found[0]
 
     def resolve(self, model: str, version: int = 0, label: str = "") -> VersionRecord:
-        """version > 0: that version; label: the version it points at; neither: the
+        """version > 0: that version; label: the version it points at; neither: what the
+        routing policy would answer a lookup (modelserve.catalog.resolve_version), else the
         "production" label if set, else the newest version."""
         validate_name(model, "model name")
         if version < 0:
@@ -168,8 +170,10 @@ class RegistryStore:
             elif label:
                 version = self._require_label(model, validate_name(label, "label"))
             else:
-                version = _label_version(self._conn, model, PRODUCTION) or _newest(
-                    self._conn, model
+                version = (
+                    self._policy_default(model)
+                    or _label_version(self._conn, model, PRODUCTION)
+                    or _newest(self._conn, model)
                 )
             return self._read_version(model, version)
 
@@ -210,6 +214,12 @@ class RegistryStore:
         with self._lock:
             self._require_model(model)
             self._require_label(model, label)
+            now = self._current_policy(model)
+            if now is not None and label in now.policy.labels():
+                raise FailedPreconditionError(
+                    f"label {label!r} is in the routing policy of model {model!r} (policy "
+                    f"revision {now.revision}); change or clear the policy first"
+                )
             with self._transaction() as conn:
                 conn.execute("DELETE FROM labels WHERE model = ? AND label = ?", (model, label))
             return self.get_model(model)
@@ -256,8 +266,14 @@ class RegistryStore:
         for row in rows:
             key = (row["model"], row["version"])
             versions[row["model"]].append(version_from_row(row, by_version[key]))
+        current = self._current_policies(name)
         return tuple(
-            ModelRecord(name=model, versions=tuple(vs), labels=dict(sorted(labels[model].items())))
+            ModelRecord(
+                name=model,
+                versions=tuple(vs),
+                labels=dict(sorted(labels[model].items())),
+                policy=current.get(model),
+            )
             for model, vs in versions.items()
         )
 

@@ -25,6 +25,8 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
             reason = "version"
         elif request.label or request.version:
             reason = f"label:{request.label or request.version}"
+        elif model.policy.policy.split or model.policy.policy.target_label:
+            reason = f"policy:revision {model.policy.revision}"
         elif DEFAULT_LABEL in model.labels:
             reason = f"label:{DEFAULT_LABEL}"
         else:

@@ -14,6 +14,7 @@ from modelserve.channels import outbound_timeout
 from modelserve.errors import UnavailableError, from_rpc_error
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.routing import routing_key_of
 from modelserve.streaming import stream_infer
 from modelserve.tracing import outbound_metadata
 from router.forwarding import Forwarder
@@ -87,8 +88,11 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        version = self._catalog.resolve(
-            request.model_name, request.model_version, label_of(request)
+        version = self._catalog.route(
+            request.model_name,
+            request.model_version,
+            label_of(request),
+            routing_key_of(request, context.invocation_metadata()),
         )
         return await self._forwarder.infer(request, version, context)
 

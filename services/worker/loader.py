@@ -1,10 +1,10 @@
 """Which versions this worker holds, kept in step with the registry.
 
-Deployed = every version that carries a label, plus the newest version of each model (so a
-pushed version is servable as soon as it is warm). A version is fetched (sha256 verified),
-loaded, warmed, and only then READY; one that fails stays FAILED with its reason and the
-versions already serving keep serving. A version that stops being deployed stops taking new
-requests at once and is closed after ``unload_grace_seconds``.
+Deployed = every version that carries a label or that the model's routing policy names, plus
+the newest version of each model (so a pushed version is servable as soon as it is warm). A
+version is fetched (sha256 verified), loaded, warmed, and only then READY; one that fails stays
+FAILED with its reason and the versions already serving keep serving. A version that stops
+being deployed stops taking new requests at once and is closed after ``unload_grace_seconds``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from modelserve.catalog import Catalog
 from modelserve.channels import EndpointSet
 from modelserve.errors import ModelServeError, UnavailableError
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, worker_pb2
+from modelserve.routing import referenced_versions
 from modelserve.tensors import TensorSpec
 from worker.artifacts import ArtifactCache
 from worker.batcher import DynamicBatcher
@@ -52,6 +53,7 @@ def deployed_versions(
             continue
         by_number = {v.version: v for v in model.versions}
         numbers = set(model.labels.values()) | {max(by_number)}
+        numbers |= referenced_versions(model)  # a split may name versions without labels
         for n in numbers:
             if n in by_number:
                 wanted[(name, n)] = by_number[n]

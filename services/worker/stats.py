@@ -48,16 +48,21 @@ class VersionStats:
         input_ns: int,
         infer_ns: int,
         output_ns: int,
+        requests: int = 1,
     ) -> None:
         """One successful request: ``total_ns`` end to end in the worker, the rest as Triton
-        counts them (compute_* are the durations of the model run the request was part of)."""
+        counts them (compute_* are the durations of the model run the request was part of).
+
+        ``requests`` > 1 when the gateway merged that many client requests into this one:
+        each counts, with the durations they shared, so statistics speak of client requests.
+        """
         self.last_inference_ms = int(time.time() * 1000)
         self.inference_count += rows
-        self.success.add(total_ns)
-        self.queue.add(queue_ns)
-        self.compute_input.add(input_ns)
-        self.compute_infer.add(infer_ns)
-        self.compute_output.add(output_ns)
+        self.success.add(total_ns * requests, requests)
+        self.queue.add(queue_ns * requests, requests)
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
 
     def record_execution(self, *, rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """One model run of ``rows`` rows (a batch of one or more requests)."""
@@ -67,8 +72,8 @@ class VersionStats:
         per_batch[1].add(infer_ns)
         per_batch[2].add(output_ns)
 
-    def record_failure(self, total_ns: int) -> None:
-        self.fail.add(total_ns)
+    def record_failure(self, total_ns: int, requests: int = 1) -> None:
+        self.fail.add(total_ns * requests, requests)
 
     def to_proto(self) -> pb.ModelStatistics:
         out = pb.ModelStatistics(

@@ -15,7 +15,12 @@ from modelserve.metrics import INFER_LATENCY, INFER_REQUESTS
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.streaming import stream_infer
-from modelserve.tensors import decode_inputs, encode_outputs, validate_infer_request
+from modelserve.tensors import (
+    MERGED_REQUESTS_PARAMETER,
+    decode_inputs,
+    encode_outputs,
+    validate_infer_request,
+)
 from worker.batcher import run_unbatched
 from worker.loader import ModelManager
 
@@ -101,6 +106,7 @@ class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         held = self._manager.get(version.model, version.version)
         assert held.session is not None and held.stats is not None
         labels = (version.model, str(version.version))
+        merged = merged_request_count(request)
         try:
             t0 = time.perf_counter_ns()
             # Callers may reach a worker directly (debugging): same checks as the gateway.
@@ -121,7 +127,7 @@ class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             encode_outputs(response, result.outputs)
             t3 = time.perf_counter_ns()
         except BaseException:  # a caller cancelled while queued or running is a failure too
-            held.stats.record_failure(time.perf_counter_ns() - start)
+            held.stats.record_failure(time.perf_counter_ns() - start, merged)
             INFER_REQUESTS.labels(*labels, "error").inc()
             raise
         # Decoding and encoding are this request's own share of compute input and output.
@@ -132,6 +138,7 @@ class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             input_ns=t1 - t0 + result.input_ns,
             infer_ns=result.infer_ns,
             output_ns=t3 - t2 + result.output_ns,
+            requests=merged,
         )
         INFER_REQUESTS.labels(*labels, "ok").inc()
         INFER_LATENCY.labels(*labels).observe((t3 - start) / 1e9)
@@ -141,3 +148,12 @@ class WorkerInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         return stream_infer(request_iterator, context, self.ModelInfer)
+
+
+def merged_request_count(request: pb.ModelInferRequest) -> int:
+    """How many client requests the gateway merged into ``request`` (1 if not merged)."""
+    param = request.parameters.get(MERGED_REQUESTS_PARAMETER)
+    if param is None:
+        return 1
+    rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
+    return max(1, min(int(param.int64_param), int(rows)))

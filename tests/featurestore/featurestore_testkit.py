@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import grpc
 import numpy as np
 
+from featurestore.catalog import ViewCatalog
+from featurestore.featurestore_servicer import FeatureStoreServicer
+from featurestore.online_store import OnlineStore
 from featurestore.views import Feature, FeatureView
+from modelserve.interceptors import ErrorInterceptor
+from modelserve.proto.modelserve.v1 import featurestore_pb2_grpc
 
 
 def user_view(
@@ -45,3 +54,21 @@ def user_columns(count: int, base: float = 0.0) -> dict[str, np.ndarray]:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@asynccontextmanager
+async def served(catalog: ViewCatalog, store: OnlineStore) -> AsyncIterator[tuple[Any, Any]]:
+    """(server, stub): a FeatureStore on 127.0.0.1:0 over ``catalog`` and ``store``, with the
+    real error interceptor. Stopping the server early (mid-run) is fine."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    featurestore_pb2_grpc.add_FeatureStoreServicer_to_server(
+        FeatureStoreServicer(catalog=catalog, online_store=store), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield server, featurestore_pb2_grpc.FeatureStoreStub(channel)  # type: ignore[no-untyped-call]
+    finally:
+        await channel.close()
+        await server.stop(None)

@@ -85,6 +85,8 @@ async def test_unknown_view_is_not_found_on_every_rpc(stub: Stub) -> None:
         stub.WriteOnlineFeatures(
             fs.WriteOnlineFeaturesRequest(view="ghost", entity_keys=["a"], values=[])
         ),
+        stub.GetMaterializationState(fs.GetMaterializationStateRequest(view="ghost")),
+        stub.CommitMaterialization(fs.CommitMaterializationRequest(view="ghost", up_to_unix_ms=1)),
     ]
     for call in calls:
         code, details = await _code(call)
@@ -102,12 +104,21 @@ async def test_unknown_feature_is_not_found(stub: Stub) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
     assert "has no feature 'height'" in details
 
+    request = write_request(["a"])
+    request.values.append(to_proto_tensor("height", np.zeros(1, np.float32)))
+    code, details = await _code(stub.WriteOnlineFeatures(request))
+    assert (code, "has no feature 'height'" in details) == (grpc.StatusCode.NOT_FOUND, True)
+
 
 async def test_bad_requests_are_invalid_argument(stub: Stub) -> None:
     await stub.ApplyFeatureView(users_proto(name="accounts", entity_type="INT64"))
     code, details = await _code(
         stub.GetOnlineFeatures(fs.GetOnlineFeaturesRequest(view="accounts", entity_keys=["x1"]))
     )
+    assert (code, "entity key 'x1'" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
+    request = write_request(["12", "x1"])
+    request.view = "accounts"
+    code, details = await _code(stub.WriteOnlineFeatures(request))
     assert (code, "entity key 'x1'" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
 
     await stub.ApplyFeatureView(users_proto())

@@ -25,35 +25,43 @@ _sym_db = _symbol_database.Default()
 from modelserve.proto.modelserve.v1 import common_pb2 as modelserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n modelserve/v1/featurestore.proto\x12\rmodelserve.v1\x1a\x1amodelserve/v1/common.proto\"M\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65\x66\x61ult_raw\x18\x04 \x01(\x0c\"\x98\x01\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nentity_key\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x03 \x01(\t\x12(\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x16.modelserve.v1.Feature\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"%\n\x15GetFeatureViewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17ListFeatureViewsRequest\"E\n\x18ListFeatureViewsResponse\x12)\n\x05views\x18\x01 \x03(\x0b\x32\x1a.modelserve.v1.FeatureView\"}\n\x1aWriteOnlineFeaturesRequest\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x02 \x03(\t\x12%\n\x06values\x18\x03 \x03(\x0b\x32\x15.modelserve.v1.Tensor\x12\x15\n\revent_unix_ms\x18\x04 \x03(\x03\".\n\x1bWriteOnlineFeaturesResponse\x12\x0f\n\x07written\x18\x01 \x01(\x03\"O\n\x18GetOnlineFeaturesRequest\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x13\n\x0b\x65ntity_keys\x18\x03 \x03(\t\"b\n\rFeatureResult\x12%\n\x06values\x18\x01 \x01(\x0b\x32\x15.modelserve.v1.Tensor\x12*\n\x06status\x18\x02 \x03(\x0e\x32\x1a.modelserve.v1.ValueStatus\"J\n\x19GetOnlineFeaturesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.modelserve.v1.FeatureResult*R\n\x0bValueStatus\x12\x1c\n\x18VALUE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\x0b\n\x07MISSING\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\xf3\x03\n\x0c\x46\x65\x61tureStore\x12L\n\x10\x41pplyFeatureView\x12\x1a.modelserve.v1.FeatureView\x1a\x1a.modelserve.v1.FeatureView\"\x00\x12T\n\x0eGetFeatureView\x12$.modelserve.v1.GetFeatureViewRequest\x1a\x1a.modelserve.v1.FeatureView\"\x00\x12\x65\n\x10ListFeatureViews\x12&.modelserve.v1.ListFeatureViewsRequest\x1a\'.modelserve.v1.ListFeatureViewsResponse\"\x00\x12n\n\x13WriteOnlineFeatures\x12).modelserve.v1.WriteOnlineFeaturesRequest\x1a*.modelserve.v1.WriteOnlineFeaturesResponse\"\x00\x12h\n\x11GetOnlineFeatures\x12\'.modelserve.v1.GetOnlineFeaturesRequest\x1a(.modelserve.v1.GetOnlineFeaturesResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n modelserve/v1/featurestore.proto\x12\rmodelserve.v1\x1a\x1amodelserve/v1/common.proto\"M\n\x07\x46\x65\x61ture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0b\x64\x65\x66\x61ult_raw\x18\x04 \x01(\x0c\"\xc6\x01\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nentity_key\x18\x02 \x01(\t\x12\x13\n\x0b\x65ntity_type\x18\x03 \x01(\t\x12(\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x16.modelserve.v1.Feature\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12,\n\x06source\x18\x07 \x01(\x0b\x32\x1c.modelserve.v1.FeatureSource\"o\n\rFeatureSource\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x1e\n\x16\x65vent_timestamp_column\x18\x03 \x01(\t\x12 \n\x18\x63reated_timestamp_column\x18\x04 \x01(\t\"%\n\x15GetFeatureViewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x19\n\x17ListFeatureViewsRequest\"E\n\x18ListFeatureViewsResponse\x12)\n\x05views\x18\x01 \x03(\x0b\x32\x1a.modelserve.v1.FeatureView\"}\n\x1aWriteOnlineFeaturesRequest\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x13\n\x0b\x65ntity_keys\x18\x02 \x03(\t\x12%\n\x06values\x18\x03 \x03(\x0b\x32\x15.modelserve.v1.Tensor\x12\x15\n\revent_unix_ms\x18\x04 \x03(\x03\".\n\x1bWriteOnlineFeaturesResponse\x12\x0f\n\x07written\x18\x01 \x01(\x03\"O\n\x18GetOnlineFeaturesRequest\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x13\n\x0b\x65ntity_keys\x18\x03 \x03(\t\"b\n\rFeatureResult\x12%\n\x06values\x18\x01 \x01(\x0b\x32\x15.modelserve.v1.Tensor\x12*\n\x06status\x18\x02 \x03(\x0e\x32\x1a.modelserve.v1.ValueStatus\"J\n\x19GetOnlineFeaturesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.modelserve.v1.FeatureResult\".\n\x1eGetMaterializationStateRequest\x12\x0c\n\x04view\x18\x01 \x01(\t\"Y\n\x1c\x43ommitMaterializationRequest\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x15\n\rup_to_unix_ms\x18\x02 \x01(\x03\x12\x14\n\x0crows_written\x18\x03 \x01(\x03\"p\n\x14MaterializationState\x12\x0c\n\x04view\x18\x01 \x01(\t\x12\x19\n\x11watermark_unix_ms\x18\x02 \x01(\x03\x12\x19\n\x11\x63ommitted_unix_ms\x18\x03 \x01(\x03\x12\x14\n\x0crows_written\x18\x04 \x01(\x03*R\n\x0bValueStatus\x12\x1c\n\x18VALUE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\x0b\n\x07MISSING\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x32\xd1\x05\n\x0c\x46\x65\x61tureStore\x12L\n\x10\x41pplyFeatureView\x12\x1a.modelserve.v1.FeatureView\x1a\x1a.modelserve.v1.FeatureView\"\x00\x12T\n\x0eGetFeatureView\x12$.modelserve.v1.GetFeatureViewRequest\x1a\x1a.modelserve.v1.FeatureView\"\x00\x12\x65\n\x10ListFeatureViews\x12&.modelserve.v1.ListFeatureViewsRequest\x1a\'.modelserve.v1.ListFeatureViewsResponse\"\x00\x12n\n\x13WriteOnlineFeatures\x12).modelserve.v1.WriteOnlineFeaturesRequest\x1a*.modelserve.v1.WriteOnlineFeaturesResponse\"\x00\x12h\n\x11GetOnlineFeatures\x12\'.modelserve.v1.GetOnlineFeaturesRequest\x1a(.modelserve.v1.GetOnlineFeaturesResponse\"\x00\x12o\n\x17GetMaterializationState\x12-.modelserve.v1.GetMaterializationStateRequest\x1a#.modelserve.v1.MaterializationState\"\x00\x12k\n\x15\x43ommitMaterialization\x12+.modelserve.v1.CommitMaterializationRequest\x1a#.modelserve.v1.MaterializationState\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelserve.v1.featurestore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALUESTATUS']._serialized_start=882
-  _globals['_VALUESTATUS']._serialized_end=964
+  _globals['_VALUESTATUS']._serialized_start=1294
+  _globals['_VALUESTATUS']._serialized_end=1376
   _globals['_FEATURE']._serialized_start=79
   _globals['_FEATURE']._serialized_end=156
   _globals['_FEATUREVIEW']._serialized_start=159
-  _globals['_FEATUREVIEW']._serialized_end=311
-  _globals['_GETFEATUREVIEWREQUEST']._serialized_start=313
-  _globals['_GETFEATUREVIEWREQUEST']._serialized_end=350
-  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_start=352
-  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_end=377
-  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_start=379
-  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_end=448
-  _globals['_WRITEONLINEFEATURESREQUEST']._serialized_start=450
-  _globals['_WRITEONLINEFEATURESREQUEST']._serialized_end=575
-  _globals['_WRITEONLINEFEATURESRESPONSE']._serialized_start=577
-  _globals['_WRITEONLINEFEATURESRESPONSE']._serialized_end=623
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=625
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=704
-  _globals['_FEATURERESULT']._serialized_start=706
-  _globals['_FEATURERESULT']._serialized_end=804
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=806
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=880
-  _globals['_FEATURESTORE']._serialized_start=967
-  _globals['_FEATURESTORE']._serialized_end=1466
+  _globals['_FEATUREVIEW']._serialized_end=357
+  _globals['_FEATURESOURCE']._serialized_start=359
+  _globals['_FEATURESOURCE']._serialized_end=470
+  _globals['_GETFEATUREVIEWREQUEST']._serialized_start=472
+  _globals['_GETFEATUREVIEWREQUEST']._serialized_end=509
+  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_start=511
+  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_end=536
+  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_start=538
+  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_end=607
+  _globals['_WRITEONLINEFEATURESREQUEST']._serialized_start=609
+  _globals['_WRITEONLINEFEATURESREQUEST']._serialized_end=734
+  _globals['_WRITEONLINEFEATURESRESPONSE']._serialized_start=736
+  _globals['_WRITEONLINEFEATURESRESPONSE']._serialized_end=782
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=784
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=863
+  _globals['_FEATURERESULT']._serialized_start=865
+  _globals['_FEATURERESULT']._serialized_end=963
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=965
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1039
+  _globals['_GETMATERIALIZATIONSTATEREQUEST']._serialized_start=1041
+  _globals['_GETMATERIALIZATIONSTATEREQUEST']._serialized_end=1087
+  _globals['_COMMITMATERIALIZATIONREQUEST']._serialized_start=1089
+  _globals['_COMMITMATERIALIZATIONREQUEST']._serialized_end=1178
+  _globals['_MATERIALIZATIONSTATE']._serialized_start=1180
+  _globals['_MATERIALIZATIONSTATE']._serialized_end=1292
+  _globals['_FEATURESTORE']._serialized_start=1379
+  _globals['_FEATURESTORE']._serialized_end=2100
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,16 @@ class FeatureStoreStub:
                 request_serializer=modelserve_dot_v1_dot_featurestore__pb2.GetOnlineFeaturesRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_featurestore__pb2.GetOnlineFeaturesResponse.FromString,
                 _registered_method=True)
+        self.GetMaterializationState = channel.unary_unary(
+                '/modelserve.v1.FeatureStore/GetMaterializationState',
+                request_serializer=modelserve_dot_v1_dot_featurestore__pb2.GetMaterializationStateRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.FromString,
+                _registered_method=True)
+        self.CommitMaterialization = channel.unary_unary(
+                '/modelserve.v1.FeatureStore/CommitMaterialization',
+                request_serializer=modelserve_dot_v1_dot_featurestore__pb2.CommitMaterializationRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.FromString,
+                _registered_method=True)
 
 
 class FeatureStoreServicer:
@@ -83,12 +93,30 @@ class FeatureStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WriteOnlineFeatures(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The push RPC: store one row (every feature) per entity. Per entity a write is all or
+        nothing; the whole batch lands atomically; rows older than the stored one are skipped.
+        Unknown view or feature: NOT_FOUND; entity keys of the wrong type: INVALID_ARGUMENT.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOnlineFeatures(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMaterializationState(self, request, context):
+        """Materialisation bookkeeping, persisted beside the view catalog. A run reads the state,
+        writes rows with event times in [max(start, watermark), end), then commits `end`; the
+        watermark only moves forward and only after every row of the run was written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitMaterialization(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +149,16 @@ def add_FeatureStoreServicer_to_server(servicer, server):
                     servicer.GetOnlineFeatures,
                     request_deserializer=modelserve_dot_v1_dot_featurestore__pb2.GetOnlineFeaturesRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_featurestore__pb2.GetOnlineFeaturesResponse.SerializeToString,
+            ),
+            'GetMaterializationState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMaterializationState,
+                    request_deserializer=modelserve_dot_v1_dot_featurestore__pb2.GetMaterializationStateRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.SerializeToString,
+            ),
+            'CommitMaterialization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitMaterialization,
+                    request_deserializer=modelserve_dot_v1_dot_featurestore__pb2.CommitMaterializationRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +296,60 @@ class FeatureStore:
             '/modelserve.v1.FeatureStore/GetOnlineFeatures',
             modelserve_dot_v1_dot_featurestore__pb2.GetOnlineFeaturesRequest.SerializeToString,
             modelserve_dot_v1_dot_featurestore__pb2.GetOnlineFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMaterializationState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.FeatureStore/GetMaterializationState',
+            modelserve_dot_v1_dot_featurestore__pb2.GetMaterializationStateRequest.SerializeToString,
+            modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitMaterialization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.FeatureStore/CommitMaterialization',
+            modelserve_dot_v1_dot_featurestore__pb2.CommitMaterializationRequest.SerializeToString,
+            modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.FromString,
             options,
             channel_credentials,
             insecure,

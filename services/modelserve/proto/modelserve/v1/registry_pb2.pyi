@@ -155,25 +155,126 @@ class Model(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def policy(self) -> Global___PolicyRevision:
+        """The current routing policy; unset when none was ever set. A revision whose policy is
+        empty (cleared) means the default resolution applies.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        policy: Global___PolicyRevision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "policy", b"policy", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class SplitTarget(_message.Message):
+    """One share of a weighted split: exactly one of `version` (>= 1) and `label`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    label: _builtins.str
+    """Resolved when a request is routed, so moving the label moves this share's traffic."""
+    percent: _builtins.float
+    """0-100 with at most two decimals; the shares of a split sum to exactly 100."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        label: _builtins.str = ...,
+        percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "percent", b"percent", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitTarget: _TypeAlias = SplitTarget  # noqa: Y015
+
+@_typing.final
+class RoutingPolicy(_message.Message):
+    """Set exactly one of `split` and `target_label`; neither is the empty (default) policy.
+    A split routes by the request's routing key (request parameter `routing_key`, else the
+    `x-routing-key` metadata) hashed to a bucket, so a key keeps its version while the split is
+    unchanged; requests without a key are split at random. `target_label` sends all traffic to
+    one label (blue-green: switching it moves every request at once).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPLIT_FIELD_NUMBER: _builtins.int
+    TARGET_LABEL_FIELD_NUMBER: _builtins.int
+    target_label: _builtins.str
+    @_builtins.property
+    def split(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitTarget]: ...
+    def __init__(
+        self,
+        *,
+        split: _abc.Iterable[Global___SplitTarget] | None = ...,
+        target_label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["split", b"split", "target_label", b"target_label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingPolicy: _TypeAlias = RoutingPolicy  # noqa: Y015
+
+@_typing.final
+class PolicyRevision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    revision: _builtins.int
+    """Counts up from 1 per model; every change, rollback included, is a new revision."""
+    note: _builtins.str
+    """What made it: the caller's note, or e.g. "rollback to revision 3"."""
+    created_unix_ms: _builtins.int
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        policy: Global___RoutingPolicy | None = ...,
+        note: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "model", b"model", "note", b"note", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyRevision: _TypeAlias = PolicyRevision  # noqa: Y015
 
 @_typing.final
 class PushVersionRequest(_message.Message):
@@ -462,3 +563,121 @@ class WatchEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class SetPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    note: _builtins.str
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        policy: Global___RoutingPolicy | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "note", b"note", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPolicyRequest: _TypeAlias = SetPolicyRequest  # noqa: Y015
+
+@_typing.final
+class ClearPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearPolicyRequest: _TypeAlias = ClearPolicyRequest  # noqa: Y015
+
+@_typing.final
+class RollbackPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TO_REVISION_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    to_revision: _builtins.int
+    """The revision whose policy is restored; 0 = the one before the current revision (the
+    policy in force before the last change; none if the current is the first).
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        to_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "to_revision", b"to_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackPolicyRequest: _TypeAlias = RollbackPolicyRequest  # noqa: Y015
+
+@_typing.final
+class ListPolicyHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    limit: _builtins.int
+    """The newest `limit` revisions; 0 = 100, at most 1000."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyHistoryRequest: _TypeAlias = ListPolicyHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListPolicyHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyRevision]:
+        """Oldest first; the last one is the current policy."""
+
+    def __init__(
+        self,
+        *,
+        revisions: _abc.Iterable[Global___PolicyRevision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revisions", b"revisions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPolicyHistoryResponse: _TypeAlias = ListPolicyHistoryResponse  # noqa: Y015

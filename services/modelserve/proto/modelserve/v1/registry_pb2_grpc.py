@@ -74,6 +74,26 @@ class RegistryStub:
                 request_serializer=modelserve_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_registry__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/modelserve.v1.Registry/SetPolicy',
+                request_serializer=modelserve_dot_v1_dot_registry__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_registry__pb2.PolicyRevision.FromString,
+                _registered_method=True)
+        self.ClearPolicy = channel.unary_unary(
+                '/modelserve.v1.Registry/ClearPolicy',
+                request_serializer=modelserve_dot_v1_dot_registry__pb2.ClearPolicyRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_registry__pb2.PolicyRevision.FromString,
+                _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/modelserve.v1.Registry/RollbackPolicy',
+                request_serializer=modelserve_dot_v1_dot_registry__pb2.RollbackPolicyRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_registry__pb2.PolicyRevision.FromString,
+                _registered_method=True)
+        self.ListPolicyHistory = channel.unary_unary(
+                '/modelserve.v1.Registry/ListPolicyHistory',
+                request_serializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -100,8 +120,9 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetVersion(self, request, context):
-        """Resolve a version number or a label to one version (label "" and version 0 = production
-        label if set, else the newest version).
+        """Resolve a version number or a label to one version (label "" and version 0 = the routing
+        policy's target label or largest share if a policy is in force, else the production label
+        if set, else the newest version).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +149,35 @@ class RegistryServicer:
     def Watch(self, request, context):
         """A snapshot of every model, then every change as it happens; revisions only grow.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Routing policies: how a request that names neither a version nor a label picks one.
+        Every change is a new policy revision of the model; a refused change leaves the current
+        policy in force. The current policy travels in `Model.policy` (and so in Watch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearPolicy(self, request, context):
+        """Back to the default resolution (production label, else newest), as a new revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Restore an earlier revision's policy as a new revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -174,6 +224,26 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=modelserve_dot_v1_dot_registry__pb2.WatchRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_registry__pb2.WatchEvent.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=modelserve_dot_v1_dot_registry__pb2.SetPolicyRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_registry__pb2.PolicyRevision.SerializeToString,
+            ),
+            'ClearPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearPolicy,
+                    request_deserializer=modelserve_dot_v1_dot_registry__pb2.ClearPolicyRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_registry__pb2.PolicyRevision.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=modelserve_dot_v1_dot_registry__pb2.RollbackPolicyRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_registry__pb2.PolicyRevision.SerializeToString,
+            ),
+            'ListPolicyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyHistory,
+                    request_deserializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -392,6 +462,114 @@ class Registry:
             '/modelserve.v1.Registry/Watch',
             modelserve_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
             modelserve_dot_v1_dot_registry__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.Registry/SetPolicy',
+            modelserve_dot_v1_dot_registry__pb2.SetPolicyRequest.SerializeToString,
+            modelserve_dot_v1_dot_registry__pb2.PolicyRevision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.Registry/ClearPolicy',
+            modelserve_dot_v1_dot_registry__pb2.ClearPolicyRequest.SerializeToString,
+            modelserve_dot_v1_dot_registry__pb2.PolicyRevision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.Registry/RollbackPolicy',
+            modelserve_dot_v1_dot_registry__pb2.RollbackPolicyRequest.SerializeToString,
+            modelserve_dot_v1_dot_registry__pb2.PolicyRevision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.Registry/ListPolicyHistory',
+            modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryRequest.SerializeToString,
+            modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

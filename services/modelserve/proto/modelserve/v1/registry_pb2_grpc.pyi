@@ -40,14 +40,25 @@ class RegistryStub:
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]
     GetVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetVersionRequest, _registry_pb2.ModelVersion]
-    """Resolve a version number or a label to one version (label "" and version 0 = production
-    label if set, else the newest version).
+    """Resolve a version number or a label to one version (label "" and version 0 = the routing
+    policy's target label or largest share if a policy is in force, else the production label
+    if set, else the newest version).
     """
     SetLabel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetLabelRequest, _registry_pb2.Model]
     DeleteLabel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteLabelRequest, _registry_pb2.Model]
     FetchArtifact: _grpc.UnaryStreamMultiCallable[_registry_pb2.FetchArtifactRequest, _registry_pb2.ArtifactChunk]
     Watch: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchRequest, _registry_pb2.WatchEvent]
     """A snapshot of every model, then every change as it happens; revisions only grow."""
+    SetPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetPolicyRequest, _registry_pb2.PolicyRevision]
+    """Routing policies: how a request that names neither a version nor a label picks one.
+    Every change is a new policy revision of the model; a refused change leaves the current
+    policy in force. The current policy travels in `Model.policy` (and so in Watch).
+    """
+    ClearPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ClearPolicyRequest, _registry_pb2.PolicyRevision]
+    """Back to the default resolution (production label, else newest), as a new revision."""
+    RollbackPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackPolicyRequest, _registry_pb2.PolicyRevision]
+    """Restore an earlier revision's policy as a new revision."""
+    ListPolicyHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListPolicyHistoryRequest, _registry_pb2.ListPolicyHistoryResponse]
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -59,14 +70,25 @@ class RegistryAsyncStub(RegistryStub):
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     GetVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
-    """Resolve a version number or a label to one version (label "" and version 0 = production
-    label if set, else the newest version).
+    """Resolve a version number or a label to one version (label "" and version 0 = the routing
+    policy's target label or largest share if a policy is in force, else the production label
+    if set, else the newest version).
     """
     SetLabel: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetLabelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     DeleteLabel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteLabelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     FetchArtifact: _aio.UnaryStreamMultiCallable[_registry_pb2.FetchArtifactRequest, _registry_pb2.ArtifactChunk]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchRequest, _registry_pb2.WatchEvent]  # type: ignore[assignment]
     """A snapshot of every model, then every change as it happens; revisions only grow."""
+    SetPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetPolicyRequest, _registry_pb2.PolicyRevision]  # type: ignore[assignment]
+    """Routing policies: how a request that names neither a version nor a label picks one.
+    Every change is a new policy revision of the model; a refused change leaves the current
+    policy in force. The current policy travels in `Model.policy` (and so in Watch).
+    """
+    ClearPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.ClearPolicyRequest, _registry_pb2.PolicyRevision]  # type: ignore[assignment]
+    """Back to the default resolution (production label, else newest), as a new revision."""
+    RollbackPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackPolicyRequest, _registry_pb2.PolicyRevision]  # type: ignore[assignment]
+    """Restore an earlier revision's policy as a new revision."""
+    ListPolicyHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListPolicyHistoryRequest, _registry_pb2.ListPolicyHistoryResponse]  # type: ignore[assignment]
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,8 +121,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]:
-        """Resolve a version number or a label to one version (label "" and version 0 = production
-        label if set, else the newest version).
+        """Resolve a version number or a label to one version (label "" and version 0 = the routing
+        policy's target label or largest share if a policy is in force, else the production label
+        if set, else the newest version).
         """
 
     @_abc_1.abstractmethod
@@ -131,5 +154,39 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchEvent], _abc.AsyncIterator[_registry_pb2.WatchEvent]]:
         """A snapshot of every model, then every change as it happens; revisions only grow."""
+
+    @_abc_1.abstractmethod
+    def SetPolicy(
+        self,
+        request: _registry_pb2.SetPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PolicyRevision, _abc.Awaitable[_registry_pb2.PolicyRevision]]:
+        """Routing policies: how a request that names neither a version nor a label picks one.
+        Every change is a new policy revision of the model; a refused change leaves the current
+        policy in force. The current policy travels in `Model.policy` (and so in Watch).
+        """
+
+    @_abc_1.abstractmethod
+    def ClearPolicy(
+        self,
+        request: _registry_pb2.ClearPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PolicyRevision, _abc.Awaitable[_registry_pb2.PolicyRevision]]:
+        """Back to the default resolution (production label, else newest), as a new revision."""
+
+    @_abc_1.abstractmethod
+    def RollbackPolicy(
+        self,
+        request: _registry_pb2.RollbackPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PolicyRevision, _abc.Awaitable[_registry_pb2.PolicyRevision]]:
+        """Restore an earlier revision's policy as a new revision."""
+
+    @_abc_1.abstractmethod
+    def ListPolicyHistory(
+        self,
+        request: _registry_pb2.ListPolicyHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListPolicyHistoryResponse, _abc.Awaitable[_registry_pb2.ListPolicyHistoryResponse]]: ...
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

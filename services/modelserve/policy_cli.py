@@ -1,0 +1,117 @@
+"""``modelserve policy``: routing policies in the registry (weighted splits, blue-green).
+
+modelserve policy split MODEL 1=90 2=10      # versions by number, labels by name
+modelserve policy switch MODEL green         # all traffic to one label, atomically
+modelserve policy rollback MODEL             # the policy before the last change
+modelserve policy show|history|clear MODEL
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import grpc
+
+from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
+
+SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def add_parser(sub: SubParsers, default_registry: str) -> None:
+    policy = sub.add_parser("policy", help="routing policies: weighted splits, blue-green")
+    policy.add_argument("--registry", default=default_registry, help="registry address")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+
+    split = psub.add_parser("split", help="split MODEL's traffic by percent")
+    split.add_argument("model")
+    split.add_argument(
+        "targets",
+        nargs="+",
+        type=_split_target,
+        metavar="TARGET=PERCENT",
+        help="a version number or a label, and its share; shares sum to 100",
+    )
+    split.add_argument("--note", default="", help="why (kept in the history)")
+
+    switch = psub.add_parser("switch", help="send all of MODEL's traffic to LABEL")
+    switch.add_argument("model")
+    switch.add_argument("label")
+    switch.add_argument("--note", default="")
+
+    rollback = psub.add_parser("rollback", help="restore the policy before the last change")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", type=int, default=0, metavar="REVISION", help="this one instead")
+
+    clear = psub.add_parser("clear", help="no policy: production label, else newest version")
+    clear.add_argument("model")
+    clear.add_argument("--note", default="")
+
+    show = psub.add_parser("show", help="the policy in force")
+    show.add_argument("model")
+
+    history = psub.add_parser("history", help="every revision of MODEL's policy, oldest first")
+    history.add_argument("model")
+    history.add_argument("--limit", type=int, default=0, help="newest N (default 100)")
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.registry) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        command = args.policy_command
+        if command in ("split", "switch"):
+            policy = registry_pb2.RoutingPolicy(
+                split=args.targets if command == "split" else [],
+                target_label=args.label if command == "switch" else "",
+            )
+            request = registry_pb2.SetPolicyRequest(model=args.model, policy=policy, note=args.note)
+            print(_line(await stub.SetPolicy(request, timeout=10)))
+        elif command == "rollback":
+            rollback = registry_pb2.RollbackPolicyRequest(model=args.model, to_revision=args.to)
+            print(_line(await stub.RollbackPolicy(rollback, timeout=10)))
+        elif command == "clear":
+            clear = registry_pb2.ClearPolicyRequest(model=args.model, note=args.note)
+            print(_line(await stub.ClearPolicy(clear, timeout=10)))
+        elif command == "show":
+            model = await stub.GetModel(registry_pb2.GetModelRequest(name=args.model), timeout=10)
+            print(_line(model.policy) if model.HasField("policy") else f"{args.model}: no policy")
+        else:
+            listed = await stub.ListPolicyHistory(
+                registry_pb2.ListPolicyHistoryRequest(model=args.model, limit=args.limit),
+                timeout=10,
+            )
+            for revision in listed.revisions:
+                when = time.strftime(
+                    "%Y-%m-%d %H:%M:%S", time.gmtime(revision.created_unix_ms / 1000)
+                )
+                note = f"  ({revision.note})" if revision.note else ""
+                print(f"{revision.revision:>5}  {when}Z  {describe(revision.policy)}{note}")
+    return 0
+
+
+def describe(policy: registry_pb2.RoutingPolicy) -> str:
+    if policy.target_label:
+        return f"all -> label {policy.target_label}"
+    if policy.split:
+        shares = (f"{t.version or t.label}={t.percent:g}%" for t in policy.split)
+        return "split " + " ".join(shares)
+    return "none (production label, else newest version)"
+
+
+def _line(revision: registry_pb2.PolicyRevision) -> str:
+    return f"{revision.model}: policy revision {revision.revision}: {describe(revision.policy)}"
+
+
+def _split_target(text: str) -> registry_pb2.SplitTarget:
+    target, sep, percent = text.partition("=")
+    try:
+        share = float(percent)
+    except ValueError:
+        share = None
+    if not sep or not target or share is None:
+        raise argparse.ArgumentTypeError(
+            f"expected TARGET=PERCENT (e.g. 2=10 or canary=10); got {text!r}"
+        )
+    if target.isascii() and target.isdigit():
+        return registry_pb2.SplitTarget(version=int(target), percent=share)
+    return registry_pb2.SplitTarget(label=target, percent=share)
