@@ -69,6 +69,7 @@ class ModelManager:
         artifacts: ArtifactCache,
         only_models: set[str],
         gpu_mem_limit: int,
+        io_binding: str = "auto",
         unload_grace: float,
         on_change: Callable[[], None],
     ) -> None:
@@ -77,6 +78,7 @@ class ModelManager:
         self._artifacts = artifacts
         self._only = only_models
         self._gpu_mem_limit = gpu_mem_limit
+        self._io_binding = io_binding
         self._unload_grace = unload_grace
         self._on_change = on_change
         self.held: dict[tuple[str, int], Held] = {}
@@ -137,6 +139,7 @@ class ModelManager:
                     instance_count=max(r.config.instance_count, 1),
                     intra_op_threads=r.config.intra_op_threads,
                     gpu_mem_limit=self._gpu_mem_limit,
+                    io_binding=self._io_binding,
                 )
                 batch_sizes = (1,) if r.config.max_batch_size == 0 else _warm_sizes(r.config)
                 await session.warmup(max(r.config.warmup_iterations, 1), batch_sizes)
@@ -229,5 +232,14 @@ def _batcher(
 
 
 def _warm_sizes(config: registry_pb2.ServingConfig) -> tuple[int, ...]:
-    sizes = {1, *[s for s in config.preferred_batch_sizes if 0 < s <= config.max_batch_size]}
+    """Every batch size the batcher may form is warmed before READY: ORT allocates and picks
+    kernels per shape on first use, which would otherwise land on a live request. Adaptive
+    batching can form any size, so warm the powers of two up to max_batch_size, the max itself
+    and the preferred sizes (shapes in between reuse what these allocated)."""
+    top = config.max_batch_size
+    sizes = {1, top, *[s for s in config.preferred_batch_sizes if 0 < s <= top]}
+    power = 2
+    while power < top:
+        sizes.add(power)
+        power *= 2
     return tuple(sorted(sizes))

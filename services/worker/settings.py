@@ -19,6 +19,7 @@ class WorkerSettings(CommonSettings):
     gpu_mem_limit_bytes: int = setting(
         0, "CUDA memory arena limit per model version in bytes; 0 = unlimited."
     )
+    io_binding: str = setting("auto", "ONNX Runtime IO binding: auto (on with CUDA), on or off.")
     min_budget_ms: float = setting(
         5.0, "A request with less deadline left than this is refused with DEADLINE_EXCEEDED."
     )

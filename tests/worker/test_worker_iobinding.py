@@ -1,0 +1,43 @@
+"""IO binding gives the same answers as a plain run. On this CPU-only machine the binding
+targets host memory; with CUDA the same code binds device outputs (checked on a GPU machine
+by bench/gpu_check.py when one is lent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from modelserve.errors import InvalidArgumentError
+from worker.sessions import ModelSession
+
+
+@pytest.mark.parametrize(
+    ("file", "name", "width"), [("tabular.onnx", "INPUT0", 32), ("fraud_v1.onnx", "transaction", 8)]
+)
+async def test_bound_run_equals_plain_run(demo_dir: Path, file: str, name: str, width: int) -> None:
+    session = await ModelSession.load(demo_dir / file, model="m", version=1, io_binding="on")
+    try:
+        assert session.io_binding
+        x = np.random.default_rng(3).standard_normal((5, width)).astype(np.float32)
+        got = await session.run({name: x})
+        reference = ort.InferenceSession(str(demo_dir / file), providers=["CPUExecutionProvider"])
+        want = reference.run(None, {name: x})
+        np.testing.assert_allclose(next(iter(got.values())), want[0], rtol=1e-6)
+    finally:
+        session.close()
+
+
+async def test_auto_binds_only_on_cuda_and_never_for_text(demo_dir: Path) -> None:
+    plain = await ModelSession.load(demo_dir / "tabular.onnx", model="m", version=1)
+    text = await ModelSession.load(demo_dir / "dtypes.onnx", model="d", version=1, io_binding="on")
+    try:
+        assert plain.io_binding == (plain.execution_provider == "CUDAExecutionProvider")
+        assert not text.io_binding  # BYTES tensors cannot be bound to a device
+        with pytest.raises(InvalidArgumentError):
+            plain.configure_io_binding("sometimes")
+    finally:
+        plain.close()
+        text.close()
