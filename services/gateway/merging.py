@@ -44,10 +44,17 @@ class _Lane:
     in_flight: int = 0
 
 
+# Request parameters that do not change what a unary inference computes: perf_analyzer sends
+# triton_enable_empty_final_response on every request (it only matters to decoupled streams).
+INERT_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
+
+
 def lane_key(request: pb.ModelInferRequest, version: int) -> LaneKey | None:
     """The merge key of ``request``, or None when it must travel alone."""
-    if request.parameters or len(request.raw_input_contents) != len(request.inputs):
-        return None  # typed tensors or request parameters: not merged
+    if any(name not in INERT_PARAMETERS for name in request.parameters):
+        return None  # a parameter may change the computation: never mix it with others
+    if len(request.raw_input_contents) != len(request.inputs):
+        return None  # typed tensors: not merged
     layout = []
     rows = -1
     for tensor in request.inputs:

@@ -167,3 +167,6 @@ def test_typed_or_parameterised_requests_are_not_mergeable() -> None:
     with_params.parameters["priority"].int64_param = 1
     assert lane_key(with_params, 1) is None
     assert lane_key(make(np.ones((1, 1), np.float32), "ok"), 1) is not None
+    perf_analyzer_style = make(np.ones((1, 1), np.float32), "pa")
+    perf_analyzer_style.parameters["triton_enable_empty_final_response"].bool_param = True
+    assert lane_key(perf_analyzer_style, 1) is not None
