@@ -27,5 +27,5 @@ class GatewaySettings(CommonSettings):
         True, "Merge concurrent requests for one model version into one internal call."
     )
     merge_max_in_flight: int = setting(
-        2, "Internal calls per model version before requests queue to be merged."
+        1, "Internal calls per model version before requests queue to be merged."
     )

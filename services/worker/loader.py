@@ -70,6 +70,7 @@ class ModelManager:
         only_models: set[str],
         gpu_mem_limit: int,
         io_binding: str = "auto",
+        inline_max_us: float = 0.0,
         unload_grace: float,
         on_change: Callable[[], None],
     ) -> None:
@@ -79,6 +80,7 @@ class ModelManager:
         self._only = only_models
         self._gpu_mem_limit = gpu_mem_limit
         self._io_binding = io_binding
+        self._inline_max_us = inline_max_us
         self._unload_grace = unload_grace
         self._on_change = on_change
         self.held: dict[tuple[str, int], Held] = {}
@@ -143,6 +145,7 @@ class ModelManager:
                 )
                 batch_sizes = (1,) if r.config.max_batch_size == 0 else _warm_sizes(r.config)
                 await session.warmup(max(r.config.warmup_iterations, 1), batch_sizes)
+                run_us = await session.measure_inline(max(batch_sizes), self._inline_max_us)
         except asyncio.CancelledError:
             raise
         except ModelServeError as exc:
@@ -162,11 +165,13 @@ class ModelManager:
         held.batcher = _batcher(session, r, held.stats)
         held.state = worker_pb2.LoadedVersion.READY
         log.info(
-            "%s v%d ready on %s (cold start %.0f ms)",
+            "%s v%d ready on %s (cold start %.0f ms; largest warm batch %.0f us, %s)",
             r.model,
             r.version,
             session.execution_provider,
             session.cold_start_ms,
+            run_us,
+            "runs inline" if session.inline else "runs in executor",
         )
         self._changed()
 

@@ -46,6 +46,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         only_models={m.strip() for m in settings.models.split(",") if m.strip()},
         gpu_mem_limit=settings.gpu_mem_limit_bytes,
         io_binding=settings.io_binding,
+        inline_max_us=settings.inline_max_us,
         unload_grace=settings.unload_grace_seconds,
         on_change=publish,
     )

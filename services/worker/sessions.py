@@ -94,6 +94,7 @@ class ModelSession:
         self._executor = ThreadPoolExecutor(len(instances), thread_name_prefix=f"ort-{label}")
         self._closed = False
         self.io_binding = False
+        self.inline = False
         self._device: tuple[str, int] = ("cpu", 0)
         self._stats_lock = threading.Lock()
         self._busy = 0
@@ -196,6 +197,8 @@ class ModelSession:
         version is closed. Anything else propagates.
         """
         names = self._resolve_outputs(output_names)
+        if self.inline and not self._closed and not self._free.empty():
+            return self._run_inline(dict(inputs), names)
         instance = await self._acquire()
         loop = asyncio.get_running_loop()
         try:
@@ -212,6 +215,49 @@ class ModelSession:
         except ValueError as exc:  # ORT's Python layer: "Required inputs ... are missing"
             raise InvalidArgumentError(f"{self.label}: {ort_message(exc)}") from exc
         return dict(zip(names, values, strict=True))
+
+    def _run_inline(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Run on the event loop thread. Only for versions whose largest warm batch measured
+        under ``inline_max_us``: there the executor hand-off (two thread wake-ups, ~100+ us on
+        a busy 2-core box) costs more than the model, and blocking the loop for a few
+        microseconds is cheaper than the switch. Everything slower stays off the loop."""
+        instance = self._free.get_nowait()
+        if instance is None:  # closed in between: keep the sentinel for other waiters
+            self._free.put_nowait(None)
+            raise UnavailableError(f"{self.label} is not loaded on this worker")
+        try:
+            values = self._run_sync(instance, feeds, names)
+        except ORT_ERRORS as exc:
+            raise self._run_error(exc) from exc
+        except ValueError as exc:
+            raise InvalidArgumentError(f"{self.label}: {ort_message(exc)}") from exc
+        finally:
+            self._release(instance)
+        return dict(zip(names, values, strict=True))
+
+    async def measure_inline(self, batch_size: int, threshold_us: float) -> float:
+        """Time the model at ``batch_size`` (median of 7, in the executor) and run it inline
+        from now on when that is at most ``threshold_us``; returns the median in us."""
+        if threshold_us <= 0 or self._closed:
+            return 0.0
+        feeds = dummy_inputs(self.inputs, batch_size, self.label)
+        names = list(self._output_names)
+        instance = await self._acquire()
+
+        def timed() -> float:
+            samples = []
+            for _ in range(7):
+                start = time.perf_counter()
+                self._run_sync(instance, feeds, names)
+                samples.append(time.perf_counter() - start)
+            return sorted(samples)[3] * 1e6
+
+        try:
+            median_us = await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+        finally:
+            self._release(instance)
+        self.inline = median_us <= threshold_us
+        return median_us
 
     async def warmup(self, iterations: int, batch_sizes: Sequence[int] = (1,)) -> float:
         """Run dummy inputs ``iterations`` times per batch size on every instance.

@@ -20,6 +20,11 @@ class WorkerSettings(CommonSettings):
         0, "CUDA memory arena limit per model version in bytes; 0 = unlimited."
     )
     io_binding: str = setting("auto", "ONNX Runtime IO binding: auto (on with CUDA), on or off.")
+    inline_max_us: float = setting(
+        50.0,
+        "Versions whose largest warm batch runs in at most this many microseconds run on the "
+        "event loop instead of an executor thread (the hand-off costs more); 0 = never.",
+    )
     min_budget_ms: float = setting(
         5.0, "A request with less deadline left than this is refused with DEADLINE_EXCEEDED."
     )

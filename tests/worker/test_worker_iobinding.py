@@ -1,4 +1,4 @@
-"""IO binding gives the same answers as a plain run. On this CPU-only machine the binding
+"""IO binding and inline runs give the same answers as a plain run. On this CPU-only machine
 targets host memory; with CUDA the same code binds device outputs (checked on a GPU machine
 by bench/gpu_check.py when one is lent)."""
 
@@ -41,3 +41,17 @@ async def test_auto_binds_only_on_cuda_and_never_for_text(demo_dir: Path) -> Non
     finally:
         plain.close()
         text.close()
+
+
+async def test_tiny_models_run_inline_and_answer_the_same(demo_dir: Path) -> None:
+    session = await ModelSession.load(demo_dir / "tabular.onnx", model="t", version=1)
+    try:
+        x = np.random.default_rng(5).standard_normal((4, 32)).astype(np.float32)
+        threaded = await session.run({"INPUT0": x})
+        assert await session.measure_inline(64, threshold_us=1e9) > 0 and session.inline
+        inline = await session.run({"INPUT0": x})
+        np.testing.assert_array_equal(inline["OUTPUT0"], threaded["OUTPUT0"])
+        await session.measure_inline(64, threshold_us=1e-9)  # nothing is that fast
+        assert not session.inline
+    finally:
+        session.close()
