@@ -17,9 +17,9 @@ back, so the per-run cost (executor hop, ORT dispatch) is paid once per batch.
 - The queue holds at most ``max_queue_size`` items; beyond that ``submit`` answers UNAVAILABLE
   at once so the router retries on another replica (RELIABILITY.md).
 - An item whose deadline passes while it is queued is answered DEADLINE_EXCEEDED and never
-  run; a cancelled caller's item is dropped if it is not running yet. RELIABILITY.md's extra
-  queue-wait policy (UNAVAILABLE after min(deadline, 500 ms)) is not applied: only the
-  caller's own deadline drops an item.
+  run; one that waited ``max_queue_wait_s`` (500 ms, RELIABILITY.md) with deadline to spare
+  is answered UNAVAILABLE, so the router retries it on another replica within the deadline;
+  a cancelled caller's item is dropped if it is not running yet.
 - A model error fails every item of that batch with the same error.
 """
 
@@ -88,6 +88,7 @@ class DynamicBatcher:
         preferred_batch_sizes: Sequence[int],
         max_queue_size: int,
         stats: VersionStats,
+        max_queue_wait_s: float = 0.5,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 1:
             raise InvalidArgumentError(
@@ -100,6 +101,7 @@ class DynamicBatcher:
         self._delay = max_queue_delay_us / 1e6
         self._preferred = sorted({s for s in preferred_batch_sizes if 0 < s <= max_batch_size})
         self._max_queue = max_queue_size
+        self._max_wait = max_queue_wait_s
         self._stats = stats
         self._batch_hist = BATCH_SIZE.labels(model, str(version))
         self._queue_hist = QUEUE_SECONDS.labels(model, str(version))
@@ -153,8 +155,14 @@ class DynamicBatcher:
         self._queues.setdefault(key, deque()).append(item)
         self._waiting += 1
         self._pump()
-        if item.queued and deadline is not None:  # only a waiting item needs a deadline timer
-            item.expiry = loop.call_at(deadline, self._expire, item)
+        if item.queued:  # only a waiting item needs a timer
+            # RELIABILITY.md queue-wait policy: waiting longer than min(deadline, max wait) is
+            # UNAVAILABLE (retry elsewhere) unless it is the caller's deadline that ran out.
+            policy_end = now + self._max_wait
+            if deadline is not None and deadline <= policy_end:
+                item.expiry = loop.call_at(deadline, self._expire, item)
+            else:
+                item.expiry = loop.call_at(policy_end, self._expire_wait, item)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -200,6 +208,18 @@ class DynamicBatcher:
                 item,
                 DeadlineExceededError(
                     f"the deadline passed while the request waited for {self._label}"
+                ),
+            )
+
+    def _expire_wait(self, item: _Item) -> None:
+        item.expiry = None
+        if item.queued:
+            self._withdraw(item)
+            _fail(
+                item,
+                UnavailableError(
+                    f"{self._label} queue wait exceeded {self._max_wait * 1000:.0f} ms; "
+                    "retry on another replica"
                 ),
             )
 

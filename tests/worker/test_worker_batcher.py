@@ -256,6 +256,26 @@ async def test_expired_item_gets_deadline_exceeded_and_never_runs(fraud: GatedSe
     assert len(fraud.seen) == 2
 
 
+async def test_queue_wait_policy_answers_unavailable_with_deadline_to_spare(
+    fraud: GatedSession,
+) -> None:
+    """RELIABILITY.md: waiting longer than min(deadline, max wait) is UNAVAILABLE (the router
+    retries elsewhere) when the caller's own deadline has not run out."""
+    batcher, stats = make_batcher(fraud, max_queue_wait_s=0.05)
+    loop = asyncio.get_running_loop()
+    marker = np.full((1, 8), 9.0, np.float32)
+    fraud.gate.clear()
+    (first,) = await started(batcher.submit({"transaction": np.ones((1, 8), np.float32)}))
+    with pytest.raises(UnavailableError, match="queue wait exceeded"):
+        await batcher.submit({"transaction": marker}, deadline=loop.time() + 30)
+    with pytest.raises(DeadlineExceededError):  # a deadline inside the wait stays a deadline
+        await batcher.submit({"transaction": marker}, deadline=loop.time() + 0.01)
+    fraud.gate.set()
+    await first
+    assert all(not np.any(b["transaction"] == 9.0) for b in fraud.seen)
+    assert stats.execution_count == 1
+
+
 async def test_cancelled_caller_is_dropped_before_it_runs(fraud: GatedSession) -> None:
     batcher, stats = make_batcher(fraud)
     marker = np.full((1, 8), 7.0, np.float32)
