@@ -146,6 +146,7 @@ class ModelManager:
                 batch_sizes = (1,) if r.config.max_batch_size == 0 else _warm_sizes(r.config)
                 await session.warmup(max(r.config.warmup_iterations, 1), batch_sizes)
                 run_us = await session.measure_inline(max(batch_sizes), self._inline_max_us)
+                session.max_waiting = r.config.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
         except asyncio.CancelledError:
             raise
         except ModelServeError as exc:

@@ -95,6 +95,8 @@ class ModelSession:
         self._closed = False
         self.io_binding = False
         self.inline = False
+        self.max_waiting = 64  # requests waiting for a free instance (the version's queue size)
+        self._waiting = 0
         self._device: tuple[str, int] = ("cpu", 0)
         self._stats_lock = threading.Lock()
         self._busy = 0
@@ -199,7 +201,17 @@ class ModelSession:
         names = self._resolve_outputs(output_names)
         if self.inline and not self._closed and not self._free.empty():
             return self._run_inline(dict(inputs), names)
-        instance = await self._acquire()
+        if self._free.empty() and self._waiting >= self.max_waiting:
+            # Bounded like the batcher's queue (models without a batch dimension bypass it).
+            raise UnavailableError(
+                f"{self.label} queue full ({self._waiting} waiting, limit {self.max_waiting}); "
+                "retry on another replica"
+            )
+        self._waiting += 1
+        try:
+            instance = await self._acquire()
+        finally:
+            self._waiting -= 1
         loop = asyncio.get_running_loop()
         try:
             future = self._executor.submit(self._run_sync, instance, dict(inputs), names)

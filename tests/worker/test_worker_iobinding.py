@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from modelserve.errors import InvalidArgumentError
+from modelserve.errors import InvalidArgumentError, UnavailableError
 from worker.sessions import ModelSession
 
 
@@ -53,5 +53,22 @@ async def test_tiny_models_run_inline_and_answer_the_same(demo_dir: Path) -> Non
         np.testing.assert_array_equal(inline["OUTPUT0"], threaded["OUTPUT0"])
         await session.measure_inline(64, threshold_us=1e-9)  # nothing is that fast
         assert not session.inline
+    finally:
+        session.close()
+
+
+async def test_unbatched_waiting_is_bounded(demo_dir: Path) -> None:
+    """Models without a batch dimension bypass the batcher; their wait is bounded too."""
+    session = await ModelSession.load(demo_dir / "tabular.onnx", model="t", version=1)
+    try:
+        session.max_waiting = 0
+        instance = session._free.get_nowait()  # the only instance is busy
+        with pytest.raises(UnavailableError, match="queue full"):
+            await session.run({"INPUT0": np.ones((1, 32), np.float32)})
+        session._free.put_nowait(instance)
+        assert (await session.run({"INPUT0": np.ones((1, 32), np.float32)}))["OUTPUT0"].shape == (
+            1,
+            1,
+        )
     finally:
         session.close()
