@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
     if args.command == "features":
         return features_cli.run(args)
+    # Client commands only (never a server): `modelserve models list | head` ends quietly.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return asyncio.run(_client_command(args))
     except grpc.RpcError as exc:
