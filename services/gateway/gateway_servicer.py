@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
+from gateway import composites as composite_requests
 from gateway.merging import RequestMerger
 from gateway.signatures import SignatureCache
 from gateway.upstream import RouterClient
 from modelserve import v2_metadata
 from modelserve.catalog import Catalog
+from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.routing import routing_key_of
@@ -29,9 +31,16 @@ def label_of(request: pb.ModelInferRequest) -> str:
 
 class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, *, catalog: Catalog, routers: RouterClient, merger: RequestMerger, version: str
+        self,
+        *,
+        catalog: Catalog,
+        routers: RouterClient,
+        merger: RequestMerger,
+        version: str,
+        composites: CompositeCatalog | None = None,
     ) -> None:
         self._catalog = catalog
+        self._composites = composites
         self._routers = routers
         self._merger = merger
         self._signatures = SignatureCache()
@@ -63,21 +72,30 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        if self._composites and request.name in self._composites:
+            self._composites.get(request.name, request.version)  # NOT_FOUND at the edge
+            return await self._routers.call(lambda s: s.ModelReady, request, context)
         self._catalog.resolve(request.name, request.version)  # NOT_FOUND at the edge
         return await self._routers.call(lambda s: s.ModelReady, request, context)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
+        if self._composites and request.name in self._composites:
+            return self._composites.model_metadata(request.name, request.version)
         model = self._catalog.get_model(request.name)
         return v2_metadata.model_metadata(
-            model, self._catalog.resolve(request.name, request.version)
+            model, self._catalog.resolve(request.name, request.version), caller_view=True
         )
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        return v2_metadata.model_config(self._catalog.resolve(request.name, request.version))
+        if self._composites and request.name in self._composites:
+            return self._composites.model_config(request.name, request.version)
+        return v2_metadata.model_config(
+            self._catalog.resolve(request.name, request.version), caller_view=True
+        )
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
@@ -94,6 +112,8 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if self._composites and request.model_name in self._composites:
+            return await composite_requests.infer(self._composites, self._routers, request, context)
         key = routing_key_of(request, context.invocation_metadata())
         version = self._catalog.route(
             request.model_name, request.model_version, label_of(request), key
@@ -110,7 +130,9 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
             if name in request.parameters:
                 del request.parameters[name]
         timeout = self._routers.deadline(context)
-        return await self._merger.infer(request, version.version, signature.max_batch_size, timeout)
+        # max_rows 0 sends the request alone: see Signature.mergeable.
+        max_rows = signature.max_batch_size if signature.mergeable else 0
+        return await self._merger.infer(request, version.version, max_rows, timeout)
 
     def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext

@@ -9,12 +9,14 @@ from gateway.settings import GatewaySettings
 from gateway.upstream import RouterClient
 from modelserve.catalog import Catalog
 from modelserve.channels import EndpointSet, follow
+from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.server import Runtime
 
 
 async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     catalog = Catalog(runtime.discovery)
+    composites = CompositeCatalog(runtime.discovery, catalog)
     routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
     client = RouterClient(
         routers=routers,
@@ -33,9 +35,11 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
                 max_in_flight=settings.merge_max_in_flight if settings.merge_enabled else 1 << 30,
             ),
             version=modelserve.__version__,
+            composites=composites,
         ),
     )
     runtime.background(catalog.run(), "registry watch")
+    runtime.background(composites.run(), "composite watch")
     runtime.background(follow(runtime.discovery, "router", routers), "router discovery")
 
     async def ready_when_synced() -> None:
@@ -46,3 +50,4 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     runtime.background(ready_when_synced(), "readiness")
     runtime.on_stop(routers.close)
     runtime.on_stop(catalog.close)
+    runtime.on_stop(composites.close)

@@ -1,4 +1,9 @@
-"""Model signatures as the codec wants them, built once per version rather than per request."""
+"""Model signatures as the codec wants them, built once per version rather than per request.
+
+The signature is the caller's: for a version with feature inputs, the inputs the router fills
+from the feature store are left out and their entity inputs are in
+(``modelserve.v2_metadata.caller_inputs``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tensors import TensorSpec
+from modelserve.v2_metadata import caller_inputs
 
 
 @dataclass(frozen=True)
@@ -13,6 +19,10 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
+    # False for versions whose prediction cache is on: the router caches per call, so a
+    # merged call would only hit when the same requests met again in the same merge
+    # (docs/architecture.md, "Prediction cache").
+    mergeable: bool = True
 
 
 class SignatureCache:
@@ -20,6 +30,8 @@ class SignatureCache:
         self._cache: dict[tuple[str, int, str], Signature] = {}
 
     def get(self, version: registry_pb2.ModelVersion) -> Signature:
+        # A version's serving config is fixed when it is pushed (no RPC changes it), so the
+        # caller's signature needs no part of the config in the key.
         key = (version.model, version.version, version.sha256)
         found = self._cache.get(key)
         if found is None:
@@ -27,11 +39,12 @@ class SignatureCache:
                 self._cache.clear()
             found = self._cache[key] = Signature(
                 inputs=tuple(
-                    TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in version.inputs
+                    TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in caller_inputs(version)
                 ),
                 outputs=tuple(
                     TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in version.outputs
                 ),
                 max_batch_size=version.config.max_batch_size,
+                mergeable=not version.config.prediction_cache.enabled,
             )
         return found

@@ -15,11 +15,38 @@ from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
 from modelserve.tensors import DTYPES
 
 PLATFORM = "onnxruntime_onnx"
+# Shape callers send an entity input in when the model does not take it itself.
+ENTITY_INPUT_SHAPE = (-1, 1)
+
+
+def caller_inputs(version: registry_pb2.ModelVersion) -> list[common_pb2.TensorSpec]:
+    """The inputs a caller sends: the model's inputs minus those the router fills from the
+    feature store, plus the entity inputs that key them (registry.proto FeatureInput)."""
+    feature_inputs = version.config.feature_inputs
+    if not feature_inputs:
+        return list(version.inputs)
+    filled = {f.model_input for f in feature_inputs}
+    out = [s for s in version.inputs if s.name not in filled]
+    seen = {s.name for s in out}
+    for fi in feature_inputs:
+        if fi.entity_input not in seen:
+            seen.add(fi.entity_input)
+            out.append(
+                common_pb2.TensorSpec(
+                    name=fi.entity_input,
+                    datatype=fi.entity_datatype or "BYTES",
+                    shape=ENTITY_INPUT_SHAPE,
+                )
+            )
+    return out
 
 
 def model_metadata(
-    model: registry_pb2.Model, version: registry_pb2.ModelVersion
+    model: registry_pb2.Model, version: registry_pb2.ModelVersion, *, caller_view: bool = False
 ) -> pb.ModelMetadataResponse:
+    """``caller_view``: inputs as callers send them (gateway, router); without it, the
+    model's own signature (a worker, which runs the model on fully assembled inputs)."""
+
     def tensors(
         specs: Iterable[common_pb2.TensorSpec],
     ) -> list[pb.ModelMetadataResponse.TensorMetadata]:
@@ -32,7 +59,7 @@ def model_metadata(
         name=model.name,
         versions=[str(v.version) for v in sorted(model.versions, key=lambda v: v.version)],
         platform=version.platform or PLATFORM,
-        inputs=tensors(version.inputs),
+        inputs=tensors(caller_inputs(version) if caller_view else version.inputs),
         outputs=tensors(version.outputs),
     )
 
@@ -41,9 +68,12 @@ def _dims(spec: common_pb2.TensorSpec, batched: bool) -> list[int]:
     return list(spec.shape[1:] if batched else spec.shape)
 
 
-def model_config(version: registry_pb2.ModelVersion) -> pb.ModelConfigResponse:
+def model_config(
+    version: registry_pb2.ModelVersion, *, caller_view: bool = False
+) -> pb.ModelConfigResponse:
     cfg = version.config
     batched = cfg.max_batch_size > 0
+    inputs = caller_inputs(version) if caller_view else version.inputs
     config = mc.ModelConfig(
         name=version.model,
         platform=version.platform or PLATFORM,
@@ -55,7 +85,7 @@ def model_config(version: registry_pb2.ModelVersion) -> pb.ModelConfigResponse:
                 data_type=mc.DataType.Value(DTYPES[s.datatype].config),
                 dims=_dims(s, batched),
             )
-            for s in version.inputs
+            for s in inputs
         ],
         output=[
             mc.ModelOutput(

@@ -7,11 +7,12 @@ caller's mistake, so INVALID_ARGUMENT naming the field, the allowed range and wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from modelserve.errors import InvalidArgumentError
 from modelserve.tensors import TensorSpec
+from registry.enrichment_config import FeatureInput, PredictionCacheConfig, check_feature_inputs
 
 EXECUTION_PROVIDERS = ("auto", "cpu", "cuda")
 MAX_BATCH_SIZE = 64
@@ -42,6 +43,8 @@ class ServingConfig:
     warmup_iterations: int = DEFAULT_WARMUP_ITERATIONS
     execution_provider: str = "auto"
     intra_op_threads: int = 0
+    feature_inputs: tuple[FeatureInput, ...] = ()
+    prediction_cache: PredictionCacheConfig = field(default_factory=PredictionCacheConfig)
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INT_BOUNDS.items():
@@ -66,6 +69,8 @@ class ConfigOverrides:
     warmup_iterations: int | None = None
     execution_provider: str | None = None
     intra_op_threads: int | None = None
+    feature_inputs: tuple[FeatureInput, ...] | None = None
+    prediction_cache: PredictionCacheConfig | None = None
 
     def __post_init__(self) -> None:
         # Range checks before any byte of the artifact is accepted; checks that need the
@@ -101,6 +106,7 @@ def resolve_config(
             f"config.max_batch_size {config.max_batch_size} needs a variable first dimension "
             f"on every model input, but {got}; use max_batch_size 0"
         )
+    check_feature_inputs(config.feature_inputs, inputs, config.max_batch_size)
     return config
 
 

@@ -11,6 +11,11 @@ from modelserve.routing import basis_points
 from modelserve.tensors import TensorSpec
 from registry.artifacts import check_sha256
 from registry.config import ConfigOverrides, ServingConfig
+from registry.enrichment_config import (
+    DEFAULT_PREDICTION_CACHE_TTL_S,
+    FeatureInput,
+    PredictionCacheConfig,
+)
 from registry.records import (
     ChangeEvent,
     ModelRecord,
@@ -65,6 +70,29 @@ def overrides_from_proto(config: registry_pb2.ServingConfig) -> ConfigOverrides:
         warmup_iterations=config.warmup_iterations or None,
         execution_provider=config.execution_provider or None,
         intra_op_threads=config.intra_op_threads or None,
+        feature_inputs=tuple(feature_input_from_proto(f) for f in config.feature_inputs) or None,
+        prediction_cache=(
+            prediction_cache_from_proto(config.prediction_cache)
+            if config.HasField("prediction_cache")
+            else None
+        ),
+    )
+
+
+def feature_input_from_proto(fi: registry_pb2.FeatureInput) -> FeatureInput:
+    return FeatureInput(
+        model_input=fi.model_input,
+        view=fi.view,
+        features=tuple(fi.features),
+        entity_input=fi.entity_input,
+        entity_input_is_model_input=fi.entity_input_is_model_input,
+        entity_datatype=fi.entity_datatype or "BYTES",
+    )
+
+
+def prediction_cache_from_proto(cache: registry_pb2.PredictionCache) -> PredictionCacheConfig:
+    return PredictionCacheConfig(
+        enabled=cache.enabled, ttl_seconds=cache.ttl_seconds or DEFAULT_PREDICTION_CACHE_TTL_S
     )
 
 
@@ -82,6 +110,21 @@ def config_to_proto(config: ServingConfig) -> registry_pb2.ServingConfig:
         warmup_iterations=config.warmup_iterations,
         execution_provider=config.execution_provider,
         intra_op_threads=config.intra_op_threads,
+        feature_inputs=[
+            registry_pb2.FeatureInput(
+                model_input=fi.model_input,
+                view=fi.view,
+                features=list(fi.features),
+                entity_input=fi.entity_input,
+                entity_input_is_model_input=fi.entity_input_is_model_input,
+                entity_datatype=fi.entity_datatype,
+            )
+            for fi in config.feature_inputs
+        ],
+        prediction_cache=registry_pb2.PredictionCache(
+            enabled=config.prediction_cache.enabled,
+            ttl_seconds=config.prediction_cache.ttl_seconds,
+        ),
     )
 
 

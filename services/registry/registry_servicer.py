@@ -42,11 +42,13 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
         store_executor: ThreadPoolExecutor | None = None,
         io_executor: Executor | None = None,
+        is_composite: Callable[[str], bool] | None = None,
     ) -> None:
         """``store_executor`` must have exactly one thread (store calls stay in commit order);
         ``io_executor`` bounds concurrent hashing/inspection (each inspection holds a whole
         model in memory). Executors not given are created here and shut down by ``close``."""
         self._store = store
+        self._is_composite = is_composite  # a model may not take a composite's name
         self._hub = hub
         self._max_artifact_bytes = max_artifact_bytes
         self._owned: list[Executor] = []
@@ -68,6 +70,10 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         new_upload = partial(TempUpload, self._store.new_upload_path, self._max_artifact_bytes)
         async with temp_upload(new_upload, self._io_executor, self._cleanups) as upload:
             header = await self._receive(request_iterator, upload)
+            if self._is_composite is not None and self._is_composite(header.model):
+                raise FailedPreconditionError(
+                    f"'{header.model}' is a composite model; a model needs its own name"
+                )
             sha256 = await self._in_io(upload.finish)
             if header.sha256 and header.sha256 != sha256:
                 raise FailedPreconditionError(

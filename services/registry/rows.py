@@ -10,6 +10,7 @@ from typing import Any
 
 from modelserve.tensors import TensorSpec
 from registry.config import ServingConfig
+from registry.enrichment_config import FeatureInput, PredictionCacheConfig
 from registry.records import VersionRecord
 
 
@@ -29,12 +30,22 @@ def specs_from_json(text: str) -> tuple[TensorSpec, ...]:
 def config_to_json(config: ServingConfig) -> str:
     data = asdict(config)
     data["preferred_batch_sizes"] = list(config.preferred_batch_sizes)
+    data["feature_inputs"] = [
+        {**asdict(fi), "features": list(fi.features)} for fi in config.feature_inputs
+    ]
     return json.dumps(data, sort_keys=True)
 
 
 def config_from_json(text: str) -> ServingConfig:
+    """Configs written before a field existed lack its key and read as its default, so
+    databases from older builds stay readable without a schema migration."""
     data: dict[str, Any] = json.loads(text)
     data["preferred_batch_sizes"] = tuple(data.get("preferred_batch_sizes", ()))
+    data["feature_inputs"] = tuple(
+        FeatureInput(**{**item, "features": tuple(item["features"])})
+        for item in data.get("feature_inputs", ())
+    )
+    data["prediction_cache"] = PredictionCacheConfig(**data.get("prediction_cache", {}))
     return ServingConfig(**data)
 
 

@@ -17,7 +17,10 @@ from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.routing import routing_key_of
 from modelserve.streaming import stream_infer
 from modelserve.tracing import outbound_metadata
+from router.composite_executor import CompositeExecutor
+from router.enrichment import Enricher
 from router.forwarding import Forwarder
+from router.prediction_cache import PredictionCache
 from router.statistics import merge_statistics
 from router.workers import WorkerPool
 
@@ -28,10 +31,22 @@ def label_of(request: pb.ModelInferRequest) -> str:
 
 
 class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, *, catalog: Catalog, pool: WorkerPool, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        pool: WorkerPool,
+        forwarder: Forwarder,
+        enricher: Enricher,
+        predictions: PredictionCache,
+        composites: CompositeExecutor | None = None,
+    ) -> None:
         self._catalog = catalog
         self._pool = pool
         self._forwarder = forwarder
+        self._enricher = enricher
+        self._predictions = predictions
+        self._composites = composites
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: aio.ServicerContext
@@ -55,6 +70,12 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: aio.ServicerContext
     ) -> pb.ModelReadyResponse:
+        if self._composites and self._composites.handles(request.name):
+            return pb.ModelReadyResponse(
+                ready=self._composites.ready(
+                    request.name, lambda v: bool(self._pool.candidates(v.model, v.version))
+                )
+            )
         version = self._catalog.resolve(request.name, request.version)
         return pb.ModelReadyResponse(
             ready=bool(self._pool.candidates(version.model, version.version))
@@ -63,15 +84,21 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
+        if self._composites and self._composites.handles(request.name):
+            return self._composites.catalog.model_metadata(request.name, request.version)
         model = self._catalog.get_model(request.name)
         return v2_metadata.model_metadata(
-            model, self._catalog.resolve(request.name, request.version)
+            model, self._catalog.resolve(request.name, request.version), caller_view=True
         )
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        return v2_metadata.model_config(self._catalog.resolve(request.name, request.version))
+        if self._composites and self._composites.handles(request.name):
+            return self._composites.catalog.model_config(request.name, request.version)
+        return v2_metadata.model_config(
+            self._catalog.resolve(request.name, request.version), caller_view=True
+        )
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
@@ -79,6 +106,9 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         index = v2_metadata.repository_index(
             self._catalog.models.values(), self._pool.ready_versions()
         )
+        if self._composites:
+            ready = self._pool.ready_versions()
+            self._composites.add_to_index(index, lambda v: (v.model, v.version) in ready)
         if request.ready:
             kept = [m for m in index.models if m.state == "READY"]
             del index.models[:]
@@ -88,12 +118,20 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if self._composites and self._composites.handles(request.model_name):
+            return await self._composites.infer(request, context)
         version = self._catalog.route(
             request.model_name,
             request.model_version,
             label_of(request),
             routing_key_of(request, context.invocation_metadata()),
         )
+        config = version.config
+        if config.feature_inputs:
+            request = await self._enricher.enrich(request, version, context)
+        if config.prediction_cache.enabled:
+            # Keyed on the enriched input: the same caller input may meet new features.
+            return await self._predictions.infer(request, version, context, self._forwarder.infer)
         return await self._forwarder.infer(request, version, context)
 
     def ModelStreamInfer(

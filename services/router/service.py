@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 from modelserve.catalog import Catalog
+from modelserve.channels import EndpointSet
+from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.server import Runtime
+from router.budget import Budget
+from router.cache_backends import CacheBackend, LocalBackend, RedisBackend
+from router.composite_executor import CompositeExecutor
 from router.control_servicer import RouterControlServicer
+from router.enrichment import Enricher
+from router.feature_cache import FeatureCache
+from router.features import FeatureClient, follow_feature_stores
 from router.forwarding import Forwarder
 from router.inference_servicer import RouterInferenceServicer
+from router.prediction_cache import PredictionCache
 from router.settings import RouterSettings
 from router.workers import WorkerPool
+
+
+def _prediction_cache(settings: RouterSettings, budget: Budget) -> PredictionCache:
+    backend: CacheBackend
+    if settings.prediction_cache_redis_url:
+        backend = RedisBackend(
+            settings.prediction_cache_redis_url,
+            key_prefix=settings.prediction_cache_redis_key_prefix,
+        )
+    else:
+        backend = LocalBackend(
+            max_entries=settings.prediction_cache_max_entries,
+            max_bytes=settings.prediction_cache_max_bytes,
+        )
+    return PredictionCache(
+        backend=backend, budget=budget, max_value_bytes=settings.prediction_cache_max_value_bytes
+    )
 
 
 async def build(runtime: Runtime, settings: RouterSettings) -> None:
@@ -21,10 +47,35 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         retry_attempts=settings.retry_attempts,
         default_timeout=settings.default_timeout_seconds,
     )
+    budget = Budget(cap_s=settings.feature_budget_seconds)
+    featurestores = EndpointSet()
+    enricher = Enricher(
+        features=FeatureClient(
+            endpoints=featurestores,
+            cache=FeatureCache(
+                ttl_s=settings.feature_cache_ttl_seconds,
+                max_entries=settings.feature_cache_max_entries,
+            ),
+            budget=budget,
+        )
+    )
+    predictions = _prediction_cache(settings, budget)
+    composites = CompositeCatalog(runtime.discovery, catalog)
     runtime.add_service(
         grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-        RouterInferenceServicer(catalog=catalog, pool=pool, forwarder=forwarder),
+        RouterInferenceServicer(
+            catalog=catalog,
+            pool=pool,
+            forwarder=forwarder,
+            enricher=enricher,
+            predictions=predictions,
+            composites=CompositeExecutor(
+                composites=composites,
+                infer=forwarder.infer,
+                default_timeout=settings.default_timeout_seconds,
+            ),
+        ),
     )
     runtime.add_service(
         router_pb2.DESCRIPTOR.services_by_name["RouterControl"].full_name,
@@ -32,7 +83,11 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         RouterControlServicer(catalog=catalog, pool=pool),
     )
     runtime.background(catalog.run(), "registry watch")
+    runtime.background(composites.run(), "composite watch")
     runtime.background(pool.run(), "worker discovery")
+    runtime.background(
+        follow_feature_stores(runtime.discovery, featurestores), "featurestore discovery"
+    )
 
     async def ready_when_synced() -> None:
         # SERVING once the catalog is synced: workers may come later (ModelInfer says
@@ -43,3 +98,6 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
     runtime.background(ready_when_synced(), "readiness")
     runtime.on_stop(pool.close)
     runtime.on_stop(catalog.close)
+    runtime.on_stop(composites.close)
+    runtime.on_stop(featurestores.close)
+    runtime.on_stop(predictions.close)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelserve.server import dependency
-from modelserve.settings import CommonSettings, setting
+from modelserve.settings import MIB, CommonSettings, SettingsError, setting
 
 
 @dataclass
@@ -26,3 +26,43 @@ class RouterSettings(CommonSettings):
     default_timeout_seconds: float = setting(
         2.0, "Deadline for a forwarded request when the caller sent none."
     )
+    feature_cache_ttl_seconds: float = setting(
+        1.0, "How long the router keeps a looked-up feature row; 0 = no feature cache."
+    )
+    feature_cache_max_entries: int = setting(
+        100_000, "Feature rows (view, features, entity key) the router's cache holds at most."
+    )
+    feature_budget_seconds: float = setting(
+        0.05,
+        "Most time a feature lookup or prediction-cache call may take; the budget is this or "
+        "20% of the caller's remaining deadline, whichever is less (RELIABILITY.md).",
+    )
+    prediction_cache_redis_url: str = setting(
+        "",
+        "Redis URL of a prediction cache shared by all routers (AUTH/TLS in the URL); empty = "
+        "an in-process LRU per router.",
+        secret=True,
+    )
+    prediction_cache_redis_key_prefix: str = setting(
+        "modelserve:pc:", "Prefix of every prediction-cache key written to Redis."
+    )
+    prediction_cache_max_entries: int = setting(
+        10_000, "Answers the in-process prediction cache holds at most."
+    )
+    prediction_cache_max_bytes: int = setting(
+        256 * MIB, "Bytes of answers the in-process prediction cache holds at most."
+    )
+    prediction_cache_max_value_bytes: int = setting(
+        1 * MIB, "Answers larger than this are not cached."
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.feature_budget_seconds <= 10:
+            raise SettingsError(
+                f"feature_budget_seconds must be in (0, 10]; got {self.feature_budget_seconds}"
+            )
+        if self.feature_cache_ttl_seconds < 0:
+            raise SettingsError(
+                f"feature_cache_ttl_seconds must be >= 0; got {self.feature_cache_ttl_seconds}"
+            )

@@ -73,6 +73,7 @@ class ModelManager:
         inline_max_us: float = 0.0,
         unload_grace: float,
         on_change: Callable[[], None],
+        pinned: Callable[[], set[tuple[str, int]]] = set,
     ) -> None:
         self._catalog = catalog
         self._registries = registries
@@ -83,6 +84,7 @@ class ModelManager:
         self._inline_max_us = inline_max_us
         self._unload_grace = unload_grace
         self._on_change = on_change
+        self._pinned = pinned  # versions composites name by number (CompositeCatalog)
         self.held: dict[tuple[str, int], Held] = {}
         self._load_lock = asyncio.Semaphore(1)  # one load at a time: loads compete for cores
         self._closing = False
@@ -107,6 +109,11 @@ class ModelManager:
         if self._closing:
             return
         wanted = deployed_versions(self._catalog.models, self._only)
+        for name, number in self._pinned():
+            model = self._catalog.models.get(name)
+            found = [v for v in model.versions if v.version == number] if model else []
+            if found and (not self._only or name in self._only):
+                wanted[(name, number)] = found[0]
         for key, record in wanted.items():
             held = self.held.get(key)
             if held is None or (

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from modelserve.catalog import Catalog
 from modelserve.channels import EndpointSet, follow
+from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 from modelserve.server import Runtime
@@ -21,6 +22,7 @@ META_VALUE_LIMIT = 512  # Consul's limit on one meta value
 
 async def build(runtime: Runtime, settings: WorkerSettings) -> None:
     catalog = Catalog(runtime.discovery)
+    composites = CompositeCatalog(runtime.discovery, catalog)
     registries = EndpointSet()
     status = StatusBroadcaster(settings.instance_id or f"worker-{id(runtime):x}")
     draining = False
@@ -49,7 +51,9 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         inline_max_us=settings.inline_max_us,
         unload_grace=settings.unload_grace_seconds,
         on_change=publish,
+        pinned=composites.pinned_versions,
     )
+    composites.on_change(manager.reconcile)
     runtime.add_service(
         grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -64,6 +68,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
     )
     runtime.background(follow(runtime.discovery, "registry", registries), "registry discovery")
     runtime.background(catalog.run(), "registry watch")
+    runtime.background(composites.run(), "composite watch")
 
     async def ready_when_synced() -> None:
         # SERVING once the first snapshot is applied: versions then load one by one, and
@@ -87,3 +92,4 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
     runtime.on_stop(manager.close)
     runtime.on_stop(registries.close)
     runtime.on_stop(catalog.close)
+    runtime.on_stop(composites.close)

@@ -26,6 +26,7 @@ from modelserve.server import Runtime, start_runtime
 REGISTRY_SERVICE = "modelserve.v1.Registry"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
+COMPOSITE_SERVICE = "modelserve.v1.CompositeRegistry"  # served by the registry process too
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -96,7 +97,7 @@ async def test_health_reports_serving_for_the_server_and_the_registry(started: S
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_reflection_lists_registry_health_and_reflection(started: Started) -> None:
+async def test_reflection_lists_registry_services_health_and_reflection(started: Started) -> None:
     async with aio.insecure_channel(started.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = stub.ServerReflectionInfo(
@@ -104,7 +105,7 @@ async def test_reflection_lists_registry_health_and_reflection(started: Started)
         )
         replies = [reply async for reply in call]
     names = {s.name for s in replies[0].list_services_response.service}
-    assert names == {REGISTRY_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE}
+    assert names == {REGISTRY_SERVICE, COMPOSITE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE}
 
 
 async def test_port_file_holds_the_bound_ports(started: Started) -> None:

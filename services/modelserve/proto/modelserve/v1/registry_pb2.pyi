@@ -35,6 +35,8 @@ class ServingConfig(_message.Message):
     WARMUP_ITERATIONS_FIELD_NUMBER: _builtins.int
     EXECUTION_PROVIDER_FIELD_NUMBER: _builtins.int
     INTRA_OP_THREADS_FIELD_NUMBER: _builtins.int
+    FEATURE_INPUTS_FIELD_NUMBER: _builtins.int
+    PREDICTION_CACHE_FIELD_NUMBER: _builtins.int
     max_batch_size: _builtins.int
     """Largest batch the worker forms; 0 means the model has no batch dimension."""
     max_queue_delay_us: _builtins.int
@@ -49,6 +51,17 @@ class ServingConfig(_message.Message):
     """0 = chosen from the cores available."""
     @_builtins.property
     def preferred_batch_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def feature_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureInput]:
+        """Model inputs the router fills from the feature store; callers send the entity input
+        instead, and the version's public signature (V2 metadata, gateway validation) shows
+        the model's inputs minus these, plus the entity inputs. Needs max_batch_size > 0.
+        """
+
+    @_builtins.property
+    def prediction_cache(self) -> Global___PredictionCache:
+        """Answers cached by the router per exact (enriched) input; off when unset."""
+
     def __init__(
         self,
         *,
@@ -60,14 +73,94 @@ class ServingConfig(_message.Message):
         warmup_iterations: _builtins.int = ...,
         execution_provider: _builtins.str = ...,
         intra_op_threads: _builtins.int = ...,
+        feature_inputs: _abc.Iterable[Global___FeatureInput] | None = ...,
+        prediction_cache: Global___PredictionCache | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prediction_cache", b"prediction_cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "instance_count", b"instance_count", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "preferred_batch_sizes", b"preferred_batch_sizes", "warmup_iterations", b"warmup_iterations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "feature_inputs", b"feature_inputs", "instance_count", b"instance_count", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "prediction_cache", b"prediction_cache", "preferred_batch_sizes", b"preferred_batch_sizes", "warmup_iterations", b"warmup_iterations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServingConfig: _TypeAlias = ServingConfig  # noqa: Y015
+
+@_typing.final
+class FeatureInput(_message.Message):
+    """One model input assembled from a feature view, row by row, keyed by an entity input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_INPUT_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    ENTITY_INPUT_FIELD_NUMBER: _builtins.int
+    ENTITY_INPUT_IS_MODEL_INPUT_FIELD_NUMBER: _builtins.int
+    ENTITY_DATATYPE_FIELD_NUMBER: _builtins.int
+    model_input: _builtins.str
+    """The model input filled: shape [-1, W] with a fixed W, a numeric datatype. The features'
+    values are cast to it and concatenated along the last axis; their widths must sum to W.
+    """
+    view: _builtins.str
+    """The feature view (featurestore.proto) the values come from."""
+    entity_input: _builtins.str
+    """The request input holding one entity key per row (e.g. "user_id")."""
+    entity_input_is_model_input: _builtins.bool
+    """True: the model takes entity_input itself (it is forwarded as sent, with its spec from
+    the model's signature); false: the router drops it before the model runs.
+    """
+    entity_datatype: _builtins.str
+    """When the model does not take entity_input: the datatype callers send it as, shape
+    [-1, 1]; "BYTES" (default when empty), "INT64" or "INT32".
+    """
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The view's features, in the order they are concatenated; at least one."""
+
+    def __init__(
+        self,
+        *,
+        model_input: _builtins.str = ...,
+        view: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
+        entity_input: _builtins.str = ...,
+        entity_input_is_model_input: _builtins.bool = ...,
+        entity_datatype: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_datatype", b"entity_datatype", "entity_input", b"entity_input", "entity_input_is_model_input", b"entity_input_is_model_input", "features", b"features", "model_input", b"model_input", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureInput: _TypeAlias = FeatureInput  # noqa: Y015
+
+@_typing.final
+class PredictionCache(_message.Message):
+    """Per version: the router answers a request whose exact inputs it has answered before from a
+    cache, without running the model. The key holds the version, so moving a label never
+    serves another version's answer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    ttl_seconds: _builtins.int
+    """How long an answer is kept; 0 = the registry default (60 s); at most 86400."""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionCache: _TypeAlias = PredictionCache  # noqa: Y015
 
 @_typing.final
 class ModelVersion(_message.Message):

@@ -1,0 +1,133 @@
+"""A local replica of the registry's composites, fed by WatchComposites (as ``Catalog`` is fed
+by Watch), and the ``Members`` view over both that gateway and router resolve through."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+import grpc
+
+from modelserve import composite_metadata, composites
+from modelserve.catalog import Catalog
+from modelserve.channels import EndpointSet
+from modelserve.discovery import Discovery
+from modelserve.errors import NotFoundError
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.modelserve.v1 import composite_pb2, composite_pb2_grpc, registry_pb2
+
+log = logging.getLogger(__name__)
+
+
+class CompositeCatalog:
+    """Composites as the registry last told us, looked up beside ``catalog``'s models."""
+
+    def __init__(
+        self, discovery: Discovery, catalog: Catalog, *, registry_service: str = "registry"
+    ) -> None:
+        self._discovery = discovery
+        self._service = registry_service
+        self._endpoints = EndpointSet()
+        self.catalog = catalog
+        self.items: dict[str, composite_pb2.Composite] = {}
+        self.synced = asyncio.Event()
+        self._signatures: dict[str, tuple[int, composites.Signature]] = {}
+        self._generation = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every applied event."""
+        self._listeners.append(listener)
+
+    def pinned_versions(self) -> set[tuple[str, int]]:
+        """(model, version) of every member named by version number: workers deploy these
+        too, since a version that is neither labelled nor newest would otherwise not load."""
+        return {
+            (ref.model, ref.version)
+            for item in self.items.values()
+            for ref in composites.references(item)
+            if ref.version and ref.model not in self.items
+        }
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.items
+
+    # ---- composites.Members ----
+    def composite(self, name: str) -> composite_pb2.Composite | None:
+        return self.items.get(name)
+
+    def version(self, ref: composite_pb2.ModelRef) -> registry_pb2.ModelVersion:
+        return self.catalog.resolve(ref.model, str(ref.version) if ref.version else "", ref.label)
+
+    def get(self, name: str, version: str = "") -> composite_pb2.Composite:
+        """The composite; a V2 version, when given, must be its revision (its only version)."""
+        found = self.items.get(name)
+        if found is None:
+            raise NotFoundError(f"unknown composite '{name}'")
+        if version and version != str(found.revision):
+            raise NotFoundError(
+                f"composite '{name}' has no version {version} (versions: {found.revision})"
+            )
+        return found
+
+    def signature(self, name: str) -> composites.Signature:
+        """The composite's signature now; cached until models or composites change (a
+        signature follows labels and policies, so every catalog revision invalidates it)."""
+        key = self._generation + self.catalog.revision
+        cached = self._signatures.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = composites.signature(name, self)
+        self._signatures[name] = (key, found)
+        return found
+
+    def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
+        return composite_metadata.model_metadata(self.get(name, version), self.signature(name))
+
+    def model_config(self, name: str, version: str = "") -> pb.ModelConfigResponse:
+        return composite_metadata.model_config(self.get(name, version), self.signature(name), self)
+
+    def apply(self, event: composite_pb2.CompositeEvent) -> None:
+        if event.snapshot:
+            self.items = {}
+        for item in event.composites:
+            self.items[item.name] = item
+        for name in event.deleted:
+            self.items.pop(name, None)
+        # Generations grow faster than catalog revisions can catch up, so the sum is unique
+        # enough to key the cache (a stale hit would need both to move in lockstep).
+        self._generation += 1 << 32
+        self._signatures.clear()
+        if event.snapshot:
+            self.synced.set()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("composite catalog listener failed")
+
+    async def run(self) -> None:
+        """Follow WatchComposites forever, reconnecting with backoff on any failure."""
+        delay = 0.05
+        while True:
+            try:
+                instances = await self._discovery.resolve(self._service)
+                await self._endpoints.update(i.address for i in instances)
+                endpoint = self._endpoints.pick()
+                if endpoint is None:
+                    raise ConnectionError("no registry instance found by discovery")
+                stub = endpoint.stub(composite_pb2_grpc.CompositeRegistryStub)
+                async for event in stub.WatchComposites(composite_pb2.WatchCompositesRequest()):
+                    self.apply(event)
+                    delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (grpc.RpcError, ConnectionError, OSError) as exc:
+                log.warning("composite watch interrupted (%s); retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        await self._endpoints.close()
