@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 
-import grpc
-
 from modelserve import routing
-from modelserve.channels import EndpointSet
+from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError
 from modelserve.names import validate_name
@@ -140,32 +137,17 @@ class Catalog:
 
     async def run(self) -> None:
         """Follow the registry's Watch forever, reconnecting with backoff on any failure."""
-        delay = 0.05
-        while True:
-            try:
-                instances = await self._discovery.resolve(self._service)
-                await self._endpoints.update(i.address for i in instances)
-                endpoint = self._endpoints.pick()
-                if endpoint is None:
-                    raise ConnectionError("no registry instance found by discovery")
-                stub = endpoint.stub(registry_pb2_grpc.RegistryStub)
-                async for event in stub.Watch(registry_pb2.WatchRequest()):
-                    self.apply(event)
-                    delay = 0.05
-            except asyncio.CancelledError:
-                raise
-            except (grpc.RpcError, ConnectionError, OSError) as exc:
-                log.warning(
-                    "registry watch interrupted (%s); retrying in %.2fs", _short(exc), delay
-                )
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
+        await follow_stream(
+            discovery=self._discovery,
+            service=self._service,
+            endpoints=self._endpoints,
+            open_stream=lambda e: e.stub(registry_pb2_grpc.RegistryStub).Watch(
+                registry_pb2.WatchRequest()
+            ),
+            apply=self.apply,
+            what="registry watch",
+        )
 
     async def close(self) -> None:
         await self._endpoints.close()
 
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__

@@ -9,11 +9,13 @@ all-bad still gets traffic (panic threshold).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -59,6 +61,9 @@ def outbound_timeout(
         raise DeadlineExceededError("deadline exceeded before the request could be forwarded")
     return budget
 
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 EJECT_AFTER_FAILURES = 5
@@ -159,3 +164,39 @@ async def follow(discovery: Any, service: str, endpoints: EndpointSet) -> None:
     """Keep ``endpoints`` equal to the passing instances of ``service``, forever."""
     async for instances in discovery.watch(service):
         await endpoints.update(i.address for i in instances)
+
+
+async def follow_stream(
+    *,
+    discovery: Any,
+    service: str,
+    endpoints: EndpointSet,
+    open_stream: Callable[[Endpoint], AsyncIterator[T]],
+    apply: Callable[[T], None],
+    what: str,
+) -> None:
+    """Apply every message of a long-lived server stream (a watch) forever: pick an instance
+    of ``service``, open the stream, and on any failure reconnect with jittered backoff."""
+    delay = 0.05
+    while True:
+        try:
+            instances = await discovery.resolve(service)
+            await endpoints.update(i.address for i in instances)
+            endpoint = endpoints.pick()
+            if endpoint is None:
+                raise ConnectionError(f"no {service} instance found by discovery")
+            async for message in open_stream(endpoint):
+                apply(message)
+                delay = 0.05
+        except asyncio.CancelledError:
+            raise
+        except (grpc.RpcError, ConnectionError, OSError) as exc:
+            log.warning("%s interrupted (%s); retrying in %.2fs", what, _describe(exc), delay)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
-
-import grpc
 
 from modelserve import composite_metadata, composites
 from modelserve.catalog import Catalog
-from modelserve.channels import EndpointSet
+from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError
 from modelserve.proto.inference import grpc_service_pb2 as pb
@@ -110,24 +107,16 @@ class CompositeCatalog:
 
     async def run(self) -> None:
         """Follow WatchComposites forever, reconnecting with backoff on any failure."""
-        delay = 0.05
-        while True:
-            try:
-                instances = await self._discovery.resolve(self._service)
-                await self._endpoints.update(i.address for i in instances)
-                endpoint = self._endpoints.pick()
-                if endpoint is None:
-                    raise ConnectionError("no registry instance found by discovery")
-                stub = endpoint.stub(composite_pb2_grpc.CompositeRegistryStub)
-                async for event in stub.WatchComposites(composite_pb2.WatchCompositesRequest()):
-                    self.apply(event)
-                    delay = 0.05
-            except asyncio.CancelledError:
-                raise
-            except (grpc.RpcError, ConnectionError, OSError) as exc:
-                log.warning("composite watch interrupted (%s); retrying in %.2fs", exc, delay)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
+        await follow_stream(
+            discovery=self._discovery,
+            service=self._service,
+            endpoints=self._endpoints,
+            open_stream=lambda e: e.stub(composite_pb2_grpc.CompositeRegistryStub).WatchComposites(
+                composite_pb2.WatchCompositesRequest()
+            ),
+            apply=self.apply,
+            what="composite watch",
+        )
 
     async def close(self) -> None:
         await self._endpoints.close()
