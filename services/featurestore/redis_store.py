@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from featurestore.breaker import CircuitBreaker
 from featurestore.online_store import StoredRow
 from featurestore.rows import EVENT_OFFSET, FORMAT_VERSION
 from modelserve.errors import UnavailableError
+from modelserve.redis_support import CircuitBreaker, RedisClientConfig, make_client
 
 log = logging.getLogger(__name__)
 
@@ -63,35 +59,6 @@ if expiry > 0 then
 end
 return #out / 2
 """
-
-
-@dataclass(frozen=True)
-class RedisClientConfig:
-    """Redis client settings; the defaults are RELIABILITY.md's Redis row (50 ms budget)."""
-
-    socket_connect_timeout_s: float = 0.1
-    socket_timeout_s: float = 0.05
-    retries: int = 2  # on connection errors and timeouts only
-    backoff_base_s: float = 0.01
-    backoff_cap_s: float = 0.5
-    health_check_interval_s: int = 10
-    breaker_failures: int = 5
-    breaker_open_s: float = 1.0
-
-
-def make_client(url: str, config: RedisClientConfig) -> aioredis.Redis:
-    """A redis.asyncio client from a ``redis://`` / ``rediss://`` URL (AUTH/TLS in the URL)."""
-    return aioredis.from_url(
-        url,
-        socket_connect_timeout=config.socket_connect_timeout_s,
-        socket_timeout=config.socket_timeout_s,
-        retry=Retry(
-            ExponentialBackoff(cap=config.backoff_cap_s, base=config.backoff_base_s),
-            config.retries,
-            supported_errors=(RedisConnectionError, RedisTimeoutError),
-        ),
-        health_check_interval=config.health_check_interval_s,
-    )
 
 
 class RedisOnlineStore:

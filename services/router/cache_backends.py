@@ -14,15 +14,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from modelserve.redis_support import CircuitBreaker, RedisClientConfig, make_client
 
 log = logging.getLogger(__name__)
 
@@ -87,45 +85,6 @@ class LocalBackend:
         self._bytes = 0
 
 
-class CircuitBreaker:
-    """After ``failures`` in a row, refuse for ``open_s``; then one call decides again."""
-
-    def __init__(
-        self, *, failures: int = 5, open_s: float = 1.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._threshold = failures
-        self._open_s = open_s
-        self._clock = clock
-        self._failures = 0
-        self._open_until = 0.0
-
-    @property
-    def open(self) -> bool:
-        return self._failures >= self._threshold and self._clock() < self._open_until
-
-    def success(self) -> None:
-        self._failures = 0
-
-    def failure(self) -> None:
-        self._failures += 1
-        if self._failures >= self._threshold:
-            self._open_until = self._clock() + self._open_s
-
-
-@dataclass(frozen=True)
-class RedisClientConfig:
-    """RELIABILITY.md's Redis client row."""
-
-    socket_connect_timeout_s: float = 0.1
-    socket_timeout_s: float = 0.05
-    retries: int = 2  # on connection errors and timeouts only
-    backoff_base_s: float = 0.01
-    backoff_cap_s: float = 0.5
-    health_check_interval_s: int = 10
-    breaker_failures: int = 5
-    breaker_open_s: float = 1.0
-
-
 class RedisBackend:
     """One Redis string per answer under ``key_prefix``, expiring with the version's TTL."""
 
@@ -139,20 +98,12 @@ class RedisBackend:
         config: RedisClientConfig | None = None,
     ) -> None:
         config = config or RedisClientConfig()
-        self._client = aioredis.from_url(
-            url,
-            socket_connect_timeout=config.socket_connect_timeout_s,
-            socket_timeout=config.socket_timeout_s,
-            retry=Retry(
-                ExponentialBackoff(cap=config.backoff_cap_s, base=config.backoff_base_s),
-                config.retries,
-                supported_errors=(RedisConnectionError, RedisTimeoutError),
-            ),
-            health_check_interval=config.health_check_interval_s,
-        )
+        self._client = make_client(url, config)
         self._prefix = key_prefix
         self.breaker = CircuitBreaker(
-            failures=config.breaker_failures, open_s=config.breaker_open_s
+            what="prediction cache (Redis)",
+            failures=config.breaker_failures,
+            open_s=config.breaker_open_s,
         )
 
     async def get(self, key: str, budget_s: float) -> bytes | None:
