@@ -18,6 +18,7 @@ from typing import TypeAlias
 from modelserve.catalog import Catalog
 from modelserve.channels import EndpointSet
 from modelserve.errors import ModelServeError, UnavailableError
+from modelserve.lookup_kind import is_lookup
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, worker_pb2
 from modelserve.routing import referenced_versions
 from modelserve.tensors import TensorSpec
@@ -55,7 +56,8 @@ def deployed_versions(
         numbers = set(model.labels.values()) | {max(by_number)}
         numbers |= referenced_versions(model)  # a split may name versions without labels
         for n in numbers:
-            if n in by_number:
+            # A lookup has no ONNX file: the router answers it from the feature store.
+            if n in by_number and not is_lookup(by_number[n]):
                 wanted[(name, n)] = by_number[n]
     return wanted
 
@@ -71,6 +73,7 @@ class ModelManager:
         gpu_mem_limit: int,
         io_binding: str = "auto",
         inline_max_us: float = 0.0,
+        allow_spinning: bool = False,
         unload_grace: float,
         on_change: Callable[[], None],
         pinned: Callable[[], set[tuple[str, int]]] = set,
@@ -82,6 +85,7 @@ class ModelManager:
         self._gpu_mem_limit = gpu_mem_limit
         self._io_binding = io_binding
         self._inline_max_us = inline_max_us
+        self._allow_spinning = allow_spinning
         self._unload_grace = unload_grace
         self._on_change = on_change
         self._pinned = pinned  # versions composites name by number (CompositeCatalog)
@@ -149,6 +153,7 @@ class ModelManager:
                     intra_op_threads=r.config.intra_op_threads,
                     gpu_mem_limit=self._gpu_mem_limit,
                     io_binding=self._io_binding,
+                    allow_spinning=self._allow_spinning,
                 )
                 batch_sizes = (1,) if r.config.max_batch_size == 0 else _warm_sizes(r.config)
                 await session.warmup(max(r.config.warmup_iterations, 1), batch_sizes)

@@ -49,6 +49,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         gpu_mem_limit=settings.gpu_mem_limit_bytes,
         io_binding=settings.io_binding,
         inline_max_us=settings.inline_max_us,
+        allow_spinning=settings.ort_spinning_enabled,
         unload_grace=settings.unload_grace_seconds,
         on_change=publish,
         pinned=composites.pinned_versions,

@@ -72,3 +72,16 @@ async def test_unbatched_waiting_is_bounded(demo_dir: Path) -> None:
         )
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+async def test_spinning_setting_reaches_onnx_runtime(demo_dir: Path, spinning: bool) -> None:
+    session = await ModelSession.load(
+        demo_dir / "tabular.onnx", model="t", version=1, allow_spinning=spinning
+    )
+    try:
+        options = session._instances[0].session.get_session_options()
+        value = options.get_session_config_entry("session.intra_op.allow_spinning")
+        assert value == ("1" if spinning else "0")
+    finally:
+        session.close()
