@@ -150,4 +150,3 @@ class Catalog:
 
     async def close(self) -> None:
         await self._endpoints.close()
-

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from modelserve import features_cli, policy_cli
+from modelserve import features_cli, lookup_cli, policy_cli, push_flags
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -48,12 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("file", type=Path)
     push.add_argument("--label", action="append", default=[], help="label(s) for the new version")
     push.add_argument("--description", default="")
+    push_flags.add_config_flags(push)
     msub.add_parser("list", help="list models, versions and labels")
     label = msub.add_parser("label", help="point LABEL of NAME at VERSION")
     label.add_argument("name")
     label.add_argument("version", type=int)
     label.add_argument("label")
     _add_optimize(msub)
+    lookup_cli.add_parser(msub)
 
     infer = sub.add_parser("infer", help="send one V2 inference to the gateway")
     infer.add_argument("model")
@@ -125,7 +127,12 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace) -> int:
     if args.models_command == "push":
         v = await push_version(
-            stub, args.name, args.file, labels=args.label, description=args.description
+            stub,
+            args.name,
+            args.file,
+            labels=args.label,
+            description=args.description,
+            config=push_flags.config_from_args(args),
         )
         print(
             f"pushed {v.model} version {v.version} sha256={v.sha256[:12]} labels={list(v.labels)}"
@@ -146,6 +153,9 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
         print(f"{m.name}: {args.label} -> version {m.labels[args.label]}")
     elif args.models_command == "optimize":
         return await _optimize(stub, args)
+    elif args.models_command == "push-lookup":
+        v = await lookup_cli.push_lookup(stub, args)
+        print(f"pushed lookup {v.model} version {v.version} labels={list(v.labels)}")
     return 0
 
 

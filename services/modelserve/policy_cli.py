@@ -4,6 +4,7 @@ modelserve policy split MODEL 1=90 2=10      # versions by number, labels by nam
 modelserve policy switch MODEL green         # all traffic to one label, atomically
 modelserve policy rollback MODEL             # the policy before the last change
 modelserve policy show|history|clear MODEL
+modelserve policy shadow MODEL 2 --fraction 0.1   # and shadow-off, shadow-report (shadow_report)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 import grpc
 
+from modelserve import shadow_report
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
@@ -54,16 +56,23 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     history.add_argument("model")
     history.add_argument("--limit", type=int, default=0, help="newest N (default 100)")
 
+    shadow_report.add_parsers(psub)
+
 
 async def run(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.registry) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         command = args.policy_command
-        if command in ("split", "switch"):
+        if command in shadow_report.COMMANDS:
+            print(await shadow_report.run(stub, args))
+        elif command in ("split", "switch"):
             policy = registry_pb2.RoutingPolicy(
                 split=args.targets if command == "split" else [],
                 target_label=args.label if command == "switch" else "",
             )
+            current = await shadow_report.current_policy(stub, args.model)
+            if current.HasField("shadow"):  # a new split keeps the shadow already in force
+                policy.shadow.CopyFrom(current.shadow)
             request = registry_pb2.SetPolicyRequest(model=args.model, policy=policy, note=args.note)
             print(_line(await stub.SetPolicy(request, timeout=10)))
         elif command == "rollback":
@@ -91,11 +100,18 @@ async def run(args: argparse.Namespace) -> int:
 
 def describe(policy: registry_pb2.RoutingPolicy) -> str:
     if policy.target_label:
-        return f"all -> label {policy.target_label}"
-    if policy.split:
+        routes = f"all -> label {policy.target_label}"
+    elif policy.split:
         shares = (f"{t.version or t.label}={t.percent:g}%" for t in policy.split)
-        return "split " + " ".join(shares)
-    return "none (production label, else newest version)"
+        routes = "split " + " ".join(shares)
+    else:
+        routes = "none (production label, else newest version)"
+    if policy.HasField("shadow"):
+        shadow = policy.shadow
+        routes += f"; shadow {shadow.target} x{shadow.fraction:g}"
+        if shadow.agreement_tolerance:
+            routes += f" (tolerance {shadow.agreement_tolerance:g})"
+    return routes
 
 
 def _line(revision: registry_pb2.PolicyRevision) -> str:

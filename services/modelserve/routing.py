@@ -146,10 +146,16 @@ def _compiled(serialized: bytes) -> _Table | None:
 
 
 def referenced_versions(model: registry_pb2.Model) -> set[int]:
-    """Version numbers the active policy names directly (labels are resolved separately)."""
-    if not is_active(model):
+    """Version numbers the policy names directly, its shadow included: workers must hold a
+    shadow version warm to be mirrored to (labels are resolved separately)."""
+    if not model.HasField("policy"):
         return set()
-    return {t.version for t in model.policy.policy.split if t.version > 0}
+    policy = model.policy.policy
+    found = {t.version for t in policy.split if t.version > 0}
+    target = policy.shadow.target
+    if target.isascii() and target.isdigit() and int(target) > 0:
+        found.add(int(target))
+    return found
 
 
 def routing_key_of(request: pb.ModelInferRequest, metadata: Metadata | None) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from modelserve.errors import InvalidArgumentError
 from modelserve.tensors import TensorSpec
 from registry.enrichment_config import FeatureInput, PredictionCacheConfig, check_feature_inputs
+from registry.lookup_models import LookupConfig
 
 EXECUTION_PROVIDERS = ("auto", "cpu", "cuda")
 MAX_BATCH_SIZE = 64
@@ -45,10 +46,16 @@ class ServingConfig:
     intra_op_threads: int = 0
     feature_inputs: tuple[FeatureInput, ...] = ()
     prediction_cache: PredictionCacheConfig = field(default_factory=PredictionCacheConfig)
+    lookup: LookupConfig | None = None  # set: a precomputed-prediction table (lookup_models)
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INT_BOUNDS.items():
             _check_range(name, getattr(self, name), low, high)
+        if self.lookup is not None and (self.feature_inputs or self.prediction_cache.enabled):
+            # The router answers a lookup from the store itself: nothing to enrich or cache.
+            raise InvalidArgumentError(
+                "a lookup version takes neither config.feature_inputs nor a prediction_cache"
+            )
         if self.execution_provider not in EXECUTION_PROVIDERS:
             raise InvalidArgumentError(
                 f"config.execution_provider must be one of {', '.join(EXECUTION_PROVIDERS)}; "
@@ -71,6 +78,7 @@ class ConfigOverrides:
     intra_op_threads: int | None = None
     feature_inputs: tuple[FeatureInput, ...] | None = None
     prediction_cache: PredictionCacheConfig | None = None
+    lookup: LookupConfig | None = None
 
     def __post_init__(self) -> None:
         # Range checks before any byte of the artifact is accepted; checks that need the

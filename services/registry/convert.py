@@ -9,6 +9,7 @@ from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
 from modelserve.routing import basis_points
 from modelserve.tensors import TensorSpec
+from registry import lookup_models
 from registry.artifacts import check_sha256
 from registry.config import ConfigOverrides, ServingConfig
 from registry.enrichment_config import (
@@ -21,6 +22,7 @@ from registry.records import (
     ModelRecord,
     PolicyRevision,
     RoutingPolicy,
+    ShadowTarget,
     Snapshot,
     SplitShare,
     VersionRecord,
@@ -76,6 +78,7 @@ def overrides_from_proto(config: registry_pb2.ServingConfig) -> ConfigOverrides:
             if config.HasField("prediction_cache")
             else None
         ),
+        lookup=lookup_models.from_proto(config.lookup) if config.HasField("lookup") else None,
     )
 
 
@@ -125,6 +128,7 @@ def config_to_proto(config: ServingConfig) -> registry_pb2.ServingConfig:
             enabled=config.prediction_cache.enabled,
             ttl_seconds=config.prediction_cache.ttl_seconds,
         ),
+        lookup=lookup_models.to_proto(config.lookup) if config.lookup else None,
     )
 
 
@@ -165,6 +169,15 @@ def policy_from_proto(policy: registry_pb2.RoutingPolicy) -> RoutingPolicy:
             for i, t in enumerate(policy.split)
         ),
         target_label=policy.target_label,
+        shadow=(
+            ShadowTarget(
+                target=policy.shadow.target,
+                fraction=policy.shadow.fraction,
+                agreement_tolerance=policy.shadow.agreement_tolerance,
+            )
+            if policy.HasField("shadow")
+            else None
+        ),
     )
 
 
@@ -186,6 +199,15 @@ def policy_to_proto(policy: RoutingPolicy) -> registry_pb2.RoutingPolicy:
             for s in policy.split
         ],
         target_label=policy.target_label,
+        shadow=(
+            registry_pb2.Shadow(
+                target=policy.shadow.target,
+                fraction=policy.shadow.fraction,
+                agreement_tolerance=policy.shadow.agreement_tolerance,
+            )
+            if policy.shadow is not None
+            else None
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.names import validate_name
 from modelserve.routing import BUCKETS, Share, primary
-from registry.records import PolicyRevision, RoutingPolicy, SplitShare
+from registry.records import PolicyRevision, RoutingPolicy, ShadowTarget, SplitShare
 
 MAX_SPLIT_TARGETS = 16
 MAX_NOTE_CHARS = 256
@@ -30,11 +30,16 @@ def check_policy(policy: RoutingPolicy) -> None:
         raise InvalidArgumentError("give a split or a target label, not both")
     if policy.empty:
         raise InvalidArgumentError(
-            "the policy is empty: give a split or a target label (ClearPolicy removes a policy)"
+            "the policy is empty: give a split, a target label or a shadow "
+            "(ClearPolicy removes a policy)"
         )
+    if policy.shadow is not None:
+        check_shadow(policy.shadow)
     if policy.target_label:
         validate_name(policy.target_label, "target label")
         return
+    if not policy.split:
+        return  # only a shadow, on top of the default resolution
     if len(policy.split) > MAX_SPLIT_TARGETS:
         raise InvalidArgumentError(
             f"a split may have at most {MAX_SPLIT_TARGETS} targets; got {len(policy.split)}"
@@ -49,6 +54,21 @@ def check_policy(policy: RoutingPolicy) -> None:
     if total != BUCKETS:
         raise InvalidArgumentError(
             f"split weights sum to {_percent(total)}%; they must sum to exactly 100%"
+        )
+
+
+def check_shadow(shadow: ShadowTarget) -> None:
+    if not shadow.target:
+        raise InvalidArgumentError("the shadow names no target: give a version number or a label")
+    if not shadow.version:
+        validate_name(shadow.target, "shadow target label")
+    # `not <= ` also refuses NaN, which compares false with everything.
+    if not 0 < shadow.fraction <= 1:
+        raise InvalidArgumentError(f"shadow fraction must be in (0, 1]; got {shadow.fraction:g}")
+    if not 0 <= shadow.agreement_tolerance < float("inf"):
+        raise InvalidArgumentError(
+            "shadow agreement_tolerance must be a finite number >= 0 (0 = the default); "
+            f"got {shadow.agreement_tolerance:g}"
         )
 
 
@@ -82,6 +102,13 @@ def check_references(
                 f"the policy routes to version {share.version}, which model {model!r} does "
                 f"not have (versions: {have})"
             )
+    shadow = policy.shadow.version if policy.shadow is not None else 0
+    if shadow and shadow not in versions:
+        have = ", ".join(str(v) for v in sorted(versions)) or "none"
+        raise FailedPreconditionError(
+            f"the policy mirrors to version {shadow}, which model {model!r} does not have "
+            f"(versions: {have})"
+        )
     for label in sorted(policy.labels()):
         if label not in labels:
             have = ", ".join(sorted(labels)) or "none"
@@ -117,13 +144,19 @@ def default_version(policy: RoutingPolicy, labels: Mapping[str, int]) -> int:
 
 
 def to_json(policy: RoutingPolicy) -> str:
-    data = {
+    data: dict[str, Any] = {
         "split": [
             {"version": s.version, "label": s.label, "basis_points": s.basis_points}
             for s in policy.split
         ],
         "target_label": policy.target_label,
     }
+    if policy.shadow is not None:  # absent rather than null: rows written before stay equal
+        data["shadow"] = {
+            "target": policy.shadow.target,
+            "fraction": policy.shadow.fraction,
+            "agreement_tolerance": policy.shadow.agreement_tolerance,
+        }
     return json.dumps(data, sort_keys=True)
 
 
@@ -135,6 +168,17 @@ def from_json(text: str) -> RoutingPolicy:
             for s in data.get("split", ())
         ),
         target_label=data.get("target_label", ""),
+        shadow=_shadow_from(data.get("shadow")),
+    )
+
+
+def _shadow_from(data: dict[str, Any] | None) -> ShadowTarget | None:
+    if data is None:
+        return None
+    return ShadowTarget(
+        target=data["target"],
+        fraction=data["fraction"],
+        agreement_tolerance=data.get("agreement_tolerance", 0.0),
     )
 
 

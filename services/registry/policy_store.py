@@ -98,7 +98,7 @@ class PolicyStoreMethods:
         """The version the policy in force gives a lookup by neither version nor label (its
         target label, else its largest share); None when no policy is in force."""
         now = self._current_policy(model)
-        if now is None or now.policy.empty:
+        if now is None or not now.policy.routes:  # none, cleared, or only a shadow
             return None
         return policies.default_version(now.policy, self._labels_of(model))
 

@@ -40,19 +40,41 @@ class SplitShare:
 
 
 @dataclass(frozen=True)
+class ShadowTarget:
+    """Mirror ``fraction`` of the calls to ``target`` (a version number or a label)."""
+
+    target: str
+    fraction: float
+    agreement_tolerance: float = 0.0  # 0 = the default (modelserve.shadow)
+
+    @property
+    def version(self) -> int:
+        return int(self.target) if self.target.isascii() and self.target.isdigit() else 0
+
+
+@dataclass(frozen=True)
 class RoutingPolicy:
-    """A split or a single target label; neither = the default resolution (no policy)."""
+    """A split or a single target label, and maybe a shadow; none of them = the default
+    resolution (no policy). Only a shadow = the default resolution, mirrored."""
 
     split: tuple[SplitShare, ...] = ()
     target_label: str = ""
+    shadow: ShadowTarget | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.split and not self.target_label
+        return not self.routes and self.shadow is None
+
+    @property
+    def routes(self) -> bool:
+        """Whether the policy chooses the version (a shadow alone does not)."""
+        return bool(self.split) or bool(self.target_label)
 
     def labels(self) -> set[str]:
-        """The labels this policy routes through."""
+        """The labels this policy routes (or mirrors) through."""
         found = {s.label for s in self.split if s.label}
+        if self.shadow is not None and not self.shadow.version:
+            found.add(self.shadow.target)
         return found | ({self.target_label} if self.target_label else set())
 
 

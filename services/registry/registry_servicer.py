@@ -20,7 +20,7 @@ from grpc import aio
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.onnx_inspect import inspect_model
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from registry import convert
+from registry import convert, lookup_models
 from registry.policy_servicer import PolicyRpcs
 from registry.store import RegistryStore
 from registry.uploads import TempUpload, temp_upload
@@ -74,13 +74,19 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
                 raise FailedPreconditionError(
                     f"'{header.model}' is a composite model; a model needs its own name"
                 )
+            lookup = header.config.lookup if header.config else None
+            if lookup is not None:  # no ONNX file: the definition is the artifact
+                await self._in_io(upload.write, lookup_models.definition_bytes(lookup))
             sha256 = await self._in_io(upload.finish)
             if header.sha256 and header.sha256 != sha256:
                 raise FailedPreconditionError(
                     f"artifact sha256 mismatch: the header says {header.sha256}, the "
                     f"{upload.size} bytes received hash to {sha256}; the upload was corrupted"
                 )
-            signature = await self._in_io(inspect_model, upload.path)
+            if lookup is not None:
+                signature = lookup_models.signature(lookup)
+            else:
+                signature = await self._in_io(inspect_model, upload.path)
             record = await self._in_store(
                 lambda: self._store.push_version(
                     header.model,
@@ -181,6 +187,11 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
                         f"the first PushVersion message must carry the header; got {_what(part)}"
                     )
                 header = convert.header_from_proto(message.header)
+            elif header.config is not None and header.config.lookup is not None:
+                raise InvalidArgumentError(
+                    f"model {header.model!r} is a lookup (config.lookup is set): its push "
+                    "carries the header only, no artifact chunks"
+                )
             elif part != "chunk" or not message.chunk:
                 raise InvalidArgumentError(
                     f"message {index} must be a non-empty chunk; got {_what(part)}"
@@ -191,7 +202,7 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
             index += 1
         if header is None:
             raise InvalidArgumentError("empty upload: expected a header message, then chunks")
-        if upload.size == 0:
+        if upload.size == 0 and (header.config is None or header.config.lookup is None):
             raise InvalidArgumentError(
                 f"upload for model {header.model!r} carried no artifact bytes: send the ONNX "
                 "file in chunk messages after the header"

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from modelserve.tensors import TensorSpec
+from registry import lookup_models
 from registry.config import ServingConfig
 from registry.enrichment_config import FeatureInput, PredictionCacheConfig
 from registry.records import VersionRecord
@@ -33,6 +34,7 @@ def config_to_json(config: ServingConfig) -> str:
     data["feature_inputs"] = [
         {**asdict(fi), "features": list(fi.features)} for fi in config.feature_inputs
     ]
+    data["lookup"] = lookup_models.to_json(config.lookup) if config.lookup else None
     return json.dumps(data, sort_keys=True)
 
 
@@ -46,6 +48,8 @@ def config_from_json(text: str) -> ServingConfig:
         for item in data.get("feature_inputs", ())
     )
     data["prediction_cache"] = PredictionCacheConfig(**data.get("prediction_cache", {}))
+    lookup = data.get("lookup")
+    data["lookup"] = lookup_models.from_json(lookup) if lookup else None
     return ServingConfig(**data)
 
 

@@ -1,4 +1,5 @@
-"""RouterControl: how the router would route, for the CLI and for debugging."""
+"""RouterControl: how the router would route and what its shadow traffic recorded, for the
+CLI and for debugging."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from grpc import aio
 
 from modelserve.catalog import DEFAULT_LABEL, Catalog
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
+from router.shadow_stats import ShadowStats
 from router.workers import WorkerPool
 
 
 class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
-    def __init__(self, *, catalog: Catalog, pool: WorkerPool) -> None:
+    def __init__(
+        self, *, catalog: Catalog, pool: WorkerPool, shadow: ShadowStats | None = None
+    ) -> None:
         self._catalog = catalog
         self._pool = pool
+        self._shadow = shadow or ShadowStats()
 
     async def Resolve(
         self, request: router_pb2.ResolveRequest, context: aio.ServicerContext
@@ -55,3 +60,11 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
                 for address, w in sorted(self._pool.workers.items())
             ]
         )
+
+    async def ShadowReport(
+        self, request: router_pb2.ShadowReportRequest, context: aio.ServicerContext
+    ) -> router_pb2.ShadowReportResponse:
+        # A model this router never heard of is NOT_FOUND (DESIGN's pitfall: never UNKNOWN);
+        # a known model without shadow traffic is an empty report.
+        self._catalog.get_model(request.model)
+        return self._shadow.report(request.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ from modelserve import v2_metadata
 from modelserve.catalog import Catalog
 from modelserve.channels import outbound_timeout
 from modelserve.errors import UnavailableError, from_rpc_error
+from modelserve.lookup_kind import is_lookup
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.routing import routing_key_of
@@ -20,7 +22,9 @@ from modelserve.tracing import outbound_metadata
 from router.composite_executor import CompositeExecutor
 from router.enrichment import Enricher
 from router.forwarding import Forwarder
+from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
+from router.shadow import ShadowMirror
 from router.statistics import merge_statistics
 from router.workers import WorkerPool
 
@@ -39,14 +43,18 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         forwarder: Forwarder,
         enricher: Enricher,
         predictions: PredictionCache,
+        lookups: LookupAnswerer,
         composites: CompositeExecutor | None = None,
+        shadow: ShadowMirror | None = None,
     ) -> None:
+        self._lookups = lookups
         self._catalog = catalog
         self._pool = pool
         self._forwarder = forwarder
         self._enricher = enricher
         self._predictions = predictions
         self._composites = composites
+        self._shadow = shadow
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: aio.ServicerContext
@@ -73,10 +81,17 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self._composites and self._composites.handles(request.name):
             return pb.ModelReadyResponse(
                 ready=self._composites.ready(
-                    request.name, lambda v: bool(self._pool.candidates(v.model, v.version))
+                    request.name,
+                    lambda v: (
+                        self._lookups.ready()
+                        if is_lookup(v)
+                        else bool(self._pool.candidates(v.model, v.version))
+                    ),
                 )
             )
         version = self._catalog.resolve(request.name, request.version)
+        if is_lookup(version):
+            return pb.ModelReadyResponse(ready=self._lookups.ready())
         return pb.ModelReadyResponse(
             ready=bool(self._pool.candidates(version.model, version.version))
         )
@@ -104,7 +119,8 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         index = v2_metadata.repository_index(
-            self._catalog.models.values(), self._pool.ready_versions()
+            self._catalog.models.values(),
+            self._pool.ready_versions() | self._lookups.ready_versions(self._catalog),
         )
         if self._composites:
             ready = self._pool.ready_versions()
@@ -126,13 +142,21 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             label_of(request),
             routing_key_of(request, context.invocation_metadata()),
         )
+        if is_lookup(version):  # precomputed predictions: no worker
+            return await self._lookups.infer(request, version, context)
+        started = time.perf_counter()
+        caller = request
         config = version.config
         if config.feature_inputs:
             request = await self._enricher.enrich(request, version, context)
         if config.prediction_cache.enabled:
             # Keyed on the enriched input: the same caller input may meet new features.
-            return await self._predictions.infer(request, version, context, self._forwarder.infer)
-        return await self._forwarder.infer(request, version, context)
+            answer = await self._predictions.infer(request, version, context, self._forwarder.infer)
+        else:
+            answer = await self._forwarder.infer(request, version, context)
+        if self._shadow is not None:  # only once the answer exists, and it returns at once
+            self._shadow.after(caller, request, version, answer, time.perf_counter() - started)
+        return answer
 
     def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext

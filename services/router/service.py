@@ -17,8 +17,10 @@ from router.feature_cache import FeatureCache
 from router.features import FeatureClient, follow_feature_stores
 from router.forwarding import Forwarder
 from router.inference_servicer import RouterInferenceServicer
+from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.settings import RouterSettings
+from router.shadow import ShadowMirror
 from router.workers import WorkerPool
 
 
@@ -61,6 +63,15 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
     )
     predictions = _prediction_cache(settings, budget)
     composites = CompositeCatalog(runtime.discovery, catalog)
+    shadow = ShadowMirror(
+        catalog=catalog,
+        infer=forwarder.infer,
+        enrich=enricher.enrich,
+        max_in_flight=settings.shadow_max_in_flight,
+        timeout_factor=settings.shadow_timeout_factor,
+        min_timeout_s=settings.shadow_min_timeout_seconds,
+        max_timeout_s=settings.shadow_max_timeout_seconds,
+    )
     runtime.add_service(
         grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -70,17 +81,19 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
             forwarder=forwarder,
             enricher=enricher,
             predictions=predictions,
+            lookups=LookupAnswerer(endpoints=featurestores),
             composites=CompositeExecutor(
                 composites=composites,
-                infer=forwarder.infer,
+                infer=LookupAnswerer(endpoints=featurestores).or_forward(forwarder.infer),
                 default_timeout=settings.default_timeout_seconds,
             ),
+            shadow=shadow,
         ),
     )
     runtime.add_service(
         router_pb2.DESCRIPTOR.services_by_name["RouterControl"].full_name,
         router_pb2_grpc.add_RouterControlServicer_to_server,
-        RouterControlServicer(catalog=catalog, pool=pool),
+        RouterControlServicer(catalog=catalog, pool=pool, shadow=shadow.stats),
     )
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")
@@ -101,3 +114,4 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
     runtime.on_stop(composites.close)
     runtime.on_stop(featurestores.close)
     runtime.on_stop(predictions.close)
+    runtime.on_stop(shadow.close)

@@ -55,12 +55,31 @@ class RouterSettings(CommonSettings):
     prediction_cache_max_value_bytes: int = setting(
         1 * MIB, "Answers larger than this are not cached."
     )
+    shadow_max_in_flight: int = setting(
+        64, "Shadow calls in flight at most; a sampled call beyond it is dropped and counted."
+    )
+    shadow_timeout_factor: float = setting(
+        3.0, "A shadow call's deadline is the primary call's latency times this (bounded below)."
+    )
+    shadow_min_timeout_seconds: float = setting(0.05, "Shortest deadline of a shadow call.")
+    shadow_max_timeout_seconds: float = setting(1.0, "Longest deadline of a shadow call.")
 
     def validate(self) -> None:
         super().validate()
         if not 0 < self.feature_budget_seconds <= 10:
             raise SettingsError(
                 f"feature_budget_seconds must be in (0, 10]; got {self.feature_budget_seconds}"
+            )
+        if not 0 < self.shadow_min_timeout_seconds <= self.shadow_max_timeout_seconds:
+            raise SettingsError(
+                "shadow timeouts must satisfy 0 < shadow_min_timeout_seconds <= "
+                f"shadow_max_timeout_seconds; got {self.shadow_min_timeout_seconds} and "
+                f"{self.shadow_max_timeout_seconds}"
+            )
+        if self.shadow_max_in_flight < 1 or self.shadow_timeout_factor <= 0:
+            raise SettingsError(
+                "shadow_max_in_flight must be >= 1 and shadow_timeout_factor > 0; got "
+                f"{self.shadow_max_in_flight} and {self.shadow_timeout_factor}"
             )
         if self.feature_cache_ttl_seconds < 0:
             raise SettingsError(

@@ -116,7 +116,7 @@ class ModelManager:
         for name, number in self._pinned():
             model = self._catalog.models.get(name)
             found = [v for v in model.versions if v.version == number] if model else []
-            if found and (not self._only or name in self._only):
+            if found and not is_lookup(found[0]) and (not self._only or name in self._only):
                 wanted[(name, number)] = found[0]
         for key, record in wanted.items():
             held = self.held.get(key)

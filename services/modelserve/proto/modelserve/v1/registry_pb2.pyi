@@ -37,6 +37,7 @@ class ServingConfig(_message.Message):
     INTRA_OP_THREADS_FIELD_NUMBER: _builtins.int
     FEATURE_INPUTS_FIELD_NUMBER: _builtins.int
     PREDICTION_CACHE_FIELD_NUMBER: _builtins.int
+    LOOKUP_FIELD_NUMBER: _builtins.int
     max_batch_size: _builtins.int
     """Largest batch the worker forms; 0 means the model has no batch dimension."""
     max_queue_delay_us: _builtins.int
@@ -62,6 +63,12 @@ class ServingConfig(_message.Message):
     def prediction_cache(self) -> Global___PredictionCache:
         """Answers cached by the router per exact (enriched) input; off when unset."""
 
+    @_builtins.property
+    def lookup(self) -> Global___LookupConfig:
+        """Set: the version is a precomputed-prediction table (platform "lookup"), not an ONNX
+        model. Pushed with PushVersion: a header whose config carries `lookup` and no chunks.
+        """
+
     def __init__(
         self,
         *,
@@ -75,14 +82,88 @@ class ServingConfig(_message.Message):
         intra_op_threads: _builtins.int = ...,
         feature_inputs: _abc.Iterable[Global___FeatureInput] | None = ...,
         prediction_cache: Global___PredictionCache | None = ...,
+        lookup: Global___LookupConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["prediction_cache", b"prediction_cache"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lookup", b"lookup", "prediction_cache", b"prediction_cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "feature_inputs", b"feature_inputs", "instance_count", b"instance_count", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "prediction_cache", b"prediction_cache", "preferred_batch_sizes", b"preferred_batch_sizes", "warmup_iterations", b"warmup_iterations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "feature_inputs", b"feature_inputs", "instance_count", b"instance_count", "intra_op_threads", b"intra_op_threads", "lookup", b"lookup", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "prediction_cache", b"prediction_cache", "preferred_batch_sizes", b"preferred_batch_sizes", "warmup_iterations", b"warmup_iterations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServingConfig: _TypeAlias = ServingConfig  # noqa: Y015
+
+@_typing.final
+class LookupConfig(_message.Message):
+    """A model of kind lookup: predictions written by batch jobs into a feature view, served by
+    the router with one GetOnlineFeatures per call (no worker). Its signature is derived:
+    input `entity_input` [-1, 1]; outputs the mapped features [-1, *shape] plus `lookup_status`
+    INT32 [-1, 1] per row: 1 present, 2 missing, 3 expired (missing and expired rows hold the
+    features' defaults).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIEW_FIELD_NUMBER: _builtins.int
+    ENTITY_INPUT_FIELD_NUMBER: _builtins.int
+    ENTITY_DATATYPE_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    view: _builtins.str
+    """The feature view holding the predictions."""
+    entity_input: _builtins.str
+    """The request input holding one entity key per row."""
+    entity_datatype: _builtins.str
+    """"BYTES" (default when empty) or "INT64"."""
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LookupOutput]: ...
+    def __init__(
+        self,
+        *,
+        view: _builtins.str = ...,
+        entity_input: _builtins.str = ...,
+        entity_datatype: _builtins.str = ...,
+        outputs: _abc.Iterable[Global___LookupOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_datatype", b"entity_datatype", "entity_input", b"entity_input", "outputs", b"outputs", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupConfig: _TypeAlias = LookupConfig  # noqa: Y015
+
+@_typing.final
+class LookupOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FEATURE_FIELD_NUMBER: _builtins.int
+    DATATYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The V2 output name."""
+    feature: _builtins.str
+    """The view's feature; empty = `name`."""
+    datatype: _builtins.str
+    """The V2 datatype the values are cast to (numeric or BYTES)."""
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per row, e.g. [1]; the output is [-1, *shape]."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        feature: _builtins.str = ...,
+        datatype: _builtins.str = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datatype", b"datatype", "feature", b"feature", "name", b"name", "shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LookupOutput: _TypeAlias = LookupOutput  # noqa: Y015
 
 @_typing.final
 class FeatureInput(_message.Message):
@@ -307,7 +388,8 @@ Global___SplitTarget: _TypeAlias = SplitTarget  # noqa: Y015
 
 @_typing.final
 class RoutingPolicy(_message.Message):
-    """Set exactly one of `split` and `target_label`; neither is the empty (default) policy.
+    """Set at most one of `split` and `target_label`; neither routes by the default resolution.
+    A policy with none of the three fields is the empty (default) policy.
     A split routes by the request's routing key (request parameter `routing_key`, else the
     `x-routing-key` metadata) hashed to a bucket, so a key keeps its version while the split is
     unchanged; requests without a key are split at random. `target_label` sends all traffic to
@@ -318,22 +400,64 @@ class RoutingPolicy(_message.Message):
 
     SPLIT_FIELD_NUMBER: _builtins.int
     TARGET_LABEL_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     target_label: _builtins.str
     @_builtins.property
     def split(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitTarget]: ...
+    @_builtins.property
+    def shadow(self) -> Global___Shadow:
+        """Mirror a fraction of the traffic to another version, off the caller's path; may be the
+        only field set (a shadow on top of the default resolution).
+        """
+
     def __init__(
         self,
         *,
         split: _abc.Iterable[Global___SplitTarget] | None = ...,
         target_label: _builtins.str = ...,
+        shadow: Global___Shadow | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["split", b"split", "target_label", b"target_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shadow", b"shadow", "split", b"split", "target_label", b"target_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoutingPolicy: _TypeAlias = RoutingPolicy  # noqa: Y015
+
+@_typing.final
+class Shadow(_message.Message):
+    """Shadow traffic: routers send a sampled fraction of the model's calls again to `target`
+    after the caller's answer is ready, and record how far the answers differ and how long
+    each took (RouterControl.ShadowReport). The shadow's answer is never returned, and its
+    failures never reach the caller.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    FRACTION_FIELD_NUMBER: _builtins.int
+    AGREEMENT_TOLERANCE_FIELD_NUMBER: _builtins.int
+    target: _builtins.str
+    """A version number ("2") or a label ("canary"), resolved when a call is mirrored."""
+    fraction: _builtins.float
+    """Share of calls mirrored, in (0, 1]."""
+    agreement_tolerance: _builtins.float
+    """Largest absolute difference per output element still counted as agreement; 0 = 1e-6."""
+    def __init__(
+        self,
+        *,
+        target: _builtins.str = ...,
+        fraction: _builtins.float = ...,
+        agreement_tolerance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_tolerance", b"agreement_tolerance", "fraction", b"fraction", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Shadow: _TypeAlias = Shadow  # noqa: Y015
 
 @_typing.final
 class PolicyRevision(_message.Message):

@@ -142,3 +142,106 @@ class ListWorkersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListWorkersResponse: _TypeAlias = ListWorkersResponse  # noqa: Y015
+
+@_typing.final
+class ShadowReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowReportRequest: _TypeAlias = ShadowReportRequest  # noqa: Y015
+
+@_typing.final
+class ShadowPair(_message.Message):
+    """One (primary version, shadow version) pair's figures on one router."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PRIMARY_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    AGREEMENTS_FIELD_NUMBER: _builtins.int
+    SHADOW_ERRORS_FIELD_NUMBER: _builtins.int
+    SHADOW_TIMEOUTS_FIELD_NUMBER: _builtins.int
+    PRIMARY_LATENCY_SUM_S_FIELD_NUMBER: _builtins.int
+    SHADOW_LATENCY_SUM_S_FIELD_NUMBER: _builtins.int
+    PRIMARY_LATENCY_SAMPLES_S_FIELD_NUMBER: _builtins.int
+    SHADOW_LATENCY_SAMPLES_S_FIELD_NUMBER: _builtins.int
+    MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    primary_version: _builtins.int
+    shadow_version: _builtins.int
+    pairs: _builtins.int
+    """Calls whose shadow answered, and how many of those agreed within the tolerance."""
+    agreements: _builtins.int
+    shadow_errors: _builtins.int
+    """Shadow calls that failed (any status but DEADLINE_EXCEEDED) or ran out of time."""
+    shadow_timeouts: _builtins.int
+    primary_latency_sum_s: _builtins.float
+    """Over the pairs: sums in seconds, and a uniform sample (a bounded reservoir) of each."""
+    shadow_latency_sum_s: _builtins.float
+    max_abs_diff: _builtins.float
+    """Largest absolute difference seen in any pair's outputs (comparable pairs only)."""
+    @_builtins.property
+    def primary_latency_samples_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def shadow_latency_samples_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        primary_version: _builtins.int = ...,
+        shadow_version: _builtins.int = ...,
+        pairs: _builtins.int = ...,
+        agreements: _builtins.int = ...,
+        shadow_errors: _builtins.int = ...,
+        shadow_timeouts: _builtins.int = ...,
+        primary_latency_sum_s: _builtins.float = ...,
+        shadow_latency_sum_s: _builtins.float = ...,
+        primary_latency_samples_s: _abc.Iterable[_builtins.float] | None = ...,
+        shadow_latency_samples_s: _abc.Iterable[_builtins.float] | None = ...,
+        max_abs_diff: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreements", b"agreements", "max_abs_diff", b"max_abs_diff", "model", b"model", "pairs", b"pairs", "primary_latency_samples_s", b"primary_latency_samples_s", "primary_latency_sum_s", b"primary_latency_sum_s", "primary_version", b"primary_version", "shadow_errors", b"shadow_errors", "shadow_latency_samples_s", b"shadow_latency_samples_s", "shadow_latency_sum_s", b"shadow_latency_sum_s", "shadow_timeouts", b"shadow_timeouts", "shadow_version", b"shadow_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowPair: _TypeAlias = ShadowPair  # noqa: Y015
+
+@_typing.final
+class ShadowReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAIRS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    dropped: _builtins.int
+    """Sampled calls not mirrored because too many shadow calls were in flight (all models)."""
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowPair]: ...
+    def __init__(
+        self,
+        *,
+        pairs: _abc.Iterable[Global___ShadowPair] | None = ...,
+        dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowReportResponse: _TypeAlias = ShadowReportResponse  # noqa: Y015

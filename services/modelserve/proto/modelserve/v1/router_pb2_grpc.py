@@ -44,6 +44,11 @@ class RouterControlStub:
                 request_serializer=modelserve_dot_v1_dot_router__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_router__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.ShadowReport = channel.unary_unary(
+                '/modelserve.v1.RouterControl/ShadowReport',
+                request_serializer=modelserve_dot_v1_dot_router__pb2.ShadowReportRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_router__pb2.ShadowReportResponse.FromString,
+                _registered_method=True)
 
 
 class RouterControlServicer:
@@ -61,6 +66,13 @@ class RouterControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShadowReport(self, request, context):
+        """What this router recorded of a model's shadow traffic since it started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_RouterControlServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=modelserve_dot_v1_dot_router__pb2.ListWorkersRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_router__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'ShadowReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShadowReport,
+                    request_deserializer=modelserve_dot_v1_dot_router__pb2.ShadowReportRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_router__pb2.ShadowReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class RouterControl:
             '/modelserve.v1.RouterControl/ListWorkers',
             modelserve_dot_v1_dot_router__pb2.ListWorkersRequest.SerializeToString,
             modelserve_dot_v1_dot_router__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShadowReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.RouterControl/ShadowReport',
+            modelserve_dot_v1_dot_router__pb2.ShadowReportRequest.SerializeToString,
+            modelserve_dot_v1_dot_router__pb2.ShadowReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

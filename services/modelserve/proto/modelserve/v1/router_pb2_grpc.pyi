@@ -33,12 +33,16 @@ class RouterControlStub:
     def __new__(cls, channel: _aio.Channel) -> RouterControlAsyncStub: ...
     Resolve: _grpc.UnaryUnaryMultiCallable[_router_pb2.ResolveRequest, _router_pb2.ResolveResponse]
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListWorkersRequest, _router_pb2.ListWorkersResponse]
+    ShadowReport: _grpc.UnaryUnaryMultiCallable[_router_pb2.ShadowReportRequest, _router_pb2.ShadowReportResponse]
+    """What this router recorded of a model's shadow traffic since it started."""
 
 @_typing.type_check_only
 class RouterControlAsyncStub(RouterControlStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Resolve: _aio.UnaryUnaryMultiCallable[_router_pb2.ResolveRequest, _router_pb2.ResolveResponse]  # type: ignore[assignment]
     ListWorkers: _aio.UnaryUnaryMultiCallable[_router_pb2.ListWorkersRequest, _router_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    ShadowReport: _aio.UnaryUnaryMultiCallable[_router_pb2.ShadowReportRequest, _router_pb2.ShadowReportResponse]  # type: ignore[assignment]
+    """What this router recorded of a model's shadow traffic since it started."""
 
 class RouterControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +58,13 @@ class RouterControlServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.ListWorkersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.ListWorkersResponse, _abc.Awaitable[_router_pb2.ListWorkersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ShadowReport(
+        self,
+        request: _router_pb2.ShadowReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ShadowReportResponse, _abc.Awaitable[_router_pb2.ShadowReportResponse]]:
+        """What this router recorded of a model's shadow traffic since it started."""
 
 def add_RouterControlServicer_to_server(servicer: RouterControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,78 @@
+"""``modelserve models push`` flags for the version's ServingConfig.
+
+Flags left out stay unset in the pushed ServingConfig, so the registry applies its defaults
+(proto3 zero = "not given", see registry/convert.py). The registry validates the values; this
+module only parses what a person typed into the message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from modelserve.proto.modelserve.v1 import registry_pb2
+
+# MODEL_INPUT=VIEW:f1,f2,f3@ENTITY_INPUT
+_FEATURE_INPUT = re.compile(r"^([^=]+)=([^:]+):([^@]+)@(.+)$")
+
+
+def add_config_flags(push: argparse.ArgumentParser) -> None:
+    group = push.add_argument_group("serving config (unset flags take the registry's defaults)")
+    group.add_argument("--max-batch-size", type=int, help="largest batch the worker forms")
+    group.add_argument("--max-queue-delay-us", type=int, help="batcher wait for more rows")
+    group.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        action="append",
+        default=[],
+        help="a batch size the batcher prefers (repeatable)",
+    )
+    group.add_argument("--max-queue-size", type=int, help="rows queued before RESOURCE_EXHAUSTED")
+    group.add_argument("--instances", type=int, help="ONNX Runtime sessions per worker")
+    group.add_argument("--execution-provider", choices=("auto", "cpu", "cuda"))
+    group.add_argument(
+        "--prediction-cache-ttl",
+        type=int,
+        metavar="SECONDS",
+        help="enable the router's prediction cache with this TTL",
+    )
+    group.add_argument(
+        "--feature-input",
+        action="append",
+        default=[],
+        type=parse_feature_input,
+        metavar="MODEL_INPUT=VIEW:F1,F2@ENTITY_INPUT",
+        help="fill MODEL_INPUT from VIEW's features keyed by ENTITY_INPUT (repeatable)",
+    )
+
+
+def parse_feature_input(text: str) -> registry_pb2.FeatureInput:
+    match = _FEATURE_INPUT.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL_INPUT=VIEW:f1,f2@ENTITY_INPUT; got {text!r}"
+        )
+    model_input, view, features, entity = (g.strip() for g in match.groups())
+    names = [f.strip() for f in features.split(",") if f.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no features listed in {text!r}")
+    return registry_pb2.FeatureInput(
+        model_input=model_input, view=view, features=names, entity_input=entity
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> registry_pb2.ServingConfig | None:
+    """The ServingConfig the flags describe; None when no flag was given."""
+    config = registry_pb2.ServingConfig(
+        max_batch_size=args.max_batch_size or 0,
+        max_queue_delay_us=args.max_queue_delay_us or 0,
+        preferred_batch_sizes=args.preferred_batch_size,
+        max_queue_size=args.max_queue_size or 0,
+        instance_count=args.instances or 0,
+        execution_provider=args.execution_provider or "",
+        feature_inputs=args.feature_input,
+    )
+    if args.prediction_cache_ttl is not None:
+        config.prediction_cache.enabled = True
+        config.prediction_cache.ttl_seconds = args.prediction_cache_ttl
+    return config if config.ByteSize() else None

@@ -1,0 +1,147 @@
+"""Shadow traffic through the running suite: with a shadow set by the CLI, callers of the
+gateway get exactly the primary version's answers and statuses, while the router records the
+pairs: no agreement when the shadow is another model (fraud v2 behind v1), full agreement when
+it is the same model, and counted errors, never the caller's, when the shadow version fails on
+every call. (A hanging shadow is in tests/router/test_router_shadow.py, against a fake worker:
+this suite has one worker, and stopping it would stop the primary too.)"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+from testsupport import eventually
+
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.proto.modelserve.v1 import registry_pb2_grpc, router_pb2, router_pb2_grpc
+from modelserve.registry_client import push_version
+from modelserve.suite import Suite
+from modelserve.tensors import decode_outputs, encode_inputs
+
+CLI = Path(sys.executable).parent / "modelserve"
+ROWS = [np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8) * k for k in (1.0, 0.5, -2.0)]
+
+
+async def modelserve(*args: str) -> str:
+    result = await asyncio.to_thread(
+        subprocess.run, [str(CLI), *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+async def push(suite: Suite, model: str, first: Path, second: Path) -> None:
+    async with grpc.aio.insecure_channel(suite.address("registry")) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        await push_version(stub, model, first, labels=["production"])
+        await push_version(stub, model, second)
+
+
+def request(model: str, rows: np.ndarray, version: str = "") -> pb.ModelInferRequest:
+    out = pb.ModelInferRequest(model_name=model, model_version=version)
+    encode_inputs(out, {"transaction": rows})
+    return out
+
+
+async def primary_answers(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> list[np.ndarray]:
+    """v1's answers, asked by version number before any shadow is set (retried while v1
+    warms up on the worker)."""
+
+    async def ask() -> list[np.ndarray]:
+        replies = [await stub.ModelInfer(request(model, r, "1"), timeout=5) for r in ROWS]
+        return [decode_outputs(reply)["fraud_probability"] for reply in replies]
+
+    return await eventually(ask, timeout=60)
+
+
+async def report(suite: Suite, model: str) -> router_pb2.ShadowPair:
+    async with grpc.aio.insecure_channel(suite.address("router")) as channel:
+        stub = router_pb2_grpc.RouterControlStub(channel)
+        answer = await stub.ShadowReport(router_pb2.ShadowReportRequest(model=model), timeout=5)
+    (pair,) = answer.pairs
+    return pair
+
+
+async def shadowed_calls(
+    suite: Suite, model: str, expected: list[np.ndarray], done: str
+) -> router_pb2.ShadowPair:
+    """Callers' answers equal v1's, call after call, until the report shows ``done``
+    ("pairs" or "errors") for at least 6 mirrored calls."""
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def mirrored() -> router_pb2.ShadowPair:
+            for rows, want in zip(ROWS, expected, strict=True):
+                reply = await stub.ModelInfer(request(model, rows), timeout=5)  # OK, or raises
+                assert reply.model_version == "1"
+                np.testing.assert_array_equal(decode_outputs(reply)["fraud_probability"], want)
+            pair = await report(suite, model)
+            assert (pair.pairs if done == "pairs" else pair.shadow_errors) >= 6
+            return pair
+
+        return await eventually(mirrored, timeout=60)
+
+
+async def test_a_shadow_of_another_model_never_agrees_and_the_caller_gets_v1(
+    suite: Suite, demo_dir: Path
+) -> None:
+    model = "shadow_differs"
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "fraud_v2.onnx")
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        expected = await primary_answers(pb_grpc.GRPCInferenceServiceStub(channel), model)
+    registry = ("policy", "--registry", suite.address("registry"))
+    out = await modelserve(
+        *registry, "shadow", model, "2", "--fraction", "1", "--tolerance", "1e-9"
+    )
+    assert "policy revision 1" in out
+    assert "shadow 2 x1" in await modelserve(*registry, "show", model)
+    pair = await shadowed_calls(suite, model, expected, "pairs")
+    assert (pair.primary_version, pair.shadow_version) == (1, 2)
+    assert pair.agreements == 0 and pair.max_abs_diff > 1e-9
+    assert pair.shadow_errors == 0
+    printed = await modelserve(
+        *registry, "shadow-report", model, "--router", suite.address("router")
+    )
+    assert re.search(r"v1 -> shadow v2: \d+ pairs, agreement 0\.00%", printed), printed
+    assert "latency p50" in printed and "latency p99" in printed and "delta" in printed
+
+    await modelserve(*registry, "shadow-off", model)
+    shown = await modelserve(*registry, "show", model)
+    assert "revision 2: none" in shown and "; shadow" not in shown
+
+
+async def test_a_shadow_of_the_same_model_always_agrees(suite: Suite, demo_dir: Path) -> None:
+    model = "shadow_same"
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "fraud_v1.onnx")
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        expected = await primary_answers(pb_grpc.GRPCInferenceServiceStub(channel), model)
+    await modelserve(
+        "policy", "--registry", suite.address("registry"), "shadow", model, "2", "--fraction", "1"
+    )
+    pair = await shadowed_calls(suite, model, expected, "pairs")
+    assert pair.agreements == pair.pairs and pair.max_abs_diff == 0.0
+    printed = await modelserve(
+        "policy", "shadow-report", model, "--router", f"{suite.address('router')}"
+    )
+    assert re.search(r"agreement 100\.00%", printed), printed
+
+
+async def test_a_failing_shadow_never_changes_the_callers_answer_or_status(
+    suite: Suite, demo_dir: Path
+) -> None:
+    # v2 takes INPUT0 [-1, 32]: every mirrored call fails on the worker (INVALID_ARGUMENT).
+    model = "shadow_fails"
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "tabular.onnx")
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        expected = await primary_answers(pb_grpc.GRPCInferenceServiceStub(channel), model)
+    await modelserve(
+        "policy", "--registry", suite.address("registry"), "shadow", model, "2", "--fraction", "1"
+    )
+    pair = await shadowed_calls(suite, model, expected, "errors")
+    assert pair.pairs == 0 and pair.shadow_timeouts == 0

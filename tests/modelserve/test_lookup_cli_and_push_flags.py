@@ -1,0 +1,75 @@
+"""Parsing of ``models push`` config flags and ``models push-lookup`` outputs (what reaches
+the registry), and workers leaving lookup versions alone."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from modelserve.lookup_cli import parse_output
+from modelserve.proto.modelserve.v1 import registry_pb2
+from modelserve.push_flags import add_config_flags, config_from_args, parse_feature_input
+from worker.loader import deployed_versions
+
+
+def push_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_no_flag_sends_no_config() -> None:
+    assert config_from_args(push_args()) is None
+
+
+def test_flags_fill_the_serving_config() -> None:
+    config = config_from_args(
+        push_args(
+            "--max-batch-size",
+            "8",
+            "--preferred-batch-size",
+            "2",
+            "--preferred-batch-size",
+            "4",
+            "--prediction-cache-ttl",
+            "5",
+            "--feature-input",
+            "x=v:a,b@user",
+        )
+    )
+    assert config is not None
+    assert config.max_batch_size == 8 and list(config.preferred_batch_sizes) == [2, 4]
+    assert config.prediction_cache.enabled and config.prediction_cache.ttl_seconds == 5
+    assert config.feature_inputs[0] == registry_pb2.FeatureInput(
+        model_input="x", view="v", features=["a", "b"], entity_input="user"
+    )
+
+
+@pytest.mark.parametrize("text", ["x=v@user", "x=v:@user", "=v:a@user", "x:v:a"])
+def test_malformed_feature_inputs_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_feature_input(text)
+
+
+def test_lookup_outputs_parse_with_an_optional_feature() -> None:
+    assert parse_output("score=FP32[1]") == registry_pb2.LookupOutput(
+        name="score", datatype="FP32", shape=[1]
+    )
+    assert parse_output("probs:p=FP64[2, 3]") == registry_pb2.LookupOutput(
+        name="probs", feature="p", datatype="FP64", shape=[2, 3]
+    )
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_output("score=FP32")
+
+
+def test_workers_do_not_deploy_lookup_versions() -> None:
+    model = registry_pb2.Model(
+        name="m",
+        versions=[
+            registry_pb2.ModelVersion(model="m", version=1, platform="onnxruntime_onnx"),
+            registry_pb2.ModelVersion(model="m", version=2, platform="lookup"),
+        ],
+        labels={"production": 1, "staging": 2},
+    )
+    assert set(deployed_versions({"m": model}, set())) == {("m", 1)}
