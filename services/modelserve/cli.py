@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from modelserve import features_cli, lookup_cli, policy_cli, push_flags
+from modelserve import canary_cli, experiment_cli, features_cli, lookup_cli, policy_cli, push_flags
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--timeout", type=float, default=5.0)
     policy_cli.add_parser(sub, DEFAULT_REGISTRY)
+    experiment_cli.add_parser(sub, DEFAULT_REGISTRY)
+    canary_cli.add_parser(sub, DEFAULT_REGISTRY)
     features_cli.add_parser(sub)
     return p
 
@@ -116,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _client_command(args: argparse.Namespace) -> int:
     if args.command == "policy":
         return await policy_cli.run(args)
+    if args.command == "experiment":
+        return await experiment_cli.run(args)
+    if args.command == "canary":
+        return await canary_cli.run(args)
     if args.command == "models":
         async with grpc.aio.insecure_channel(args.registry) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)

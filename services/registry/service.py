@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from modelserve.proto.modelserve.v1 import (
     composite_pb2,
     composite_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
 from modelserve.server import Runtime
+from registry import canary_service
 from registry.composite_servicer import CompositeServicer
 from registry.composites import CompositeHub, CompositeStore
+from registry.experiment_servicer import ExperimentServicer
+from registry.experiment_store import ExperimentStore
 from registry.registry_servicer import RegistryServicer
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore
@@ -23,12 +29,15 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
     hub = WatchHub()
     store = RegistryStore(Path(settings.data_dir), on_change=hub.publish_threadsafe)
     composites = CompositeStore(Path(settings.data_dir) / "composites.sqlite3", store)
+    store_thread = ThreadPoolExecutor(1, "registry-db")  # shared with canaries (their writes)
     servicer = RegistryServicer(
         store=store,
         hub=hub,
         max_artifact_bytes=settings.max_artifact_bytes,
         is_composite=composites.__contains__,
+        store_executor=store_thread,
     )
+    canary_service.install(runtime, settings, store, store_thread)
     runtime.add_service(
         registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
         registry_pb2_grpc.add_RegistryServicer_to_server,
@@ -40,6 +49,12 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
         composite_pb2_grpc.add_CompositeRegistryServicer_to_server,
         CompositeServicer(store=composites, hub=composite_hub),
     )
+    experiments = ExperimentStore(Path(settings.data_dir) / "experiments.sqlite3", store)
+    runtime.add_service(
+        experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name,
+        experiments_pb2_grpc.add_ExperimentsServicer_to_server,
+        ExperimentServicer(store=experiments),
+    )
 
     async def end_watches() -> None:
         hub.close()  # watchers get UNAVAILABLE and reconnect to another registry
@@ -48,6 +63,7 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
     async def close() -> None:
         servicer.close()
         composites.close()
+        experiments.close()
         store.close()
 
     runtime.before_stop(end_watches)

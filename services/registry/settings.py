@@ -17,3 +17,6 @@ class RegistrySettings(CommonSettings):
     max_receive_message_bytes: int = setting(
         8 << 20, "Largest gRPC message accepted (pushes stream 1 MiB chunks)."
     )
+    canary_interval_seconds: float = setting(
+        2.0, "How often running canaries read the routers and judge their step."
+    )

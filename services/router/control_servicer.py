@@ -10,13 +10,20 @@ from grpc import aio
 from modelserve.catalog import DEFAULT_LABEL, Catalog
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from router.shadow_stats import ShadowStats
+from router.version_stats import VersionStats
 from router.workers import WorkerPool
 
 
 class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
     def __init__(
-        self, *, catalog: Catalog, pool: WorkerPool, shadow: ShadowStats | None = None
+        self,
+        *,
+        catalog: Catalog,
+        pool: WorkerPool,
+        shadow: ShadowStats | None = None,
+        versions: VersionStats | None = None,
     ) -> None:
+        self._versions = versions or VersionStats()
         self._catalog = catalog
         self._pool = pool
         self._shadow = shadow or ShadowStats()
@@ -68,3 +75,9 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
         # a known model without shadow traffic is an empty report.
         self._catalog.get_model(request.model)
         return self._shadow.report(request.model)
+
+    async def VersionStats(
+        self, request: router_pb2.VersionStatsRequest, context: aio.ServicerContext
+    ) -> router_pb2.VersionStatsResponse:
+        self._catalog.get_model(request.model)  # unknown model: NOT_FOUND, as ShadowReport
+        return self._versions.report(request.model)

@@ -26,6 +26,7 @@ from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.shadow import ShadowMirror
 from router.statistics import merge_statistics
+from router.version_stats import VersionStats, status_of
 from router.workers import WorkerPool
 
 
@@ -46,7 +47,9 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         lookups: LookupAnswerer,
         composites: CompositeExecutor | None = None,
         shadow: ShadowMirror | None = None,
+        version_stats: VersionStats | None = None,
     ) -> None:
+        self._version_stats = version_stats or VersionStats()
         self._lookups = lookups
         self._catalog = catalog
         self._pool = pool
@@ -147,15 +150,25 @@ class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         caller = request
         config = version.config
-        if config.feature_inputs:
-            request = await self._enricher.enrich(request, version, context)
-        if config.prediction_cache.enabled:
-            # Keyed on the enriched input: the same caller input may meet new features.
-            answer = await self._predictions.infer(request, version, context, self._forwarder.infer)
-        else:
-            answer = await self._forwarder.infer(request, version, context)
+        try:
+            if config.feature_inputs:
+                request = await self._enricher.enrich(request, version, context)
+            if config.prediction_cache.enabled:
+                # Keyed on the enriched input: the same caller input may meet new features.
+                answer = await self._predictions.infer(
+                    request, version, context, self._forwarder.infer
+                )
+            else:
+                answer = await self._forwarder.infer(request, version, context)
+        except BaseException as exc:  # counted per version for canary gates, then re-raised
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            code = grpc.StatusCode.CANCELLED if cancelled else status_of(exc)
+            self._version_stats.record(version.model, version.version, 0.0, code)
+            raise
+        elapsed = time.perf_counter() - started
+        self._version_stats.record(version.model, version.version, elapsed, None)
         if self._shadow is not None:  # only once the answer exists, and it returns at once
-            self._shadow.after(caller, request, version, answer, time.perf_counter() - started)
+            self._shadow.after(caller, request, version, answer, elapsed)
         return answer
 
     def ModelStreamInfer(

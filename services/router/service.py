@@ -21,6 +21,7 @@ from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.settings import RouterSettings
 from router.shadow import ShadowMirror
+from router.version_stats import VersionStats
 from router.workers import WorkerPool
 
 
@@ -72,6 +73,7 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         min_timeout_s=settings.shadow_min_timeout_seconds,
         max_timeout_s=settings.shadow_max_timeout_seconds,
     )
+    version_stats = VersionStats()  # written by ModelInfer, read by RouterControl
     runtime.add_service(
         grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
@@ -88,12 +90,15 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
                 default_timeout=settings.default_timeout_seconds,
             ),
             shadow=shadow,
+            version_stats=version_stats,
         ),
     )
     runtime.add_service(
         router_pb2.DESCRIPTOR.services_by_name["RouterControl"].full_name,
         router_pb2_grpc.add_RouterControlServicer_to_server,
-        RouterControlServicer(catalog=catalog, pool=pool, shadow=shadow.stats),
+        RouterControlServicer(
+            catalog=catalog, pool=pool, shadow=shadow.stats, versions=version_stats
+        ),
     )
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")

@@ -27,6 +27,8 @@ REGISTRY_SERVICE = "modelserve.v1.Registry"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
 COMPOSITE_SERVICE = "modelserve.v1.CompositeRegistry"  # served by the registry process too
+EXPERIMENTS_SERVICE = "modelserve.v1.Experiments"  # and these two as well
+CANARY_SERVICE = "modelserve.v1.Canary"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -105,7 +107,8 @@ async def test_reflection_lists_registry_services_health_and_reflection(started:
         )
         replies = [reply async for reply in call]
     names = {s.name for s in replies[0].list_services_response.service}
-    assert names == {REGISTRY_SERVICE, COMPOSITE_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE}
+    registry_process = {REGISTRY_SERVICE, COMPOSITE_SERVICE, EXPERIMENTS_SERVICE, CANARY_SERVICE}
+    assert names == registry_process | {HEALTH_SERVICE, REFLECTION_SERVICE}
 
 
 async def test_port_file_holds_the_bound_ports(started: Started) -> None:

@@ -273,7 +273,12 @@ async def test_a_failing_or_hanging_shadow_never_reaches_the_caller(
 ) -> None:
     worker, address = worker_address
     worker.mode = mode
-    router = await make_router(worker, address, registry_pb2.Shadow(target="2", fraction=1.0))
+    # A failing shadow gets a deadline long enough that a loaded machine cannot turn its
+    # error into a timeout; a hanging one keeps the short default.
+    extra = {"min_timeout_s": 5.0} if mode == "fail" else {}
+    router = await make_router(
+        worker, address, registry_pb2.Shadow(target="2", fraction=1.0), **extra
+    )
     for x in range(4):
         response = await router.infer(float(x))
         assert response.model_version == "1" and score(response) == [[2.0 * x]]

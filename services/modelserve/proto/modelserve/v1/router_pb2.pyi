@@ -245,3 +245,80 @@ class ShadowReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShadowReportResponse: _TypeAlias = ShadowReportResponse  # noqa: Y015
+
+@_typing.final
+class VersionStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionStatsRequest: _TypeAlias = VersionStatsRequest  # noqa: Y015
+
+@_typing.final
+class VersionCounts(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    LATENCY_S_FIELD_NUMBER: _builtins.int
+    ENDED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    requests: _builtins.int
+    """Routed calls answered, and those that failed for a reason that is not the caller's
+    (every status but INVALID_ARGUMENT, NOT_FOUND and CANCELLED).
+    """
+    errors: _builtins.int
+    @_builtins.property
+    def latency_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The latest successful calls' latencies (a bounded ring), with when each ended."""
+
+    @_builtins.property
+    def ended_unix_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        latency_s: _abc.Iterable[_builtins.float] | None = ...,
+        ended_unix_ms: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_unix_ms", b"ended_unix_ms", "errors", b"errors", "latency_s", b"latency_s", "requests", b"requests", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionCounts: _TypeAlias = VersionCounts  # noqa: Y015
+
+@_typing.final
+class VersionStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionCounts]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[Global___VersionCounts] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionStatsResponse: _TypeAlias = VersionStatsResponse  # noqa: Y015

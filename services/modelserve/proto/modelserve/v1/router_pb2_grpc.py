@@ -49,6 +49,11 @@ class RouterControlStub:
                 request_serializer=modelserve_dot_v1_dot_router__pb2.ShadowReportRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_router__pb2.ShadowReportResponse.FromString,
                 _registered_method=True)
+        self.VersionStats = channel.unary_unary(
+                '/modelserve.v1.RouterControl/VersionStats',
+                request_serializer=modelserve_dot_v1_dot_router__pb2.VersionStatsRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_router__pb2.VersionStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RouterControlServicer:
@@ -73,6 +78,14 @@ class RouterControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VersionStats(self, request, context):
+        """Calls, errors and recent latencies per version of a model since the router started
+        (what canary gates compare).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_RouterControlServicer_to_server(servicer, server):
                     servicer.ShadowReport,
                     request_deserializer=modelserve_dot_v1_dot_router__pb2.ShadowReportRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_router__pb2.ShadowReportResponse.SerializeToString,
+            ),
+            'VersionStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.VersionStats,
+                    request_deserializer=modelserve_dot_v1_dot_router__pb2.VersionStatsRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_router__pb2.VersionStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +191,33 @@ class RouterControl:
             '/modelserve.v1.RouterControl/ShadowReport',
             modelserve_dot_v1_dot_router__pb2.ShadowReportRequest.SerializeToString,
             modelserve_dot_v1_dot_router__pb2.ShadowReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VersionStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.RouterControl/VersionStats',
+            modelserve_dot_v1_dot_router__pb2.VersionStatsRequest.SerializeToString,
+            modelserve_dot_v1_dot_router__pb2.VersionStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,10 @@ class RouterControlStub:
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListWorkersRequest, _router_pb2.ListWorkersResponse]
     ShadowReport: _grpc.UnaryUnaryMultiCallable[_router_pb2.ShadowReportRequest, _router_pb2.ShadowReportResponse]
     """What this router recorded of a model's shadow traffic since it started."""
+    VersionStats: _grpc.UnaryUnaryMultiCallable[_router_pb2.VersionStatsRequest, _router_pb2.VersionStatsResponse]
+    """Calls, errors and recent latencies per version of a model since the router started
+    (what canary gates compare).
+    """
 
 @_typing.type_check_only
 class RouterControlAsyncStub(RouterControlStub):
@@ -43,6 +47,10 @@ class RouterControlAsyncStub(RouterControlStub):
     ListWorkers: _aio.UnaryUnaryMultiCallable[_router_pb2.ListWorkersRequest, _router_pb2.ListWorkersResponse]  # type: ignore[assignment]
     ShadowReport: _aio.UnaryUnaryMultiCallable[_router_pb2.ShadowReportRequest, _router_pb2.ShadowReportResponse]  # type: ignore[assignment]
     """What this router recorded of a model's shadow traffic since it started."""
+    VersionStats: _aio.UnaryUnaryMultiCallable[_router_pb2.VersionStatsRequest, _router_pb2.VersionStatsResponse]  # type: ignore[assignment]
+    """Calls, errors and recent latencies per version of a model since the router started
+    (what canary gates compare).
+    """
 
 class RouterControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -66,5 +74,15 @@ class RouterControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.ShadowReportResponse, _abc.Awaitable[_router_pb2.ShadowReportResponse]]:
         """What this router recorded of a model's shadow traffic since it started."""
+
+    @_abc_1.abstractmethod
+    def VersionStats(
+        self,
+        request: _router_pb2.VersionStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.VersionStatsResponse, _abc.Awaitable[_router_pb2.VersionStatsResponse]]:
+        """Calls, errors and recent latencies per version of a model since the router started
+        (what canary gates compare).
+        """
 
 def add_RouterControlServicer_to_server(servicer: RouterControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,248 @@
+"""Runs canaries: every ``interval`` it reads the routers' per-version figures, judges the
+step in force (``registry.canary_gates.evaluate``), records the decision with its numbers,
+and moves the model's split through the policy store, so each step is a policy revision that
+Watch pushes to gateways and routers like any other.
+
+One registry runs the controller (SQLite has one writer); its windows (the routers' counters
+when a step began) live in memory, so after a restart the step in force starts counting again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from modelserve.errors import FailedPreconditionError
+from registry.canary_gates import (
+    ABORTED,
+    PROMOTED,
+    ROLLED_BACK,
+    Arm,
+    CanarySpec,
+    CanaryState,
+    Decision,
+    check_spec,
+    evaluate,
+    p99,
+)
+from registry.canary_reader import Reading
+from registry.canary_store import CanaryStore
+from registry.records import RoutingPolicy, SplitShare
+from registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Reader = Callable[[CanarySpec], Awaitable[Reading]]
+
+
+@dataclass
+class _Window:
+    """Where the routers' cumulative counters stood when a step began."""
+
+    step_index: int
+    started_ms: int
+    started_s: float  # monotonic
+    ready: bool
+    base: dict[str, tuple[int, int]] = field(default_factory=dict)
+    cand: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class CanaryController:
+    def __init__(
+        self,
+        *,
+        store: RegistryStore,
+        canaries: CanaryStore,
+        store_executor: Executor,
+        read: Reader,
+        interval_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._canaries = canaries
+        self._executor = store_executor  # the registry's single store thread
+        self._read = read
+        self._interval_s = interval_s
+        self._windows: dict[int, _Window] = {}
+
+    async def start(self, spec: CanarySpec) -> CanaryState:
+        check_spec(spec)
+        await self._in_store(self._start, spec)
+        return await self.status(spec.model)
+
+    async def status(self, model: str, limit: int = 0) -> CanaryState:
+        return (await self._in_store(self._canaries.latest, model, limit))[1]
+
+    async def abort(self, model: str) -> CanaryState:
+        canary_id, state = await self._in_store(self._canaries.latest, model, 1)
+        if state.state != "running":
+            raise FailedPreconditionError(
+                f"the latest canary of {model!r} is not running (it is {state.state})"
+            )
+        spec = state.spec
+        decision = Decision(
+            "abort", 0.0, "aborted by request", Arm(spec.baseline), Arm(spec.candidate)
+        )
+        await self._finish(canary_id, spec, decision, ABORTED, 0.0)
+        return await self.status(model)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.tick()
+            except Exception:  # a bad round must not end canaries for good
+                log.exception("canary round failed")
+
+    async def tick(self) -> None:
+        """One round: judge every running canary once."""
+        running = await self._in_store(self._canaries.running)
+        for gone in set(self._windows) - {canary_id for canary_id, _ in running}:
+            del self._windows[gone]
+        for canary_id, state in running:
+            await self._judge(canary_id, state)
+
+    async def _judge(self, canary_id: int, state: CanaryState) -> None:
+        spec = state.spec
+        reading = await self._read(spec)
+        window = self._windows.get(canary_id)
+        if window is None or window.step_index != state.step_index:
+            # A worker must hold the candidate before its step counts (else its loading
+            # shows as errors); later steps only move weights of versions already warm.
+            window = self._windows[canary_id] = _new_window(
+                state.step_index, reading, ready=state.step_index > 0
+            )
+        if not window.ready:
+            if reading.candidate_ready:
+                self._windows[canary_id] = _new_window(state.step_index, reading, ready=True)
+                return
+            waited = time.time() - state.started_unix_ms / 1000
+            if waited > spec.ready_timeout_s:
+                reason = f"no worker held version {spec.candidate} after {waited:.0f} s"
+                decision = Decision(
+                    "rollback",
+                    spec.steps[state.step_index],
+                    reason,
+                    Arm(spec.baseline),
+                    Arm(spec.candidate),
+                    waited,
+                )
+                await self._finish(canary_id, spec, decision, ROLLED_BACK, 0.0)
+            return
+        base, cand = _arms(spec, window, reading)
+        seconds = time.monotonic() - window.started_s
+        verdict = evaluate(spec, state.step_index, seconds, base, cand)
+        percent = spec.steps[state.step_index]
+        if verdict.action == "rollback":
+            decision = Decision("rollback", percent, verdict.reason, base, cand, seconds)
+            await self._finish(canary_id, spec, decision, ROLLED_BACK, 0.0)
+        elif verdict.action == "promote":
+            decision = Decision("promote", 100.0, verdict.reason, base, cand, seconds)
+            await self._finish(canary_id, spec, decision, PROMOTED, 100.0)
+        elif verdict.action == "advance":
+            step = state.step_index + 1
+            decision = Decision("advance", spec.steps[step], verdict.reason, base, cand, seconds)
+            await self._in_store(self._move, canary_id, spec, decision, "", step)
+            # The next step counts from this reading (the split moves with this write).
+            self._windows[canary_id] = _new_window(step, reading, ready=True)
+        else:
+            decision = Decision("wait", percent, verdict.reason, base, cand, seconds)
+            await self._in_store(self._canaries.record, canary_id, _stamped(decision))
+
+    async def _finish(
+        self, canary_id: int, spec: CanarySpec, decision: Decision, state: str, percent: float
+    ) -> None:
+        log.info("canary of %s: %s (%s)", spec.model, decision.action, decision.reason)
+        await self._in_store(self._move, canary_id, spec, decision, state, -1, percent)
+        self._windows.pop(canary_id, None)
+
+    # --- on the store thread -------------------------------------------------------------
+
+    def _start(self, spec: CanarySpec) -> None:
+        self._store.resolve(spec.model, spec.baseline)  # NOT_FOUND names what is missing
+        self._store.resolve(spec.model, spec.candidate)
+        first = Decision(
+            "start",
+            spec.steps[0],
+            f"steps {', '.join(f'{s:g}' for s in spec.steps)}",
+            Arm(spec.baseline),
+            Arm(spec.candidate),
+        )
+        canary_id = self._canaries.start(spec, _stamped(first))
+        try:
+            self._write_split(spec, spec.steps[0], "canary start")
+        except Exception:
+            failed = Decision(
+                "abort",
+                0.0,
+                "could not set the first split",
+                Arm(spec.baseline),
+                Arm(spec.candidate),
+            )
+            self._canaries.record(canary_id, _stamped(failed), state=ABORTED)
+            raise
+
+    def _move(
+        self,
+        canary_id: int,
+        spec: CanarySpec,
+        decision: Decision,
+        state: str,
+        step_index: int,
+        percent: float | None = None,
+    ) -> None:
+        target = decision.percent if percent is None else percent
+        self._write_split(spec, target, f"canary {decision.action}: {decision.reason}")
+        self._canaries.record(canary_id, _stamped(decision), state=state, step_index=step_index)
+
+    def _write_split(self, spec: CanarySpec, percent: float, note: str) -> None:
+        points = round(percent * 100)
+        shares = tuple(
+            SplitShare(version=version, basis_points=weight)
+            for version, weight in ((spec.baseline, 10_000 - points), (spec.candidate, points))
+            if weight > 0
+        )
+        current = self._store.get_model(spec.model).policy
+        shadow = current.policy.shadow if current is not None else None  # a shadow stays
+        self._store.set_policy(spec.model, RoutingPolicy(split=shares, shadow=shadow), note[:200])
+
+    async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _new_window(step_index: int, reading: Reading, *, ready: bool) -> _Window:
+    return _Window(
+        step_index=step_index,
+        started_ms=int(time.time() * 1000),
+        started_s=time.monotonic(),
+        ready=ready,
+        base={r: c.counts(reading.baseline) for r, c in reading.routers.items()},
+        cand={r: c.counts(reading.candidate) for r, c in reading.routers.items()},
+    )
+
+
+def _arms(spec: CanarySpec, window: _Window, reading: Reading) -> tuple[Arm, Arm]:
+    def arm(version: int, start: Mapping[str, tuple[int, int]]) -> Arm:
+        requests = errors = 0
+        latencies: list[float] = []
+        for router, figures in reading.routers.items():
+            now_requests, now_errors = figures.counts(version)
+            was_requests, was_errors = start.get(router, (0, 0))
+            if now_requests < was_requests:  # the router restarted: all it has is new
+                was_requests = was_errors = 0
+            requests += now_requests - was_requests
+            errors += now_errors - was_errors
+            latencies += figures.latencies_since(version, window.started_ms)
+        return Arm(version, requests, errors, p99(latencies))
+
+    return arm(spec.baseline, window.base), arm(spec.candidate, window.cand)
+
+
+def _stamped(decision: Decision) -> Decision:
+    return dataclasses.replace(decision, unix_ms=int(time.time() * 1000))

@@ -1,0 +1,152 @@
+"""Canary domain: the spec, the two arms' figures over a step, and the gate decision.
+
+Pure functions, no I/O: the controller (``registry.canary_controller``) feeds in what the
+routers counted since the step began and acts on the answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from modelserve.errors import InvalidArgumentError
+
+DEFAULT_MIN_REQUESTS = 100
+DEFAULT_MIN_SECONDS = 60.0
+DEFAULT_MAX_ERROR_RATE_DELTA = 0.01
+DEFAULT_MAX_P99_RATIO = 1.5
+DEFAULT_READY_TIMEOUT_S = 120.0
+
+RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", "aborted"
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    model: str
+    baseline: int
+    candidate: int
+    steps: tuple[float, ...]
+    min_requests: int = DEFAULT_MIN_REQUESTS
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    max_error_rate_delta: float = DEFAULT_MAX_ERROR_RATE_DELTA
+    max_p99_ratio: float = DEFAULT_MAX_P99_RATIO
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    routers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One version's figures over a step: calls, failures, p99 of successful calls."""
+
+    version: int
+    requests: int = 0
+    errors: int = 0
+    p99_s: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # "wait", "advance", "promote" or "rollback"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    percent: float
+    reason: str
+    baseline: Arm
+    candidate: Arm
+    step_seconds: float = 0.0
+    unix_ms: int = 0
+
+
+@dataclass
+class CanaryState:
+    spec: CanarySpec
+    state: str = RUNNING
+    step_index: int = 0
+    started_unix_ms: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def check_spec(spec: CanarySpec) -> None:
+    """INVALID_ARGUMENT naming the first thing wrong with a canary request."""
+    if spec.baseline < 1 or spec.candidate < 1:
+        raise InvalidArgumentError(
+            f"baseline and candidate must be version numbers >= 1; got {spec.baseline} "
+            f"and {spec.candidate}"
+        )
+    if spec.baseline == spec.candidate:
+        raise InvalidArgumentError(f"baseline and candidate are both version {spec.baseline}")
+    if len(spec.steps) < 2:  # one step of 100 is a switch, not a canary
+        raise InvalidArgumentError(
+            f"give at least two steps (candidate percents ending in 100), e.g. 5,25,100; "
+            f"got {list(spec.steps)}"
+        )
+    previous = 0.0
+    for step in spec.steps:
+        if not math.isfinite(step) or not previous < step <= 100 or round(step, 2) != step:
+            raise InvalidArgumentError(
+                f"steps must rise strictly within (0, 100] with at most two decimals; got "
+                f"{list(spec.steps)}"
+            )
+        previous = step
+    if spec.steps[-1] != 100:
+        raise InvalidArgumentError(f"the last step must be 100; got {spec.steps[-1]:g}")
+    if spec.min_requests < 1 or not spec.min_seconds >= 0 or not spec.ready_timeout_s > 0:
+        raise InvalidArgumentError(
+            "min_requests must be >= 1, min_seconds >= 0 and ready_timeout_seconds > 0"
+        )
+    if not spec.max_error_rate_delta >= 0 or not spec.max_p99_ratio > 0:
+        raise InvalidArgumentError("max_error_rate_delta must be >= 0 and max_p99_ratio > 0")
+
+
+def evaluate(spec: CanarySpec, step_index: int, seconds: float, base: Arm, cand: Arm) -> Verdict:
+    """The gates of step ``step_index`` after ``seconds`` in it.
+
+    Gates are judged once both arms have ``min_requests`` calls (rates from fewer calls are
+    noise); a failing gate rolls back whatever time is left. Passing needs ``min_seconds``
+    too. The last step (100%) is the promotion itself: the baseline then has no traffic left
+    to compare with, so passing the step before it promotes.
+    """
+    if cand.requests < spec.min_requests or base.requests < spec.min_requests:
+        return Verdict(
+            "wait",
+            f"needs {spec.min_requests} calls per version; baseline {base.requests}, "
+            f"candidate {cand.requests}",
+        )
+    limit = base.error_rate + spec.max_error_rate_delta
+    if cand.error_rate > limit:
+        return Verdict(
+            "rollback",
+            f"candidate error rate {cand.error_rate:.4f} > baseline {base.error_rate:.4f} "
+            f"+ {spec.max_error_rate_delta:g}",
+        )
+    # Without successful baseline calls there is no latency to compare with.
+    if base.p99_s > 0 and cand.p99_s > base.p99_s * spec.max_p99_ratio:
+        return Verdict(
+            "rollback",
+            f"candidate p99 {cand.p99_s * 1000:.2f} ms > baseline p99 "
+            f"{base.p99_s * 1000:.2f} ms x {spec.max_p99_ratio:g}",
+        )
+    if seconds < spec.min_seconds:
+        return Verdict("wait", f"gates pass; step lasts at least {spec.min_seconds:g} s")
+    final = step_index + 1 >= len(spec.steps) - 1
+    return Verdict(
+        "promote" if final else "advance",
+        f"error rate {cand.error_rate:.4f} vs {base.error_rate:.4f}, p99 "
+        f"{cand.p99_s * 1000:.2f} ms vs {base.p99_s * 1000:.2f} ms",
+    )
+
+
+def p99(values: list[float]) -> float:
+    """Nearest-rank 99th percentile; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]

@@ -1,0 +1,81 @@
+"""Calls, errors and recent latencies per (model, version) routed by this router: what the
+registry's canary controller compares between a baseline and a candidate.
+
+Counters are cumulative since the router started (the reader keeps its own starting point);
+latencies are a ring of the latest successful calls with the time each ended, so a reader can
+take the p99 of exactly the calls since a step began, with memory fixed per version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from modelserve.proto.modelserve.v1 import router_pb2
+
+RING_SIZE = 2048  # latest successful calls per version; p99 over 2048 is a 20-call tail
+MAX_VERSIONS = 1024  # distinct (model, version) kept; more is churn, not a canary
+
+# The caller's own mistakes say nothing about the version that answered.
+CALLER_CODES = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED}
+)
+
+
+@dataclass
+class _Counts:
+    requests: int = 0
+    errors: int = 0
+    latencies: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RING_SIZE))
+
+
+class VersionStats:
+    def __init__(self) -> None:
+        self._by_version: dict[tuple[str, int], _Counts] = {}
+
+    def record(
+        self, model: str, version: int, seconds: float, code: grpc.StatusCode | None
+    ) -> None:
+        """One routed call ended; ``code`` None means OK."""
+        if code in CALLER_CODES:
+            return
+        key = (model, version)
+        counts = self._by_version.get(key)
+        if counts is None:
+            if len(self._by_version) >= MAX_VERSIONS:
+                return
+            counts = self._by_version[key] = _Counts()
+        counts.requests += 1
+        if code is None:
+            counts.latencies.append((seconds, int(time.time() * 1000)))
+        else:
+            counts.errors += 1
+
+    def report(self, model: str) -> router_pb2.VersionStatsResponse:
+        answer = router_pb2.VersionStatsResponse()
+        for (name, version), counts in sorted(self._by_version.items()):
+            if name != model:
+                continue
+            answer.versions.add(
+                version=version,
+                requests=counts.requests,
+                errors=counts.errors,
+                latency_s=[s for s, _ in counts.latencies],
+                ended_unix_ms=[t for _, t in counts.latencies],
+            )
+        return answer
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status a failed call ends with (domain errors and RpcErrors carry one)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if callable(code):
+        found = code()
+        if isinstance(found, grpc.StatusCode):
+            return found
+    return grpc.StatusCode.INTERNAL

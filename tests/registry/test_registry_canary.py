@@ -1,0 +1,199 @@
+"""The canary controller against a real RegistryStore and CanaryStore, with router figures
+fed in by a fake reader: a good candidate steps up to 100%, an erroring or slow one is rolled
+back at once, and every decision is recorded with its numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
+
+from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from modelserve.proto.modelserve.v1 import router_pb2
+from registry.canary_controller import CanaryController
+from registry.canary_gates import Arm, CanarySpec, check_spec, evaluate, p99
+from registry.canary_reader import Reading, RouterFigures
+from registry.canary_store import CanaryStore
+from registry.store import RegistryStore
+
+
+@dataclass
+class Version:
+    requests: int = 0
+    errors: int = 0
+    latencies: list[tuple[float, int]] = field(default_factory=list)
+
+
+class FakeRouter:
+    """Cumulative per-version figures, as a router's VersionStats reports them."""
+
+    def __init__(self) -> None:
+        self.ready = True
+        self.versions: dict[int, Version] = {1: Version(), 2: Version()}
+
+    def serve(self, version: int, calls: int, errors: int = 0, latency_s: float = 0.001) -> None:
+        figures = self.versions[version]
+        figures.requests += calls
+        figures.errors += errors
+        now = int(time.time() * 1000) + 1  # after the window that counts them began
+        figures.latencies += [(latency_s, now)] * (calls - errors)
+
+    async def __call__(self, spec: CanarySpec) -> Reading:
+        stats = router_pb2.VersionStatsResponse()
+        for number, v in self.versions.items():
+            stats.versions.add(
+                version=number,
+                requests=v.requests,
+                errors=v.errors,
+                latency_s=[s for s, _ in v.latencies],
+                ended_unix_ms=[t for _, t in v.latencies],
+            )
+        figures = {"router-a": RouterFigures(stats)}
+        return Reading(spec.baseline, spec.candidate, figures, self.ready)
+
+
+Parts = tuple[CanaryController, RegistryStore, FakeRouter]
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
+    store = RegistryStore(tmp_path / "data")
+    push_direct(store, "fraud", FRAUD_V1, labels=["production"])
+    push_direct(store, "fraud", FRAUD_V2)
+    executor = ThreadPoolExecutor(1)
+    canaries = CanaryStore(tmp_path / "canaries.sqlite3")
+    router = FakeRouter()
+    controller = CanaryController(
+        store=store, canaries=canaries, store_executor=executor, read=router
+    )
+    yield controller, store, router
+    executor.submit(canaries.close).result()
+    executor.shutdown()
+    store.close()
+
+
+def spec(**overrides: object) -> CanarySpec:
+    values: dict[str, object] = {
+        "model": "fraud",
+        "baseline": 1,
+        "candidate": 2,
+        "steps": (10.0, 50.0, 100.0),
+        "min_requests": 20,
+        "min_seconds": 0.0,
+    }
+    return CanarySpec(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def split_of(store: RegistryStore) -> dict[int, int]:
+    policy = store.get_model("fraud").policy
+    assert policy is not None
+    return {s.version: s.basis_points for s in policy.policy.split}
+
+
+async def test_a_good_candidate_steps_up_to_100_percent(parts: Parts) -> None:
+    controller, store, router = parts
+    started = await controller.start(spec())
+    assert started.state == "running" and split_of(store) == {1: 9000, 2: 1000}
+    await controller.tick()  # the candidate is ready: the first step starts counting now
+    router.serve(1, 90)
+    router.serve(2, 10)
+    await controller.tick()
+    assert (await controller.status("fraud")).decisions[-1].action == "wait"  # 10 < 20 calls
+    router.serve(2, 15)
+    await controller.tick()
+    assert split_of(store) == {1: 5000, 2: 5000}
+    router.serve(1, 30)
+    router.serve(2, 30)
+    await controller.tick()
+    status = await controller.status("fraud")
+    assert status.state == "promoted" and split_of(store) == {2: 10_000}
+    assert [d.action for d in status.decisions] == ["start", "wait", "advance", "promote"]
+    advance = status.decisions[2]
+    assert advance.candidate == Arm(2, 25, 0, 0.001) and advance.baseline.requests == 90
+    assert store.policy_history("fraud", 0)[-1].note.startswith("canary promote")
+
+
+async def test_a_candidate_that_fails_is_rolled_back_with_its_numbers(parts: Parts) -> None:
+    controller, store, router = parts
+    await controller.start(spec(max_error_rate_delta=0.05))
+    await controller.tick()
+    router.serve(1, 200, errors=1)
+    router.serve(2, 20, errors=4)
+    await controller.tick()
+    status = await controller.status("fraud")
+    assert status.state == "rolled_back" and split_of(store) == {1: 10_000}
+    last = status.decisions[-1]
+    assert last.action == "rollback" and last.candidate.errors == 4
+    assert last.candidate.requests == 20 and last.baseline.errors == 1
+    assert "error rate 0.2000" in last.reason
+    await controller.tick()  # nothing runs any more: no new decision
+    assert len((await controller.status("fraud")).decisions) == len(status.decisions)
+
+
+async def test_a_slow_candidate_is_rolled_back(parts: Parts) -> None:
+    controller, store, router = parts
+    await controller.start(spec(max_p99_ratio=2.0))
+    await controller.tick()
+    router.serve(1, 50, latency_s=0.002)
+    router.serve(2, 50, latency_s=0.010)
+    await controller.tick()
+    status = await controller.status("fraud")
+    assert status.state == "rolled_back" and "p99 10.00 ms" in status.decisions[-1].reason
+    assert split_of(store) == {1: 10_000}
+
+
+async def test_a_candidate_no_worker_holds_is_rolled_back_after_the_ready_timeout(
+    parts: Parts,
+) -> None:
+    controller, _, router = parts
+    router.ready = False
+    await controller.start(spec(ready_timeout_s=0.05))
+    await controller.tick()
+    await asyncio.sleep(0.06)
+    await controller.tick()
+    status = await controller.status("fraud")
+    assert (
+        status.state == "rolled_back" and "no worker held version 2" in status.decisions[-1].reason
+    )
+
+
+async def test_start_checks_and_abort(parts: Parts) -> None:
+    controller, store, _ = parts
+    with pytest.raises(NotFoundError):
+        await controller.start(spec(candidate=7))
+    await controller.start(spec())
+    with pytest.raises(FailedPreconditionError, match="already has a running canary"):
+        await controller.start(spec())
+    aborted = await controller.abort("fraud")
+    assert aborted.state == "aborted" and split_of(store) == {1: 10_000}
+    with pytest.raises(FailedPreconditionError):
+        await controller.abort("fraud")
+    with pytest.raises(NotFoundError):
+        await controller.status("nothing")
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [(), (100.0,), (5.0, 50.0), (50.0, 5.0, 100.0), (0.0, 100.0), (5.0, 100.5), (5.123, 100.0)],
+)
+def test_invalid_steps_are_refused(steps: tuple[float, ...]) -> None:
+    with pytest.raises(InvalidArgumentError):
+        check_spec(spec(steps=steps))
+
+
+def test_gates_wait_for_calls_and_time_then_pass() -> None:
+    s = spec(min_seconds=5.0)
+    assert evaluate(s, 0, 10, Arm(1, 100), Arm(2, 19)).action == "wait"
+    assert evaluate(s, 0, 1, Arm(1, 100), Arm(2, 20)).action == "wait"
+    assert evaluate(s, 0, 6, Arm(1, 100), Arm(2, 20)).action == "advance"
+    assert evaluate(s, 1, 6, Arm(1, 100), Arm(2, 20)).action == "promote"
+    # Within the error delta passes; beyond it rolls back even before min_seconds.
+    assert evaluate(s, 0, 6, Arm(1, 100, 1), Arm(2, 50, 1)).action == "advance"
+    assert evaluate(s, 0, 1, Arm(1, 100, 0), Arm(2, 50, 2)).action == "rollback"
+    assert p99([]) == 0.0 and p99([float(i) for i in range(1, 101)]) == 99.0
