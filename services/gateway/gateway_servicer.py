@@ -16,17 +16,12 @@ from modelserve.catalog import Catalog
 from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.routing import routing_key_of
+from modelserve.routing import label_of, routing_key_of
 from modelserve.streaming import stream_infer
 from modelserve.tensors import validate_infer_request
 
 ROUTING_PARAMETERS = ("label", "routing_key")
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
-
-
-def label_of(request: pb.ModelInferRequest) -> str:
-    param = request.parameters.get("label")
-    return param.string_param if param is not None else ""
 
 
 class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):

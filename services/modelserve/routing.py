@@ -184,3 +184,9 @@ def routing_key_of(request: pb.ModelInferRequest, metadata: Metadata | None) -> 
             f"routing key must be at most {MAX_ROUTING_KEY_CHARS} characters; got {len(key)}"
         )
     return key
+
+
+def label_of(request: pb.ModelInferRequest) -> str:
+    """The ``label`` request parameter of a V2 ModelInferRequest ("" when absent)."""
+    param = request.parameters.get("label")
+    return param.string_param if param is not None else ""

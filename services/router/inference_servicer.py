@@ -16,7 +16,7 @@ from modelserve.errors import UnavailableError, from_rpc_error
 from modelserve.lookup_kind import is_lookup
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.routing import routing_key_of
+from modelserve.routing import label_of, routing_key_of
 from modelserve.streaming import stream_infer
 from modelserve.tracing import outbound_metadata
 from router.composite_executor import CompositeExecutor
@@ -28,11 +28,6 @@ from router.shadow import ShadowMirror
 from router.statistics import merge_statistics
 from router.version_stats import VersionStats, status_of
 from router.workers import WorkerPool
-
-
-def label_of(request: pb.ModelInferRequest) -> str:
-    param = request.parameters.get("label")
-    return param.string_param if param is not None else ""
 
 
 class RouterInferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
