@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from modelserve.demo_models import tabular, wide
+from modelserve.cli.demo_models import tabular, wide
 from worker.sessions import ModelSession
 
 

@@ -41,9 +41,9 @@ import perf_analyzer  # noqa: E402
 import probes  # noqa: E402
 import report  # noqa: E402
 
-from modelserve import demo_models  # noqa: E402
-from modelserve.suite import Suite, start_suite  # noqa: E402
-from modelserve.up import prepare  # noqa: E402
+from modelserve.cli import demo_models  # noqa: E402
+from modelserve.cli.suite import Suite, start_suite  # noqa: E402
+from modelserve.cli.up import prepare  # noqa: E402
 
 # Saturation: one generator process busier than this (cores) is rerun as two processes.
 CLIENT_SATURATED = 0.85

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelserve.demo_models import write_demo_models
+from modelserve.cli.demo_models import write_demo_models
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from modelserve.suite import SERVICES, Suite, wait_serving
-from modelserve.up import register_demo_models, wait_models_ready
+from modelserve.cli.suite import SERVICES, Suite, wait_serving
+from modelserve.cli.up import register_demo_models, wait_models_ready
 
 
 def dump_logs(suite: Suite) -> str:

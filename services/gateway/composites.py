@@ -7,7 +7,7 @@ from __future__ import annotations
 from grpc import aio
 
 from gateway.upstream import RouterClient
-from modelserve.composite_catalog import CompositeCatalog
+from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.tensors import validate_infer_request
 

@@ -11,14 +11,14 @@ from gateway import composites as composite_requests
 from gateway.merging import RequestMerger
 from gateway.signatures import SignatureCache
 from gateway.upstream import RouterClient
-from modelserve import v2_metadata
-from modelserve.catalog import Catalog
-from modelserve.composite_catalog import CompositeCatalog
+from modelserve.catalog.composite_replica import CompositeCatalog
+from modelserve.catalog.replica import Catalog
+from modelserve.catalog.routing import label_of, routing_key_of
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.routing import label_of, routing_key_of
-from modelserve.streaming import stream_infer
 from modelserve.tensors import validate_infer_request
+from modelserve.v2 import metadata as v2_metadata
+from modelserve.v2.streaming import stream_infer
 
 ROUTING_PARAMETERS = ("label", "routing_key")
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]

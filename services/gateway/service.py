@@ -7,9 +7,9 @@ from gateway.gateway_servicer import GatewayServicer
 from gateway.merging import RequestMerger
 from gateway.settings import GatewaySettings
 from gateway.upstream import RouterClient
-from modelserve.catalog import Catalog
+from modelserve.catalog.composite_replica import CompositeCatalog
+from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow
-from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.server import Runtime
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from modelserve.catalog.routing import basis_points
 from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
-from modelserve.routing import basis_points
 from modelserve.tensors import TensorSpec
 from registry import lookup_models
 from registry.artifacts import check_sha256

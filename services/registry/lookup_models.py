@@ -17,12 +17,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modelserve.catalog.lookups import PLATFORM, STATUS_OUTPUT
 from modelserve.errors import InvalidArgumentError
-from modelserve.lookup_kind import PLATFORM, STATUS_OUTPUT
 from modelserve.names import validate_name
-from modelserve.onnx_inspect import ModelSignature
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tensors import DTYPES, TensorSpec
+from registry.onnx_inspect import ModelSignature
 
 ENTITY_DATATYPES = ("BYTES", "INT64")
 MAX_OUTPUTS = 64

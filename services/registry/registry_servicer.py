@@ -18,10 +18,10 @@ from typing import Any, BinaryIO, TypeVar
 from grpc import aio
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
-from modelserve.onnx_inspect import inspect_model
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from registry import convert, lookup_models
-from registry.policy_servicer import PolicyRpcs
+from registry.onnx_inspect import inspect_model
+from registry.policies.servicer import PolicyRpcs
 from registry.store import RegistryStore
 from registry.uploads import TempUpload, temp_upload
 from registry.watch import WatchHub

@@ -14,11 +14,11 @@ from modelserve.proto.modelserve.v1 import (
     registry_pb2_grpc,
 )
 from modelserve.server import Runtime
-from registry import canary_service
-from registry.composite_servicer import CompositeServicer
-from registry.composites import CompositeHub, CompositeStore
-from registry.experiment_servicer import ExperimentServicer
-from registry.experiment_store import ExperimentStore
+from registry.canary import wiring as canary_service
+from registry.composites.servicer import CompositeServicer
+from registry.composites.store import CompositeHub, CompositeStore
+from registry.experiments.servicer import ExperimentServicer
+from registry.experiments.store import ExperimentStore
 from registry.registry_servicer import RegistryServicer
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore

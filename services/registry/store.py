@@ -24,10 +24,10 @@ from pathlib import Path
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
-from modelserve.onnx_inspect import ModelSignature
 from registry.artifacts import ArtifactStore, check_sha256
 from registry.config import ConfigOverrides, resolve_config
-from registry.policy_store import PolicyStoreMethods
+from registry.onnx_inspect import ModelSignature
+from registry.policies.store import PolicyStoreMethods
 from registry.records import PRODUCTION, ChangeEvent, ModelRecord, Snapshot, VersionRecord
 from registry.rows import config_to_json, specs_to_json, version_from_row
 from registry.schema import open_database
@@ -154,7 +154,7 @@ class RegistryStore(PolicyStoreMethods):
 
     def resolve(self, model: str, version: int = 0, label: str = "") -> VersionRecord:
         """version > 0: that version; label: the version it points at; neither: what the
-        routing policy would answer a lookup (modelserve.catalog.resolve_version), else the
+        routing policy would answer a lookup (modelserve.catalog.replica.resolve_version), else the
         "production" label if set, else the newest version."""
         validate_name(model, "model name")
         if version < 0:

@@ -17,14 +17,14 @@ from typing import Any, cast
 import numpy as np
 from grpc import aio
 
-from modelserve import composites
-from modelserve.composite_catalog import CompositeCatalog
-from modelserve.composite_combine import majority_vote, mean, split_deadline, stack
+from modelserve.catalog import composites
+from modelserve.catalog.composite_replica import CompositeCatalog
+from modelserve.catalog.routing import routing_key_of
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
-from modelserve.routing import routing_key_of
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
+from router.composite_combine import majority_vote, mean, split_deadline, stack
 
 InferFn = Callable[
     [pb.ModelInferRequest, registry_pb2.ModelVersion, aio.ServicerContext | None],

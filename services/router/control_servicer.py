@@ -7,7 +7,7 @@ import time
 
 from grpc import aio
 
-from modelserve.catalog import DEFAULT_LABEL, Catalog
+from modelserve.catalog.replica import DEFAULT_LABEL, Catalog
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from router.shadow_stats import ShadowStats
 from router.version_stats import VersionStats

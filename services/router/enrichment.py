@@ -26,7 +26,7 @@ from modelserve.tensors import (
     encode_inputs,
     validate_infer_request,
 )
-from modelserve.v2_metadata import caller_inputs
+from modelserve.v2.metadata import caller_inputs
 from router.feature_cache import FeatureRow
 from router.features import FeatureClient
 

@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc import aio
 
-from modelserve import v2_metadata
-from modelserve.catalog import Catalog
+from modelserve.catalog.lookups import is_lookup
+from modelserve.catalog.replica import Catalog
+from modelserve.catalog.routing import label_of, routing_key_of
 from modelserve.channels import outbound_timeout
 from modelserve.errors import UnavailableError, from_rpc_error
-from modelserve.lookup_kind import is_lookup
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.routing import label_of, routing_key_of
-from modelserve.streaming import stream_infer
 from modelserve.tracing import outbound_metadata
+from modelserve.v2 import metadata as v2_metadata
+from modelserve.v2.streaming import stream_infer
 from router.composite_executor import CompositeExecutor
 from router.enrichment import Enricher
 from router.forwarding import Forwarder

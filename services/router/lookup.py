@@ -18,7 +18,8 @@ import grpc
 import numpy as np
 from grpc import aio
 
-from modelserve.catalog import Catalog
+from modelserve.catalog.lookups import STATUS_OUTPUT, is_lookup
+from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, outbound_timeout
 from modelserve.errors import (
     FailedPreconditionError,
@@ -26,7 +27,6 @@ from modelserve.errors import (
     UnavailableError,
     from_rpc_error,
 )
-from modelserve.lookup_kind import STATUS_OUTPUT, is_lookup
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import (
     common_pb2,

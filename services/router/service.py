@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from modelserve.catalog import Catalog
+from modelserve.catalog.composite_replica import CompositeCatalog
+from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet
-from modelserve.composite_catalog import CompositeCatalog
 from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.server import Runtime

@@ -22,7 +22,7 @@ import grpc
 from grpc import aio
 from prometheus_client import Counter
 
-from modelserve.catalog import Catalog, resolve_version
+from modelserve.catalog.replica import Catalog, resolve_version
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2

@@ -4,7 +4,7 @@ two answers agreed, how often the shadow failed or ran out of time, and how long
 Latency quantiles come from a bounded uniform sample of the pairs (reservoir sampling,
 Vitter's algorithm R), so memory stays fixed however long the router runs, and samples from
 several routers can be merged by weighting each with the pairs it stands for (the CLI does,
-``modelserve.shadow_report``).
+``modelserve.cli.shadow_report``).
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from modelserve.catalog import Catalog
+from modelserve.catalog.lookups import is_lookup
+from modelserve.catalog.replica import Catalog
+from modelserve.catalog.routing import referenced_versions
 from modelserve.channels import EndpointSet
 from modelserve.errors import ModelServeError, UnavailableError
-from modelserve.lookup_kind import is_lookup
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, worker_pb2
-from modelserve.routing import referenced_versions
 from modelserve.tensors import TensorSpec
 from worker.artifacts import ArtifactCache
 from worker.batcher import DynamicBatcher

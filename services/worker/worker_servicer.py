@@ -8,19 +8,19 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
-from modelserve import v2_metadata
-from modelserve.catalog import Catalog
+from modelserve.catalog.replica import Catalog
 from modelserve.errors import DeadlineExceededError, ModelServeError
 from modelserve.metrics import INFER_LATENCY, INFER_REQUESTS
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.streaming import stream_infer
 from modelserve.tensors import (
     MERGED_REQUESTS_PARAMETER,
     decode_inputs,
     encode_outputs,
     validate_infer_request,
 )
+from modelserve.v2 import metadata as v2_metadata
+from modelserve.v2.streaming import stream_infer
 from worker.batcher import run_unbatched
 from worker.loader import ModelManager
 

@@ -29,9 +29,9 @@ from deploy_files import (
     volume_mounts,
 )
 
+from modelserve.cli.suite import SERVICES
 from modelserve.server import ServiceSpec
 from modelserve.settings import CommonSettings, env_names, load_settings
-from modelserve.suite import SERVICES
 
 COMPOSE_DATA = load_compose()
 COMPOSE_SERVICES: dict[str, dict[str, Any]] = COMPOSE_DATA["services"]

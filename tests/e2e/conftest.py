@@ -1,5 +1,5 @@
 """The whole suite as real processes on loopback ports, started by the same launcher as
-``modelserve up`` (modelserve.suite), with the demo models registered."""
+``modelserve up`` (modelserve.cli.suite), with the demo models registered."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import grpc
 import pytest
 from suitesupport import dump_logs, ready_suite
 
+from modelserve.cli.suite import Suite, start_suite
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.suite import Suite, start_suite
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 import onnxruntime as ort
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.tensors import decode_outputs, encode_inputs

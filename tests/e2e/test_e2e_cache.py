@@ -23,12 +23,12 @@ import onnxruntime as ort
 import pytest
 from testsupport import eventually
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite, wait_serving
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite, wait_serving
 from modelserve.tensors import decode_outputs, encode_inputs
 
 CACHED = "cache_fraud"

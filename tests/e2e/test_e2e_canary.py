@@ -18,12 +18,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from testsupport import eventually
 
-from modelserve.demo_models import IR_VERSION, OPSET
+from modelserve.cli.demo_models import IR_VERSION, OPSET
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite
 from modelserve.tensors import encode_inputs
 
 CLI = Path(sys.executable).parent / "modelserve"

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from testsupport import eventually
 
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.suite import Suite
 
 CLI = Path(sys.executable).parent / "modelserve"
 MODEL = "cli_pushed"  # only this file uses it, so other tests see the demo models unchanged

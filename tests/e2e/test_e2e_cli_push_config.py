@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
+from modelserve.cli.suite import Suite
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from modelserve.suite import Suite
 
 CLI = Path(sys.executable).parent / "modelserve"
 

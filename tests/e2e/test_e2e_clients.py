@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from modelserve.cli.suite import SERVICES, Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.suite import SERVICES, Suite
 from modelserve.tensors import decode_outputs, encode_inputs, encode_inputs_typed
 
 CLIENTS = Path(__file__).parent / "clients"

@@ -15,12 +15,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from testsupport import eventually
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, composite_pb2_grpc, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite
 from modelserve.tensors import decode_outputs, encode_inputs
 
 E = composite_pb2.Ensemble

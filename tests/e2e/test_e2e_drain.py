@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from suitesupport import dump_logs, ready_suite
 
+from modelserve.cli.suite import Suite, start_suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.suite import Suite, start_suite
 from modelserve.tensors import decode_outputs, encode_inputs
 
 

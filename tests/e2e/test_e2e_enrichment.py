@@ -29,6 +29,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from testsupport import eventually
 
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite, wait_serving
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import (
@@ -37,8 +39,6 @@ from modelserve.proto.modelserve.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite, wait_serving
 from modelserve.tensors import (
     MERGED_REQUESTS_PARAMETER,
     decode_outputs,

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from testsupport import eventually
 
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite
 from modelserve.tensors import encode_inputs
 
 CLI = Path(sys.executable).parent / "modelserve"

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelserve.suite import wait_serving
+from modelserve.cli.suite import wait_serving
 
 CLI = Path(sys.executable).parent / "modelserve"
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from testsupport import eventually
 
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite
 from modelserve.tensors import decode_outputs, encode_inputs
 
 # A seed the command does not use (it samples with seed 0), so the check is on fresh rows.

@@ -8,10 +8,10 @@ import grpc
 import numpy as np
 from testsupport import eventually
 
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from modelserve.suite import Suite
 from modelserve.tensors import decode_outputs, encode_inputs
 
 ROWS = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from testsupport import eventually
 
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import (
@@ -29,7 +30,6 @@ from modelserve.proto.modelserve.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from modelserve.suite import Suite
 from modelserve.tensors import decode_outputs, encode_inputs, to_proto_tensor
 
 CLI = Path(sys.executable).parent / "modelserve"

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from testsupport import eventually
 
+from modelserve.catalog.routing import Share, bucket_of, pick
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.routing import Share, bucket_of, pick
-from modelserve.suite import Suite
 from modelserve.tensors import encode_inputs
 
 CLI = Path(sys.executable).parent / "modelserve"

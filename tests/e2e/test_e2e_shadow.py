@@ -17,11 +17,11 @@ import grpc
 import numpy as np
 from testsupport import eventually
 
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2_grpc, router_pb2, router_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import Suite
 from modelserve.tensors import decode_outputs, encode_inputs
 
 CLI = Path(sys.executable).parent / "modelserve"

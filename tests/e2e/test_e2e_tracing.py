@@ -19,10 +19,10 @@ import gateway
 import registry
 import router
 import worker
+from modelserve.cli.registry_client import push_version
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2_grpc
-from modelserve.registry_client import push_version
 from modelserve.server import Runtime, start_runtime
 from modelserve.tensors import encode_inputs
 from modelserve.tracing import configure_tracing

@@ -16,8 +16,8 @@ from featurestore_testkit import now_ms, served
 
 from featurestore.catalog import ViewCatalog
 from featurestore.online_store import OnlineStore
-from modelserve.feature_sources import SourceError
-from modelserve.materialize import (
+from modelserve.cli.feature_sources import SourceError
+from modelserve.cli.materialize import (
     MaterializationPlan,
     materialize,
     plan,

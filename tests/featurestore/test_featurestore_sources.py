@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelserve import feature_sources
-from modelserve.feature_sources import SourceError, SourceSpec, read_latest
-from modelserve.features_cli import parse_view_json
+from modelserve.cli import feature_sources
+from modelserve.cli.feature_sources import SourceError, SourceSpec, read_latest
+from modelserve.cli.features import parse_view_json
 from modelserve.proto.modelserve.v1 import featurestore_pb2 as fs
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

@@ -1,16 +1,17 @@
-"""The shared composite rules (modelserve.composites) and combine functions
-(modelserve.composite_combine), against a small in-memory set of members."""
+"""The shared composite rules (modelserve.catalog.composites) and combine functions
+(router.composite_combine), against a small in-memory set of members."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from modelserve import composite_combine as combine
-from modelserve import composite_metadata, composites
+from modelserve.catalog import composites
 from modelserve.errors import InvalidArgumentError, NotFoundError
 from modelserve.proto.modelserve.v1 import common_pb2, composite_pb2, registry_pb2
 from modelserve.tensors import TensorSpec
+from modelserve.v2 import composite_metadata
+from router import composite_combine as combine
 
 C = composite_pb2.Ensemble
 

@@ -7,9 +7,9 @@ import argparse
 
 import pytest
 
-from modelserve.lookup_cli import parse_output
+from modelserve.cli.lookup import parse_output
+from modelserve.cli.push_flags import add_config_flags, config_from_args, parse_feature_input
 from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.push_flags import add_config_flags, config_from_args, parse_feature_input
 from worker.loader import deployed_versions
 
 

@@ -17,11 +17,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from modelserve.cli import main
+from modelserve.cli.main import main
+from modelserve.cli.optimize import measure, optimize_int8, quantize_int8, sample_inputs
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
-from modelserve.onnx_inspect import inspect_model
-from modelserve.optimize import measure, optimize_int8, quantize_int8, sample_inputs
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from registry.onnx_inspect import inspect_model
 
 CHUNK = 4096  # small, so the artifact arrives in several chunks
 RUNS = 5  # latency runs: the figures are not under test here, only that they are there

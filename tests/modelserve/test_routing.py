@@ -1,4 +1,4 @@
-"""Routing policies per request (modelserve.routing, catalog.route_version): consistent
+"""Routing policies per request (modelserve.catalog.routing, catalog.route_version): consistent
 bucketing of weighted splits, blue-green targets, and the precedence of explicit choices."""
 
 from __future__ import annotations
@@ -7,11 +7,8 @@ from collections import Counter
 
 import pytest
 
-from modelserve.catalog import resolve_version, route_version
-from modelserve.errors import InvalidArgumentError
-from modelserve.proto.inference import grpc_service_pb2 as pb
-from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.routing import (
+from modelserve.catalog.replica import resolve_version, route_version
+from modelserve.catalog.routing import (
     BUCKETS,
     MAX_ROUTING_KEY_CHARS,
     Share,
@@ -22,6 +19,9 @@ from modelserve.routing import (
     referenced_versions,
     routing_key_of,
 )
+from modelserve.errors import InvalidArgumentError
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.modelserve.v1 import registry_pb2
 from worker.loader import deployed_versions
 
 KEYS = [f"user-{i}" for i in range(10_000)]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import grpc
 import pytest
 
-from modelserve.catalog import Catalog, resolve_version
+from modelserve.catalog.replica import Catalog, resolve_version
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.errors import InvalidArgumentError, ModelServeError, NotFoundError
 from modelserve.proto.modelserve.v1 import registry_pb2

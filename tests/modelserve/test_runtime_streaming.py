@@ -14,7 +14,7 @@ from modelserve.errors import InvalidArgumentError, NotFoundError
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.streaming import stream_infer
+from modelserve.v2.streaming import stream_infer
 
 
 class Inference(pb_grpc.GRPCInferenceServiceServicer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from modelserve.proto.inference import model_config_pb2 as mc
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
-from modelserve.v2_metadata import PLATFORM, model_config, model_metadata, repository_index
+from modelserve.v2.metadata import PLATFORM, model_config, model_metadata, repository_index
 
 
 def version(

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from modelserve import sequential_test as st
+from registry.experiments import sequential_test as st
 
 
 def moments(values: np.ndarray) -> st.Moments:

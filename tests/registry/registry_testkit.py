@@ -16,11 +16,11 @@ import onnx
 import pytest
 from grpc import aio
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.interceptors import ErrorInterceptor
-from modelserve.onnx_inspect import inspect_model
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from registry.config import ConfigOverrides
+from registry.onnx_inspect import inspect_model
 from registry.records import VersionRecord
 from registry.registry_servicer import RegistryServicer
 from registry.store import RegistryStore

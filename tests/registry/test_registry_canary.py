@@ -16,10 +16,10 @@ from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.proto.modelserve.v1 import router_pb2
-from registry.canary_controller import CanaryController
-from registry.canary_gates import Arm, CanarySpec, check_spec, evaluate, p99
-from registry.canary_reader import Reading, RouterFigures
-from registry.canary_store import CanaryStore
+from registry.canary.controller import CanaryController
+from registry.canary.gates import Arm, CanarySpec, check_spec, evaluate, p99
+from registry.canary.reader import Reading, RouterFigures
+from registry.canary.store import CanaryStore
 from registry.store import RegistryStore
 
 

@@ -12,12 +12,12 @@ import pytest
 from grpc import aio
 from registry_testkit import FRAUD_V1, FRAUD_V2, Registry, expect_status
 
-from modelserve import routing
+from modelserve.catalog import routing
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc, registry_pb2
-from registry.experiment_servicer import ExperimentServicer
-from registry.experiment_store import ExperimentStore
+from registry.experiments.servicer import ExperimentServicer
+from registry.experiments.store import ExperimentStore
 
 MODEL = "exp_model"
 Stub = experiments_pb2_grpc.ExperimentsStub

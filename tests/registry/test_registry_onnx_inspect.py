@@ -1,4 +1,4 @@
-"""modelserve.onnx_inspect: safety checks and signatures, on real ONNX files and ONNX Runtime."""
+"""registry.onnx_inspect: safety checks and signatures, on real ONNX files and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.errors import FailedPreconditionError
-from modelserve.onnx_inspect import PLATFORM, inspect_model, sha256_file
 from modelserve.tensors import TensorSpec
+from registry.onnx_inspect import PLATFORM, inspect_model, sha256_file
 
 
 def write(tmp_path: Path, model: onnx.ModelProto, name: str = "model.onnx") -> Path:

@@ -19,7 +19,7 @@ from registry_testkit import (
     model_bytes,
 )
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.proto.modelserve.v1 import registry_pb2
 
 StartRegistry = Callable[..., Awaitable[Registry]]

@@ -1,6 +1,6 @@
 """Shadow policies in RegistryStore: validated like splits, versioned like every policy change,
 kept across a restart, a shadow alone leaves the default resolution in force, and workers are
-told to hold a shadow version (modelserve.routing.referenced_versions)."""
+told to hold a shadow version (modelserve.catalog.routing.referenced_versions)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
 
+from modelserve.catalog.routing import referenced_versions
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
-from modelserve.routing import referenced_versions
 from registry import convert
 from registry.records import RoutingPolicy, ShadowTarget, SplitShare
 from registry.store import RegistryStore

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 from registry_testkit import FRAUD_V1, FRAUD_V2, model_bytes, push_direct, stage
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.errors import (
     FailedPreconditionError,
     InvalidArgumentError,

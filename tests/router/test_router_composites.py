@@ -9,8 +9,8 @@ from typing import Any, cast
 import numpy as np
 from grpc import aio
 
-from modelserve.catalog import Catalog
-from modelserve.composite_catalog import CompositeCatalog
+from modelserve.catalog.composite_replica import CompositeCatalog
+from modelserve.catalog.replica import Catalog
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import common_pb2, composite_pb2, registry_pb2

@@ -21,7 +21,6 @@ from router_testkit import (
     version,
 )
 
-from modelserve import v2_metadata
 from modelserve.channels import EndpointSet
 from modelserve.errors import (
     DeadlineExceededError,
@@ -37,6 +36,7 @@ from modelserve.tensors import (
     encode_inputs,
     encode_inputs_typed,
 )
+from modelserve.v2 import metadata as v2_metadata
 from router.budget import Budget
 from router.enrichment import Enricher
 from router.feature_cache import FeatureCache

@@ -15,13 +15,13 @@ import pytest
 from grpc import aio
 from testsupport import eventually
 
-from modelserve.catalog import Catalog
+from modelserve.catalog.replica import Catalog
 from modelserve.channels import Endpoint, EndpointSet
+from modelserve.cli.shadow_report import quantile, render, summarise
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
-from modelserve.shadow_report import quantile, render, summarise
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
 from router.budget import Budget
 from router.cache_backends import LocalBackend

@@ -9,7 +9,7 @@ import pytest
 from grpc import aio
 from worker_testkit import FakeRegistry, RegistryServer, write_model
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.proto.modelserve.v1 import registry_pb2_grpc
 
 

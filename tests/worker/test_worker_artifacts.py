@@ -10,7 +10,7 @@ import pytest
 from grpc import aio
 from worker_testkit import RegistryServer
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.errors import (
     FailedPreconditionError,
     InvalidArgumentError,

@@ -20,7 +20,7 @@ from grpc import aio
 from testsupport import eventually
 from worker_testkit import FakeRegistry
 
-from modelserve.catalog import Catalog
+from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor

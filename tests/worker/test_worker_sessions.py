@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from modelserve import demo_models
+from modelserve.cli import demo_models
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from modelserve.tensors import TensorSpec
 from worker.sessions import ModelSession, dummy_inputs

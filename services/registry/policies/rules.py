@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from modelserve.catalog.routing import BUCKETS, Share, primary
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.names import validate_name
-from modelserve.routing import BUCKETS, Share, primary
 from registry.records import PolicyRevision, RoutingPolicy, ShadowTarget, SplitShare
 
 MAX_SPLIT_TARGETS = 16
@@ -133,7 +133,7 @@ def check_history_limit(limit: int) -> int:
 
 def default_version(policy: RoutingPolicy, labels: Mapping[str, int]) -> int:
     """The version a lookup that is not routing a request resolves to (as
-    ``modelserve.catalog.resolve_version``: the target label, else the largest share)."""
+    ``modelserve.catalog.replica.resolve_version``: the target label, else the largest share)."""
     if policy.target_label:
         return labels[policy.target_label]
     top = primary([Share(s.version, s.label, s.basis_points) for s in policy.split])

@@ -1,5 +1,6 @@
 """The registry's composites: persisted in their own SQLite file beside the models, checked
-against the models (``modelserve.composites``) before every write, and fanned out to watchers.
+against the models (``modelserve.catalog.composites``) before every write, and fanned out to
+watchers.
 
 Kept apart from ``RegistryStore`` so composites can evolve without touching the model tables;
 the price is that the two are not one transaction. That is safe because a composite only
@@ -18,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelserve import composites
+from modelserve.catalog import composites
 from modelserve.errors import (
     FailedPreconditionError,
     ModelServeError,

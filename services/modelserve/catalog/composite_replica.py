@@ -7,13 +7,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from modelserve import composite_metadata, composites
-from modelserve.catalog import Catalog
+from modelserve.catalog import composites
+from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import composite_pb2, composite_pb2_grpc, registry_pb2
+from modelserve.v2 import composite_metadata
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,15 @@
 """What an A/B experiment must be, and how its arms map to a routing policy and back (pure).
 
-An experiment's arms become a weighted split of its model; ``modelserve.routing`` then buckets
-each routing key the same way in the gateway and here, so the arm of an outcome is recomputed
-from its key and no per-request log is kept.
+An experiment's arms become a weighted split of its model; ``modelserve.catalog.routing`` then
+buckets each routing key the same way in the gateway and here, so the arm of an outcome is
+recomputed from its key and no per-request log is kept.
 """
 
 from __future__ import annotations
 
 import math
 
-from modelserve import routing
+from modelserve.catalog import routing
 from modelserve.errors import InvalidArgumentError
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb

@@ -1,7 +1,7 @@
 """RegistryStore's routing-policy methods, kept beside it as a mixin: they use the store's
 lock, connection and transaction, so a policy change is one more committed registry change,
 announced to watchers with the model it touched (the ``policies`` insert trigger). The rules a
-policy follows and its rows are in ``registry.policies``.
+policy follows and its rows are in ``registry.policies.rules``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
-from registry import policies
+from registry.policies import rules as policies
 from registry.records import PolicyRevision, RoutingPolicy
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import grpc
 
-from modelserve.demo_models import write_demo_models
+from modelserve.cli.demo_models import write_demo_models
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import DEFAULT_PORTS, SERVICES, Suite, start_suite, wait_serving
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import DEFAULT_PORTS, SERVICES, Suite, start_suite, wait_serving
 
 
 async def register_demo_models(registry: str, data_dir: Path) -> list[str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc
 from modelserve.server import Runtime
-from registry.canary_controller import CanaryController
-from registry.canary_reader import RouterReader
-from registry.canary_servicer import CanaryServicer
-from registry.canary_store import CanaryStore
+from registry.canary.controller import CanaryController
+from registry.canary.reader import RouterReader
+from registry.canary.servicer import CanaryServicer
+from registry.canary.store import CanaryStore
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore
 

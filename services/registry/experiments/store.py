@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelserve import sequential_test as st
 from modelserve.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -29,7 +28,8 @@ from modelserve.errors import (
 )
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
-from registry import experiment_rules as rules
+from registry.experiments import rules
+from registry.experiments import sequential_test as st
 
 if TYPE_CHECKING:
     from registry.store import RegistryStore

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from modelserve.feature_sources import (
+from modelserve.cli.feature_sources import (
     DEFAULT_CHUNK_ROWS,
     MAX_EVENT_MS,
     LatestRows,

@@ -9,7 +9,7 @@ no Triton step, so the config says how members are combined in parameter
 
 from __future__ import annotations
 
-from modelserve import composites
+from modelserve.catalog import composites
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import model_config_pb2 as mc
 from modelserve.proto.modelserve.v1 import composite_pb2

@@ -1,6 +1,6 @@
 """Canary domain: the spec, the two arms' figures over a step, and the gate decision.
 
-Pure functions, no I/O: the controller (``registry.canary_controller``) feeds in what the
+Pure functions, no I/O: the controller (``registry.canary.controller``) feeds in what the
 routers counted since the step began and acts on the answer.
 """
 

@@ -7,8 +7,8 @@ from typing import Any
 from grpc import aio
 
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc
-from registry import canary_gates as gates
-from registry.canary_controller import CanaryController
+from registry.canary import gates
+from registry.canary.controller import CanaryController
 
 
 class CanaryServicer(canary_pb2_grpc.CanaryServicer):

@@ -4,7 +4,7 @@ Gateway, router and worker each keep one, so they agree on what ``model`` + vers
 means without asking the registry per request. Resolution rules (DESIGN.md, router):
 a numeric version string selects that version; a non-numeric one, or the ``label`` request
 parameter, selects a label; neither selects what the model's routing policy says when it has
-one (``modelserve.routing``), else the ``production`` label, else the newest version.
+one (``modelserve.catalog.routing``), else the ``production`` label, else the newest version.
 
 ``route_version`` is for requests being served (a split picks by the routing key, at random
 without one); ``resolve_version`` for everything else (metadata, readiness), where a split
@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from modelserve import routing
+from modelserve.catalog import routing
 from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError

@@ -10,7 +10,7 @@ shape (number, bool, string, nested lists) instead of base64 ``default_raw``:
      "source": {"format": "parquet", "path": "data/users.parquet",
                 "event_timestamp_column": "event_ts"}}
 
-``materialize`` reads the source file here, on this machine (see modelserve.materialize).
+``materialize`` reads the source file here, on this machine (see modelserve.cli.materialize).
 Exit codes: 0 done, 1 the feature store refused or failed, 2 bad input (file, flags).
 """
 
@@ -121,7 +121,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _materialize(stub: Stub, args: argparse.Namespace) -> None:
     # Imported here: pyarrow and tqdm take a while to load, and only this command needs them.
-    from modelserve.materialize import materialize
+    from modelserve.cli.materialize import materialize
 
     batching = {} if args.batch_rows is None else {"batch_rows": args.batch_rows}
     report = await materialize(

@@ -11,7 +11,7 @@ from grpc import aio
 
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc
-from registry.experiment_store import ExperimentStore
+from registry.experiments.store import ExperimentStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

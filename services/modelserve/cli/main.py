@@ -14,13 +14,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from modelserve import canary_cli, experiment_cli, features_cli, lookup_cli, policy_cli, push_flags
+from modelserve.cli import canary as canary_cli
+from modelserve.cli import experiment as experiment_cli
+from modelserve.cli import features as features_cli
+from modelserve.cli import lookup as lookup_cli
+from modelserve.cli import policy as policy_cli
+from modelserve.cli import push_flags
+from modelserve.cli.registry_client import push_version
+from modelserve.cli.suite import SERVICES
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from modelserve.registry_client import push_version
-from modelserve.suite import SERVICES
 from modelserve.tensors import DTYPES, decode_outputs, encode_inputs
 
 DEFAULT_GATEWAY = "127.0.0.1:8001"
@@ -101,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(module.SPEC, args.args)
         return 0
     if args.command == "up":
-        from modelserve.up import run_up
+        from modelserve.cli.up import run_up
 
         return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
     if args.command == "features":
@@ -167,7 +172,7 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
 
 async def _optimize(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace) -> int:
     # Imported here: only this command needs onnx and ORT's quantiser loaded at start-up.
-    from modelserve.optimize import optimize_int8
+    from modelserve.cli.optimize import optimize_int8
 
     try:
         report = await optimize_int8(

@@ -1,5 +1,5 @@
 """Runs canaries: every ``interval`` it reads the routers' per-version figures, judges the
-step in force (``registry.canary_gates.evaluate``), records the decision with its numbers,
+step in force (``registry.canary.gates.evaluate``), records the decision with its numbers,
 and moves the model's split through the policy store, so each step is a policy revision that
 Watch pushes to gateways and routers like any other.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from modelserve.errors import FailedPreconditionError
-from registry.canary_gates import (
+from registry.canary.gates import (
     ABORTED,
     PROMOTED,
     ROLLED_BACK,
@@ -31,8 +31,8 @@ from registry.canary_gates import (
     evaluate,
     p99,
 )
-from registry.canary_reader import Reading
-from registry.canary_store import CanaryStore
+from registry.canary.reader import Reading
+from registry.canary.store import CanaryStore
 from registry.records import RoutingPolicy, SplitShare
 from registry.store import RegistryStore
 

@@ -14,7 +14,7 @@ import time
 
 import grpc
 
-from modelserve import shadow_report
+from modelserve.cli import shadow_report
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it

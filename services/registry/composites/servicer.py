@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from grpc import aio
 
 from modelserve.proto.modelserve.v1 import composite_pb2, composite_pb2_grpc
-from registry.composites import CompositeHub, CompositeStore, next_event
+from registry.composites.store import CompositeHub, CompositeStore, next_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from modelserve.errors import FailedPreconditionError, NotFoundError
-from registry.canary_gates import RUNNING, Arm, CanarySpec, CanaryState, Decision
+from registry.canary.gates import RUNNING, Arm, CanarySpec, CanaryState, Decision
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS canaries (

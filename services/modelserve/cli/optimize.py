@@ -26,9 +26,9 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from modelserve.cli.registry_client import push_version
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from modelserve.registry_client import push_version
 from modelserve.tensors import DTYPES
 
 # Gemm is not in ORT's default dynamic op list but its dynamic quantiser handles it (as

@@ -12,7 +12,7 @@ import grpc
 from modelserve.channels import insecure_channel
 from modelserve.discovery import Discovery
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
-from registry.canary_gates import CanarySpec
+from registry.canary.gates import CanarySpec
 
 log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 2.0

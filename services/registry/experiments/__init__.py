@@ -1,0 +1,1 @@
+"""A/B experiments: their rules, always-valid statistics, store and RPCs."""

@@ -1,0 +1,1 @@
+"""Routing policies in the registry: their rules, the store methods and RPCs."""
