@@ -11,22 +11,29 @@ enters a lane, so a merged call only ever holds requests for one version.
 Rows are concatenated as raw bytes (the gateway never decodes tensors) and the response is cut
 back per request by rows. If a merged call is refused as INVALID_ARGUMENT, its requests are
 retried one by one so only the faulty one fails.
+
+A merged call runs in the context (trace, logs) of the oldest request it carries, its deadline
+is the latest of theirs, and it carries every member's ``x-request-id``, so each client's id
+reaches the router's and worker's logs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from modelserve.calls import Call
+from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.tensors import MERGED_REQUESTS_PARAMETER
 
-Forward = Callable[[pb.ModelInferRequest, float], Awaitable[pb.ModelInferResponse]]
+Forward = Callable[[pb.ModelInferRequest, Call], Awaitable[pb.ModelInferResponse]]
 LaneKey = tuple[object, ...]
 
 
@@ -34,8 +41,9 @@ LaneKey = tuple[object, ...]
 class _Item:
     request: pb.ModelInferRequest
     rows: int
-    deadline: float  # loop time
+    call: Call
     future: asyncio.Future[pb.ModelInferResponse]
+    context: contextvars.Context  # the caller's (its trace span), for a call made on its behalf
 
 
 @dataclass
@@ -78,22 +86,26 @@ class RequestMerger:
         self.merged_calls = 0  # calls that carried more than one request (for tests/metrics)
 
     async def infer(
-        self, request: pb.ModelInferRequest, version: int, max_rows: int, timeout: float
+        self, request: pb.ModelInferRequest, version: int, max_rows: int, call: Call
     ) -> pb.ModelInferResponse:
         key = lane_key(request, version) if max_rows > 0 else None
         if key is None:
-            return await self._forward(request, timeout)
+            return await self._forward(request, call)
         lane = self._lanes.setdefault(key, _Lane())
         if lane.in_flight < self._max_in_flight and not lane.pending:
             lane.in_flight += 1
             try:
-                return await self._forward(request, timeout)
+                return await self._forward(request, call)
             finally:
                 lane.in_flight -= 1
                 self._dispatch(key, lane, max_rows)
         loop = asyncio.get_running_loop()
         item = _Item(
-            request, request.inputs[0].shape[0], loop.time() + timeout, loop.create_future()
+            request,
+            request.inputs[0].shape[0],
+            call,
+            loop.create_future(),
+            contextvars.copy_context(),
         )
         lane.pending.append(item)
         if lane.in_flight < self._max_in_flight:
@@ -102,7 +114,6 @@ class RequestMerger:
 
     def _dispatch(self, key: LaneKey, lane: _Lane, max_rows: int) -> None:
         """Send what is queued, as one call per ``max_rows`` rows, while slots are free."""
-        now = asyncio.get_running_loop().time()
         while lane.pending and lane.in_flight < self._max_in_flight:
             batch: list[_Item] = []
             rows = 0
@@ -110,7 +121,7 @@ class RequestMerger:
                 item = lane.pending.popleft()
                 if item.future.done():
                     continue  # the caller went away
-                if item.deadline <= now:
+                if item.call.deadline.expired():
                     item.future.set_exception(
                         DeadlineExceededError("deadline exceeded while queued")
                     )
@@ -124,22 +135,25 @@ class RequestMerger:
                 else:
                     break
             lane.in_flight += 1
-            asyncio.get_running_loop().create_task(self._send(key, lane, batch, max_rows))
+            asyncio.get_running_loop().create_task(
+                self._send(key, lane, batch, max_rows), context=batch[0].context
+            )
         if not lane.pending and lane.in_flight == 0:
             self._lanes.pop(key, None)
 
     async def _send(self, key: LaneKey, lane: _Lane, batch: list[_Item], max_rows: int) -> None:
         try:
-            timeout = max(i.deadline for i in batch) - asyncio.get_running_loop().time()
             if len(batch) == 1:
-                await self._settle_one(batch[0], timeout)
+                await self._settle_one(batch[0])
                 return
             self.merged_calls += 1
             try:
-                response = await self._forward(merge_requests([i.request for i in batch]), timeout)
+                response = await self._forward(
+                    merge_requests([i.request for i in batch]), merged_call(batch)
+                )
             except InvalidArgumentError:
                 # One bad request must not fail its neighbours: retry each alone.
-                await asyncio.gather(*(self._settle_one(i, timeout) for i in batch))
+                await asyncio.gather(*(self._settle_one(i) for i in batch))
                 return
             except ModelServeError as exc:
                 for item in batch:
@@ -153,15 +167,26 @@ class RequestMerger:
             lane.in_flight -= 1
             self._dispatch(key, lane, max_rows)
 
-    async def _settle_one(self, item: _Item, timeout: float) -> None:
+    async def _settle_one(self, item: _Item) -> None:
         try:
-            result = await self._forward(item.request, timeout)
+            result = await self._forward(item.request, item.call)
         except ModelServeError as exc:
             if not item.future.done():
                 item.future.set_exception(exc)
             return
         if not item.future.done():
             item.future.set_result(result)
+
+
+def merged_call(batch: Sequence[_Item]) -> Call:
+    """The call a merged request makes: the latest deadline and every member's request id
+    (routing keys stay behind: the version is decided already)."""
+    ends = [i.call.deadline.at for i in batch]
+    deadline = Deadline(None if None in ends else max(e for e in ends if e is not None))
+    forwarded = tuple(
+        dict.fromkeys(kv for i in batch for kv in i.call.forwarded if kv[0] == "x-request-id")
+    )
+    return Call(deadline, forwarded)
 
 
 def merge_requests(requests: Sequence[pb.ModelInferRequest]) -> pb.ModelInferRequest:

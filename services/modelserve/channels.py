@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from modelserve.errors import DeadlineExceededError
 from modelserve.settings import MIB
 
 # RELIABILITY.md, "Keepalive, internal channels".
@@ -44,22 +43,6 @@ def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
 
 def insecure_channel(address: str, max_message_bytes: int = 64 * MIB) -> aio.Channel:
     return aio.insecure_channel(address, options=channel_options(max_message_bytes))
-
-
-def outbound_timeout(
-    context: aio.ServicerContext | None, default: float | None = None
-) -> float | None:
-    """Deadline for a call made while serving ``context``: what remains, less a per-hop margin.
-
-    Margin = max(2 ms, 5 %) (RELIABILITY.md). Raises DEADLINE_EXCEEDED when nothing is left.
-    """
-    remaining = context.time_remaining() if context is not None else None
-    if remaining is None:
-        return default
-    budget = remaining - max(0.002, remaining * 0.05)
-    if budget <= 0:
-        raise DeadlineExceededError("deadline exceeded before the request could be forwarded")
-    return budget
 
 
 log = logging.getLogger(__name__)

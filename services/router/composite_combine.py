@@ -61,9 +61,3 @@ def _same_shape(name: str, first: np.ndarray, other: np.ndarray) -> np.ndarray:
             f"members' output '{name}' differ in shape: {list(first.shape)} vs {list(other.shape)}"
         )
     return other
-
-
-def split_deadline(remaining: float, steps_left: int) -> float:
-    """The share of ``remaining`` seconds one of ``steps_left`` sequential steps may use:
-    an equal share, so an early slow step cannot starve every later one."""
-    return remaining / max(steps_left, 1)

@@ -10,44 +10,29 @@ of what remains when they start, so a slow early step cannot leave nothing for t
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
 
 import numpy as np
-from grpc import aio
 
+from modelserve.calls import Call
 from modelserve.catalog import composites
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.routing import routing_key_of
+from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
-from router.composite_combine import majority_vote, mean, split_deadline, stack
+from router.composite_combine import majority_vote, mean, stack
+from router.forwarding import ToVersion
 
-InferFn = Callable[
-    [pb.ModelInferRequest, registry_pb2.ModelVersion, aio.ServicerContext | None],
-    Awaitable[pb.ModelInferResponse],
-]
 Arrays = Mapping[str, np.ndarray]
 Combine = composites.Combine
 
 
-class _StepContext:
-    """The part of a servicer context an outbound call reads (``outbound_timeout``): the
-    time this step may use, not the whole request's."""
-
-    def __init__(self, deadline: float) -> None:
-        self._deadline = deadline
-
-    def time_remaining(self) -> float:
-        return max(self._deadline - time.monotonic(), 0.0)
-
-
 class CompositeExecutor:
     def __init__(
-        self, *, composites: CompositeCatalog, infer: InferFn, default_timeout: float
+        self, *, composites: CompositeCatalog, infer: ToVersion, default_timeout: float
     ) -> None:
         self._composites = composites
         self._infer = infer
@@ -90,9 +75,8 @@ class CompositeExecutor:
             )
 
     async def infer(
-        self, request: pb.ModelInferRequest, context: aio.ServicerContext
+        self, request: pb.ModelInferRequest, composite: composite_pb2.Composite, call: Call
     ) -> pb.ModelInferResponse:
-        composite = self._composites.get(request.model_name, request.model_version)
         signature = self._composites.signature(composite.name)
         arrays = decode_inputs(request)
         missing = [s.name for s in signature.inputs if s.name not in arrays]
@@ -101,10 +85,10 @@ class CompositeExecutor:
                 f"composite '{composite.name}' needs input '{missing[0]}' "
                 f"(inputs: {', '.join(s.name for s in signature.inputs)})"
             )
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + (self._default_timeout if remaining is None else remaining)
-        key = routing_key_of(request, context.invocation_metadata())
-        outputs = await self._run(composite, arrays, deadline, key)
+        if call.deadline.at is None:
+            call = call.with_deadline(Deadline.after(self._default_timeout))
+        key = routing_key_of(request, call.forwarded)
+        outputs = await self._run(composite, arrays, call, key)
         wanted = [o.name for o in request.outputs] or [s.name for s in signature.outputs]
         unknown = [n for n in wanted if n not in outputs]
         if unknown:
@@ -123,19 +107,19 @@ class CompositeExecutor:
         return response
 
     async def _run(
-        self, composite: composite_pb2.Composite, arrays: Arrays, deadline: float, key: str
+        self, composite: composite_pb2.Composite, arrays: Arrays, call: Call, key: str
     ) -> dict[str, np.ndarray]:
         if composite.WhichOneof("kind") == "chain":
-            return await self._chain(composite.chain, arrays, deadline, key)
-        return await self._ensemble(composite.ensemble, arrays, deadline, key)
+            return await self._chain(composite.chain, arrays, call, key)
+        return await self._ensemble(composite.ensemble, arrays, call, key)
 
     async def _ensemble(
-        self, ensemble: composite_pb2.Ensemble, arrays: Arrays, deadline: float, key: str
+        self, ensemble: composite_pb2.Ensemble, arrays: Arrays, call: Call, key: str
     ) -> dict[str, np.ndarray]:
         stacking = ensemble.combine == Combine.STACKING
-        members_deadline = _share(deadline, 2) if stacking else deadline
+        members_call = call.with_deadline(call.deadline.share(2)) if stacking else call
         results = await asyncio.gather(
-            *(self._call(m, arrays, members_deadline, key) for m in ensemble.members)
+            *(self._call(m, arrays, members_call, key) for m in ensemble.members)
         )
         if ensemble.combine == Combine.MEAN:
             return mean(results)
@@ -150,10 +134,10 @@ class CompositeExecutor:
         ]
         stacker = composites.member_signature(ensemble.stacker, self._composites)
         stacked = {stacker.inputs[0].name: stack(results, order)}
-        return await self._call(ensemble.stacker, stacked, deadline, key)
+        return await self._call(ensemble.stacker, stacked, call, key)
 
     async def _chain(
-        self, chain: composite_pb2.Chain, arrays: Arrays, deadline: float, key: str
+        self, chain: composite_pb2.Chain, arrays: Arrays, call: Call, key: str
     ) -> dict[str, np.ndarray]:
         produced: dict[str, Arrays] = {"": arrays}
         out: dict[str, np.ndarray] = {}
@@ -161,33 +145,28 @@ class CompositeExecutor:
             signature = composites.member_signature(step.model, self._composites)
             sources = composites.chain_sources(chain, i, [s.name for s in signature.inputs])
             inputs = {name: produced[s.step][s.tensor] for name, s in sources.items()}
-            out = await self._call(step.model, inputs, _share(deadline, len(chain.steps) - i), key)
+            step_call = call.with_deadline(call.deadline.share(len(chain.steps) - i))
+            out = await self._call(step.model, inputs, step_call, key)
             produced[composites.step_name(step)] = out
         return out
 
     async def _call(
-        self, ref: composite_pb2.ModelRef, arrays: Arrays, deadline: float, key: str
+        self, ref: composite_pb2.ModelRef, arrays: Arrays, call: Call, key: str
     ) -> dict[str, np.ndarray]:
-        if time.monotonic() >= deadline:
+        if call.deadline.expired():
             raise DeadlineExceededError(
                 f"deadline exceeded before composite member {composites.describe(ref)} ran"
             )
         nested = self._composites.composite(ref.model)
         if nested is not None:
-            return await self._run(nested, arrays, deadline, key)
+            return await self._run(nested, arrays, call, key)
         version = self._composites.catalog.route(
             ref.model, str(ref.version) if ref.version else "", ref.label, key
         )
         signature = composites.version_signature(version)
-        request = pb.ModelInferRequest(model_name=ref.model)
+        request = pb.ModelInferRequest(model_name=ref.model, model_version=str(version.version))
         encode_inputs(request, {s.name: arrays[s.name] for s in signature.inputs})
-        context = cast(Any, _StepContext(deadline))
-        return decode_outputs(await self._infer(request, version, context))
-
-
-def _share(deadline: float, steps_left: int) -> float:
-    now = time.monotonic()
-    return now + split_deadline(max(deadline - now, 0.0), steps_left)
+        return decode_outputs(await self._infer(request, version, call))
 
 
 def _vote_scores(result: Mapping[str, np.ndarray], vote_output: str) -> np.ndarray:

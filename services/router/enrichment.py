@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from grpc import aio
 
+from modelserve.calls import Call
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -105,7 +105,7 @@ class Enricher:
         self,
         request: pb.ModelInferRequest,
         version: registry_pb2.ModelVersion,
-        context: aio.ServicerContext | None,
+        call: Call,
     ) -> pb.ModelInferRequest:
         """The request the model runs on; ``request`` must match the caller's signature."""
         plan = self._plan_for(version)
@@ -123,7 +123,7 @@ class Enricher:
                     view,
                     plan.lookups[view],
                     [k for f in plan.fills if f.view == view for k in keys[f.entity_input]],
-                    context,
+                    call,
                 )
                 for view in views
             )

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import grpc
 import numpy as np
-from grpc import aio
 
+from modelserve.calls import Call, Hop
 from modelserve.channels import EndpointSet
 from modelserve.discovery import Discovery
 from modelserve.errors import (
@@ -25,12 +25,10 @@ from modelserve.errors import (
     UnavailableError,
     from_rpc_error,
 )
-from modelserve.metrics import FEATURE_CACHE_HITS, FEATURE_CACHE_MISSES, FEATURE_LOOKUP_SECONDS
 from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
 from modelserve.tensors import from_proto_tensor
-from modelserve.tracing import outbound_metadata
-from router.budget import Budget
 from router.feature_cache import FeatureCache, FeatureRow
+from router.metrics import FEATURE_CACHE_HITS, FEATURE_CACHE_MISSES, FEATURE_LOOKUP_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +46,23 @@ async def follow_feature_stores(discovery: Discovery, endpoints: EndpointSet) ->
 
 
 class FeatureClient:
-    def __init__(self, *, endpoints: EndpointSet, cache: FeatureCache, budget: Budget) -> None:
+    def __init__(self, *, endpoints: EndpointSet, cache: FeatureCache, budget_cap_s: float) -> None:
         self._endpoints = endpoints
         self._cache = cache
-        self._budget = budget
+        self._budget_cap_s = budget_cap_s
+        # No retry: the budget is too short for a second try; a slow store is ejected.
+        self._hop = Hop(
+            "feature store",
+            attempts=1,
+            eject_on=(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED),
+        )
 
     async def lookup(
         self,
         view: str,
         features: tuple[str, ...],
         keys: Sequence[str],
-        context: aio.ServicerContext | None,
+        call: Call,
     ) -> dict[str, FeatureRow]:
         """Each distinct key's row (one flat array per feature, in ``features`` order)."""
         rows: dict[str, FeatureRow] = {}
@@ -72,7 +76,7 @@ class FeatureClient:
         FEATURE_CACHE_HITS.labels(view).inc(len(rows))
         FEATURE_CACHE_MISSES.labels(view).inc(len(missing))
         if missing:
-            fetched = await self._fetch(view, features, missing, context)
+            fetched = await self._fetch(view, features, missing, call)
             self._cache.put_many(((view, features, k), row) for k, row in fetched.items())
             rows.update(fetched)
         return rows
@@ -82,32 +86,27 @@ class FeatureClient:
         view: str,
         features: tuple[str, ...],
         keys: list[str],
-        context: aio.ServicerContext | None,
+        call: Call,
     ) -> dict[str, FeatureRow]:
-        budget = self._budget.seconds(context)
+        budget = call.deadline.side_call(self._budget_cap_s)
         if budget < MIN_BUDGET_S:
             raise DeadlineExceededError("deadline exceeded before features could be looked up")
-        endpoint = self._endpoints.pick()
-        if endpoint is None:
-            raise UnavailableError("no feature store instance is available for enrichment")
-        stub = endpoint.stub(featurestore_pb2_grpc.FeatureStoreStub)
         request = featurestore_pb2.GetOnlineFeaturesRequest(
             view=view, features=features, entity_keys=keys
         )
         start = time.perf_counter()
-        endpoint.outstanding += 1
         try:
-            response = await stub.GetOnlineFeatures(
-                request, timeout=budget, metadata=outbound_metadata()
+            response = await self._hop.unary(
+                self._endpoints.pick,
+                lambda e: e.stub(featurestore_pb2_grpc.FeatureStoreStub).GetOnlineFeatures,
+                request,
+                call,
+                timeout=budget,
+                translate=lambda exc: _lookup_error(exc, view, budget),
+                none_left="no feature store instance is available for enrichment",
             )
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                endpoint.record_failure()
-            raise _lookup_error(exc, view, budget) from None
         finally:
-            endpoint.outstanding -= 1
             FEATURE_LOOKUP_SECONDS.labels(view).observe(time.perf_counter() - start)
-        endpoint.record_success()
         return _rows(response, view, features, keys)
 
 

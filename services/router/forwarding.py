@@ -1,79 +1,41 @@
-"""Forwarding one inference to a worker that holds the chosen version.
+"""Forwarding one inference to a worker that holds the decided version READY.
 
-On UNAVAILABLE (worker full, draining, or gone) the request is retried on a different worker
-while the caller's deadline allows: inference is idempotent. Anything else goes back to the
-caller with its status unchanged.
+The hop's rules are ``modelserve.calls.Hop``'s: on UNAVAILABLE (worker full, draining, or gone)
+the request is retried on a different worker while the deadline allows (inference is
+idempotent); anything else goes back to the caller with its status unchanged. The request
+already names the version (the hop that decided wrote it); nothing here rewrites it.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Awaitable, Callable
 
-import grpc
-from grpc import aio
-
-from modelserve.channels import Endpoint, outbound_timeout
-from modelserve.errors import UnavailableError, from_rpc_error
+from modelserve.calls import Call, Hop
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.tracing import outbound_metadata
 from router.workers import WorkerPool
 
-log = logging.getLogger(__name__)
+# Everything in the router that sends a request on to a version (the forwarder, the prediction
+# cache in front of it, lookups, composite members, shadow calls) has this shape.
+ToVersion = Callable[
+    [pb.ModelInferRequest, registry_pb2.ModelVersion, Call], Awaitable[pb.ModelInferResponse]
+]
 
 
 class Forwarder:
     def __init__(self, *, pool: WorkerPool, retry_attempts: int, default_timeout: float) -> None:
         self._pool = pool
-        self._retry_attempts = retry_attempts
-        self._default_timeout = default_timeout
+        self._hop = Hop("worker", attempts=1 + retry_attempts, default_timeout=default_timeout)
 
     async def infer(
-        self,
-        request: pb.ModelInferRequest,
-        version: registry_pb2.ModelVersion,
-        context: aio.ServicerContext | None,
+        self, request: pb.ModelInferRequest, version: registry_pb2.ModelVersion, call: Call
     ) -> pb.ModelInferResponse:
-        request.model_version = str(version.version)
-        tried: set[str] = set()
-        last: grpc.RpcError | None = None
-        for _attempt in range(1 + self._retry_attempts):
-            endpoint = self._pool.choose(version.model, version.version, tried)
-            if endpoint is None:
-                break
-            tried.add(endpoint.address)
-            try:
-                return await self._call(endpoint, request, context)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise from_rpc_error(exc, "worker") from None
-                endpoint.record_failure()
-                last = exc
-                log.info(
-                    "worker %s unavailable for %s v%d; trying another",
-                    endpoint.address,
-                    version.model,
-                    version.version,
-                )
-        if last is not None:
-            raise from_rpc_error(last, "worker") from None
-        raise UnavailableError(
-            f"no serving worker holds model '{version.model}' version {version.version} yet"
+        model, number = version.model, version.version
+        return await self._hop.unary(
+            lambda tried: self._pool.choose(model, number, tried),
+            lambda e: e.stub(pb_grpc.GRPCInferenceServiceStub).ModelInfer,
+            request,
+            call,
+            none_left=f"no serving worker holds model '{model}' version {number} yet",
         )
-
-    async def _call(
-        self, endpoint: Endpoint, request: pb.ModelInferRequest, context: aio.ServicerContext | None
-    ) -> pb.ModelInferResponse:
-        stub = endpoint.stub(pb_grpc.GRPCInferenceServiceStub)
-        endpoint.outstanding += 1
-        try:
-            response: pb.ModelInferResponse = await stub.ModelInfer(
-                request,
-                timeout=outbound_timeout(context, self._default_timeout),
-                metadata=outbound_metadata(),
-            )
-        finally:
-            endpoint.outstanding -= 1
-        endpoint.record_success()
-        return response

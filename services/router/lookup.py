@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from grpc import aio
 
+from modelserve.calls import Call, Hop
 from modelserve.catalog.lookups import STATUS_OUTPUT, is_lookup
 from modelserve.catalog.replica import Catalog
-from modelserve.channels import EndpointSet, outbound_timeout
+from modelserve.channels import EndpointSet
 from modelserve.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
-    UnavailableError,
+    ModelServeError,
     from_rpc_error,
 )
 from modelserve.proto.inference import grpc_service_pb2 as pb
@@ -42,8 +42,7 @@ from modelserve.tensors import (
     from_proto_tensor,
     validate_infer_request,
 )
-from modelserve.tracing import outbound_metadata
-from router.composite_executor import InferFn
+from router.forwarding import ToVersion
 
 DEFAULT_TIMEOUT_S = 5.0  # a caller without a deadline still gets an answer or an error
 
@@ -51,23 +50,29 @@ DEFAULT_TIMEOUT_S = 5.0  # a caller without a deadline still gets an answer or a
 class LookupAnswerer:
     def __init__(self, *, endpoints: EndpointSet) -> None:
         self._endpoints = endpoints
+        self._hop = Hop(
+            "feature store",
+            attempts=1,
+            default_timeout=DEFAULT_TIMEOUT_S,
+            eject_on=(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED),
+        )
 
     def ready(self) -> bool:
         """A lookup is ready while a feature store instance is known and not ejected."""
         return self._endpoints.pick() is not None
 
-    def or_forward(self, forward: InferFn) -> InferFn:
+    def or_forward(self, forward: ToVersion) -> ToVersion:
         """An infer function that answers lookups here and sends the rest to ``forward``:
         composite members are routed calls that skip the servicer's own branch."""
 
         async def infer(
             request: pb.ModelInferRequest,
             version: registry_pb2.ModelVersion,
-            context: aio.ServicerContext | None,
+            call: Call,
         ) -> pb.ModelInferResponse:
             if is_lookup(version):
-                return await self.infer(request, version, context)
-            return await forward(request, version, context)
+                return await self.infer(request, version, call)
+            return await forward(request, version, call)
 
         return infer
 
@@ -86,7 +91,7 @@ class LookupAnswerer:
         self,
         request: pb.ModelInferRequest,
         version: registry_pb2.ModelVersion,
-        context: aio.ServicerContext | None,
+        call: Call,
     ) -> pb.ModelInferResponse:
         lookup = version.config.lookup
         outputs = [_spec(s) for s in version.outputs]
@@ -97,7 +102,7 @@ class LookupAnswerer:
         keys = _entity_keys(lookup.entity_input, decode_inputs(request)[lookup.entity_input])
         distinct = list(dict.fromkeys(keys))
         features = list(dict.fromkeys(o.feature or o.name for o in lookup.outputs))
-        results = await self._fetch(lookup.view, features, distinct, context) if distinct else {}
+        results = await self._fetch(lookup.view, features, distinct, call) if distinct else {}
         rows = np.asarray(_positions(keys, distinct), dtype=np.int64)
         wanted = {o.name for o in request.outputs} or {s.name for s in outputs}
         arrays: dict[str, np.ndarray] = {}
@@ -125,34 +130,19 @@ class LookupAnswerer:
         view: str,
         features: list[str],
         keys: list[str],
-        context: aio.ServicerContext | None,
+        call: Call,
     ) -> dict[str, featurestore_pb2.FeatureResult]:
-        endpoint = self._endpoints.pick()
-        if endpoint is None:
-            raise UnavailableError(f"no feature store instance is available for view {view!r}")
-        timeout = outbound_timeout(context, DEFAULT_TIMEOUT_S)
-        stub = endpoint.stub(featurestore_pb2_grpc.FeatureStoreStub)
         request = featurestore_pb2.GetOnlineFeaturesRequest(
             view=view, features=features, entity_keys=keys
         )
-        endpoint.outstanding += 1
-        try:
-            reply = await stub.GetOnlineFeatures(
-                request, timeout=timeout, metadata=outbound_metadata()
-            )
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                endpoint.record_failure()
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                # The version names a view or feature the store lacks: not the caller's fault.
-                raise FailedPreconditionError(
-                    f"lookup from view {view!r} failed: {exc.details()}; fix the feature view "
-                    "or push a new lookup version"
-                ) from None
-            raise from_rpc_error(exc, "feature store") from None
-        finally:
-            endpoint.outstanding -= 1
-        endpoint.record_success()
+        reply = await self._hop.unary(
+            self._endpoints.pick,
+            lambda e: e.stub(featurestore_pb2_grpc.FeatureStoreStub).GetOnlineFeatures,
+            request,
+            call,
+            translate=lambda exc: _lookup_error(exc, view),
+            none_left=f"no feature store instance is available for view {view!r}",
+        )
         if len(reply.results) != len(features):
             raise FailedPreconditionError(
                 f"feature store answered {len(reply.results)} features of view {view!r}, "
@@ -215,3 +205,13 @@ def _entity_keys(name: str, values: np.ndarray) -> list[str]:
         except UnicodeDecodeError:
             raise InvalidArgumentError(f"input {name!r}: entity keys must be UTF-8 text") from None
     return [str(int(v)) for v in flat[:, 0]]
+
+
+def _lookup_error(exc: grpc.RpcError, view: str) -> ModelServeError:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        # The version names a view or feature the store lacks: not the caller's fault.
+        return FailedPreconditionError(
+            f"lookup from view {view!r} failed: {exc.details()}; fix the feature view "
+            "or push a new lookup version"
+        )
+    return from_rpc_error(exc, "feature store")

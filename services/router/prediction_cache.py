@@ -15,27 +15,22 @@ import asyncio
 import hashlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
-from grpc import aio
-
-from modelserve.metrics import (
+from modelserve.calls import Call
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.modelserve.v1 import registry_pb2
+from modelserve.tensors import MERGED_REQUESTS_PARAMETER
+from router.cache_backends import CacheBackend, CacheError
+from router.forwarding import ToVersion
+from router.metrics import (
     PREDICTION_CACHE_ERRORS,
     PREDICTION_CACHE_HITS,
     PREDICTION_CACHE_MISSES,
 )
-from modelserve.proto.inference import grpc_service_pb2 as pb
-from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.tensors import MERGED_REQUESTS_PARAMETER
-from router.budget import Budget
-from router.cache_backends import CacheBackend, CacheError
 
 log = logging.getLogger(__name__)
 
-Forward = Callable[
-    [pb.ModelInferRequest, registry_pb2.ModelVersion, aio.ServicerContext | None],
-    Awaitable[pb.ModelInferResponse],
-]
 
 # Parameters that do not change what is computed: the merged-request count only feeds the
 # worker's statistics; perf_analyzer's flag only matters to decoupled streams.
@@ -81,9 +76,9 @@ def _parameters(
 
 
 class PredictionCache:
-    def __init__(self, *, backend: CacheBackend, budget: Budget, max_value_bytes: int) -> None:
+    def __init__(self, *, backend: CacheBackend, budget_cap_s: float, max_value_bytes: int) -> None:
         self._backend = backend
-        self._budget = budget
+        self._budget_cap_s = budget_cap_s
         self._max_value_bytes = max_value_bytes
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -95,19 +90,19 @@ class PredictionCache:
         self,
         request: pb.ModelInferRequest,
         version: registry_pb2.ModelVersion,
-        context: aio.ServicerContext | None,
-        forward: Forward,
+        call: Call,
+        forward: ToVersion,
     ) -> pb.ModelInferResponse:
         labels = (version.model, str(version.version))
         key = await self._key(request, version)
-        cached = await self._get(key, context)
+        cached = await self._get(key, call)
         if cached is not None:
             response = pb.ModelInferResponse.FromString(cached)
             response.id = request.id  # the answer is shared; the id is the caller's
             PREDICTION_CACHE_HITS.labels(*labels).inc()
             return response
         PREDICTION_CACHE_MISSES.labels(*labels).inc()
-        response = await forward(request, version, context)
+        response = await forward(request, version, call)
         self._put_later(key, response, version.config.prediction_cache.ttl_seconds)
         return response
 
@@ -117,9 +112,9 @@ class PredictionCache:
             return cache_key(request, version)
         return await asyncio.to_thread(cache_key, request, version)
 
-    async def _get(self, key: str, context: aio.ServicerContext | None) -> bytes | None:
+    async def _get(self, key: str, call: Call) -> bytes | None:
         try:
-            return await self._backend.get(key, self._budget.seconds(context))
+            return await self._backend.get(key, call.deadline.side_call(self._budget_cap_s))
         except CacheError as exc:
             PREDICTION_CACHE_ERRORS.labels(self._backend.name, "get", exc.reason).inc()
             return None
@@ -143,7 +138,7 @@ class PredictionCache:
 
     async def _put(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
-            await self._backend.put(key, value, ttl_s, self._budget.cap_s)
+            await self._backend.put(key, value, ttl_s, self._budget_cap_s)
         except CacheError as exc:
             PREDICTION_CACHE_ERRORS.labels(self._backend.name, "put", exc.reason).inc()
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet
-from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.server import Runtime
-from router.budget import Budget
+from modelserve.v2.servicer import serve_v2
 from router.cache_backends import CacheBackend, LocalBackend, RedisBackend
 from router.composite_executor import CompositeExecutor
 from router.control_servicer import RouterControlServicer
+from router.dataplane import RouterDataPlane
 from router.enrichment import Enricher
 from router.feature_cache import FeatureCache
 from router.features import FeatureClient, follow_feature_stores
 from router.forwarding import Forwarder
-from router.inference_servicer import RouterInferenceServicer
 from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.settings import RouterSettings
@@ -25,7 +24,7 @@ from router.version_stats import VersionStats
 from router.workers import WorkerPool
 
 
-def _prediction_cache(settings: RouterSettings, budget: Budget) -> PredictionCache:
+def _prediction_cache(settings: RouterSettings) -> PredictionCache:
     backend: CacheBackend
     if settings.prediction_cache_redis_url:
         backend = RedisBackend(
@@ -38,7 +37,9 @@ def _prediction_cache(settings: RouterSettings, budget: Budget) -> PredictionCac
             max_bytes=settings.prediction_cache_max_bytes,
         )
     return PredictionCache(
-        backend=backend, budget=budget, max_value_bytes=settings.prediction_cache_max_value_bytes
+        backend=backend,
+        budget_cap_s=settings.feature_budget_seconds,
+        max_value_bytes=settings.prediction_cache_max_value_bytes,
     )
 
 
@@ -50,7 +51,6 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         retry_attempts=settings.retry_attempts,
         default_timeout=settings.default_timeout_seconds,
     )
-    budget = Budget(cap_s=settings.feature_budget_seconds)
     featurestores = EndpointSet()
     enricher = Enricher(
         features=FeatureClient(
@@ -59,10 +59,10 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
                 ttl_s=settings.feature_cache_ttl_seconds,
                 max_entries=settings.feature_cache_max_entries,
             ),
-            budget=budget,
+            budget_cap_s=settings.feature_budget_seconds,
         )
     )
-    predictions = _prediction_cache(settings, budget)
+    predictions = _prediction_cache(settings)
     composites = CompositeCatalog(runtime.discovery, catalog)
     shadow = ShadowMirror(
         catalog=catalog,
@@ -74,19 +74,20 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         max_timeout_s=settings.shadow_max_timeout_seconds,
     )
     version_stats = VersionStats()  # written by ModelInfer, read by RouterControl
-    runtime.add_service(
-        grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-        RouterInferenceServicer(
+    lookups = LookupAnswerer(endpoints=featurestores)
+    serve_v2(
+        runtime,
+        RouterDataPlane(
             catalog=catalog,
             pool=pool,
             forwarder=forwarder,
             enricher=enricher,
             predictions=predictions,
-            lookups=LookupAnswerer(endpoints=featurestores),
-            composites=CompositeExecutor(
+            lookups=lookups,
+            composites=composites,
+            executor=CompositeExecutor(
                 composites=composites,
-                infer=LookupAnswerer(endpoints=featurestores).or_forward(forwarder.infer),
+                infer=lookups.or_forward(forwarder.infer),
                 default_timeout=settings.default_timeout_seconds,
             ),
             shadow=shadow,

@@ -16,16 +16,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
 
 import grpc
-from grpc import aio
 from prometheus_client import Counter
 
+from modelserve.calls import Call
 from modelserve.catalog.replica import Catalog, resolve_version
+from modelserve.deadlines import Deadline
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
+from router.forwarding import ToVersion
 from router.shadow_stats import ShadowStats, compare_outputs
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,8 @@ SHADOW_DROPPED = Counter(
     ["model"],
 )
 
-Infer = Callable[
-    [pb.ModelInferRequest, registry_pb2.ModelVersion, aio.ServicerContext | None],
-    Awaitable[pb.ModelInferResponse],
-]
 Enrich = Callable[
-    [pb.ModelInferRequest, registry_pb2.ModelVersion, aio.ServicerContext | None],
-    Awaitable[pb.ModelInferRequest],
+    [pb.ModelInferRequest, registry_pb2.ModelVersion, Call], Awaitable[pb.ModelInferRequest]
 ]
 
 
@@ -61,26 +57,12 @@ class Target:
     tolerance: float
 
 
-class _Deadline:
-    """What the forwarder and the enricher read of a servicer context: here the shadow
-    call's own deadline, which has nothing to do with the caller's."""
-
-    def __init__(self, seconds: float) -> None:
-        self._end = time.monotonic() + seconds
-
-    def time_remaining(self) -> float:
-        return max(0.0, self._end - time.monotonic())
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-
 class ShadowMirror:
     def __init__(
         self,
         *,
         catalog: Catalog,
-        infer: Infer,
+        infer: ToVersion,
         enrich: Enrich,
         stats: ShadowStats | None = None,
         max_in_flight: int = 64,
@@ -161,18 +143,20 @@ class ShadowMirror:
         key = (primary.model, primary.version, shadow.version)
         labels = (primary.model, str(primary.version), str(shadow.version))
         timeout = self.timeout_for(primary_s)
-        context = cast(aio.ServicerContext, cast(Any, _Deadline(timeout)))
+        # The shadow call's own deadline, which has nothing to do with the caller's.
+        call = Call(Deadline.after(timeout))
         request = pb.ModelInferRequest()
         # The shadow fills its own features; a shadow without any takes the model inputs the
         # primary's enrichment produced (the caller's request holds only entity keys then).
         request.CopyFrom(caller if shadow.config.feature_inputs else sent)
+        request.model_version = str(shadow.version)  # a copy, decided here for the shadow
         started = time.perf_counter()
         try:
             # The hard stop covers what the deadline does not (a retry, a slow enrichment).
             async with asyncio.timeout(timeout):
                 if shadow.config.feature_inputs:
-                    request = await self._enrich(request, shadow, context)
-                reply = await self._infer(request, shadow, context)
+                    request = await self._enrich(request, shadow, call)
+                reply = await self._infer(request, shadow, call)
         except TimeoutError:
             self._failed(key, labels, timeout=True)
             return

@@ -34,15 +34,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelserve.deadlines import Deadline
 from modelserve.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     ModelServeError,
     UnavailableError,
 )
-from modelserve.metrics import BATCH_SIZE, QUEUE_SECONDS
+from worker.metrics import BATCH_SIZE, QUEUE_SECONDS
 from worker.sessions import ModelSession
 from worker.stats import VersionStats
+
+NO_DEADLINE = Deadline()
 
 # (sorted (input name, dtype, non-batch dims)), requested outputs ((): all of them)
 Key = tuple[tuple[tuple[str, str, tuple[int, ...]], ...], tuple[str, ...]]
@@ -126,11 +129,11 @@ class DynamicBatcher:
         self,
         inputs: Mapping[str, np.ndarray],
         output_names: Sequence[str] | None = None,
-        deadline: float | None = None,
+        deadline: Deadline = NO_DEADLINE,
     ) -> Result:
         """Queue one item and wait for its share of a batched run.
 
-        ``deadline`` is in event-loop time (``loop.time()``); None waits as long as it takes.
+        ``deadline`` is the caller's; without one an item waits as long as it takes.
         Raises InvalidArgumentError for an item that cannot be batched, UnavailableError when
         the queue is full or the version is closed, DeadlineExceededError when the deadline
         passes before the item runs, and whatever the model run raised.
@@ -140,7 +143,7 @@ class DynamicBatcher:
         rows = self._rows_of(inputs)
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if deadline is not None and deadline <= now:
+        if deadline.expired():
             raise DeadlineExceededError(f"the deadline passed before {self._label} queued it")
         if self._waiting >= self._max_queue:
             raise UnavailableError(
@@ -151,7 +154,9 @@ class DynamicBatcher:
             tuple(sorted((n, a.dtype.str, tuple(a.shape[1:])) for n, a in inputs.items())),
             tuple(output_names or ()),
         )
-        item = _Item(inputs, rows, key, deadline, now, time.perf_counter_ns(), loop.create_future())
+        remaining = deadline.remaining()
+        at = None if remaining is None else now + remaining  # timers run on the loop's clock
+        item = _Item(inputs, rows, key, at, now, time.perf_counter_ns(), loop.create_future())
         self._queues.setdefault(key, deque()).append(item)
         self._waiting += 1
         self._pump()
@@ -159,8 +164,8 @@ class DynamicBatcher:
             # RELIABILITY.md queue-wait policy: waiting longer than min(deadline, max wait) is
             # UNAVAILABLE (retry elsewhere) unless it is the caller's deadline that ran out.
             policy_end = now + self._max_wait
-            if deadline is not None and deadline <= policy_end:
-                item.expiry = loop.call_at(deadline, self._expire, item)
+            if at is not None and at <= policy_end:
+                item.expiry = loop.call_at(at, self._expire, item)
             else:
                 item.expiry = loop.call_at(policy_end, self._expire_wait, item)
         try:

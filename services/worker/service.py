@@ -7,15 +7,15 @@ from pathlib import Path
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow
-from modelserve.proto.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 from modelserve.server import Runtime
+from modelserve.v2.servicer import serve_v2
 from worker.artifacts import ArtifactCache
 from worker.control_servicer import WorkerControlServicer
+from worker.dataplane import WorkerDataPlane
 from worker.loader import ModelManager
 from worker.settings import WorkerSettings
 from worker.status import StatusBroadcaster
-from worker.worker_servicer import WorkerInferenceServicer
 
 META_VALUE_LIMIT = 512  # Consul's limit on one meta value
 
@@ -55,10 +55,9 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         pinned=composites.pinned_versions,
     )
     composites.on_change(manager.reconcile)
-    runtime.add_service(
-        grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
-        WorkerInferenceServicer(
+    serve_v2(
+        runtime,
+        WorkerDataPlane(
             catalog=catalog, manager=manager, min_budget_s=settings.min_budget_ms / 1000
         ),
     )

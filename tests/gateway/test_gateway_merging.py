@@ -5,11 +5,14 @@ async function doing real tensor work (no mocks): it doubles FP32 inputs and ech
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import numpy as np
 import pytest
 
 from gateway.merging import RequestMerger, lane_key
+from modelserve.calls import Call
+from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
@@ -20,6 +23,7 @@ class Upstream:
 
     def __init__(self, gated: bool = False) -> None:
         self.calls: list[pb.ModelInferRequest] = []
+        self.call_contexts: list[tuple[Call, str]] = []
         self.gate = asyncio.Event()
         self._arrived = asyncio.Condition()
         if not gated:
@@ -30,10 +34,9 @@ class Upstream:
         async with self._arrived:
             await self._arrived.wait_for(lambda: len(self.calls) >= calls)
 
-    async def __call__(
-        self, request: pb.ModelInferRequest, timeout: float
-    ) -> pb.ModelInferResponse:
+    async def __call__(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         self.calls.append(request)
+        self.call_contexts.append((call, CALLER.get()))
         async with self._arrived:
             self._arrived.notify_all()
         await self.gate.wait()
@@ -48,6 +51,13 @@ class Upstream:
         return response
 
 
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+
+def within(seconds: float, request_id: str = "") -> Call:
+    return Call(Deadline.after(seconds), (("x-request-id", request_id),) if request_id else ())
+
+
 def make(x: np.ndarray, rid: str, name: str = "x") -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="m", model_version="3", id=rid)
     encode_inputs(request, {name: x})
@@ -58,7 +68,7 @@ async def test_single_request_travels_alone_and_unchanged() -> None:
     upstream = Upstream()
     merger = RequestMerger(forward=upstream, max_in_flight=2)
     request = make(np.ones((1, 4), np.float32), "a")
-    response = await merger.infer(request, 3, 64, 5.0)
+    response = await merger.infer(request, 3, 64, within(5.0))
     assert upstream.calls == [request]
     np.testing.assert_array_equal(decode_outputs(response)["x_out"], np.full((1, 4), 2.0))
 
@@ -68,7 +78,8 @@ async def test_concurrent_requests_merge_and_split_back_per_request() -> None:
     merger = RequestMerger(forward=upstream, max_in_flight=2)
     rows = [np.full((1 + i % 3, 4), float(i), np.float32) for i in range(10)]
     tasks = [
-        asyncio.create_task(merger.infer(make(r, f"r{i}"), 3, 64, 5.0)) for i, r in enumerate(rows)
+        asyncio.create_task(merger.infer(make(r, f"r{i}"), 3, 64, within(5.0)))
+        for i, r in enumerate(rows)
     ]
     await upstream.until(2)
     upstream.gate.set()
@@ -83,13 +94,15 @@ async def test_concurrent_requests_merge_and_split_back_per_request() -> None:
 async def test_different_layouts_and_versions_never_share_a_call() -> None:
     upstream = Upstream(gated=True)
     merger = RequestMerger(forward=upstream, max_in_flight=1)
-    blocker = asyncio.create_task(merger.infer(make(np.ones((1, 4), np.float32), "b"), 3, 64, 5))
+    blocker = asyncio.create_task(
+        merger.infer(make(np.ones((1, 4), np.float32), "b"), 3, 64, within(5))
+    )
     await upstream.until(1)
     jobs = [
-        merger.infer(make(np.ones((1, 4), np.float32), "a1"), 3, 64, 5),
-        merger.infer(make(np.ones((1, 5), np.float32), "wide"), 3, 64, 5),  # other dims
-        merger.infer(make(np.ones((1, 4), np.float32), "v4"), 4, 64, 5),  # other version
-        merger.infer(make(np.ones((1, 4), np.float32), "a2"), 3, 64, 5),
+        merger.infer(make(np.ones((1, 4), np.float32), "a1"), 3, 64, within(5)),
+        merger.infer(make(np.ones((1, 5), np.float32), "wide"), 3, 64, within(5)),  # other dims
+        merger.infer(make(np.ones((1, 4), np.float32), "v4"), 4, 64, within(5)),  # other version
+        merger.infer(make(np.ones((1, 4), np.float32), "a2"), 3, 64, within(5)),
     ]
     tasks = [asyncio.create_task(j) for j in jobs]
     for _ in range(10):
@@ -106,13 +119,19 @@ async def test_different_layouts_and_versions_never_share_a_call() -> None:
 async def test_bad_request_in_a_merge_fails_alone() -> None:
     upstream = Upstream(gated=True)
     merger = RequestMerger(forward=upstream, max_in_flight=1)
-    first = asyncio.create_task(merger.infer(make(np.ones((1, 2), np.float32), "0"), 3, 64, 5))
+    first = asyncio.create_task(
+        merger.infer(make(np.ones((1, 2), np.float32), "0"), 3, 64, within(5))
+    )
     await upstream.until(1)
     good = [
-        asyncio.create_task(merger.infer(make(np.ones((1, 2), np.float32), f"g{i}"), 3, 64, 5))
+        asyncio.create_task(
+            merger.infer(make(np.ones((1, 2), np.float32), f"g{i}"), 3, 64, within(5))
+        )
         for i in range(3)
     ]
-    bad = asyncio.create_task(merger.infer(make(-np.ones((1, 2), np.float32), "bad"), 3, 64, 5))
+    bad = asyncio.create_task(
+        merger.infer(make(-np.ones((1, 2), np.float32), "bad"), 3, 64, within(5))
+    )
     for _ in range(10):
         await asyncio.sleep(0)
     upstream.gate.set()
@@ -126,9 +145,13 @@ async def test_bad_request_in_a_merge_fails_alone() -> None:
 async def test_request_whose_deadline_passes_while_queued_is_never_sent() -> None:
     upstream = Upstream(gated=True)
     merger = RequestMerger(forward=upstream, max_in_flight=1)
-    first = asyncio.create_task(merger.infer(make(np.ones((1, 2), np.float32), "0"), 3, 64, 5))
+    first = asyncio.create_task(
+        merger.infer(make(np.ones((1, 2), np.float32), "0"), 3, 64, within(5))
+    )
     await upstream.until(1)
-    late = asyncio.create_task(merger.infer(make(np.ones((1, 2), np.float32), "late"), 3, 64, 0.01))
+    late = asyncio.create_task(
+        merger.infer(make(np.ones((1, 2), np.float32), "late"), 3, 64, within(0.01))
+    )
     await asyncio.sleep(0.05)
     upstream.gate.set()
     await first
@@ -144,10 +167,10 @@ async def test_bytes_outputs_are_cut_by_elements() -> None:
         np.array([[b"a", b"bb"]], dtype=object),
         np.array([[b"", b"ccc"], [b"d", b"ee"]], dtype=object),
     ]
-    first = asyncio.create_task(merger.infer(make(texts[0], "t0", "s"), 3, 64, 5))
+    first = asyncio.create_task(merger.infer(make(texts[0], "t0", "s"), 3, 64, within(5)))
     await upstream.until(1)
     rest = [
-        asyncio.create_task(merger.infer(make(t, f"t{i}", "s"), 3, 64, 5))
+        asyncio.create_task(merger.infer(make(t, f"t{i}", "s"), 3, 64, within(5)))
         for i, t in enumerate(texts)
     ]
     for _ in range(10):
@@ -170,3 +193,28 @@ def test_typed_or_parameterised_requests_are_not_mergeable() -> None:
     perf_analyzer_style = make(np.ones((1, 1), np.float32), "pa")
     perf_analyzer_style.parameters["triton_enable_empty_final_response"].bool_param = True
     assert lane_key(perf_analyzer_style, 1) is not None
+
+
+async def test_merged_call_runs_in_the_oldest_callers_context_with_every_request_id() -> None:
+    """The trace parent of a merged call is the oldest request's (not whichever call happened
+    to finish last), and each client's x-request-id travels on."""
+    upstream = Upstream(gated=True)
+    merger = RequestMerger(forward=upstream, max_in_flight=1)
+
+    async def caller(name: str) -> pb.ModelInferResponse:
+        CALLER.set(name)  # stands for the caller's span in contextvars
+        request = make(np.ones((1, 2), np.float32), name)
+        return await merger.infer(request, 3, 64, within(5, request_id=f"id-{name}"))
+
+    first = asyncio.create_task(caller("first"))
+    await upstream.until(1)
+    queued = [asyncio.create_task(caller(f"q{i}")) for i in range(3)]
+    await asyncio.sleep(0)  # let them queue behind the call in flight
+    await asyncio.sleep(0)
+    upstream.gate.set()
+    await asyncio.gather(first, *queued)
+    assert len(upstream.calls) == 2
+    merged_call, context_name = upstream.call_contexts[1]
+    assert context_name == "q0", "a merged call must run in its oldest request's context"
+    assert merged_call.request_ids() == ["id-q0", "id-q1", "id-q2"]
+    assert upstream.call_contexts[0][1] == "first"

@@ -190,10 +190,8 @@ def test_majority_vote_breaks_ties_to_the_lowest_class() -> None:
     assert votes.dtype == np.int64 and votes.tolist() == [[0], [2], [0]]
 
 
-def test_stack_concatenates_members_in_order_and_split_deadline_shares() -> None:
+def test_stack_concatenates_members_in_order() -> None:
     a = {"p": np.array([[1.0], [2.0]]), "q": np.array([[3.0], [4.0]])}
     b = {"p": np.array([[5.0], [6.0]])}
     out = combine.stack([a, b], [["q", "p"], ["p"]])
     assert out.tolist() == [[3.0, 1.0, 5.0], [4.0, 2.0, 6.0]]
-    assert combine.split_deadline(9.0, 3) == 3.0
-    assert combine.split_deadline(9.0, 0) == 9.0

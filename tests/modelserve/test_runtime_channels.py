@@ -19,9 +19,9 @@ from modelserve.channels import (
     Endpoint,
     EndpointSet,
     insecure_channel,
-    outbound_timeout,
     pick,
 )
+from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
@@ -163,10 +163,10 @@ async def test_endpoint_set_follows_addresses() -> None:
 
 
 class BudgetServicer(router_pb2_grpc.RouterControlServicer):
-    """Resolve answers with the remaining time and the budget outbound_timeout computed.
+    """Resolve answers with the remaining time and the budget Deadline.for_hop computed.
 
     ``model == "default"`` passes a default of 3 s; ``model == "exhaust"`` keeps asking until
-    outbound_timeout refuses, and records what it raised.
+    Deadline.for_hop refuses, and records what it raised.
     """
 
     def __init__(self) -> None:
@@ -178,13 +178,13 @@ class BudgetServicer(router_pb2_grpc.RouterControlServicer):
         if request.model == "exhaust":
             while True:
                 try:
-                    outbound_timeout(context)
+                    Deadline.of(context).for_hop()
                 except DeadlineExceededError as exc:
                     self.raised.append(exc)
                     raise
                 await asyncio.sleep(0)
         remaining = context.time_remaining()
-        budget = outbound_timeout(context, 3.0 if request.model == "default" else None)
+        budget = Deadline.of(context).for_hop(3.0 if request.model == "default" else None)
         return router_pb2.ResolveResponse(model=repr(remaining), reason=repr(budget))
 
 
@@ -203,7 +203,7 @@ async def budget_server() -> AsyncIterator[
 
 
 @pytest.mark.parametrize("timeout", [10.0, 0.5])
-async def test_outbound_timeout_keeps_a_margin_of_the_remaining_deadline(
+async def test_hop_timeouts_keep_a_margin_of_the_remaining_deadline(
     budget_server: tuple[BudgetServicer, router_pb2_grpc.RouterControlStub], timeout: float
 ) -> None:
     _, stub = budget_server
@@ -248,7 +248,7 @@ async def test_no_budget_left_raises_deadline_exceeded(
             await stub.Resolve(router_pb2.ResolveRequest(model="exhaust"), timeout=0.2)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The handler races the caller's own deadline timer; a lost race is tried again.
-        assert servicer.raised, "the call was cancelled before outbound_timeout refused"
+        assert servicer.raised, "the call was cancelled before Deadline.for_hop refused"
 
     await eventually(attempt)
     raised = servicer.raised[0]

@@ -42,7 +42,7 @@ class Inference(pb_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        return stream_infer(request_iterator, context, self.ModelInfer)
+        return stream_infer(request_iterator, lambda r: self.ModelInfer(r, context))
 
 
 @pytest.fixture

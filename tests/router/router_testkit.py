@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 from grpc import aio
 
+from modelserve.calls import Call
+from modelserve.deadlines import Deadline
 from modelserve.proto.modelserve.v1 import (
     common_pb2,
     featurestore_pb2,
@@ -113,11 +115,6 @@ class FakeClock:
         return self.now
 
 
-@dataclass
-class FakeContext:
-    """What the router reads from a servicer context: the caller's remaining deadline."""
-
-    remaining: float | None
-
-    def time_remaining(self) -> float | None:
-        return self.remaining
+def call_within(remaining: float | None) -> Call:
+    """A request in flight with ``remaining`` seconds of deadline (None: no deadline)."""
+    return Call(Deadline.after(remaining))

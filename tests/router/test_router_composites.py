@@ -4,31 +4,18 @@ the remaining deadline, nested composites run, and the answer is the composite's
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
 
 import numpy as np
-from grpc import aio
 
+from modelserve.calls import Call
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
+from modelserve.deadlines import Deadline
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import common_pb2, composite_pb2, registry_pb2
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
 from router.composite_executor import CompositeExecutor
-
-
-class Context:
-    """What the executor reads of a servicer context."""
-
-    def __init__(self, remaining: float) -> None:
-        self.remaining = remaining
-
-    def time_remaining(self) -> float:
-        return self.remaining
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
 
 
 class AddOne:
@@ -42,10 +29,10 @@ class AddOne:
         self,
         request: pb.ModelInferRequest,
         version: registry_pb2.ModelVersion,
-        context: aio.ServicerContext | None,
+        call: Call,
     ) -> pb.ModelInferResponse:
-        assert context is not None
-        self.budgets.append(context.time_remaining() or 0.0)
+        self.budgets.append(call.deadline.remaining() or 0.0)
+        assert request.model_version == str(version.version), "member calls name their version"
         self.models.append(f"{version.model}:{version.version}")
         response = pb.ModelInferResponse(model_name=version.model)
         encode_outputs(response, {"x": decode_inputs(request)["x"] + 1})
@@ -87,11 +74,12 @@ def catalogs() -> CompositeCatalog:
 
 
 def infer(name: str, remaining: float, fake: AddOne) -> dict[str, np.ndarray]:
-    executor = CompositeExecutor(composites=catalogs(), infer=fake, default_timeout=5.0)
+    composites = catalogs()
+    executor = CompositeExecutor(composites=composites, infer=fake, default_timeout=5.0)
     request = pb.ModelInferRequest(model_name=name)
     encode_inputs(request, {"x": np.array([[1.0], [2.0]], np.float32)})
-    context = cast(aio.ServicerContext, cast(Any, Context(remaining)))
-    response = asyncio.run(executor.infer(request, context))
+    call = Call(Deadline.after(remaining))
+    response = asyncio.run(executor.infer(request, composites.get(name), call))
     assert response.model_name == name
     return decode_outputs(response)
 

@@ -13,14 +13,15 @@ import pytest
 from prometheus_client import REGISTRY
 from router_testkit import (
     FakeClock,
-    FakeContext,
     FakeFeatureStore,
     FakeStoreServer,
     FakeView,
+    call_within,
     spec,
     version,
 )
 
+from modelserve.calls import Call
 from modelserve.channels import EndpointSet
 from modelserve.errors import (
     DeadlineExceededError,
@@ -37,7 +38,6 @@ from modelserve.tensors import (
     encode_inputs_typed,
 )
 from modelserve.v2 import metadata as v2_metadata
-from router.budget import Budget
 from router.enrichment import Enricher
 from router.feature_cache import FeatureCache
 from router.features import FeatureClient
@@ -77,7 +77,7 @@ class Kit:
         self.clock = FakeClock()
         self.cache = FeatureCache(ttl_s=1.0, max_entries=100, clock=self.clock)
         self.enricher = Enricher(
-            features=FeatureClient(endpoints=endpoints, cache=self.cache, budget=Budget())
+            features=FeatureClient(endpoints=endpoints, cache=self.cache, budget_cap_s=0.05)
         )
 
 
@@ -115,7 +115,7 @@ def counter(name: str, view: str) -> float:
 async def test_a_merged_batch_is_one_lookup_and_its_rows_are_assembled_in_order(kit: Kit) -> None:
     sent = request(["a", "b", "a", "ghost"], [1.0, 2.0, 3.0, 4.0])
     sent.parameters[MERGED_REQUESTS_PARAMETER].int64_param = 4
-    enriched = await kit.enricher.enrich(sent, SCORER, None)
+    enriched = await kit.enricher.enrich(sent, SCORER, Call())
 
     (call,) = kit.store.calls
     assert (call.view, list(call.features)) == ("users", ["spend", "history"])
@@ -137,20 +137,20 @@ async def test_the_feature_cache_answers_within_its_ttl_and_counts(kit: Kit) -> 
         counter("modelserve_feature_cache_hits_total", "users"),
         counter("modelserve_feature_cache_misses_total", "users"),
     )
-    first = await kit.enricher.enrich(request(["a", "b", "a"]), SCORER, None)
+    first = await kit.enricher.enrich(request(["a", "b", "a"]), SCORER, Call())
     assert counter("modelserve_feature_cache_misses_total", "users") == misses + 2
-    again = await kit.enricher.enrich(request(["b", "a"]), SCORER, None)
+    again = await kit.enricher.enrich(request(["b", "a"]), SCORER, Call())
     assert len(kit.store.calls) == 1  # both rows came from the cache
     assert counter("modelserve_feature_cache_hits_total", "users") == hits + 2
     assert decode_inputs(again)["user_features"].tolist() == [
         decode_inputs(first)["user_features"][i].tolist() for i in (1, 0)
     ]
 
-    await kit.enricher.enrich(request(["a", "new"]), SCORER, None)
+    await kit.enricher.enrich(request(["a", "new"]), SCORER, Call())
     assert list(kit.store.calls[-1].entity_keys) == ["new"]  # only the miss goes out
 
     kit.clock.now += 1.01  # past the TTL: asked again
-    await kit.enricher.enrich(request(["a"]), SCORER, None)
+    await kit.enricher.enrich(request(["a"]), SCORER, Call())
     assert list(kit.store.calls[-1].entity_keys) == ["a"]
     assert len(kit.store.calls) == 3
 
@@ -183,7 +183,7 @@ async def test_one_lookup_per_view_and_entity_inputs_the_model_takes_are_kept(ki
             "merchant": np.array([[b"m1"], [b"m2"]], np.object_),
         },
     )
-    enriched = await kit.enricher.enrich(sent, two_views, None)
+    enriched = await kit.enricher.enrich(sent, two_views, Call())
     calls = {c.view: c for c in kit.store.calls}
     assert len(kit.store.calls) == 2  # users once for both of its model inputs
     assert list(calls["users"].entity_keys) == ["7", "-3"]  # integers as base-10 text
@@ -205,7 +205,7 @@ async def test_typed_contents_are_forwarded_as_raw(kit: Kit) -> None:
             "user_id": np.array([[b"b"]], np.object_),
         },
     )
-    enriched = await kit.enricher.enrich(sent, SCORER, None)
+    enriched = await kit.enricher.enrich(sent, SCORER, Call())
     assert len(enriched.raw_input_contents) == len(enriched.inputs) == 2
     got = decode_inputs(enriched)
     np.testing.assert_array_equal(got["amount"], [[4.0]])
@@ -216,7 +216,7 @@ async def test_callers_mistakes_are_invalid_argument(kit: Kit) -> None:
     missing = pb.ModelInferRequest(model_name="scorer")
     encode_inputs(missing, {"amount": np.ones((1, 1), np.float32)})
     with pytest.raises(InvalidArgumentError, match="missing input 'user_id'"):
-        await kit.enricher.enrich(missing, SCORER, None)
+        await kit.enricher.enrich(missing, SCORER, Call())
     with pytest.raises(InvalidArgumentError, match="unknown input 'user_features'"):
         await kit.enricher.enrich(
             request(["a"], user_features=np.ones((1, 3), np.float32)), SCORER, None
@@ -230,7 +230,7 @@ async def test_callers_mistakes_are_invalid_argument(kit: Kit) -> None:
                 "user_id": np.array([[b"\xff\xfe"]], np.object_),
             },
         )
-        await kit.enricher.enrich(bad, SCORER, None)
+        await kit.enricher.enrich(bad, SCORER, Call())
     assert not kit.store.calls
 
 
@@ -243,41 +243,40 @@ async def test_store_side_faults_name_what_to_fix(kit: Kit) -> None:
     with pytest.raises(
         FailedPreconditionError, match=r"4 wide .* sum to 3 \(spend: 1, history: 2\)"
     ):
-        await kit.enricher.enrich(request(["a"]), narrow, None)
+        await kit.enricher.enrich(request(["a"]), narrow, Call())
     unknown = version(
         inputs=[spec("amount", "FP32", [-1, 1]), spec("user_features", "FP32", [-1, 3])],
         feature_inputs=[users_input(view="visitors")],
         number=3,
     )
     with pytest.raises(FailedPreconditionError, match="view 'visitors'"):
-        await kit.enricher.enrich(request(["a"]), unknown, None)
+        await kit.enricher.enrich(request(["a"]), unknown, Call())
 
 
 async def test_a_slow_store_fails_fast_within_the_budget(kit: Kit) -> None:
     kit.store.delay_s = 0.5
     with pytest.raises(UnavailableError, match="within the 20 ms feature budget"):
         # 100 ms left: the lookup may take 20 % of it.
-        await kit.enricher.enrich(request(["a"]), SCORER, FakeContext(0.1))
+        await kit.enricher.enrich(request(["a"]), SCORER, call_within(0.1))
     with pytest.raises(DeadlineExceededError):
-        await kit.enricher.enrich(request(["b"]), SCORER, FakeContext(0.001))
+        await kit.enricher.enrich(request(["b"]), SCORER, call_within(0.001))
 
 
 async def test_no_store_is_unavailable() -> None:
     enricher = Enricher(
         features=FeatureClient(
-            endpoints=EndpointSet(), cache=FeatureCache(ttl_s=1, max_entries=10), budget=Budget()
+            endpoints=EndpointSet(), cache=FeatureCache(ttl_s=1, max_entries=10), budget_cap_s=0.05
         )
     )
     with pytest.raises(UnavailableError, match="no feature store"):
-        await enricher.enrich(request(["a"]), SCORER, None)
+        await enricher.enrich(request(["a"]), SCORER, Call())
 
 
 def test_the_budget_is_min_of_50_ms_and_a_fifth_of_what_remains() -> None:
-    budget = Budget()
-    assert budget.seconds(None) == 0.05
-    assert budget.seconds(FakeContext(None)) == 0.05
-    assert budget.seconds(FakeContext(2.0)) == 0.05
-    assert budget.seconds(FakeContext(0.1)) == pytest.approx(0.02)
+    assert Call().deadline.side_call() == 0.05
+    assert call_within(None).deadline.side_call() == 0.05
+    assert call_within(2.0).deadline.side_call() == 0.05
+    assert call_within(0.1).deadline.side_call() == pytest.approx(0.02, abs=1e-3)
 
 
 def test_the_feature_cache_is_bounded_least_recently_used_first() -> None:
@@ -313,10 +312,10 @@ async def test_keys_the_store_refuses_are_the_callers_mistake(kit: Kit) -> None:
         number=4,
     )
     with pytest.raises(InvalidArgumentError, match=r"view 'accounts'.*'abc'"):
-        await kit.enricher.enrich(request(["12", "abc"]), accounts, None)
+        await kit.enricher.enrich(request(["12", "abc"]), accounts, Call())
 
 
 async def test_an_empty_batch_needs_no_lookup(kit: Kit) -> None:
-    enriched = await kit.enricher.enrich(request([]), SCORER, None)
+    enriched = await kit.enricher.enrich(request([]), SCORER, Call())
     assert not kit.store.calls
     assert decode_inputs(enriched)["user_features"].shape == (0, 3)

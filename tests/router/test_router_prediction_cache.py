@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 from router_testkit import FakeClock, spec, version
 
+from modelserve.calls import Call
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tensors import MERGED_REQUESTS_PARAMETER, encode_inputs, encode_outputs
-from router.budget import Budget
 from router.cache_backends import CacheError, LocalBackend, RedisBackend, RedisClientConfig
 from router.prediction_cache import PredictionCache, cache_key
 
@@ -86,22 +86,22 @@ async def test_a_hit_never_reaches_the_worker_and_carries_the_callers_id() -> No
     clock = FakeClock()
     cache = PredictionCache(
         backend=LocalBackend(max_entries=10, max_bytes=1 << 20, clock=clock),
-        budget=Budget(),
+        budget_cap_s=0.05,
         max_value_bytes=1 << 20,
     )
     worker = Worker()
     before = hits()
-    first = await cache.infer(request(request_id="one"), CACHED, None, worker)
+    first = await cache.infer(request(request_id="one"), CACHED, Call(), worker)
     await cache.flush()  # the answer is stored after it was returned
-    second = await cache.infer(request(request_id="two"), CACHED, None, worker)
+    second = await cache.infer(request(request_id="two"), CACHED, Call(), worker)
     assert worker.calls == 1 and hits() == before + 1
     assert (first.id, second.id) == ("one", "two")
     assert second.raw_output_contents == first.raw_output_contents
-    await cache.infer(request(5.0), CACHED, None, worker)
+    await cache.infer(request(5.0), CACHED, Call(), worker)
     assert worker.calls == 2
 
     clock.now += 61  # the version's ttl_seconds is 60
-    await cache.infer(request(request_id="three"), CACHED, None, worker)
+    await cache.infer(request(request_id="three"), CACHED, Call(), worker)
     assert worker.calls == 3
 
 
@@ -150,7 +150,7 @@ async def test_a_dead_redis_is_bypassed_counted_and_circuit_broken() -> None:
     backend = RedisBackend(
         f"redis://127.0.0.1:{closed_port()}/0", config=RedisClientConfig(breaker_open_s=60)
     )
-    cache = PredictionCache(backend=backend, budget=Budget(), max_value_bytes=1 << 20)
+    cache = PredictionCache(backend=backend, budget_cap_s=0.05, max_value_bytes=1 << 20)
     worker = Worker()
 
     def errors(reason: str) -> float:
@@ -161,7 +161,7 @@ async def test_a_dead_redis_is_bypassed_counted_and_circuit_broken() -> None:
     open_before = errors("circuit_open")
     try:
         for _ in range(5):
-            answer = await cache.infer(request(), CACHED, None, worker)
+            answer = await cache.infer(request(), CACHED, Call(), worker)
             np.testing.assert_array_equal(
                 np.frombuffer(answer.raw_output_contents[0], np.float32), [2.0, 2.0]
             )
@@ -170,7 +170,7 @@ async def test_a_dead_redis_is_bypassed_counted_and_circuit_broken() -> None:
         assert backend.breaker.open  # 5 failures in a row (gets and puts)
         with pytest.raises(CacheError, match="circuit_open"):
             await backend.get("k", 0.05)
-        await cache.infer(request(), CACHED, None, worker)
+        await cache.infer(request(), CACHED, Call(), worker)
         assert errors("circuit_open") > open_before and worker.calls == 6
     finally:
         await cache.close()

@@ -15,21 +15,22 @@ import pytest
 from grpc import aio
 from testsupport import eventually
 
+from modelserve.calls import Call
 from modelserve.catalog.replica import Catalog
 from modelserve.channels import Endpoint, EndpointSet
 from modelserve.cli.shadow_report import quantile, render, summarise
+from modelserve.deadlines import Deadline
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
-from router.budget import Budget
 from router.cache_backends import LocalBackend
+from router.dataplane import RouterDataPlane
 from router.enrichment import Enricher
 from router.feature_cache import FeatureCache
 from router.features import FeatureClient
 from router.forwarding import Forwarder
-from router.inference_servicer import RouterInferenceServicer
 from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.shadow import ShadowMirror
@@ -117,16 +118,6 @@ class FakeWorker(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-class Context:
-    """What the router reads of a servicer context."""
-
-    def time_remaining(self) -> float:
-        return 2.0
-
-    def invocation_metadata(self) -> tuple[()]:
-        return ()
-
-
 def model(shadow: registry_pb2.Shadow | None) -> registry_pb2.Model:
     spec = common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1, 1])
     out = common_pb2.TensorSpec(name="score", datatype="FP32", shape=[-1, 1])
@@ -152,15 +143,14 @@ def model(shadow: registry_pb2.Shadow | None) -> registry_pb2.Model:
 
 @dataclass
 class Router:
-    servicer: RouterInferenceServicer
+    plane: RouterDataPlane
     mirror: ShadowMirror
     worker: FakeWorker
 
     async def infer(self, x: float) -> pb.ModelInferResponse:
         request = pb.ModelInferRequest(model_name="scorer")
         encode_inputs(request, {"x": np.array([[x]], np.float32)})
-        context = Context()
-        return await self.servicer.ModelInfer(request, context)  # type: ignore[arg-type]
+        return await self.plane.infer(request, Call(Deadline.after(2.0)))
 
 
 async def make_router(
@@ -180,10 +170,9 @@ async def make_router(
         endpoint=endpoint, serving=True, ready={("scorer", 1), ("scorer", 2)}
     )
     forwarder = Forwarder(pool=pool, retry_attempts=1, default_timeout=2.0)
-    budget = Budget(cap_s=0.05)
     enricher = Enricher(
         features=FeatureClient(
-            endpoints=EndpointSet(), cache=FeatureCache(ttl_s=1, max_entries=10), budget=budget
+            endpoints=EndpointSet(), cache=FeatureCache(ttl_s=1, max_entries=10), budget_cap_s=0.05
         )
     )
     mirror = ShadowMirror(
@@ -195,20 +184,20 @@ async def make_router(
         max_in_flight=max_in_flight,
         rng=random.Random(3),
     )
-    servicer = RouterInferenceServicer(
+    plane = RouterDataPlane(
         catalog=catalog,
         pool=pool,
         forwarder=forwarder,
         enricher=enricher,
         predictions=PredictionCache(
             backend=LocalBackend(max_entries=10, max_bytes=1 << 20),
-            budget=budget,
+            budget_cap_s=0.05,
             max_value_bytes=1 << 20,
         ),
         lookups=LookupAnswerer(endpoints=EndpointSet()),
         shadow=mirror,
     )
-    return Router(servicer, mirror, worker)
+    return Router(plane, mirror, worker)
 
 
 @pytest.fixture

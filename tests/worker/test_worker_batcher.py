@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper
 from prometheus_client import REGISTRY
 
+from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from worker.batcher import DynamicBatcher, Result, run_unbatched
 from worker.sessions import ModelSession
@@ -236,22 +237,21 @@ async def test_full_queue_answers_unavailable_at_once_and_then_serves(
 
 async def test_expired_item_gets_deadline_exceeded_and_never_runs(fraud: GatedSession) -> None:
     batcher, stats = make_batcher(fraud)
-    loop = asyncio.get_running_loop()
     marker = np.full((1, 8), 42.0, np.float32)
     with pytest.raises(DeadlineExceededError):  # already past: refused before queueing
-        await batcher.submit({"transaction": marker}, deadline=loop.time() - 1)
+        await batcher.submit({"transaction": marker}, deadline=Deadline.after(-1))
 
     fraud.gate.clear()
     (first,) = await started(batcher.submit({"transaction": np.ones((1, 8), np.float32)}))
     with pytest.raises(DeadlineExceededError, match="while the request waited"):
-        await batcher.submit({"transaction": marker}, deadline=loop.time() + 0.05)
+        await batcher.submit({"transaction": marker}, deadline=Deadline.after(0.05))
     assert batcher.queued == 0
     fraud.gate.set()
     await first
 
     assert all(not np.any(b["transaction"] == 42.0) for b in fraud.seen)
     assert stats.execution_count == 1
-    result = await batcher.submit({"transaction": marker}, deadline=loop.time() + 30)
+    result = await batcher.submit({"transaction": marker}, deadline=Deadline.after(30))
     assert result.outputs["fraud_probability"].shape == (1, 1)
     assert len(fraud.seen) == 2
 
@@ -262,14 +262,13 @@ async def test_queue_wait_policy_answers_unavailable_with_deadline_to_spare(
     """RELIABILITY.md: waiting longer than min(deadline, max wait) is UNAVAILABLE (the router
     retries elsewhere) when the caller's own deadline has not run out."""
     batcher, stats = make_batcher(fraud, max_queue_wait_s=0.05)
-    loop = asyncio.get_running_loop()
     marker = np.full((1, 8), 9.0, np.float32)
     fraud.gate.clear()
     (first,) = await started(batcher.submit({"transaction": np.ones((1, 8), np.float32)}))
     with pytest.raises(UnavailableError, match="queue wait exceeded"):
-        await batcher.submit({"transaction": marker}, deadline=loop.time() + 30)
+        await batcher.submit({"transaction": marker}, deadline=Deadline.after(30))
     with pytest.raises(DeadlineExceededError):  # a deadline inside the wait stays a deadline
-        await batcher.submit({"transaction": marker}, deadline=loop.time() + 0.01)
+        await batcher.submit({"transaction": marker}, deadline=Deadline.after(0.01))
     fraud.gate.set()
     await first
     assert all(not np.any(b["transaction"] == 9.0) for b in fraud.seen)

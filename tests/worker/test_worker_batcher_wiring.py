@@ -28,10 +28,11 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from modelserve.tensors import decode_outputs, encode_inputs
+from modelserve.v2.servicer import V2Servicer
 from worker.artifacts import ArtifactCache
+from worker.dataplane import WorkerDataPlane
 from worker.loader import ModelManager
 from worker.sessions import ModelSession
-from worker.worker_servicer import WorkerInferenceServicer
 
 RNG = np.random.default_rng(5)
 
@@ -100,7 +101,7 @@ async def worker(model_paths: dict[str, Path], tmp_path: Path) -> AsyncIterator[
     catalog.apply(registry_pb2.WatchEvent(revision=1, snapshot=True, models=models))
     server = aio.server(interceptors=[ErrorInterceptor()])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        WorkerInferenceServicer(catalog=catalog, manager=manager, min_budget_s=0.005), server
+        V2Servicer(WorkerDataPlane(catalog=catalog, manager=manager, min_budget_s=0.005)), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -22,6 +22,7 @@ from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError
 from modelserve.names import validate_name
+from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,22 @@ class Catalog:
         self, name: str, version: str = "", label: str = "", routing_key: str = ""
     ) -> registry_pb2.ModelVersion:
         return route_version(self.get_model(name), version, label, routing_key)
+
+    def decide(
+        self, request: pb.ModelInferRequest, metadata: routing.Metadata | None
+    ) -> registry_pb2.ModelVersion:
+        """The version that serves ``request``, decided once per hop: a request that arrives
+        decided (a numeric ``model_version``, as the gateway sends it on) keeps that version;
+        otherwise its label, else the model's policy by routing key, else the defaults."""
+        number = request.model_version
+        if number and number.isascii() and number.isdigit():
+            return self.route(request.model_name, number)
+        return self.route(
+            request.model_name,
+            request.model_version,
+            routing.label_of(request),
+            routing.routing_key_of(request, metadata),
+        )
 
     def apply(self, event: registry_pb2.WatchEvent) -> None:
         changed = {m.name for m in event.models} | set(event.deleted)

@@ -190,3 +190,21 @@ def label_of(request: pb.ModelInferRequest) -> str:
     """The ``label`` request parameter of a V2 ModelInferRequest ("" when absent)."""
     param = request.parameters.get("label")
     return param.string_param if param is not None else ""
+
+
+ROUTING_PARAMETERS = ("label", ROUTING_KEY_PARAM)
+
+
+def carry_decision(request: pb.ModelInferRequest, version: registry_pb2.ModelVersion) -> None:
+    """Write the routing decision into ``request`` for the hops behind this one: the numeric
+    version (so no later hop can pick differently; a split without a key is random) and no
+    routing parameters (they did their work, and without them the request can be merged).
+
+    Only the hop that decided writes; a request that arrived decided is left as it came.
+    """
+    decided = str(version.version)
+    if request.model_version != decided:
+        request.model_version = decided
+    for name in ROUTING_PARAMETERS:
+        if name in request.parameters:
+            del request.parameters[name]

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from grpc import aio
-
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 
-Infer = Callable[[pb.ModelInferRequest, aio.ServicerContext], Awaitable[pb.ModelInferResponse]]
+Infer = Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse]]
 
 
 async def stream_infer(
-    requests: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext, infer: Infer
+    requests: AsyncIterator[pb.ModelInferRequest], infer: Infer
 ) -> AsyncIterator[pb.ModelStreamInferResponse]:
     async for request in requests:
         try:
-            response = await infer(request, context)
+            response = await infer(request)
         except ModelServeError as exc:
             yield pb.ModelStreamInferResponse(
                 error_message=f"{exc.code.name}: {exc.message}",

@@ -1,0 +1,157 @@
+"""The one outbound-call helper every hop uses (gateway -> router, router -> worker, router ->
+feature store, fan-outs for statistics).
+
+``Call`` is what a request carries from the servicer that received it to every call made on its
+behalf: its ``Deadline`` and the caller metadata that must travel with it (``x-request-id`` so a
+client's id reaches every hop's logs, ``x-routing-key`` so routing by key works at any hop).
+``Hop.unary`` makes one call to some instance of a peer service: picks an endpoint, counts it
+outstanding (for power-of-two-choices), ejects endpoints that fail, retries on another endpoint
+on UNAVAILABLE (inference is idempotent), sends the W3C trace context and the forwarded
+metadata, sets the timeout from the deadline, and turns the peer's status into our error model
+(transport details stripped). No hop hand-writes that loop again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from modelserve.channels import Endpoint, pick
+from modelserve.deadlines import Deadline, EdgeDeadlines
+from modelserve.errors import ModelServeError, UnavailableError, from_rpc_error
+from modelserve.tracing import outbound_metadata
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Caller metadata that travels with a request to every hop; everything else stays where it came.
+FORWARDED_METADATA = ("x-request-id", "x-routing-key")
+MAX_FORWARDED_VALUE = 256
+Metadata = tuple[tuple[str, str], ...]
+NO_DEADLINE = Deadline()
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request in flight through this process: its deadline and its forwarded metadata."""
+
+    deadline: Deadline = NO_DEADLINE
+    forwarded: Metadata = ()
+
+    @classmethod
+    def incoming(cls, context: Any, edge: EdgeDeadlines | None = None) -> Call:
+        """Read once from the servicer context: the deadline (clamped at the edge) and the
+        metadata worth forwarding."""
+        deadline = edge.admit(context) if edge is not None else Deadline.of(context)
+        return cls(deadline, forwarded_of(context.invocation_metadata()))
+
+    def with_deadline(self, deadline: Deadline) -> Call:
+        return Call(deadline, self.forwarded)
+
+    def request_ids(self) -> list[str]:
+        return [v for k, v in self.forwarded if k == "x-request-id"]
+
+
+def forwarded_of(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
+    out = []
+    for key, value in metadata or ():
+        if key in FORWARDED_METADATA and isinstance(value, str):
+            out.append((key, value[:MAX_FORWARDED_VALUE]))
+    return tuple(out)
+
+
+Pick = Callable[[set[str]], Endpoint | None]
+Method = Callable[[Endpoint], Callable[..., Awaitable[T]]]
+Translate = Callable[[grpc.RpcError], ModelServeError]
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Calls to the instances of one peer service (``peer`` names it in messages)."""
+
+    peer: str
+    attempts: int = 2  # 1 + retries on another endpoint after UNAVAILABLE
+    default_timeout: float | None = None  # when the caller set no deadline
+    eject_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
+    retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
+
+    async def unary(
+        self,
+        pick: Pick,
+        method: Method[T],
+        request: Any,
+        call: Call,
+        *,
+        timeout: float | None = None,
+        translate: Translate | None = None,
+        none_left: str | None = None,
+    ) -> T:
+        """``method(endpoint)(request)`` on an endpoint ``pick`` chooses, with the rules above.
+
+        ``timeout`` overrides the deadline's hop timeout (side calls); ``none_left`` is the
+        UNAVAILABLE message when ``pick`` finds no endpoint at all.
+        """
+        tried: set[str] = set()
+        last: grpc.RpcError | None = None
+        metadata = outbound_metadata(call.forwarded)
+        for _ in range(max(1, self.attempts)):
+            endpoint = pick(tried)
+            if endpoint is None:
+                break
+            tried.add(endpoint.address)
+            hop_timeout = (
+                timeout if timeout is not None else call.deadline.for_hop(self.default_timeout)
+            )
+            endpoint.outstanding += 1
+            try:
+                result = await method(endpoint)(request, timeout=hop_timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                if exc.code() in self.eject_on:
+                    endpoint.record_failure()
+                if exc.code() not in self.retry_on:
+                    raise self._translate(exc, translate) from None
+                last = exc
+                log.info("%s %s unavailable; trying another", self.peer, endpoint.address)
+                continue
+            finally:
+                endpoint.outstanding -= 1
+            endpoint.record_success()
+            return result
+        if last is not None:
+            raise self._translate(last, translate) from None
+        raise UnavailableError(none_left or f"no {self.peer} available")
+
+    def _translate(self, exc: grpc.RpcError, translate: Translate | None) -> ModelServeError:
+        return translate(exc) if translate is not None else from_rpc_error(exc, self.peer)
+
+
+def pick_from(endpoints: Callable[[], Sequence[Endpoint]]) -> Pick:
+    """A ``Pick`` over whatever ``endpoints()`` returns at call time (power of two choices)."""
+    return lambda tried: pick(endpoints(), tried)
+
+
+async def fan_out(
+    endpoints: Sequence[Endpoint],
+    method: Method[T],
+    request: Any,
+    call: Call,
+    *,
+    default_timeout: float,
+) -> list[T | BaseException]:
+    """``method(endpoint)(request)`` on every endpoint at once (statistics from each worker);
+    each result or the error it raised, in ``endpoints`` order."""
+    timeout = call.deadline.for_hop(default_timeout)
+    metadata = outbound_metadata(call.forwarded)
+
+    async def one(endpoint: Endpoint) -> T:
+        endpoint.outstanding += 1
+        try:
+            return await method(endpoint)(request, timeout=timeout, metadata=metadata)
+        finally:
+            endpoint.outstanding -= 1
+
+    return await asyncio.gather(*(one(e) for e in endpoints), return_exceptions=True)
