@@ -1,4 +1,7 @@
-"""ONNX Runtime sessions for one model version: provider choice, an instance pool, warmup.
+"""ONNX Runtime sessions for one model version: an instance pool, runs, warmup.
+
+Provider choice and session creation are in ``worker.providers``, reading the file in
+``worker.model_file``, value conversions in ``worker.ort_values``.
 
 A ``ModelSession`` owns ``instance_count`` ORT sessions and a thread pool of the same size.
 A run first takes an instance from a free list on the event loop, so a request waiting for a
@@ -11,43 +14,38 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
-from modelserve.tensors import DTYPE_BY_ONNX, DTYPES, TensorSpec
+from modelserve.tensors import TensorSpec
+from worker.model_file import file_signature, read_model
+from worker.ort_values import bytes_from_ort, dummy_inputs, text_for_ort
+from worker.providers import (
+    ORT_ERRORS,
+    check_range,
+    create,
+    create_first,
+    cuda_options,
+    ort_message,
+    session_options,
+)
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-EXECUTION_PROVIDERS = ("auto", "cpu", "cuda")
-MAX_INSTANCES = 32
 MAX_WARMUP_ITERATIONS = 1000
 MAX_WARMUP_BATCH = 64  # RELIABILITY.md: max batch <= 64
 
-# Every exception class ONNX Runtime's bindings raise (Fail, InvalidArgument, ...).
-ORT_ERRORS: tuple[type[Exception], ...] = tuple(
-    v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception)
-)
 _WARMUP_ERRORS: tuple[type[Exception], ...] = (InvalidArgumentError, *ORT_ERRORS)
-_LOAD_ERRORS: tuple[type[Exception], ...] = (*ORT_ERRORS, RuntimeError, ValueError, OSError)
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
-_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/][^\s'\"()\[\],]*")
-_MESSAGE_LIMIT = 300
 
 
 @dataclass
@@ -55,16 +53,6 @@ class _Instance:
     session: ort.InferenceSession
     # Per instance so close(terminate=True) can stop exactly the runs in flight.
     run_options: ort.RunOptions
-
-
-@dataclass(frozen=True)
-class _Options:
-    label: str
-    requested: str  # "auto", "cpu" or "cuda"
-    intra_op_threads: int
-    inter_op_threads: int
-    cuda_options: dict[str, str]
-    allow_spinning: bool = False
 
 
 class ModelSession:
@@ -130,24 +118,24 @@ class ModelSession:
         or "cuda" cannot be had; InvalidArgumentError for out-of-range settings.
         """
         label = f"{model} v{version}"
-        options = _options(
+        options = session_options(
             label, execution_provider, instance_count, intra_op_threads, inter_op_threads
         )
-        options.cuda_options.update(_cuda_options(gpu_mem_limit, instance_count, gpu_device_id))
+        options.cuda_options.update(cuda_options(gpu_mem_limit, instance_count, gpu_device_id))
         options = dataclasses.replace(options, allow_spinning=allow_spinning)
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         # Reading, checking and optimising the graph take seconds for large models.
-        data = await loop.run_in_executor(None, _read_model, path, label)
-        first, providers, why = await loop.run_in_executor(None, _create_first, data, options)
+        data = await loop.run_in_executor(None, read_model, path, label)
+        first, providers, why = await loop.run_in_executor(None, create_first, data, options)
         more = [
-            loop.run_in_executor(None, _create, data, options, providers)
+            loop.run_in_executor(None, create, data, options, providers)
             for _ in range(instance_count - 1)
         ]
         sessions = [first, *await asyncio.gather(*more)]
         # The sha256 already ties the file to the signature the registry read from it.
-        in_specs = inputs or _signature(first.get_inputs(), "input", label)
-        out_specs = outputs or _signature(first.get_outputs(), "output", label)
+        in_specs = inputs or file_signature(first.get_inputs(), "input", label)
+        out_specs = outputs or file_signature(first.get_outputs(), "output", label)
         load_ms = (time.perf_counter() - started) * 1e3
         provider = first.get_providers()[0]
         log.info(
@@ -282,9 +270,9 @@ class ModelSession:
         the batch size, any other -1 becomes 1. Returns ``cold_start_ms`` (session creation
         plus all warmup so far). A failing warmup is a failed load: FailedPreconditionError.
         """
-        _check_range("warmup iterations", iterations, 0, MAX_WARMUP_ITERATIONS)
+        check_range("warmup iterations", iterations, 0, MAX_WARMUP_ITERATIONS)
         for size in batch_sizes:
-            _check_range("warmup batch size", size, 1, MAX_WARMUP_BATCH)
+            check_range("warmup batch size", size, 1, MAX_WARMUP_BATCH)
         started = time.perf_counter()
         for size in batch_sizes:
             feeds = dummy_inputs(self.inputs, size, self.label)
@@ -363,7 +351,7 @@ class ModelSession:
         self, instance: _Instance, feeds: dict[str, np.ndarray], names: list[str]
     ) -> list[np.ndarray]:
         # BYTES conversions are per element, so they run here rather than on the loop.
-        feeds = {name: _text_for_ort(value, name, self.label) for name, value in feeds.items()}
+        feeds = {name: text_for_ort(value, name, self.label) for name, value in feeds.items()}
         with self._stats_lock:
             self._busy += 1
             self._peak_busy = max(self._peak_busy, self._busy)
@@ -375,7 +363,7 @@ class ModelSession:
         finally:
             with self._stats_lock:
                 self._busy -= 1
-        return [_bytes_from_ort(value) for value in values]
+        return [bytes_from_ort(value) for value in values]
 
     def _run_error(self, exc: Exception) -> Exception:
         if self._closed:
@@ -383,185 +371,6 @@ class ModelSession:
         if isinstance(exc, ort_state.InvalidArgument):
             return InvalidArgumentError(f"{self.label}: {ort_message(exc)}")
         return exc
-
-
-def dummy_inputs(specs: Sequence[TensorSpec], batch_size: int, label: str) -> dict[str, np.ndarray]:
-    """Zero-valued inputs for ``specs``: a -1 first dim -> ``batch_size``, other -1 dims -> 1."""
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = tuple(
-            (batch_size if i == 0 else 1) if d < 0 else d for i, d in enumerate(spec.shape)
-        )
-        dtype = DTYPES[spec.datatype].numpy
-        if dtype is None:
-            raise FailedPreconditionError(
-                f"{label} input {spec.name!r} is {spec.datatype}, which this worker cannot feed"
-            )
-        if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(shape, b"", dtype=object)
-        else:
-            feeds[spec.name] = np.zeros(shape, dtype=dtype)
-    return feeds
-
-
-def _text_for_ort(value: np.ndarray, name: str, label: str) -> np.ndarray:
-    """BYTES elements as str: ORT's Python binding turns a bytes object into "b'...'" text."""
-    if value.dtype.kind not in "OS":
-        return value
-    try:
-        items = [v.decode() if isinstance(v, bytes) else v for v in value.flat]
-    except UnicodeDecodeError:
-        raise InvalidArgumentError(
-            f"{label}: BYTES input {name!r} holds an element that is not UTF-8; "
-            "ONNX Runtime string tensors carry UTF-8 text only"
-        ) from None
-    text = np.empty(value.shape, dtype=object)
-    text.flat[:] = items
-    return text
-
-
-def _bytes_from_ort(value: np.ndarray) -> np.ndarray:
-    """ORT answers string tensors as str; BYTES outputs are bytes, like the inputs."""
-    if value.dtype != object:
-        return value
-    raw = np.empty(value.shape, dtype=object)
-    raw.flat[:] = [v.encode() if isinstance(v, str) else v for v in value.flat]
-    return raw
-
-
-def ort_message(exc: BaseException) -> str:
-    """ORT's message on one bounded line, without its error-code prefix or any file path."""
-    text = _ORT_PREFIX.sub("", str(exc).strip())
-    text = _PATH.sub("<path>", " ".join(text.split()))
-    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "..."
-
-
-def _options(label: str, requested: str, instances: int, intra: int, inter: int) -> _Options:
-    _check_range("instance_count", instances, 1, MAX_INSTANCES)
-    _check_range("intra_op_threads", intra, 0, 1024)
-    _check_range("inter_op_threads", inter, 1, 1024)
-    if requested not in EXECUTION_PROVIDERS:
-        raise InvalidArgumentError(
-            f"execution_provider for {label} must be one of {', '.join(EXECUTION_PROVIDERS)};"
-            f" got {requested[:32]!r}"
-        )
-    # Cores this process may use (cgroup/taskset aware), shared so C x threads <= cores.
-    intra = intra or max(1, len(os.sched_getaffinity(0)) // instances)
-    return _Options(label, requested, intra, inter, {})
-
-
-def _cuda_options(gpu_mem_limit: int, instances: int, device_id: int) -> dict[str, str]:
-    _check_range("gpu_mem_limit", gpu_mem_limit, 0, 1 << 50)
-    options = {"device_id": str(device_id)}
-    if gpu_mem_limit:
-        # The arena limit is per session, the budget for the version's instances together;
-        # kSameAsRequested keeps an arena from doubling past its limit in one step.
-        options["gpu_mem_limit"] = str(gpu_mem_limit // instances)
-        options["arena_extend_strategy"] = "kSameAsRequested"
-    return options
-
-
-def _check_range(what: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InvalidArgumentError(f"{what} must be between {low} and {high}; got {value}")
-
-
-def _create_first(data: bytes, options: _Options) -> tuple[ort.InferenceSession, list[Any], str]:
-    """Create the first session, deciding the provider; returns (session, providers, why)."""
-    cpu_only: list[Any] = [CPU]
-    if options.requested == "cpu":
-        return _create(data, options, cpu_only), cpu_only, "execution_provider is cpu"
-    if CUDA not in ort.get_available_providers():
-        why = "CUDA is not in this ONNX Runtime build"
-    else:
-        cuda: list[Any] = [(CUDA, options.cuda_options), CPU]
-        try:
-            session = _create(data, options, cuda)
-        except FailedPreconditionError as exc:
-            why = f"CUDA failed to start: {exc.message}"
-        else:
-            # onnxruntime-gpu falls back to CPU silently when CUDA/cuDNN do not load.
-            if session.get_providers()[0] == CUDA:
-                return session, cuda, f"execution_provider is {options.requested}, CUDA loaded"
-            why = "CUDA did not load (check the GPU driver and the CUDA/cuDNN libraries)"
-    if options.requested == "cuda":
-        raise FailedPreconditionError(
-            f"{options.label} asks for execution_provider cuda but {why}; "
-            "use auto or cpu, or run the worker's GPU image on a GPU host"
-        )
-    return _create(data, options, cpu_only), cpu_only, f"execution_provider is auto and {why}"
-
-
-def _create(data: bytes, options: _Options, providers: list[Any]) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only: ORT's warnings are graph-optimiser chatter
-    # Spinning intra-op threads burn the cores the other services of this box need (measured
-    # for `wide` at batch 1 with idle gaps: spinning halves latency, 0.47 vs 0.90 ms, at three
-    # times the CPU per run, 3.1 vs 1.1 ms), so it is off unless the worker owns its host.
-    so.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
-    )
-    try:
-        # From bytes: with no model directory, no tensor location can resolve to a file.
-        return ort.InferenceSession(data, sess_options=so, providers=providers)
-    except _LOAD_ERRORS as exc:
-        raise FailedPreconditionError(
-            f"ONNX Runtime could not load {options.label}: {ort_message(exc)}"
-        ) from exc
-
-
-def _read_model(path: Path, label: str) -> bytes:
-    """The file's bytes, refusing external data (RELIABILITY.md rule 7) before ORT sees it."""
-    data = path.read_bytes()
-    try:
-        model = onnx.load_model_from_string(data)
-    except (DecodeError, ValueError, RuntimeError) as exc:
-        raise FailedPreconditionError(f"{label} is not a readable ONNX model") from exc
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
-        raise FailedPreconditionError(
-            f"{label} stores tensors as external data, which this worker refuses; "
-            "push a self-contained model (onnx.save with save_as_external_data=False)"
-        )
-    return data
-
-
-def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Initializers and attribute tensors of every graph, subgraph and local function."""
-    graphs = [model.graph]
-    nodes = [n for f in model.functions for n in f.node]
-    while graphs or nodes:
-        if graphs:
-            graph = graphs.pop()
-            yield from graph.initializer
-            for sparse in graph.sparse_initializer:
-                yield from (sparse.values, sparse.indices)
-            nodes.extend(graph.node)
-            continue
-        for attr in nodes.pop().attribute:
-            yield from (attr.t, *attr.tensors)
-            for sparse in (attr.sparse_tensor, *attr.sparse_tensors):
-                yield from (sparse.values, sparse.indices)
-            graphs.extend(attr.graphs)
-            if attr.HasField("g"):
-                graphs.append(attr.g)
-
-
-def _signature(args: Sequence[Any], kind: str, label: str) -> list[TensorSpec]:
-    """The file's own tensors as specs (-1 for every symbolic or unknown dimension)."""
-    specs = []
-    for arg in args:
-        dtype = DTYPE_BY_ONNX.get(arg.type)
-        if dtype is None:
-            raise FailedPreconditionError(
-                f"{label} {kind} {arg.name!r} has type {arg.type}, which this worker cannot serve"
-            )
-        shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in arg.shape)
-        specs.append(TensorSpec(arg.name, dtype.v2, shape))
-    return specs
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:

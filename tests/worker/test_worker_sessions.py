@@ -15,7 +15,8 @@ import pytest
 from modelserve.cli import demo_models
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from modelserve.tensors import TensorSpec
-from worker.sessions import ModelSession, dummy_inputs
+from worker.ort_values import dummy_inputs
+from worker.sessions import ModelSession
 
 RNG = np.random.default_rng(7)
 
