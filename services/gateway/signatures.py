@@ -2,16 +2,16 @@
 
 The signature is the caller's: for a version with feature inputs, the inputs the router fills
 from the feature store are left out and their entity inputs are in
-(``modelserve.v2.metadata.caller_inputs``).
+(``modelserve.catalog.signatures.caller_inputs``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelserve.catalog.signatures import caller_inputs
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tensors import TensorSpec
-from modelserve.v2.metadata import caller_inputs
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelserve.calls import Call
+from modelserve.catalog.signatures import caller_inputs
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -26,7 +27,6 @@ from modelserve.tensors import (
     encode_inputs,
     validate_infer_request,
 )
-from modelserve.v2.metadata import caller_inputs
 from router.feature_cache import FeatureRow
 from router.features import FeatureClient
 

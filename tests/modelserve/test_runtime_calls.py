@@ -27,6 +27,7 @@ class Peer(router_pb2_grpc.RouterControlServicer):
     def __init__(self, name: str, fail: grpc.StatusCode | None = None) -> None:
         self.name = name
         self.fail = fail
+        self.address = ""
         self.metadata: list[dict[str, str]] = []
         self.remaining: list[float | None] = []
 
@@ -52,9 +53,10 @@ async def peers() -> AsyncIterator[tuple[list[Peer], EndpointSet]]:
         router_pb2_grpc.add_RouterControlServicer_to_server(peer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
+        peer.address = f"127.0.0.1:{port}"
         made.append(peer)
         servers.append(server)
-        addresses.append(f"127.0.0.1:{port}")
+        addresses.append(peer.address)
     await endpoints.update(addresses)
     yield made, endpoints
     await endpoints.close()
@@ -110,8 +112,7 @@ async def test_repeated_unavailable_ejects_the_endpoint(
     (a, _b), endpoints = peers
     a.fail = grpc.StatusCode.UNAVAILABLE
     hop = Hop("peer", attempts=1)
-    address_a = next(addr for addr, e in endpoints.endpoints.items() if e.address == addr)
-    only_a = endpoints.endpoints[address_a]
+    only_a = endpoints.endpoints[a.address]
     for _ in range(5):
         with pytest.raises(UnavailableError):
             await hop.unary(lambda tried: only_a, resolve, REQUEST, Call())

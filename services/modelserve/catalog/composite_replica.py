@@ -12,9 +12,7 @@ from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
 from modelserve.errors import NotFoundError
-from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import composite_pb2, composite_pb2_grpc, registry_pb2
-from modelserve.v2 import composite_metadata
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +78,6 @@ class CompositeCatalog:
         found = composites.signature(name, self)
         self._signatures[name] = (key, found)
         return found
-
-    def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
-        return composite_metadata.model_metadata(self.get(name, version), self.signature(name))
-
-    def model_config(self, name: str, version: str = "") -> pb.ModelConfigResponse:
-        return composite_metadata.model_config(self.get(name, version), self.signature(name), self)
 
     def apply(self, event: composite_pb2.CompositeEvent) -> None:
         if event.snapshot:

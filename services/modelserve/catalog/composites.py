@@ -17,11 +17,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from modelserve.catalog.signatures import caller_inputs
 from modelserve.errors import InvalidArgumentError
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import common_pb2, composite_pb2, registry_pb2
 from modelserve.tensors import TensorSpec
-from modelserve.v2.metadata import caller_inputs
 
 Combine = composite_pb2.Ensemble.Combine
 VOTE_OUTPUT = TensorSpec("class", "INT64", (-1, 1))

@@ -121,7 +121,13 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _materialize(stub: Stub, args: argparse.Namespace) -> None:
     # Imported here: pyarrow and tqdm take a while to load, and only this command needs them.
-    from modelserve.cli.materialize import materialize
+    try:
+        from modelserve.cli.materialize import materialize
+    except ImportError as exc:
+        raise SystemExit(
+            f"features materialize needs the CLI extra ({exc.name} is missing): "
+            "pip install 'modelserve[cli]'"
+        ) from None
 
     batching = {} if args.batch_rows is None else {"batch_rows": args.batch_rows}
     report = await materialize(
