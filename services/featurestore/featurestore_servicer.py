@@ -5,7 +5,6 @@ Errors are domain exceptions; ``modelserve.interceptors.ErrorInterceptor`` maps 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from grpc import aio
@@ -13,33 +12,15 @@ from grpc import aio
 from featurestore import convert
 from featurestore.catalog import ViewCatalog
 from featurestore.online import (
-    MAX_KEYS_PER_CALL,
-    MAX_VALUES_PER_CALL,
     OnlineFeatures,
-    now_unix_ms,
 )
-from featurestore.online_store import OnlineStore
 from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
 
 
 class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
-    def __init__(
-        self,
-        *,
-        catalog: ViewCatalog,
-        online_store: OnlineStore,
-        max_keys_per_call: int = MAX_KEYS_PER_CALL,
-        max_values_per_call: int = MAX_VALUES_PER_CALL,
-        now_ms: Callable[[], int] = now_unix_ms,
-    ) -> None:
+    def __init__(self, *, catalog: ViewCatalog, online: OnlineFeatures) -> None:
         self._catalog = catalog
-        self._online = OnlineFeatures(
-            catalog=catalog,
-            online_store=online_store,
-            max_keys_per_call=max_keys_per_call,
-            max_values_per_call=max_values_per_call,
-            now_ms=now_ms,
-        )
+        self._online = online
 
     async def ApplyFeatureView(
         self,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from featurestore.catalog import ViewCatalog
 from featurestore.featurestore_servicer import FeatureStoreServicer
+from featurestore.online import OnlineFeatures
 from featurestore.online_store import OnlineStore
 from featurestore.redis_store import RedisClientConfig, RedisOnlineStore
 from featurestore.settings import FeatureStoreSettings
@@ -31,12 +32,11 @@ async def build(runtime: Runtime, settings: FeatureStoreSettings) -> None:
     runtime.add_service(
         featurestore_pb2.DESCRIPTOR.services_by_name["FeatureStore"].full_name,
         featurestore_pb2_grpc.add_FeatureStoreServicer_to_server,
-        FeatureStoreServicer(catalog=catalog, online_store=online),
+        FeatureStoreServicer(
+            catalog=catalog, online=OnlineFeatures(catalog=catalog, online_store=online)
+        ),
     )
     runtime.on_stop(online.close)
     runtime.on_stop(catalog.close)
 
-    async def ready() -> None:
-        await runtime.set_serving(True)
-
-    runtime.background(ready(), "readiness")
+    runtime.background(runtime.set_serving(True), "readiness")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from featurestore.online_store import StoredRow
 from featurestore.sqlite_thread import SqliteThread
+from modelserve.storage import write_transaction
 
 # SQLite's bound-variable limit is 32766 on current builds; stay far below it per statement.
 _READ_CHUNK = 500
@@ -59,13 +60,8 @@ class SqliteOnlineStore:
 
 def _write(conn: sqlite3.Connection, params: list[tuple[str, str, int, bytes]]) -> int:
     before = conn.total_changes
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         conn.executemany(_UPSERT, params)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return conn.total_changes - before
 
 

@@ -34,12 +34,8 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     runtime.background(composites.run(), "composite watch")
     runtime.background(follow(runtime.discovery, "router", routers), "router discovery")
 
-    async def ready_when_synced() -> None:
-        # Routers may appear later under consul; until then ModelInfer answers UNAVAILABLE.
-        await catalog.synced.wait()
-        await runtime.set_serving(True)
-
-    runtime.background(ready_when_synced(), "readiness")
+    # Routers may appear later under consul; until then ModelInfer answers UNAVAILABLE.
+    runtime.serve_when(catalog.synced)
     runtime.on_stop(routers.close)
     runtime.on_stop(catalog.close)
     runtime.on_stop(composites.close)

@@ -64,8 +64,9 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
 
 
-class ErrorInterceptor(aio.ServerInterceptor):
-    """Maps ``ModelServeError`` to its status and anything unexpected to INTERNAL + a ref id."""
+class BehaviourInterceptor(aio.ServerInterceptor):
+    """A server interceptor that wraps each RPC's behaviour (``wrap``), health and reflection
+    excepted: the base of the error and tracing interceptors."""
 
     async def intercept_service(
         self,
@@ -76,7 +77,17 @@ class ErrorInterceptor(aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_SKIPPED_PREFIXES):
             return handler
-        return _rewrap(handler, method, _wrap_errors)
+        return _rewrap(handler, method, self.wrap)
+
+    def wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(BehaviourInterceptor):
+    """Maps ``ModelServeError`` to its status and anything unexpected to INTERNAL + a ref id."""
+
+    def wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
+        return _wrap_errors(method, fn, streaming)
 
 
 def _wrap_errors(method: str, fn: Behaviour, streaming: bool) -> Behaviour:

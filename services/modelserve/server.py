@@ -173,6 +173,20 @@ class Runtime:
     def serving(self) -> bool:
         return self._serving
 
+    def serve_when(
+        self, ready: asyncio.Event, then: Callable[[], None] | None = None
+    ) -> asyncio.Task[Any]:
+        """Report SERVING once ``ready`` is set (a service's replica of the registry synced),
+        then call ``then``; until then health says NOT_SERVING."""
+
+        async def wait() -> None:
+            await ready.wait()
+            await self.set_serving(True)
+            if then is not None:
+                then()
+
+        return self.background(wait(), "readiness")
+
     async def set_serving(self, serving: bool) -> None:
         """Health for every service on this port: SERVING only once warm, never while stopping.
 

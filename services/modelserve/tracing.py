@@ -9,7 +9,7 @@ make. Spans never carry tensors or feature values (RELIABILITY.md, Tracing).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from modelserve.interceptors import _SKIPPED_PREFIXES, Behaviour, _rewrap
+from modelserve.interceptors import Behaviour, BehaviourInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +94,11 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
-class TracingInterceptor(aio.ServerInterceptor):
+class TracingInterceptor(BehaviourInterceptor):
     """One SERVER span per RPC, child of the caller's ``traceparent`` metadata."""
 
     def __init__(self, service_name: str) -> None:
         self._tracer = trace.get_tracer(f"modelserve.{service_name}")
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(_SKIPPED_PREFIXES):
-            return handler
-        return _rewrap(handler, method, self._wrap)
 
     def _start(self, method: str, context: aio.ServicerContext) -> tuple[Any, object]:
         carrier: Mapping[str, Any] = {
@@ -142,7 +131,7 @@ class TracingInterceptor(aio.ServerInterceptor):
         except Exception:  # detaching in another context after a cancel is harmless
             pass
 
-    def _wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
+    def wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
         if streaming:
 
             async def stream_behaviour(

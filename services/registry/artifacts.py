@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from modelserve.errors import InvalidArgumentError
+from modelserve.storage import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ArtifactStore:
         with src.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(src, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     def clear_temp(self) -> None:
@@ -88,11 +89,3 @@ class ArtifactStore:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -69,7 +69,4 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
     runtime.before_stop(end_watches)
     runtime.on_stop(close)
 
-    async def ready() -> None:
-        await runtime.set_serving(True)  # the store is open: nothing to warm
-
-    runtime.background(ready(), "readiness")
+    runtime.background(runtime.set_serving(True), "readiness")  # the store is open: no warmup

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
+from modelserve.storage import write_transaction
 from registry.artifacts import ArtifactStore, check_sha256
 from registry.config import ConfigOverrides, resolve_config
 from registry.onnx_inspect import ModelSignature
@@ -231,18 +232,13 @@ class RegistryStore(PolicyStoreMethods):
         """One write transaction that bumps the revision; the change is announced after the
         commit, with the full state of every model it touched."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             yield conn
             row = conn.execute(
                 "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value"
             ).fetchone()
             touched = [r[0] for r in conn.execute("SELECT name FROM temp_touched ORDER BY name")]
             conn.execute("DELETE FROM temp_touched")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         self._announce(int(row[0]), touched)
 
     def _announce(self, revision: int, touched: Iterable[str]) -> None:

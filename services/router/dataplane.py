@@ -26,13 +26,13 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
 from modelserve.v2 import metadata
+from modelserve.v2.statistics import merge_statistics
 from router.composite_executor import CompositeExecutor
 from router.enrichment import Enricher
 from router.forwarding import Forwarder
 from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.shadow import ShadowMirror
-from router.statistics import merge_statistics
 from router.version_stats import VersionStats, status_of
 from router.workers import WorkerPool
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from modelserve.calls import Call
 from modelserve.catalog.signatures import caller_inputs
-from modelserve.errors import FailedPreconditionError, InvalidArgumentError
+from modelserve.errors import FailedPreconditionError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tensors import (
@@ -27,6 +27,7 @@ from modelserve.tensors import (
     encode_inputs,
     validate_infer_request,
 )
+from router.entity_keys import entity_keys
 from router.feature_cache import FeatureRow
 from router.features import FeatureClient
 
@@ -114,7 +115,7 @@ class Enricher:
         validate_infer_request(request, plan.caller_inputs, plan.outputs, plan.max_batch_size)
         arrays = decode_inputs(request)
         keys = {
-            name: _entity_keys(name, arrays[name]) for name in {f.entity_input for f in plan.fills}
+            name: entity_keys(name, arrays[name]) for name in {f.entity_input for f in plan.fills}
         }
         views = list(plan.lookups)
         found = await asyncio.gather(
@@ -136,23 +137,6 @@ class Enricher:
             for fill in plan.fills
         }
         return _forwarded(request, arrays, filled, plan.dropped)
-
-
-def _entity_keys(name: str, values: np.ndarray) -> list[str]:
-    """One entity key per row, as the feature store takes them (text; integers in base 10)."""
-    if values.shape[0] == 0:
-        return []
-    flat = values.reshape(values.shape[0], -1)
-    if flat.shape[1] != 1:
-        raise InvalidArgumentError(
-            f"input {name!r}: expected one entity key per row, got {flat.shape[1]}"
-        )
-    if values.dtype == np.object_:
-        try:
-            return [bytes(v).decode("utf-8") for v in flat[:, 0]]
-        except UnicodeDecodeError:
-            raise InvalidArgumentError(f"input {name!r}: entity keys must be UTF-8 text") from None
-    return [str(int(v)) for v in flat[:, 0]]
 
 
 def _assemble(

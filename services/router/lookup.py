@@ -23,7 +23,6 @@ from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet
 from modelserve.errors import (
     FailedPreconditionError,
-    InvalidArgumentError,
     ModelServeError,
     from_rpc_error,
 )
@@ -42,6 +41,7 @@ from modelserve.tensors import (
     from_proto_tensor,
     validate_infer_request,
 )
+from router.entity_keys import entity_keys
 from router.forwarding import ToVersion
 
 DEFAULT_TIMEOUT_S = 5.0  # a caller without a deadline still gets an answer or an error
@@ -99,7 +99,7 @@ class LookupAnswerer:
         validate_infer_request(
             request, [_spec(s) for s in version.inputs], outputs, version.config.max_batch_size
         )
-        keys = _entity_keys(lookup.entity_input, decode_inputs(request)[lookup.entity_input])
+        keys = entity_keys(lookup.entity_input, decode_inputs(request)[lookup.entity_input])
         distinct = list(dict.fromkeys(keys))
         features = list(dict.fromkeys(o.feature or o.name for o in lookup.outputs))
         results = await self._fetch(lookup.view, features, distinct, call) if distinct else {}
@@ -190,21 +190,6 @@ def _column(
             f"{out.name!r}: BYTES and numeric values do not convert"
         )
     return values.reshape(shape).astype(dtype, copy=False)
-
-
-def _entity_keys(name: str, values: np.ndarray) -> list[str]:
-    """One key per row as the store takes them: UTF-8 text, integers in base 10."""
-    flat = values.reshape(values.shape[0], -1) if values.shape else values.reshape(0, 1)
-    if flat.shape[1] != 1:
-        raise InvalidArgumentError(
-            f"input {name!r}: expected one entity key per row, got {flat.shape[1]}"
-        )
-    if values.dtype == np.object_:
-        try:
-            return [bytes(v).decode("utf-8") for v in flat[:, 0]]
-        except UnicodeDecodeError:
-            raise InvalidArgumentError(f"input {name!r}: entity keys must be UTF-8 text") from None
-    return [str(int(v)) for v in flat[:, 0]]
 
 
 def _lookup_error(exc: grpc.RpcError, view: str) -> ModelServeError:

@@ -108,13 +108,9 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         follow_feature_stores(runtime.discovery, featurestores), "featurestore discovery"
     )
 
-    async def ready_when_synced() -> None:
-        # SERVING once the catalog is synced: workers may come later (ModelInfer says
-        # UNAVAILABLE until one holds the version, which routers and clients retry).
-        await catalog.synced.wait()
-        await runtime.set_serving(True)
-
-    runtime.background(ready_when_synced(), "readiness")
+    # SERVING once the catalog is synced: workers may come later (ModelInfer says
+    # UNAVAILABLE until one holds the version, which routers and clients retry).
+    runtime.serve_when(catalog.synced)
     runtime.on_stop(pool.close)
     runtime.on_stop(catalog.close)
     runtime.on_stop(composites.close)

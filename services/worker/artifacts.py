@@ -34,6 +34,7 @@ from modelserve.errors import (
     UnavailableError,
 )
 from modelserve.proto.modelserve.v1 import registry_pb2
+from modelserve.storage import fsync_dir
 
 if TYPE_CHECKING:
     from modelserve.proto.modelserve.v1 import registry_pb2_grpc
@@ -259,7 +260,7 @@ class _Partial:
         self._file.close()
         os.replace(self.path, target)
         self._committed = True
-        _fsync_dir(target.parent)  # make the rename itself survive a crash
+        fsync_dir(target.parent)  # make the rename itself survive a crash
 
     def discard(self) -> None:
         if self._file is not None:
@@ -282,14 +283,6 @@ def _hash_file(path: Path) -> str | None:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _registry_error(exc: grpc.aio.AioRpcError, label: str) -> ModelServeError:

@@ -70,19 +70,14 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")
 
-    async def ready_when_synced() -> None:
-        # SERVING once the first snapshot is applied: versions then load one by one, and
-        # routers send each version only once this worker reports it READY.
-        await catalog.synced.wait()
-        await runtime.set_serving(True)
-        publish()
+    # SERVING once the first snapshot is applied: versions then load one by one, and
+    # routers send each version only once this worker reports it READY.
+    runtime.serve_when(catalog.synced, then=publish)
 
     async def start_draining() -> None:
         nonlocal draining
         draining = True
         publish()
-
-    runtime.background(ready_when_synced(), "readiness")
 
     async def end_status_streams() -> None:
         status.close()

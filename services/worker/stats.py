@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.v2.statistics import EXECUTION_DURATIONS
 
 
 @dataclass
@@ -84,14 +85,7 @@ class VersionStats:
             execution_count=self.execution_count,
         )
         s = out.inference_stats
-        for name in (
-            "success",
-            "fail",
-            "queue",
-            "compute_input",
-            "compute_infer",
-            "compute_output",
-        ):
+        for name in EXECUTION_DURATIONS:
             d: Duration = getattr(self, name)
             getattr(s, name).count = d.count
             getattr(s, name).ns = d.ns

@@ -90,7 +90,10 @@ async def stub(
     """A FeatureStore served on 127.0.0.1:0 with the real error interceptor."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
     featurestore_pb2_grpc.add_FeatureStoreServicer_to_server(
-        FeatureStoreServicer(catalog=catalog, online_store=online_store), server
+        FeatureStoreServicer(
+            catalog=catalog, online=OnlineFeatures(catalog=catalog, online_store=online_store)
+        ),
+        server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

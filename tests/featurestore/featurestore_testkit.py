@@ -13,6 +13,7 @@ import numpy as np
 
 from featurestore.catalog import ViewCatalog
 from featurestore.featurestore_servicer import FeatureStoreServicer
+from featurestore.online import OnlineFeatures
 from featurestore.online_store import OnlineStore
 from featurestore.views import Feature, FeatureView
 from modelserve.interceptors import ErrorInterceptor
@@ -62,7 +63,10 @@ async def served(catalog: ViewCatalog, store: OnlineStore) -> AsyncIterator[tupl
     real error interceptor. Stopping the server early (mid-run) is fine."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
     featurestore_pb2_grpc.add_FeatureStoreServicer_to_server(
-        FeatureStoreServicer(catalog=catalog, online_store=store), server
+        FeatureStoreServicer(
+            catalog=catalog, online=OnlineFeatures(catalog=catalog, online_store=store)
+        ),
+        server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

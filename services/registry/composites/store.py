@@ -14,7 +14,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from modelserve.errors import (
 )
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
+from modelserve.storage import write_transaction
 from registry import convert
 
 if TYPE_CHECKING:
@@ -138,15 +139,8 @@ class CompositeStore:
             return False
         return True
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._conn)
 
 
 def _checked(what: str, check: Callable[[], object]) -> None:

@@ -15,8 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ from modelserve.errors import (
 )
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
+from modelserve.storage import write_transaction
 from registry.experiments import rules
 from registry.experiments import sequential_test as st
 
@@ -242,15 +242,8 @@ class ExperimentStore:
                     (name, arm, m, moments.count, moments.total, moments.total_sq, min_p),
                 )
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._conn)
 
 
 def _guard_breach(experiment: xpb.Experiment, stats: Stats, arm: str, metric: str) -> str:

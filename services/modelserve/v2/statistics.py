@@ -1,4 +1,5 @@
-"""Summing V2 ModelStatistics from several workers into one answer."""
+"""V2 statistics (Triton's ModelStatistics): the duration fields, and summing the answers of
+several servers into one (a router asks every worker)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ from collections.abc import Iterable
 
 from modelserve.proto.inference import grpc_service_pb2 as pb
 
-_DURATIONS = (
+# InferStatistics fields: what a model run records, then the prediction cache's two.
+EXECUTION_DURATIONS = (
     "success",
     "fail",
     "queue",
     "compute_input",
     "compute_infer",
     "compute_output",
-    "cache_hit",
-    "cache_miss",
 )
+INFER_DURATIONS = (*EXECUTION_DURATIONS, "cache_hit", "cache_miss")
+BATCH_DURATIONS = ("compute_input", "compute_infer", "compute_output")  # InferBatchStatistics
 
 
 def merge_statistics(responses: Iterable[pb.ModelStatisticsResponse]) -> pb.ModelStatisticsResponse:
@@ -30,7 +32,7 @@ def merge_statistics(responses: Iterable[pb.ModelStatisticsResponse]) -> pb.Mode
             into.last_inference = max(into.last_inference, stats.last_inference)
             into.inference_count += stats.inference_count
             into.execution_count += stats.execution_count
-            for name in _DURATIONS:
+            for name in INFER_DURATIONS:
                 src, dst = getattr(stats.inference_stats, name), getattr(into.inference_stats, name)
                 dst.count += src.count
                 dst.ns += src.ns
@@ -39,7 +41,7 @@ def merge_statistics(responses: Iterable[pb.ModelStatisticsResponse]) -> pb.Mode
                 target = batches.get(bkey)
                 if target is None:
                     target = batches[bkey] = into.batch_stats.add(batch_size=b.batch_size)
-                for name in ("compute_input", "compute_infer", "compute_output"):
+                for name in BATCH_DURATIONS:
                     getattr(target, name).count += getattr(b, name).count
                     getattr(target, name).ns += getattr(b, name).ns
     return pb.ModelStatisticsResponse(
