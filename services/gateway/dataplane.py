@@ -116,7 +116,9 @@ class GatewayDataPlane:
     async def _forward_infer(
         self, request: pb.ModelInferRequest, call: Call
     ) -> pb.ModelInferResponse:
-        return await self._to_router(lambda s: s.ModelInfer, request, call)
+        return await self._hop.unary(
+            self._routers.pick, _model_infer, request, call, none_left="no router available"
+        )
 
     async def _to_router(self, method: RouterMethod[T], request: Any, call: Call) -> T:
         return await self._hop.unary(
@@ -131,3 +133,7 @@ class GatewayDataPlane:
 def _stub(endpoint: Endpoint) -> pb_grpc.GRPCInferenceServiceStub:
     stub: pb_grpc.GRPCInferenceServiceStub = endpoint.stub(pb_grpc.GRPCInferenceServiceStub)
     return stub
+
+
+def _model_infer(endpoint: Endpoint) -> Callable[..., Awaitable[pb.ModelInferResponse]]:
+    return _stub(endpoint).ModelInfer

@@ -46,7 +46,8 @@ class Deadline:
     @classmethod
     def of(cls, context: HasTimeRemaining | None) -> Deadline:
         """The deadline a gRPC caller set on ``context`` (none when it set none)."""
-        return cls.after(context.time_remaining() if context is not None else None)
+        remaining = context.time_remaining() if context is not None else None
+        return cls(None if remaining is None else time.monotonic() + remaining)
 
     def remaining(self) -> float | None:
         if self.at is None:
@@ -85,8 +86,10 @@ class Deadline:
 
     def require(self, min_s: float, what: str) -> None:
         """DEADLINE_EXCEEDED unless at least ``min_s`` remains to start ``what``."""
-        remaining = self.remaining()
-        if remaining is not None and remaining < min_s:
+        if self.at is None:
+            return
+        remaining = self.at - time.monotonic()
+        if remaining < min_s:
             raise DeadlineExceededError(
                 f"only {remaining * 1000:.1f} ms of deadline left; {what} needs at least "
                 f"{min_s * 1000:.1f} ms to start"
@@ -108,4 +111,4 @@ class EdgeDeadlines:
     def admit(self, context: HasTimeRemaining) -> Deadline:
         remaining = context.time_remaining()
         value = self.default_s if remaining is None else remaining
-        return Deadline.after(min(max(value, self.min_s), self.max_s))
+        return Deadline(time.monotonic() + min(max(value, self.min_s), self.max_s))

@@ -68,6 +68,10 @@ class BehaviourInterceptor(aio.ServerInterceptor):
     """A server interceptor that wraps each RPC's behaviour (``wrap``), health and reflection
     excepted: the base of the error and tracing interceptors."""
 
+    def __init__(self) -> None:
+        # A method's handler is the same object on every call: wrap it once, not per RPC.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -77,7 +81,12 @@ class BehaviourInterceptor(aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_SKIPPED_PREFIXES):
             return handler
-        return _rewrap(handler, method, self.wrap)
+        found = self._wrapped.get(method)
+        if found is not None and found[0] is handler:
+            return found[1]
+        wrapped = _rewrap(handler, method, self.wrap)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
         raise NotImplementedError

@@ -98,6 +98,7 @@ class TracingInterceptor(BehaviourInterceptor):
     """One SERVER span per RPC, child of the caller's ``traceparent`` metadata."""
 
     def __init__(self, service_name: str) -> None:
+        super().__init__()
         self._tracer = trace.get_tracer(f"modelserve.{service_name}")
 
     def _start(self, method: str, context: aio.ServicerContext) -> tuple[Any, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from modelserve.calls import Call, Hop
+from modelserve.channels import Endpoint
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -34,8 +35,13 @@ class Forwarder:
         model, number = version.model, version.version
         return await self._hop.unary(
             lambda tried: self._pool.choose(model, number, tried),
-            lambda e: e.stub(pb_grpc.GRPCInferenceServiceStub).ModelInfer,
+            _model_infer,
             request,
             call,
             none_left=f"no serving worker holds model '{model}' version {number} yet",
         )
+
+
+def _model_infer(endpoint: Endpoint) -> Callable[..., Awaitable[pb.ModelInferResponse]]:
+    stub: pb_grpc.GRPCInferenceServiceStub = endpoint.stub(pb_grpc.GRPCInferenceServiceStub)
+    return stub.ModelInfer

@@ -46,9 +46,14 @@ def route_version(
 
 
 def _resolve(
-    model: registry_pb2.Model, version: str, label: str, key: str | None
+    model: registry_pb2.Model,
+    version: str,
+    label: str,
+    key: str | None,
+    by_number: dict[int, registry_pb2.ModelVersion] | None = None,
 ) -> registry_pb2.ModelVersion:
-    by_number = {v.version: v for v in model.versions}
+    if by_number is None:
+        by_number = {v.version: v for v in model.versions}
     if version and version.isascii() and version.isdigit():
         found = by_number.get(int(version))
         if found is None:
@@ -95,6 +100,8 @@ class Catalog:
         self._service = registry_service
         self._endpoints = EndpointSet()
         self.models: dict[str, registry_pb2.Model] = {}
+        # model -> version number -> version: the decided path of every hop is one lookup.
+        self._versions: dict[str, dict[int, registry_pb2.ModelVersion]] = {}
         self.revision = 0
         self.synced = asyncio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
@@ -116,7 +123,8 @@ class Catalog:
     def route(
         self, name: str, version: str = "", label: str = "", routing_key: str = ""
     ) -> registry_pb2.ModelVersion:
-        return route_version(self.get_model(name), version, label, routing_key)
+        model = self.get_model(name)
+        return _resolve(model, version, label, routing_key, self._versions.get(name))
 
     def decide(
         self, request: pb.ModelInferRequest, metadata: routing.Metadata | None
@@ -126,7 +134,10 @@ class Catalog:
         otherwise its label, else the model's policy by routing key, else the defaults."""
         number = request.model_version
         if number and number.isascii() and number.isdigit():
-            return self.route(request.model_name, number)
+            found = self._versions.get(request.model_name, {}).get(int(number))
+            if found is not None:
+                return found
+            return self.route(request.model_name, number)  # NOT_FOUND naming what exists
         return self.route(
             request.model_name,
             request.model_version,
@@ -143,6 +154,12 @@ class Catalog:
             self.models[model.name] = model
         for name in event.deleted:
             self.models.pop(name, None)
+        for name in changed:
+            current = self.models.get(name)
+            if current is None:
+                self._versions.pop(name, None)
+            else:
+                self._versions[name] = {v.version: v for v in current.versions}
         self.revision = event.revision
         for listener in self._listeners:
             try:

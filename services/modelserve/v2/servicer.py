@@ -86,10 +86,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self._plane = plane
         self._catalog = plane.catalog
         self._composites = plane.composites
+        self._edge = plane.edge
         self._version = version
 
     def _call(self, context: aio.ServicerContext) -> Call:
-        return Call.incoming(context, self._plane.edge)
+        return Call.incoming(context, self._edge)
 
     def _composite(self, name: str, version: str) -> composite_pb2.Composite | None:
         """The composite ``name`` (NOT_FOUND for a wrong revision), or None for a model."""
@@ -173,11 +174,12 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request, self._call(context))
+        return await self._infer(request, Call.incoming(context, self._edge))
 
     async def _infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
-        composite = self._composite(request.model_name, request.model_version)
-        if composite is not None:
+        composites = self._composites
+        if composites is not None and request.model_name in composites:
+            composite = composites.get(request.model_name, request.model_version)
             return await self._plane.infer_composite(request, composite, call)
         return await self._plane.infer(request, call)
 
