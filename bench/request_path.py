@@ -88,7 +88,9 @@ async def measure(services: Path) -> dict[str, Any]:
     )
     gw = await start_runtime(
         gateway.SPEC,
-        gateway.GatewaySettings(**FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}"),
+        gateway.GatewaySettings(
+            **FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}"
+        ),
     )
     try:
         async with grpc.aio.insecure_channel(reg_addr) as channel:

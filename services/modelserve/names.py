@@ -11,7 +11,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def validate_name(name: str, what: str = "model name") -> str:
     """Return ``name`` if it is a safe identifier, else raise INVALID_ARGUMENT saying why."""
-    if not NAME_RE.match(name) or name in (".", ".."):
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
         shown = name if len(name) <= 64 else name[:64] + "..."
         raise InvalidArgumentError(
             f"invalid {what} {shown!r}: expected 1-128 characters of [A-Za-z0-9._-] "

@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=CommonSettings)
 
 # Internal servers permit the pings internal clients send (RELIABILITY.md, keepalive A8).
+# The C-core name of A8's "min recv ping interval" is grpc.http2.min_ping_interval_without_data_ms
+# (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS); an unknown key is silently ignored,
+# which left the 5-minute default, so 30 s client pings earned GOAWAY too_many_pings.
 INTERNAL_SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_ping_strikes", 2),
 ]

@@ -25,7 +25,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 def check_sha256(digest: str) -> str:
     """``digest`` if it is 64 lowercase hex characters, else INVALID_ARGUMENT."""
-    if not SHA256_RE.match(digest):
+    if not SHA256_RE.fullmatch(digest):
         shown = digest if len(digest) <= 80 else digest[:80] + "..."
         raise InvalidArgumentError(f"sha256 must be 64 lowercase hex characters; got {shown!r}")
     return digest

@@ -73,14 +73,22 @@ class WorkerPool:
         delay = 0.05
         stub = state.endpoint.stub(worker_pb2_grpc.WorkerControlStub)
         while True:
+            received = False
             try:
                 async for status in stub.WatchStatus(worker_pb2.WatchStatusRequest()):
                     self._apply(state, status)
+                    received = True
                     delay = 0.05
             except asyncio.CancelledError:
                 raise
             except grpc.RpcError as exc:
                 log.debug("worker %s status stream ended: %s", state.endpoint.address, exc.code())
+            if received:
+                # A stream that worked and ended (the worker's connection ageing, a GOAWAY)
+                # is reopened at once with routing unchanged: the worker said nothing about
+                # going away (a draining worker says so first). Only a stream that cannot be
+                # reopened takes the worker out of routing.
+                continue
             if state.serving:
                 log.warning("worker %s lost; not routing to it", state.endpoint.address)
             state.serving = False

@@ -63,7 +63,7 @@ _KEPT_CODES: dict[grpc.StatusCode, type[ModelServeError]] = {
 
 def validate_sha256(value: str) -> str:
     """Return ``value`` if it is 64 lowercase hex characters, else raise INVALID_ARGUMENT."""
-    if not SHA256_RE.match(value):
+    if not SHA256_RE.fullmatch(value):
         shown = value if len(value) <= 72 else value[:72] + "..."
         raise InvalidArgumentError(
             f"invalid sha256 {shown!r}: expected 64 lowercase hexadecimal characters"
@@ -133,7 +133,7 @@ class ArtifactCache:
                 _unlink(Path(entry.path))
                 continue
             sha = name.removesuffix(ARTIFACT_SUFFIX)
-            if name.endswith(ARTIFACT_SUFFIX) and SHA256_RE.match(sha):
+            if name.endswith(ARTIFACT_SUFFIX) and SHA256_RE.fullmatch(sha):
                 if sha not in keep and sha not in busy:
                     _unlink(Path(entry.path))
                     removed.append(sha)

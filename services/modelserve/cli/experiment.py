@@ -132,7 +132,7 @@ def format_report(report: xpb.ExperimentReport) -> str:
 
 
 def _arm(text: str) -> xpb.ExperimentArm:
-    found = ARM_RE.match(text)
+    found = ARM_RE.fullmatch(text)
     if not found:
         raise argparse.ArgumentTypeError(f"expected NAME=TARGET:PERCENT; got {text!r}")
     name, target, percent = found.groups()
@@ -145,7 +145,7 @@ def _arm(text: str) -> xpb.ExperimentArm:
 
 
 def _guard(text: str) -> xpb.GuardRail:
-    found = GUARD_RE.match(text.replace(" ", ""))
+    found = GUARD_RE.fullmatch(text.replace(" ", ""))
     if not found:
         raise argparse.ArgumentTypeError(f"expected METRIC<=VALUE or METRIC>=VALUE; got {text!r}")
     metric, op, value = found.groups()

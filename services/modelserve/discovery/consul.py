@@ -97,7 +97,7 @@ def validate_meta(meta: Mapping[str, str]) -> None:
     for key, value in meta.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError(f"meta keys and values must be strings, got {key!r}: {value!r}")
-        if not _META_KEY_RE.match(key):
+        if not _META_KEY_RE.fullmatch(key):
             raise ValueError(f"meta key {key!r} must be non-empty and only use [A-Za-z0-9_-]")
         if len(key) > META_KEY_MAX_LEN:
             raise ValueError(f"meta key {key[:40]!r}... is longer than {META_KEY_MAX_LEN} chars")
