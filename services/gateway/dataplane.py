@@ -45,6 +45,7 @@ class GatewayDataPlane:
         routers: EndpointSet,
         edge: EdgeDeadlines,
         merge_max_in_flight: int,
+        merge_max_bytes: int = 8 << 20,
     ) -> None:
         self.catalog = catalog
         self.composites = composites
@@ -52,7 +53,11 @@ class GatewayDataPlane:
         self._routers = routers
         self._hop = Hop("router", attempts=2)
         self._signatures = SignatureCache()
-        self._merger = RequestMerger(forward=self._forward_infer, max_in_flight=merge_max_in_flight)
+        self._merger = RequestMerger(
+            forward=self._forward_infer,
+            max_in_flight=merge_max_in_flight,
+            max_bytes=merge_max_bytes,
+        )
 
     @property
     def merger(self) -> RequestMerger:

@@ -33,6 +33,7 @@ from modelserve.errors import DeadlineExceededError, InvalidArgumentError, Model
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.tensors import MERGED_REQUESTS_PARAMETER
 
+DEFAULT_MAX_BYTES = 8 << 20  # half the default 16 MiB receive limit: room for framing
 Forward = Callable[[pb.ModelInferRequest, Call], Awaitable[pb.ModelInferResponse]]
 LaneKey = tuple[object, ...]
 
@@ -44,6 +45,7 @@ class _Item:
     call: Call
     future: asyncio.Future[pb.ModelInferResponse]
     context: contextvars.Context  # the caller's (its trace span), for a call made on its behalf
+    size: int  # tensor bytes
 
 
 @dataclass
@@ -79,9 +81,14 @@ def lane_key(request: pb.ModelInferRequest, version: int) -> LaneKey | None:
 
 
 class RequestMerger:
-    def __init__(self, *, forward: Forward, max_in_flight: int = 2) -> None:
+    def __init__(
+        self, *, forward: Forward, max_in_flight: int = 2, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self._forward = forward
         self._max_in_flight = max(1, max_in_flight)
+        # A merged call must stay within what the next hop accepts (its receive limit), and a
+        # merge must not multiply the gateway's memory: tensor bytes per call are capped.
+        self._max_bytes = max_bytes
         self._lanes: dict[LaneKey, _Lane] = {}
         self.merged_calls = 0  # calls that carried more than one request (for tests/metrics)
 
@@ -106,6 +113,7 @@ class RequestMerger:
             call,
             loop.create_future(),
             contextvars.copy_context(),
+            sum(len(raw) for raw in request.raw_input_contents),
         )
         lane.pending.append(item)
         if lane.in_flight < self._max_in_flight:
@@ -116,8 +124,12 @@ class RequestMerger:
         """Send what is queued, as one call per ``max_rows`` rows, while slots are free."""
         while lane.pending and lane.in_flight < self._max_in_flight:
             batch: list[_Item] = []
-            rows = 0
-            while lane.pending and rows + lane.pending[0].rows <= max(max_rows, 1):
+            rows = size = 0
+            while (
+                lane.pending
+                and rows + lane.pending[0].rows <= max(max_rows, 1)
+                and (not batch or size + lane.pending[0].size <= self._max_bytes)
+            ):
                 item = lane.pending.popleft()
                 if item.future.done():
                     continue  # the caller went away
@@ -128,6 +140,7 @@ class RequestMerger:
                     continue
                 batch.append(item)
                 rows += item.rows
+                size += item.size
             if not batch:
                 if lane.pending and lane.pending[0].rows > max_rows:
                     big = lane.pending.popleft()  # validated elsewhere; send it alone

@@ -28,6 +28,7 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
                 max_s=settings.max_deadline_seconds,
             ),
             merge_max_in_flight=settings.merge_max_in_flight if settings.merge_enabled else 1 << 30,
+            merge_max_bytes=settings.merge_max_bytes,
         ),
     )
     runtime.background(catalog.run(), "registry watch")

@@ -26,6 +26,11 @@ class GatewaySettings(CommonSettings):
     merge_enabled: bool = setting(
         True, "Merge concurrent requests for one model version into one internal call."
     )
+    merge_max_bytes: int = setting(
+        8 << 20,
+        "Most tensor bytes in one merged call; keep it under the routers' "
+        "max_receive_message_bytes (a larger request travels alone).",
+    )
     merge_max_in_flight: int = setting(
         1, "Internal calls per model version before requests queue to be merged."
     )

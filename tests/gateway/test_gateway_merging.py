@@ -218,3 +218,25 @@ async def test_merged_call_runs_in_the_oldest_callers_context_with_every_request
     assert context_name == "q0", "a merged call must run in its oldest request's context"
     assert merged_call.request_ids() == ["id-q0", "id-q1", "id-q2"]
     assert upstream.call_contexts[0][1] == "first"
+
+
+async def test_merged_calls_stay_within_the_byte_cap() -> None:
+    """Six requests of 1 MiB each, accepted alone, never leave as one call over the cap (the
+    next hop would refuse it RESOURCE_EXHAUSTED); every caller gets its own answer."""
+    upstream = Upstream(gated=True)
+    merger = RequestMerger(forward=upstream, max_in_flight=1, max_bytes=(5 << 20) // 2)
+    rows = [np.full((1, 1 << 18), float(i), np.float32) for i in range(7)]  # 1 MiB each
+    first = asyncio.create_task(merger.infer(make(rows[0], "r0"), 3, 64, within(5.0)))
+    await upstream.until(1)
+    rest = [
+        asyncio.create_task(merger.infer(make(r, f"r{i}"), 3, 64, within(5.0)))
+        for i, r in enumerate(rows[1:], start=1)
+    ]
+    await asyncio.sleep(0)
+    upstream.gate.set()
+    answers = await asyncio.gather(first, *rest)
+    sizes = [sum(len(raw) for raw in call.raw_input_contents) for call in upstream.calls]
+    assert max(sizes) <= (5 << 20) // 2, sizes
+    assert len(upstream.calls) == 4  # one alone, then 2 + 2 + 2 queued ones
+    for i, answer in enumerate(answers):
+        assert decode_outputs(answer)["x_out"][0, 0] == 2.0 * i
