@@ -96,6 +96,12 @@ _TRANSPORT_MARKERS = (
     "errors resolving",
     "DNS resolution failed",
     "lookup",
+    "Stream removed",  # e.g. "Stream removed (recvmsg:Connection reset by peer (104))"
+    "recvmsg",
+    "sendmsg",
+    "Connection reset",
+    "Broken pipe",
+    "Connection refused",
 )
 
 

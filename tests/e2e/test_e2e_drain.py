@@ -14,10 +14,12 @@ import grpc
 import numpy as np
 import pytest
 from suitesupport import dump_logs, ready_suite
+from testsupport import eventually
 
-from modelserve.cli.suite import Suite, start_suite
+from modelserve.cli.suite import Suite, Supervisor, start_suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.tensors import decode_outputs, encode_inputs
 
 
@@ -79,3 +81,66 @@ async def test_sigterm_worker_mid_stream_loses_no_request(two_worker_suite: Suit
     assert await worker_served(suite, "worker1") > 0
     log = await asyncio.to_thread(Path(victim.log_path).read_text)
     assert "draining" in log and "stopped" in log
+
+
+async def routed_workers(suite: Suite) -> int:
+    """Workers the router sends fraud to now (serving, fraud READY)."""
+    async with grpc.aio.insecure_channel(suite.address("router")) as channel:
+        stub = router_pb2_grpc.RouterControlStub(channel)
+        reply = await stub.ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
+    return sum(
+        1
+        for w in reply.workers
+        if w.serving and any(v.startswith("fraud:") for v in w.ready_versions)
+    )
+
+
+async def test_a_killed_worker_is_restarted_and_the_suite_serves_on(
+    two_worker_suite: Suite,
+) -> None:
+    """`modelserve up`'s supervisor: kill -9 of one of two workers under load costs no request
+    (the router retries on the other) and the dead worker comes back on its port, routed to
+    again once it reports its versions READY."""
+    suite = two_worker_suite
+    lines: list[str] = []
+    supervisor = Supervisor(suite, say=lines.append)
+
+    async def all_running() -> None:  # the worker the drain test stopped comes back first
+        supervisor.check()
+        assert all(p.process.poll() is None for p in suite.processes.values())
+        assert await routed_workers(suite) == 2
+
+    await eventually(all_running, timeout=60)
+    victim = suite.processes["worker1"]
+    restarts_before, port = victim.restarts, victim.port
+    results: list[str] = []
+    stop_at = time.monotonic() + 3.0
+
+    async def client(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+        while time.monotonic() < stop_at:
+            request = pb.ModelInferRequest(model_name="fraud")
+            encode_inputs(request, {"transaction": np.ones((1, 8), np.float32)})
+            try:
+                await stub.ModelInfer(request, timeout=10)
+                results.append("ok")
+            except grpc.RpcError as exc:
+                results.append(f"{exc.code().name}: {exc.details()}")
+
+    async def kill_victim() -> None:
+        await asyncio.sleep(0.5)
+        victim.process.send_signal(signal.SIGKILL)
+
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        await asyncio.gather(kill_victim(), *(client(stub) for _ in range(4)))
+    failures = [r for r in results if r != "ok"]
+    assert not failures, f"{len(failures)} of {len(results)} failed: {failures[:5]}"
+
+    async def back() -> None:
+        supervisor.check()
+        assert victim.restarts == restarts_before + 1 and victim.port == port
+        assert await routed_workers(suite) == 2  # routed to again, fraud READY
+
+    await eventually(back, timeout=60)
+    assert any("worker1 exited with code -9" in line for line in lines), lines
+    assert any("worker1 restarted" in line for line in lines), lines

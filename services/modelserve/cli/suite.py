@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,10 @@ class ServiceProcess:
     port: int
     metrics_port: int | None
     log_path: Path
+    command: list[str] = field(default_factory=list)  # how it was started, for a restart
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def address(self) -> str:
@@ -131,25 +135,94 @@ def start_suite(
             args = _args(service, name, data_dir, ports.get(name, 0), addr, suite)
             args += list((extra_args or {}).get(name, ()))
             log_path = data_dir / f"{name}.log"
-            port_file = data_dir / f"{name}.port.json"
-            port_file.unlink(missing_ok=True)
-            with log_path.open("ab") as log_file:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", service, "--port-file", str(port_file), *args],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=data_dir,
-                )
-            info = _wait_port_file(port_file, proc, name, timeout)
+            command = [sys.executable, "-m", service, *args]
+            proc, info = _spawn(name, command, env, data_dir, timeout)
             suite.processes[name] = ServiceProcess(
-                name, proc, info["port"], info.get("metrics_port"), log_path
+                name, proc, info["port"], info.get("metrics_port"), log_path, command, env
             )
             addr[name] = f"127.0.0.1:{info['port']}"
     except BaseException:
         suite.stop(timeout=5)
         raise
     return suite
+
+
+def _spawn(
+    name: str, command: list[str], env: Mapping[str, str], data_dir: Path, timeout: float
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    port_file = data_dir / f"{name}.port.json"
+    port_file.unlink(missing_ok=True)
+    with (data_dir / f"{name}.log").open("ab") as log_file:
+        proc = subprocess.Popen(
+            [*command, "--port-file", str(port_file)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=data_dir,
+        )
+    return proc, _wait_port_file(port_file, proc, name, timeout)
+
+
+class Supervisor:
+    """Restarts a suite's processes that die, on the port they had, with backoff.
+
+    The others keep serving meanwhile (a router rides out a lost worker; a restarted worker is
+    routed to again once it reports its versions READY). Backoff doubles from 0.5 s to 30 s
+    and resets once a process has stayed up for a minute.
+    """
+
+    BACKOFF_START_S = 0.5
+    BACKOFF_MAX_S = 30.0
+    STABLE_S = 60.0
+
+    def __init__(self, suite: Suite, *, say: Callable[[str], None] = log.warning) -> None:
+        self._suite = suite
+        self._say = say
+        self._due: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+
+    def check(self, now: float | None = None) -> list[str]:
+        """Restart what is dead and due; returns the names restarted now."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for name, proc in self._suite.processes.items():
+            if proc.process.poll() is None:
+                if now - proc.started_at > self.STABLE_S:
+                    self._backoff.pop(name, None)
+                continue
+            if name not in self._due:
+                delay = self._backoff.get(name, self.BACKOFF_START_S)
+                self._backoff[name] = min(delay * 2, self.BACKOFF_MAX_S)
+                self._due[name] = now + delay
+                self._say(
+                    f"{name} exited with code {proc.process.returncode}; restarting in "
+                    f"{delay:.1f}s (see {proc.log_path})"
+                )
+                continue
+            if now >= self._due[name]:
+                del self._due[name]
+                if self._restart(proc):
+                    restarted.append(name)
+        return restarted
+
+    def _restart(self, proc: ServiceProcess) -> bool:
+        command = _with_port(proc.command, proc.port)
+        try:
+            process, info = _spawn(proc.name, command, proc.env, self._suite.data_dir, 60.0)
+        except (RuntimeError, TimeoutError) as exc:
+            self._say(f"{proc.name} failed to restart: {exc}")
+            return False
+        proc.process, proc.restarts, proc.started_at = process, proc.restarts + 1, time.monotonic()
+        proc.metrics_port = info.get("metrics_port", proc.metrics_port)
+        self._say(f"{proc.name} restarted on {proc.address} (restart {proc.restarts})")
+        return True
+
+
+def _with_port(command: list[str], port: int) -> list[str]:
+    """``command`` with ``--port`` set to ``port``: a restarted service keeps its address."""
+    out = list(command)
+    out[out.index("--port") + 1] = str(port)
+    return out
 
 
 def _args(

@@ -2,8 +2,9 @@
 
 Starts the five services on their default ports with static discovery, registers the demo
 models (only those whose exact artifact is not registered yet, so a restart keeps history),
-waits until the gateway answers for each, prints how to reach it, and on Ctrl-C/SIGTERM stops
-every process, edge first.
+waits until the gateway answers for each, prints how to reach it, restarts any process that dies
+(with backoff, on its port, the others serving on), and on Ctrl-C/SIGTERM stops every process,
+edge first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import grpc
 
 from modelserve.cli.demo_models import write_demo_models
 from modelserve.cli.registry_client import push_version
-from modelserve.cli.suite import DEFAULT_PORTS, SERVICES, Suite, start_suite, wait_serving
+from modelserve.cli.suite import (
+    DEFAULT_PORTS,
+    SERVICES,
+    Suite,
+    Supervisor,
+    start_suite,
+    wait_serving,
+)
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
@@ -109,11 +117,9 @@ def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1) -> int:
     try:
         names = asyncio.run(prepare(suite, demo))
         print(banner(suite, names), flush=True)
+        supervisor = Supervisor(suite, say=lambda line: print(line, file=sys.stderr, flush=True))
         while not stop.wait(0.5):
-            dead = [n for n, p in suite.processes.items() if p.process.poll() is not None]
-            if dead:
-                print(f"error: {', '.join(dead)} exited; see its log. Stopping.", file=sys.stderr)
-                return 1
+            supervisor.check()
     finally:
         print("stopping ...", flush=True)
         codes = suite.stop()
