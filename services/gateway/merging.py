@@ -46,6 +46,8 @@ class _Item:
     future: asyncio.Future[pb.ModelInferResponse]
     context: contextvars.Context  # the caller's (its trace span), for a call made on its behalf
     size: int  # tensor bytes
+    call_task: asyncio.Task[None] | None = None  # the merged call it left in
+    batch: list[_Item] | None = None
 
 
 @dataclass
@@ -118,7 +120,15 @@ class RequestMerger:
         lane.pending.append(item)
         if lane.in_flight < self._max_in_flight:
             self._dispatch(key, lane, max_rows)
-        return await item.future
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            # The caller left (its deadline or a cancel). Once every caller of a merged call
+            # has, the call is cancelled too, and the cancel travels to the router and worker.
+            if item.call_task is not None and item.batch is not None:
+                if all(i.future.done() for i in item.batch):
+                    item.call_task.cancel()
+            raise
 
     def _dispatch(self, key: LaneKey, lane: _Lane, max_rows: int) -> None:
         """Send what is queued, as one call per ``max_rows`` rows, while slots are free."""
@@ -148,9 +158,11 @@ class RequestMerger:
                 else:
                     break
             lane.in_flight += 1
-            asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 self._send(key, lane, batch, max_rows), context=batch[0].context
             )
+            for item in batch:
+                item.call_task, item.batch = task, batch
         if not lane.pending and lane.in_flight == 0:
             self._lanes.pop(key, None)
 

@@ -75,6 +75,24 @@ class _Item:
     future: asyncio.Future[Result]
     queued: bool = True
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    batch: _Running | None = field(default=None, repr=False)  # set once it runs
+
+
+@dataclass(eq=False)
+class _Running:
+    """A batch being run: cancelled (and its ONNX Runtime run stopped) once every caller in
+    it has gone."""
+
+    items: list[_Item]
+    task: asyncio.Task[None] | None = None
+
+    def abandon_if_orphaned(self) -> bool:
+        if self.task is None or self.task.done():
+            return False
+        if all(item.future.done() for item in self.items):
+            self.task.cancel()
+            return True
+        return False
 
 
 class DynamicBatcher:
@@ -172,6 +190,8 @@ class DynamicBatcher:
             return await item.future
         except asyncio.CancelledError:
             self._withdraw(item)  # a caller that gave up must not cost a model run
+            if item.batch is not None:
+                item.batch.abandon_if_orphaned()  # nor keep one running that nobody reads
             raise
 
     def close(self) -> None:
@@ -249,7 +269,10 @@ class DynamicBatcher:
             if batch is None:
                 break
             self._running += 1
-            task = asyncio.create_task(self._run(batch), name=f"batch {self._label}")
+            running = _Running(batch)
+            for item in batch:
+                item.batch = running
+            task = running.task = asyncio.create_task(self._run(batch), name=f"batch {self._label}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not self._waiting and self._timer is not None:  # nothing left to wait for

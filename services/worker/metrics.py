@@ -34,3 +34,9 @@ QUEUE_SECONDS = Histogram(
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+
+STOPPED_RUNS = Counter(
+    "modelserve_stopped_runs_total",
+    "Model runs stopped while running because every caller had gone (deadline or cancel)",
+    ["model", "version"],
+)

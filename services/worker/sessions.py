@@ -28,6 +28,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from modelserve.tensors import TensorSpec
+from worker.metrics import STOPPED_RUNS
 from worker.model_file import file_signature, read_model
 from worker.ort_values import bytes_from_ort, dummy_inputs, text_for_ort
 from worker.providers import (
@@ -91,6 +92,8 @@ class ModelSession:
         self._stats_lock = threading.Lock()
         self._busy = 0
         self._peak_busy = 0
+        self.metric_labels = ("", "")
+        self.stopped_runs = 0  # runs ONNX Runtime abandoned because their callers had gone
 
     @classmethod
     async def load(
@@ -157,6 +160,7 @@ class ModelSession:
             load_ms=load_ms,
         )
         session.configure_io_binding(io_binding, gpu_device_id)
+        session.metric_labels = (model, str(version))
         return session
 
     def configure_io_binding(self, mode: str, device_id: int = 0) -> None:
@@ -214,6 +218,13 @@ class ModelSession:
         future.add_done_callback(lambda _: _call_soon(loop, self._release, instance))
         try:
             values = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Every caller of this run has gone (deadline or cancel): stop ONNX Runtime rather
+            # than finish a result nobody reads; the instance is released (and the flag reset)
+            # once the thread returns.
+            if not future.done():
+                instance.run_options.terminate = True
+            raise
         except ORT_ERRORS as exc:
             raise self._run_error(exc) from exc
         except ValueError as exc:  # ORT's Python layer: "Required inputs ... are missing"
@@ -332,6 +343,7 @@ class ModelSession:
 
     def _release(self, instance: _Instance) -> None:
         if not self._closed:
+            instance.run_options.terminate = False
             self._free.put_nowait(instance)
 
     def _run_bound(
@@ -360,6 +372,12 @@ class ModelSession:
                 values = self._run_bound(instance, feeds, names)
             else:
                 values = instance.session.run(names, feeds, instance.run_options)
+        except ORT_ERRORS:
+            if instance.run_options.terminate and not self._closed:
+                with self._stats_lock:
+                    self.stopped_runs += 1
+                STOPPED_RUNS.labels(*self.metric_labels).inc()
+            raise
         finally:
             with self._stats_lock:
                 self._busy -= 1

@@ -24,6 +24,7 @@ class Upstream:
     def __init__(self, gated: bool = False) -> None:
         self.calls: list[pb.ModelInferRequest] = []
         self.call_contexts: list[tuple[Call, str]] = []
+        self.cancelled = 0
         self.gate = asyncio.Event()
         self._arrived = asyncio.Condition()
         if not gated:
@@ -39,7 +40,11 @@ class Upstream:
         self.call_contexts.append((call, CALLER.get()))
         async with self._arrived:
             self._arrived.notify_all()
-        await self.gate.wait()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         inputs = decode_inputs(request)
         if "x" in inputs and np.any(inputs["x"] < 0):
             raise InvalidArgumentError("negative input")  # one bad row fails the whole call
@@ -240,3 +245,33 @@ async def test_merged_calls_stay_within_the_byte_cap() -> None:
     assert len(upstream.calls) == 4  # one alone, then 2 + 2 + 2 queued ones
     for i, answer in enumerate(answers):
         assert decode_outputs(answer)["x_out"][0, 0] == 2.0 * i
+
+
+async def test_a_merged_call_whose_callers_all_left_is_cancelled() -> None:
+    """No work for callers who left: the merged call goes on while one caller waits, and is
+    cancelled (the cancel travels on to router and worker) once the last one is gone."""
+    upstream = Upstream(gated=True)
+    merger = RequestMerger(forward=upstream, max_in_flight=1)
+    alone = asyncio.create_task(
+        merger.infer(make(np.ones((1, 2), np.float32), "0"), 3, 64, within(5))
+    )
+    await upstream.until(1)
+    merged = [
+        asyncio.create_task(
+            merger.infer(make(np.ones((1, 2), np.float32), f"m{i}"), 3, 64, within(5))
+        )
+        for i in range(3)
+    ]
+    await asyncio.sleep(0)
+    alone.cancel()  # the call in flight alone: its caller's cancel reaches it directly
+    await upstream.until(2)  # the three queued ones left as one merged call
+    assert upstream.cancelled == 1
+    merged[0].cancel()
+    merged[1].cancel()
+    await asyncio.sleep(0.01)
+    assert upstream.cancelled == 1, "one caller is still waiting: the merged call goes on"
+    merged[2].cancel()
+    await asyncio.sleep(0.01)
+    assert upstream.cancelled == 2
+    for task in (alone, *merged):
+        assert task.cancelled()

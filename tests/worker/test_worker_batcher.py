@@ -376,3 +376,43 @@ async def test_unbatched_runs_count_one_execution_per_request(
 
 def test_identity_model_is_valid(identity_path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(identity_path)))
+
+
+async def test_a_running_batch_whose_callers_all_left_is_stopped(
+    model_paths: dict[str, Path],
+) -> None:
+    """No work for callers who left: while any caller of a running batch still waits, the run
+    goes on and answers it; once the last one is gone the ONNX Runtime run is stopped."""
+    session = await gated(model_paths["wide"], instance_count=1, intra_op_threads=1)
+    batcher, _ = make_batcher(session, max_batch_size=2048, max_queue_size=8)
+    rows = np.ones((1024, 512), np.float32)
+    small = {"INPUT0": np.ones((1, 512), np.float32)}
+
+    async def batch_of_two() -> tuple[asyncio.Task[Result], asyncio.Task[Result]]:
+        """Two big requests queued behind a held one, so they run as one batch."""
+        session.gate.clear()
+        (blocker,) = await started(batcher.submit(small))
+        one, two = await started(batcher.submit({"INPUT0": rows}), batcher.submit({"INPUT0": rows}))
+        session.gate.set()
+        await blocker
+        while session.busy_instances == 0:  # noqa: ASYNC110 - the counter lives in ORT's thread
+            await asyncio.sleep(0.001)
+        return one, two
+
+    first, second = await batch_of_two()
+    first.cancel()
+    answer = await second
+    assert answer.batch_rows == 2048  # they did share the run
+    assert session.stopped_runs == 0  # one caller was still there
+
+    third, fourth = await batch_of_two()
+    third.cancel()
+    fourth.cancel()
+    for _ in range(2000):
+        if session.stopped_runs == 1:
+            break
+        await asyncio.sleep(0.005)
+    assert session.stopped_runs == 1
+    ok = await batcher.submit({"INPUT0": np.ones((2, 512), np.float32)})
+    assert ok.outputs["OUTPUT0"].shape == (2, 10)
+    session.close()

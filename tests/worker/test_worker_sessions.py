@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from testsupport import eventually
 
 from modelserve.cli import demo_models
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
@@ -282,3 +283,26 @@ async def test_external_data_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(FailedPreconditionError, match="external data"):
         await load(tmp_path / "ext.onnx")
+
+
+async def test_a_run_whose_caller_left_is_stopped_and_the_instance_runs_on(
+    model_paths: dict[str, Path],
+) -> None:
+    """RunOptions.terminate for a run nobody waits for any more; the flag is reset before the
+    instance serves the next request, which then runs to the end."""
+    session = await load(model_paths["wide"], instance_count=1, intra_op_threads=1)
+    feeds = {"INPUT0": np.ones((2048, 512), np.float32)}  # long enough to be caught running
+    running = asyncio.ensure_future(session.run(feeds))
+    while session.busy_instances == 0:  # noqa: ASYNC110 - the counter lives in ORT's thread
+        await asyncio.sleep(0.001)
+    running.cancel()
+
+    async def stopped() -> None:
+        assert session.stopped_runs == 1
+
+    await eventually(stopped, timeout=10)
+    small = {"INPUT0": np.ones((4, 512), np.float32)}
+    out = await session.run(small)  # the same instance, terminate flag cleared
+    assert out["OUTPUT0"].shape == (4, 10)
+    assert session.stopped_runs == 1
+    session.close()
