@@ -10,5 +10,4 @@ SPEC = ServiceSpec(
     build=build,
     public=True,
     connection_age_limited=True,
-    max_concurrent_rpcs=1024,
 )

@@ -22,7 +22,6 @@ class GatewaySettings(CommonSettings):
     )
     min_deadline_seconds: float = setting(0.01, "Client deadlines are clamped to at least this.")
     max_deadline_seconds: float = setting(30.0, "Client deadlines are clamped to at most this.")
-    max_concurrent_rpcs: int = setting(1024, "Backstop on concurrent RPCs per gateway process.")
     merge_enabled: bool = setting(
         True, "Merge concurrent requests for one model version into one internal call."
     )

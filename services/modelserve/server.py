@@ -27,6 +27,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from modelserve import metrics, tracing
+from modelserve.admission import AdmissionInterceptor
 from modelserve.discovery import Discovery, Registration
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor
@@ -63,7 +64,6 @@ class ServiceSpec(Generic[S]):
     build: Callable[[Runtime, S], Awaitable[None]]
     public: bool = False  # the public edge keeps gRPC's default keepalive policy
     connection_age_limited: bool = False
-    max_concurrent_rpcs: int | None = None
 
 
 def dependency(service: str, default: Any, help: str) -> Any:
@@ -118,8 +118,6 @@ class Runtime:
         self.server = aio.server(
             interceptors=list(interceptors),
             options=options,
-            maximum_concurrent_rpcs=getattr(settings, "max_concurrent_rpcs", None)
-            or spec.max_concurrent_rpcs,
         )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -295,7 +293,12 @@ def _write_port_file(path: Path, service: str, port: int, metrics_port: int | No
 
 async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:
     """Build and start one service in this event loop (``run_service`` and in-process tests)."""
-    interceptors: list[aio.ServerInterceptor] = []
+    # Admission first: a refused call costs no span, no decoding beyond gRPC's own.
+    interceptors: list[aio.ServerInterceptor] = [
+        AdmissionInterceptor(
+            max_unary=settings.max_concurrent_rpcs, max_streams=settings.max_concurrent_streams
+        )
+    ]
     if traced:
         interceptors.append(tracing.TracingInterceptor(spec.name))
     interceptors.append(ErrorInterceptor())

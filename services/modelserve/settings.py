@@ -71,6 +71,19 @@ class CommonSettings:
     max_receive_message_bytes: int = setting(16 * MIB, "Largest gRPC message accepted.")
     max_send_message_bytes: int = setting(16 * MIB, "Largest gRPC message sent.")
     reflection_enabled: bool = setting(True, "Serve gRPC server reflection (grpcurl list).")
+    max_concurrent_rpcs: int = setting(
+        1024,
+        "Most unary RPCs served at once; more are refused RESOURCE_EXHAUSTED with "
+        "grpc-retry-pushback-ms. Health and reflection are never counted or refused.",
+    )
+    max_concurrent_streams: int = setting(
+        1024,
+        "Most streaming RPCs open at once (watches, status streams, ModelStreamInfer), "
+        "counted apart from unary RPCs so open streams never take their budget.",
+    )
+    stream_idle_timeout_seconds: float = setting(
+        300.0, "A ModelStreamInfer stream that sends no request for this long is ended (OK)."
+    )
     drain_seconds: float = setting(
         -1.0,
         "After SIGTERM, seconds NOT_SERVING before the server stops taking RPCs; "

@@ -111,3 +111,21 @@ async def test_an_unexpected_error_ends_the_stream_with_internal(
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "/srv" not in (info.value.details() or "")
     assert servicer.seen == ["r0", "r1"]  # nothing after the crash was handled
+
+
+async def test_an_idle_stream_is_ended_after_the_idle_timeout() -> None:
+    """A stream that sends one request and then nothing is answered, then ended (OK) once
+    idle_timeout_s passes, so idle streams cannot hold a server's stream slots."""
+    answered: list[str] = []
+    forever = asyncio.Event()
+
+    async def infer(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        answered.append(request.id)
+        return pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+
+    async def one_then_silence() -> AsyncIterator[pb.ModelInferRequest]:
+        yield pb.ModelInferRequest(model_name="m", id="only")
+        await forever.wait()
+
+    replies = [r async for r in stream_infer(one_then_silence(), infer, idle_timeout_s=0.2)]
+    assert [r.infer_response.id for r in replies] == ["only"] and answered == ["only"]

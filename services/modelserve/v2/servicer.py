@@ -82,8 +82,15 @@ class DataPlane(Protocol):
 
 
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, *, version: str = modelserve.__version__) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        *,
+        version: str = modelserve.__version__,
+        stream_idle_timeout_s: float | None = None,
+    ) -> None:
         self._plane = plane
+        self._stream_idle_timeout_s = stream_idle_timeout_s
         self._catalog = plane.catalog
         self._composites = plane.composites
         self._edge = plane.edge
@@ -188,12 +195,18 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # One Call for the stream: its deadline and metadata are the stream's.
         call = self._call(context)
-        return stream_infer(request_iterator, lambda request: self._infer(request, call))
+        return stream_infer(
+            request_iterator,
+            lambda request: self._infer(request, call),
+            idle_timeout_s=self._stream_idle_timeout_s,
+        )
 
 
 def serve_v2(runtime: Runtime, plane: DataPlane) -> V2Servicer:
     """Register the V2 servicer over ``plane`` on the service's server."""
-    servicer = V2Servicer(plane)
+    servicer = V2Servicer(
+        plane, stream_idle_timeout_s=runtime.settings.stream_idle_timeout_seconds or None
+    )
     runtime.add_service(
         pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         pb_grpc.add_GRPCInferenceServiceServicer_to_server,
