@@ -206,3 +206,21 @@ def test_deadline_rules() -> None:
     assert Deadline.after(-1).expired()
     with pytest.raises(DeadlineExceededError):
         Deadline.after(0.001).for_hop()
+
+
+async def test_retries_stay_within_the_budget_when_every_peer_fails(
+    peers: tuple[list[Peer], EndpointSet],
+) -> None:
+    """A fleet answering UNAVAILABLE gets at most 1.2 attempts per call (plus the burst), not
+    two: retries cannot multiply an outage's load."""
+    (a, b), endpoints = peers
+    a.fail = b.fail = grpc.StatusCode.UNAVAILABLE
+    for endpoint in endpoints.endpoints.values():  # keep both eligible: no ejection here
+        endpoint.record_failure = lambda *args, **kwargs: False  # type: ignore[method-assign]
+    hop = Hop("peer", attempts=2)
+    for _ in range(100):
+        with pytest.raises(UnavailableError):
+            await hop.unary(endpoints.pick, resolve, REQUEST, Call())
+    attempts = len(a.metadata) + len(b.metadata)
+    assert 100 < attempts <= 100 + 20 + 10, attempts
+    assert hop.budget.denied > 0
