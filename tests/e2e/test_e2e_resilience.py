@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import resilience  # noqa: E402
+import resilience
 
 SECONDS = 5.0
 
