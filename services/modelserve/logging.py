@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from opentelemetry import trace
 
@@ -43,6 +44,41 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+class GoneCallerFilter(logging.Filter):
+    """grpc.aio logs an ERROR with a traceback (ExecuteBatchError) for every response it could
+    not send because the caller had already gone (its deadline passed, or it cancelled): a
+    caller could flood the logs with short deadlines. Those become one WARNING at most every
+    ``interval_s`` with the count since the last one; other records pass unchanged."""
+
+    MARKER = "ExecuteBatchError raised in core"
+
+    def __init__(
+        self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._interval = interval_s
+        self._clock = clock
+        self._last = -interval_s
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.MARKER):
+            return True
+        self.suppressed += 1
+        now = self._clock()
+        if now - self._last < self._interval:
+            return False
+        self._last = now
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = (
+            "%d responses not sent in the last %.0f s: their callers had gone (deadline or cancel)"
+        )
+        record.args = (self.suppressed, self._interval)
+        record.exc_info = record.exc_text = None
+        self.suppressed = 0
+        return True
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s [trace=%(trace_id)s] %(message)s"
 
 
@@ -53,4 +89,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
     handler.setFormatter(_JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    grpc_core.filters[:] = [f for f in grpc_core.filters if not isinstance(f, GoneCallerFilter)]
+    grpc_core.addFilter(GoneCallerFilter())
     root.setLevel(level.upper())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,6 +15,7 @@ from grpc import aio
 
 from modelserve.errors import ModelServeError, NotFoundError, UnavailableError
 from modelserve.interceptors import ErrorInterceptor
+from modelserve.logging import GoneCallerFilter
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 SECRET = "open /srv/models/ab12.onnx on db.internal:5432"
@@ -183,3 +185,28 @@ async def test_unexpected_errors_in_a_stream_become_internal_with_a_ref(
     assert error is not None and error.code() == grpc.StatusCode.INTERNAL
     assert REF.match(error.details() or ""), error.details()
     assert "db.internal" not in (error.details() or "")
+
+
+def test_responses_to_gone_callers_log_one_warning_per_interval() -> None:
+    """grpc.aio's ExecuteBatchError traceback per response it could not send becomes at most
+    one WARNING per interval, with the count; other records are untouched."""
+    now = [100.0]
+    gone = GoneCallerFilter(interval_s=10.0, clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        try:
+            raise RuntimeError("execute_batch failed")
+        except RuntimeError:
+            exc = sys.exc_info()
+        return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "x", 1, message, (), exc)
+
+    flood = "ExecuteBatchError raised in core by servicer method [/inference/ModelInfer]"
+    first = record(flood)
+    assert gone.filter(first) and first.levelno == logging.WARNING and first.exc_info is None
+    kept = [gone.filter(record(flood)) for _ in range(50)]
+    assert not any(kept)
+    now[0] += 10.5
+    later = record(flood)
+    assert gone.filter(later) and later.getMessage().startswith("51 responses not sent")
+    other = record("something else broke")
+    assert gone.filter(other) and other.levelno == logging.ERROR and other.exc_info is not None
