@@ -73,10 +73,11 @@ class RetryBudget:
     """Retries may add at most ``ratio`` of the first attempts, plus a burst of ``burst``
     (Finagle's retry budget; the same goal as gRPC's retryThrottling): each first attempt earns
     ``ratio`` of a token, each retry spends one. So when a whole fleet answers UNAVAILABLE, a
-    hop sends at most 1.2 calls per request instead of doubling the load at every hop (with
+    hop sends at most 1.1 calls per request (RELIABILITY-CASES T19; the same 10 tokens and 0.1
+    ratio as RELIABILITY.md's retryThrottling) instead of doubling the load at every hop (with
     two routers one request could reach four worker attempts)."""
 
-    def __init__(self, ratio: float = 0.2, burst: float = 10.0) -> None:
+    def __init__(self, ratio: float = 0.1, burst: float = 10.0) -> None:
         self.ratio = ratio
         self.burst = burst
         self.tokens = burst
