@@ -35,11 +35,11 @@ Metadata = tuple[tuple[str, str], ...]
 NO_DEADLINE = Deadline()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per request: slots, not frozen; treat it as immutable
 class Call:
     """A request in flight through this process: its deadline and its forwarded metadata."""
 
-    deadline: Deadline = NO_DEADLINE
+    deadline: Deadline = field(default_factory=Deadline)
     forwarded: Metadata = ()
 
     @classmethod

@@ -33,7 +33,7 @@ class HasTimeRemaining(Protocol):
     def time_remaining(self) -> float | None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per request: slots, not frozen (frozen inits are slower)
 class Deadline:
     """When the caller stops waiting, on ``time.monotonic()``'s clock; ``at`` None: never."""
 
