@@ -14,7 +14,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from modelserve import canary_cli, experiment_cli, features_cli, lookup_cli, policy_cli, push_flags
+from modelserve import (
+    canary_cli,
+    experiment_cli,
+    features_cli,
+    lookup_cli,
+    policy_cli,
+    push_flags,
+    stream_cli,
+)
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -37,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=1, help="number of worker processes")
 
     serve = sub.add_parser("serve", help="run one service (flags after it go to the service)")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=[*SERVICES, "streamer"])
     serve.add_argument("args", nargs=argparse.REMAINDER)
 
     models = sub.add_parser("models", help="manage models in the registry")
@@ -73,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment_cli.add_parser(sub, DEFAULT_REGISTRY)
     canary_cli.add_parser(sub, DEFAULT_REGISTRY)
     features_cli.add_parser(sub)
+    stream_cli.add_parser(sub)
     return p
 
 
@@ -93,7 +102,11 @@ def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if args.command == "stream":  # unknown flags go to the streamer's settings
+        return stream_cli.run(args, extra)
+    if extra:
+        _parser().parse_args(argv)  # the usual error for unknown arguments
     if args.command == "serve":
         module = importlib.import_module(args.service)  # services are found by name, not imported
         from modelserve.server import serve
