@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from modelserve.errors import InvalidArgumentError
+from modelserve.errors import InvalidArgumentError, ModelServeError
 from modelserve.names import validate_name
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.tensors import DTYPES, decode_outputs, encode_inputs
@@ -37,6 +37,7 @@ class EventError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.event_id: str | None = None  # when the event got as far as naming itself
 
 
 def invalid(message: str) -> EventError:
@@ -136,6 +137,24 @@ def _json_event(
     if not isinstance(body, dict):
         raise invalid(f"event must be a JSON object; got {type(body).__name__}")
     event_id = _identifier(body.get("id", f"msg-{delivery.message_id}"), "id", MAX_ID_CHARS)
+    try:
+        return _json_body(event_id, body, delivery, model, signature)
+    except EventError as exc:
+        exc.event_id = event_id
+        raise
+    except ModelServeError as exc:  # from the tensor codec
+        err = EventError(exc.code, exc.message)
+        err.event_id = event_id
+        raise err from None
+
+
+def _json_body(
+    event_id: str,
+    body: dict[str, Any],
+    delivery: Delivery,
+    model: ModelRef,
+    signature: Mapping[str, str],
+) -> Event:
     key = _identifier(body["key"], "key", MAX_KEY_CHARS) if body.get("key") is not None else ""
     inputs = body.get("inputs")
     if not isinstance(inputs, dict) or not inputs:

@@ -236,7 +236,7 @@ class Pipeline:
             try:
                 events.append(decode_event(d, self._scorer.model, signature))
             except EventError as exc:
-                self._dead(outcome, d, None, exc.code.name, exc.message, 0)
+                self._dead(outcome, d, exc.event_id, exc.code.name, exc.message, 0)
         replies = await asyncio.gather(
             *(self._scorer.score(e.request, deadline) for e in events), return_exceptions=True
         )
