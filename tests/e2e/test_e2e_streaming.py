@@ -17,7 +17,9 @@ import redis
 from streamsupport import (
     SHARED_NATS,
     SHARED_REDIS,
+    Streamer,
     event,
+    metric,
     nats_publish,
     nats_records,
     nats_url,
@@ -87,6 +89,12 @@ def assert_equal_to_online(
         assert r["scored_at"] >= r["event_time"] and r["latency_ms"] >= 0
 
 
+async def replayed(streamer: Streamer, n: int) -> None:
+    """Every event was delivered twice and nothing is in flight."""
+    assert metric(streamer, "modelserve_stream_events_in_total") >= 2 * n
+    assert metric(streamer, "modelserve_stream_batches_in_flight") == 0
+
+
 async def test_redis_n_events_in_n_results_out_equal_to_online(
     suite: Suite, tmp_path: Path
 ) -> None:
@@ -108,6 +116,12 @@ async def test_redis_n_events_in_n_results_out_equal_to_online(
             return results
 
         results = await eventually(all_scored, timeout=60)
+        # Replay: the group is moved back to the stream's start, so every event is delivered
+        # again. The sink remembers each event id: no second result is written.
+        client.xgroup_setid(source, "scorers", "0")
+        await eventually(lambda: replayed(streamer, N), timeout=60)
+        results = redis_records(client, sink)
+        assert metric(streamer, "modelserve_stream_duplicates_total") == N
         assert streamer.terminate() == 0, streamer.log()
     finally:
         streamer.kill()
@@ -138,6 +152,12 @@ async def test_nats_n_events_in_n_results_out_equal_to_online(suite: Suite, tmp_
             return results
 
         results = await eventually(all_scored, timeout=60)
+        # The producer sends every event again (a retry after a lost publish ack): the
+        # sink's duplicate window drops the second result of each event id.
+        await nats_publish(SHARED_NATS, source, payloads)
+        await eventually(lambda: replayed(streamer, N), timeout=60)
+        results = await nats_records(SHARED_NATS, sink)
+        assert metric(streamer, "modelserve_stream_duplicates_total") == N
         assert streamer.terminate() == 0, streamer.log()
     finally:
         streamer.kill()
