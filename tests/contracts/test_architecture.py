@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "router", "worker", "registry", "featurestore")
+SERVICES = ("gateway", "router", "worker", "registry", "featurestore", "streamer")
 PACKAGES = ("modelserve", *SERVICES)
 
 
