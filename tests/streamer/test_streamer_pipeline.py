@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from fake_gateway import FakeGateway, start_fake_gateway
+from prometheus_client import REGISTRY
 from testsupport import eventually
 
 from modelserve.channels import EndpointSet
@@ -26,6 +27,7 @@ from streamer.scorer import GatewayScorer
 from streamer.urls import parse
 
 REDIS = "redis://127.0.0.1:6379/0"
+LABELS = {"group": "g", "consumer": "c1"}
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +91,14 @@ async def rig(
         dead_letter=RedisStreamSink(parse(f"{REDIS}?stream={dlq}"), dedupe_ttl_s=60, maxlen=100),
         scorer=GatewayScorer(gateways=endpoints, model=ModelRef("m"),
                              max_attempts=config.get("max_attempts", 3), call_timeout_s=5),
-        config=PipelineConfig(group="g", consumer="c1", reclaim_every_s=0.05, **config),
+        config=PipelineConfig(
+            group="g", consumer="c1", reclaim_every_s=0.05, lag_every_s=0.05, **config
+        ),
     )  # fmt: skip
     task = asyncio.create_task(pipeline.run())
     await asyncio.wait_for(pipeline.ready.wait(), 10)
+    lag = asyncio.create_task(pipeline.watch_lag())
+    task.add_done_callback(lambda _: lag.cancel())
     return Rig(pipeline, task, source, sink, dlq, endpoints)
 
 
@@ -149,6 +155,9 @@ async def test_reading_stops_at_max_in_flight_batches_while_the_gateway_is_slow(
             assert fake.active == 8  # 2 batches of 4
             g = await group(client, r.source)
             assert g["pending"] == 8 and g["lag"] == 92, g  # nothing more was read
+            # ... and the lag gauge says so: pending + not yet delivered.
+            assert REGISTRY.get_sample_value("modelserve_stream_consumer_lag", LABELS) == 100
+            assert REGISTRY.get_sample_value("modelserve_stream_pending", LABELS) == 8
 
         await eventually(stalled)
         assert fake.max_active == 8
