@@ -10,8 +10,10 @@ import os
 import socket
 from dataclasses import dataclass
 
+from modelserve.errors import ModelServeError
 from modelserve.server import dependency
 from modelserve.settings import CommonSettings, SettingsError, setting
+from streamer.urls import dead_letter_default, parse
 
 SCHEMES = ("redis", "rediss", "nats")
 
@@ -81,8 +83,6 @@ class StreamerSettings(CommonSettings):
     def resolved_dead_letter(self) -> str:
         if self.stream_dead_letter:
             return self.stream_dead_letter
-        from streamer.urls import dead_letter_default
-
         return dead_letter_default(self.stream_sink)
 
     def validate(self) -> None:
@@ -98,6 +98,14 @@ class StreamerSettings(CommonSettings):
                 raise SettingsError(
                     f"{name} must start with redis://, rediss:// or nats://; got {url!r}"
                 )
+            if url:
+                parse(url, name)  # ?stream= and the scheme's own parameters
+        from streamer.events import ModelRef  # numpy and protos: only once the rest is sane
+
+        try:
+            ModelRef.parse(self.stream_model)
+        except ModelServeError as exc:
+            raise SettingsError(f"stream_model: {exc.message}") from None
         positive = ("stream_max_batch", "stream_max_in_flight", "stream_max_attempts")
         for name in positive:
             if getattr(self, name) < 1:

@@ -156,6 +156,10 @@ def test_settings_fail_fast_and_stream_run_maps_its_flags() -> None:
     assert s.stream_max_batch == 64 and s.resolved_dead_letter() == "redis://h/0?stream=out.dlq"
     with pytest.raises(SettingsError, match="redis://"):
         load_settings(StreamerSettings, [], {**env, "MODELSERVE_STREAM_SINK": "kafka://x"})
+    with pytest.raises(SettingsError, match="needs \\?stream="):
+        load_settings(StreamerSettings, [], {**env, "MODELSERVE_STREAM_SOURCE": "redis://h/0"})
+    with pytest.raises(SettingsError, match="stream_model: invalid model name"):
+        load_settings(StreamerSettings, [], {**env, "MODELSERVE_STREAM_MODEL": "../etc"})
     args = argparse.Namespace(
         model="fraud@prod",
         source=env["MODELSERVE_STREAM_SOURCE"],
