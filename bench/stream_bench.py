@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,10 @@ def online_rate(gateway: str, concurrency: int, window: float) -> dict[str, Any]
         gen.stdin.write(f"{t0} {t1}\n")
         gen.stdin.flush()
     done, errors = 0, 0
-    for gen in gens:
-        out, _ = gen.communicate(timeout=window + 120)
+    # Read every generator at once: one left waiting on a full pipe loses its report.
+    with ThreadPoolExecutor(len(gens)) as pool:
+        outs = list(pool.map(lambda g: g.communicate(timeout=window + 120)[0], gens))
+    for out in outs:
         result = json.loads(out.strip().splitlines()[-1])
         done += len(result["latencies_us"])
         errors += sum(result["errors"].values())

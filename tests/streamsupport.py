@@ -265,3 +265,15 @@ async def nats_count(server: str, stream: str) -> int:
             return 0
     finally:
         await nc.close()
+
+
+async def nats_consumer_lag(server: str, stream: str, durable: str) -> tuple[int, int]:
+    """(delivered but unacked, not yet delivered) of a durable consumer."""
+    import nats
+
+    nc = await nats.connect(server)
+    try:
+        info = await nc.jetstream().consumer_info(stream, durable)
+        return int(info.num_ack_pending), int(info.num_pending)
+    finally:
+        await nc.close()

@@ -9,9 +9,11 @@ from typing import Any
 
 import redis
 from streamsupport import (
+    SHARED_NATS,
     SHARED_REDIS,
     broker,
     metric,
+    nats_consumer_lag,
     nats_count,
     nats_publish,
     nats_records,
@@ -80,6 +82,48 @@ async def test_a_consumer_killed_mid_batch_loses_nothing(suite: Suite, tmp_path:
     assert_one_result_each(results, set(inputs))
     assert len(results) == n
     assert pending_of(client, source, "g").get("first", 0) == 0  # claimed by the second
+
+
+async def test_a_nats_consumer_killed_mid_batch_loses_nothing(suite: Suite, tmp_path: Path) -> None:
+    source, sink = unique("events"), unique("results")
+    n = 1500
+    payloads, inputs = tabular_events(n, source, seed=6)
+    await nats_publish(SHARED_NATS, source, payloads)
+    urls = {"source": nats_url(SHARED_NATS, source), "sink": nats_url(SHARED_NATS, sink)}
+    gateway = suite.address("gateway")
+    args = ["--max-batch", "32", "--max-in-flight", "4", *RECLAIM]  # ack wait 1.5 s
+    first = await start_streamer(
+        gateway, "tabular", **urls, group="g", consumer="first", workdir=tmp_path, args=args
+    )
+    second = None
+    try:
+
+        async def mid_stream() -> None:
+            written = await nats_count(SHARED_NATS, sink)
+            unacked, _ = await nats_consumer_lag(SHARED_NATS, source, "g")
+            assert 100 <= written < n - 200 and unacked > 0, (written, unacked)
+
+        await eventually(mid_stream, timeout=60, interval=0.005)
+        first.kill()  # SIGKILL: its unacked messages come back after the ack wait
+        orphaned, _ = await nats_consumer_lag(SHARED_NATS, source, "g")
+        assert orphaned > 0  # and only a redelivery to the second can ack them
+        second = await start_streamer(
+            gateway, "tabular", **urls, group="g", consumer="second", workdir=tmp_path, args=args
+        )
+
+        async def all_done() -> list[dict[str, Any]]:
+            assert await nats_count(SHARED_NATS, sink) >= n
+            assert await nats_consumer_lag(SHARED_NATS, source, "g") == (0, 0)
+            return await nats_records(SHARED_NATS, sink)
+
+        results = await eventually(all_done, timeout=90)
+        assert second.terminate() == 0, second.log()
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert_one_result_each(results, set(inputs))
+    assert len(results) == n
 
 
 async def test_redis_restarted_mid_stream_loses_nothing(suite: Suite, tmp_path: Path) -> None:
