@@ -14,7 +14,7 @@ from modelserve.settings import settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "configuration.md"
-SERVICES = ("gateway", "router", "worker", "registry", "featurestore")
+SERVICES = ("gateway", "router", "worker", "registry", "featurestore", "streamer")
 
 HEADER = """# Configuration
 

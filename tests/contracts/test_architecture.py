@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("gateway", "router", "worker", "registry", "featurestore")
+SERVICES = ("gateway", "router", "worker", "registry", "featurestore", "streamer")
 PACKAGES = ("modelserve", *SERVICES)
 
 
@@ -69,6 +69,7 @@ ALLOWED = {
     "worker": {FLOOR, CATALOG, V2, "worker"},
     "registry": {FLOOR, CATALOG, "registry"},
     "featurestore": {FLOOR, "featurestore"},
+    "streamer": {FLOOR, "streamer"},  # a V2 client of the gateway: wire contracts only
     CLI: {FLOOR, CATALOG, V2, CLI, *SERVICES},  # the top floor; the only one naming services
 }
 # `python -m modelserve` has to reach the CLI from the floor's package: an entry point, no code.

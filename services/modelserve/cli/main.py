@@ -20,6 +20,7 @@ from modelserve.cli import features as features_cli
 from modelserve.cli import lookup as lookup_cli
 from modelserve.cli import policy as policy_cli
 from modelserve.cli import push_flags
+from modelserve.cli import stream as stream_cli
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import SERVICES
 from modelserve.errors import ModelServeError
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=1, help="number of worker processes")
 
     serve = sub.add_parser("serve", help="run one service (flags after it go to the service)")
-    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("service", choices=[*SERVICES, "streamer"])
     serve.add_argument("args", nargs=argparse.REMAINDER)
 
     models = sub.add_parser("models", help="manage models in the registry")
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment_cli.add_parser(sub, DEFAULT_REGISTRY)
     canary_cli.add_parser(sub, DEFAULT_REGISTRY)
     features_cli.add_parser(sub)
+    stream_cli.add_parser(sub)
     return p
 
 
@@ -98,7 +100,11 @@ def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, extra = _parser().parse_known_args(argv)
+    if args.command == "stream":  # unknown flags go to the streamer's settings
+        return stream_cli.run(args, extra)
+    if extra:
+        _parser().parse_args(argv)  # the usual error for unknown arguments
     if args.command == "serve":
         module = importlib.import_module(args.service)  # services are found by name, not imported
         from modelserve.server import serve
