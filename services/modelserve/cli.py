@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from modelserve import canary_cli, experiment_cli, features_cli, lookup_cli, policy_cli, push_flags
+from modelserve.batch import cli as batch_cli
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment_cli.add_parser(sub, DEFAULT_REGISTRY)
     canary_cli.add_parser(sub, DEFAULT_REGISTRY)
     features_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     return p
 
 
@@ -106,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
     if args.command == "features":
         return features_cli.run(args)
+    if args.command == "batch":
+        return batch_cli.run(args)
     # Client commands only (never a server): `modelserve models list | head` ends quietly.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:

@@ -1,0 +1,83 @@
+"""Scoring one part in an executor process (local pool worker or Spark Python worker).
+
+The model is loaded once per process (keyed by sha256) and reused for every part that process
+scores; a part is read in record batches, scored batch by batch and written as one file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from modelserve.batch.columns import ColumnPlan
+from modelserve.batch.commit import write_part
+from modelserve.batch.scoring import Scorer
+from modelserve.batch.sources import Part, Source, read_part
+from modelserve.tensors import TensorSpec
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything an executor needs, picklable: no channels, no sessions."""
+
+    model: str
+    version: int
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    plan: ColumnPlan
+    source: Source
+    schema: pa.Schema  # the output schema, with the run's metadata
+    run_id: str
+    staging: str
+    batch_rows: int
+    threads: int = 1
+
+
+_SCORERS: dict[str, Scorer] = {}
+
+
+def scorer_for(spec: JobSpec, artifact: Path) -> Scorer:
+    found = _SCORERS.get(spec.sha256)
+    if found is None:
+        found = Scorer.load(
+            artifact,
+            sha256=spec.sha256,
+            model=spec.model,
+            version=spec.version,
+            inputs=spec.inputs,
+            outputs=spec.outputs,
+            threads=spec.threads,
+        )
+        _SCORERS[spec.sha256] = found
+    return found
+
+
+def score_part(spec: JobSpec, scorer: Scorer, part: Part) -> int:
+    """Score and commit one part; returns its row count."""
+    return write_part(Path(spec.staging), part.index, spec.schema, _batches(spec, scorer, part))
+
+
+def _batches(spec: JobSpec, scorer: Scorer, part: Part) -> Iterator[pa.RecordBatch]:
+    plan = spec.plan
+    scored_at = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
+    where = part.describe()
+    for batch in read_part(spec.source, part, plan.read_columns, spec.batch_rows):
+        n = batch.num_rows
+        if n == 0:
+            continue
+        results = scorer.run(plan.feeds(batch, where))
+        arrays = [batch.column(k) for k in plan.keys]
+        arrays += plan.output_arrays(results, n)
+        arrays += [
+            pa.repeat(pa.scalar(spec.model, pa.string()), n),
+            pa.repeat(pa.scalar(spec.version, pa.int64()), n),
+            pa.repeat(pa.scalar(spec.sha256, pa.string()), n),
+            pa.repeat(pa.scalar(spec.run_id, pa.string()), n),
+            pa.repeat(scored_at, n),
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
