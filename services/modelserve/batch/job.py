@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import time
@@ -189,7 +190,9 @@ def _cores() -> int:
 
 
 def _plan_json(plan: ColumnPlan) -> dict[str, Any]:
-    return dataclasses.asdict(plan)
+    """As it reads back from the manifest (tuples become lists), so a resume compares equal."""
+    result: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(plan)))
+    return result
 
 
 def _rows_of(directory: Path, done: set[int]) -> int:
