@@ -44,7 +44,7 @@ CASES = {
     # The NaN sits in the last part: earlier parts were scored (and staged) before it is met.
     "NaN": (lambda t: _nan_at(t, t.num_rows - 5), "column 'b_0' has 1 NaN value(s)"),
     "null": (
-        lambda t: _with(t, "b_1", pa.array([None] + t.column("b_1").to_pylist()[1:], pa.float32())),
+        lambda t: _with(t, "b_1", pa.array([None, *t.column("b_1").to_pylist()[1:]], pa.float32())),
         "column 'b_1' has 1 null value(s)",
     ),
     "empty input": (lambda t: t.slice(0, 0), "input is empty"),
