@@ -27,6 +27,7 @@ from modelserve.tensors import DTYPES, TensorSpec
 
 META_COLUMNS = ("model_name", "model_version", "model_sha256", "run_id", "scored_at")
 NAN_POLICIES = ("error", "pass")
+_TEXT_DICT = pa.dictionary(pa.int32(), pa.string())
 _FLOATS = ("FP16", "FP32", "FP64")
 _INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 _ARROW = {
@@ -103,10 +104,11 @@ class ColumnPlan:
         fields = [source.field(k) for k in self.keys]
         fields += [pa.field(o.name, o.arrow_type) for o in self.outputs]
         fields += [
-            pa.field("model_name", pa.string()),
+            # Dictionary-encoded: one value per part, written (and read) once, not per row.
+            pa.field("model_name", _TEXT_DICT),
             pa.field("model_version", pa.int64()),
-            pa.field("model_sha256", pa.string()),
-            pa.field("run_id", pa.string()),
+            pa.field("model_sha256", _TEXT_DICT),
+            pa.field("run_id", _TEXT_DICT),
             pa.field("scored_at", pa.timestamp("ms", tz="UTC")),
         ]
         return pa.schema(fields, metadata={k.encode(): v.encode() for k, v in metadata.items()})

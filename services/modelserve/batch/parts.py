@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from modelserve.batch.columns import ColumnPlan
@@ -73,11 +74,12 @@ def _batches(spec: JobSpec, scorer: Scorer, part: Part) -> Iterator[pa.RecordBat
         results = scorer.run(plan.feeds(batch, where))
         arrays = [batch.column(k) for k in plan.keys]
         arrays += plan.output_arrays(results, n)
+        zeros = pa.array(np.zeros(n, np.int32))
         arrays += [
-            pa.repeat(pa.scalar(spec.model, pa.string()), n),
+            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.model])),
             pa.repeat(pa.scalar(spec.version, pa.int64()), n),
-            pa.repeat(pa.scalar(spec.sha256, pa.string()), n),
-            pa.repeat(pa.scalar(spec.run_id, pa.string()), n),
+            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.sha256])),
+            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.run_id])),
             pa.repeat(scored_at, n),
         ]
         yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)

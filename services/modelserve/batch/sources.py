@@ -157,14 +157,31 @@ def read_part(
     source: Source, part: Part, columns: list[str], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
     """The part's rows in record batches of at most ``batch_rows``, only ``columns``."""
+    if source.format == "parquet" and not source.base:
+        # Plain files: the Parquet reader itself, a row group at a time (less held in memory
+        # than the dataset scanner's read-ahead); one thread, as parallelism is across parts.
+        if not part.row_groups:
+            return
+        try:
+            reader = pq.ParquetFile(part.path, pre_buffer=False)
+            yield from reader.iter_batches(
+                batch_size=batch_rows,
+                row_groups=list(part.row_groups),
+                columns=columns,
+                use_threads=False,
+            )
+        except (OSError, pa.ArrowException) as exc:
+            raise BatchInputError(f"cannot read {part.describe()}: {exc}") from None
+        return
     dataset = _dataset([part.path], source.format, source.base)
     fragment = next(iter(dataset.get_fragments()))
     if part.row_groups:
         fragment = fragment.subset(row_group_ids=list(part.row_groups))
     elif source.format == "parquet":
         return
+    # One thread: parallelism is across parts (one executor process per core).
     scanner = ds.Scanner.from_fragment(
-        fragment, schema=dataset.schema, columns=columns, batch_size=batch_rows
+        fragment, schema=dataset.schema, columns=columns, batch_size=batch_rows, use_threads=False
     )
     try:
         yield from scanner.to_batches()
