@@ -33,6 +33,7 @@ class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
         now_ms: Callable[[], int] = now_unix_ms,
     ) -> None:
         self._catalog = catalog
+        self._store = online_store
         self._online = OnlineFeatures(
             catalog=catalog,
             online_store=online_store,
@@ -91,6 +92,16 @@ class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> featurestore_pb2.MaterializationState:
         return convert.state_to_proto(self._catalog.materialization(request.view))
+
+    async def DeleteFeatureView(
+        self,
+        request: featurestore_pb2.DeleteFeatureViewRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.DeleteFeatureViewResponse:
+        # The catalog first: once the view is unknown no new write can land in its rows.
+        await self._catalog.delete(request.name)
+        deleted = await self._store.delete_view(request.name)
+        return featurestore_pb2.DeleteFeatureViewResponse(deleted_rows=deleted)
 
     async def CommitMaterialization(
         self,

@@ -12,12 +12,15 @@ import sys
 import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import pyarrow.parquet as pq
+import pytest
 from batchsupport import batch_cli, push, read_output, two_input_model, two_input_table
 from testsupport import eventually
 
+from modelserve.proto.modelserve.v1 import featurestore_pb2, featurestore_pb2_grpc
 from modelserve.suite import Suite
 
 MODEL = "batch_pub_model"
@@ -150,10 +153,41 @@ async def test_publish_switch_and_rollback(suite: Suite, tmp_path: Path) -> None
     switched = kinds.index(1)
     assert kinds[switched:] == [1] * (len(kinds) - switched), "went back to the old generation"
 
-    result = batch_cli("rollback", LOOKUP, "--registry", suite.address("registry"))
+    result = batch_cli(
+        "rollback",
+        LOOKUP,
+        "--registry",
+        suite.address("registry"),
+        "--featurestore",
+        suite.address("featurestore"),
+    )
     assert result.returncode == 0, result.stderr
 
     async def serves_first_again() -> None:
         assert _generation(await asyncio.to_thread(_ask, suite, PROBE), gens) == 0
 
+    await eventually(serves_first_again, timeout=30)
+
+    # A third run replaces the first (production after the rollback): the second generation,
+    # neither live nor the one kept for rollback, is expired; rollback then skips it.
+    pq.write_table(two_input_table(ROWS, seed=23), tmp_path / "g3.parquet", row_group_size=5000)
+    third = await asyncio.to_thread(_run, suite, tmp_path / "g3.parquet", tmp_path / "o3", "g3")
+    assert third["published"]["previous_version"] == first["published"]["version"]
+    assert third["published"]["expired_views"] == [f"{LOOKUP}.g2"]
+    async with grpc.aio.insecure_channel(suite.address("featurestore")) as channel:
+        fs = featurestore_pb2_grpc.FeatureStoreStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await fs.GetFeatureView(featurestore_pb2.GetFeatureViewRequest(name=f"{LOOKUP}.g2"))
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    result = batch_cli(
+        "rollback",
+        LOOKUP,
+        "--registry",
+        suite.address("registry"),
+        "--featurestore",
+        suite.address("featurestore"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["to_version"] == first["published"]["version"]
     await eventually(serves_first_again, timeout=30)

@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rb = bsub.add_parser("rollback", help="point lookup model NAME at its previous generation")
     rb.add_argument("name")
     rb.add_argument("--registry", default=DEFAULT_REGISTRY)
+    rb.add_argument("--featurestore", default=DEFAULT_FEATURESTORE)
     rb.add_argument("--json", action="store_true")
 
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_command == "rollback":
             from modelserve.batch.publish import rollback
 
-            result = asyncio.run(rollback(args.registry, args.name))
+            result = asyncio.run(rollback(args.registry, args.name, args.featurestore))
             print(
                 json.dumps(result)
                 if args.json

@@ -87,9 +87,10 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
         label=model.label,
     )
     if opts.publish_lookup:
-        from modelserve.batch.publish import check_publishable
+        from modelserve.batch.publish import check_publishable, check_target
 
         check_publishable(opts.publish_lookup, plan, source.schema)
+        asyncio.run(check_target(opts.registry, opts.publish_lookup))
     metadata = {
         "modelserve.model": model.model,
         "modelserve.version": str(model.version),
