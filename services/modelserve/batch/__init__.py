@@ -6,6 +6,6 @@ Modules by role: ``cli`` (the ``modelserve batch`` commands), ``resolve`` (the m
 the registry, its artifact fetched and verified), ``columns`` (input columns -> model inputs,
 outputs -> columns), ``sources`` (datasets split into parts), ``scoring`` (the ONE adapter to
 the worker's ONNX Runtime session code), ``parts`` (scoring one part), ``commit`` (the staging
-/ manifest / _SUCCESS protocol), ``local_engine`` and ``spark_engine``, ``publish`` and
-``rollback`` (generations of a lookup model).
+/ manifest / _SUCCESS protocol), ``local_engine`` and ``spark_engine``, ``publish`` (a run
+into the online store, the switch) and ``generations`` (which is live, expiry, rollback).
 """

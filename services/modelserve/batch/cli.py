@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.batch_command == "rollback":
-            from modelserve.batch.publish import rollback
+            from modelserve.batch.generations import rollback
 
             result = asyncio.run(rollback(args.registry, args.name, args.featurestore))
             print(

@@ -87,7 +87,8 @@ def run_batch(opts: RunOptions) -> dict[str, Any]:
         label=model.label,
     )
     if opts.publish_lookup:
-        from modelserve.batch.publish import check_publishable, check_target
+        from modelserve.batch.generations import check_target
+        from modelserve.batch.publish import check_publishable
 
         check_publishable(opts.publish_lookup, plan, source.schema)
         asyncio.run(check_target(opts.registry, opts.publish_lookup))
