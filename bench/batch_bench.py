@@ -312,15 +312,15 @@ def main() -> int:
                 r["udf"] = predict_batch_udf(spark, udf, data, work / f"out-udf-{name}")
             results[name] = r
             print(f"{name}: {r}", file=sys.stderr, flush=True)
-        mem: list[tuple[int, int]] = []
+        mem: list[tuple[int, int, float]] = []
         for n in (int(v) for v in args.mem_rows.split(",") if v):
             data = work / f"tabular-{n}.parquet"
             if not data.exists():
                 write_data(data, WIDTH["tabular"], n, seed=2)
             out = work / f"out-mem-{n}"
             shutil.rmtree(out, ignore_errors=True)
-            _, peak = local_engine("tabular", data, out, reg_addr, work / "cache")
-            mem.append((n, peak))
+            summary, peak = local_engine("tabular", data, out, reg_addr, work / "cache")
+            mem.append((n, peak, summary["rows"] / summary["seconds"]))
         published = None
         if args.publish_keys:
             prefix = f"modelserve:fs:bench{os.getpid()}:"
@@ -358,7 +358,7 @@ def main() -> int:
 
 def report(
     results: dict[str, dict[str, Any]],
-    mem: list[tuple[int, int]],
+    mem: list[tuple[int, int, float]],
     published: dict[str, Any] | None,
     load_before: tuple[float, ...],
     load_after: tuple[float, ...],
@@ -394,10 +394,20 @@ def report(
             + " |"
         )
     if mem:
-        lines += ["", "| local engine, tabular | peak RSS of the process tree |", "|---|---|"]
-        lines += [f"| {n:,} rows | {peak / 2**20:,.0f} MiB |" for n, peak in mem]
+        lines += [
+            "",
+            "| local engine, tabular | peak RSS of the process tree | rows/s (vs raw ORT) |",
+            "|---|---|---|",
+        ]
+        raw = results.get("tabular", {}).get("raw", 0.0)
+        lines += [
+            f"| {n:,} rows | {peak / 2**20:,.0f} MiB | {k(rate)}"
+            + (f" ({rate / raw:.2f}x)" if raw else "")
+            + " |"
+            for n, peak, rate in mem
+        ]
         if len(mem) == 2:
-            lines.append(f"| ratio | {mem[1][1] / mem[0][1]:.2f} (goal: within 1.20) |")
+            lines.append(f"| ratio | {mem[1][1] / mem[0][1]:.2f} (goal: within 1.20) | |")
     if published:
         lines += [
             "",

@@ -232,7 +232,7 @@ def _score(
             model.artifact,
             todo,
             workers=workers,
-            on_part=lambda _part, rows: bar.update(rows),
+            on_rows=bar.update,
         )
 
 

@@ -32,10 +32,10 @@ def default_workers() -> int:
 class _Parts:
     """The queue both the driver thread and the pool feeder take from, and the tally."""
 
-    def __init__(self, parts: Sequence[Part], on_part: Callable[[Part, int], None]) -> None:
+    def __init__(self, parts: Sequence[Part], on_rows: Callable[[int], None]) -> None:
         self._queue = deque(parts)
         self._lock = threading.Lock()
-        self._on_part = on_part
+        self._on_rows = on_rows
         self.rows = 0
         self.failed: BaseException | None = None
 
@@ -48,7 +48,10 @@ class _Parts:
     def done(self, part: Part, rows: int) -> None:
         with self._lock:
             self.rows += rows
-            self._on_part(part, rows)
+
+    def progress(self, rows: int) -> None:
+        with self._lock:
+            self._on_rows(rows)
 
     def idle(self) -> bool:
         """Nothing left to hand out (or a failure stopped the handing out)."""
@@ -66,13 +69,13 @@ def run_local(
     parts: Sequence[Part],
     *,
     workers: int,
-    on_part: Callable[[Part, int], None],
+    on_rows: Callable[[int], None],
 ) -> int:
-    """Score ``parts`` on ``workers`` processes (the driver included); ``on_part`` after each
-    committed part. The first failure stops handing out parts and is raised."""
+    """Score ``parts`` on ``workers`` processes (the driver included); ``on_rows`` as batches
+    are scored (progress). The first failure stops handing out parts and is raised."""
     if not parts:
         return 0
-    queue = _Parts(parts, on_part)
+    queue = _Parts(parts, on_rows)
     pool_size = max(0, min(workers, len(parts)) - 1)
     driver = threading.Thread(target=_drive, args=(spec, artifact, queue), daemon=True)
     driver.start()
@@ -88,7 +91,7 @@ def _drive(spec: JobSpec, artifact: Path, queue: _Parts) -> None:
     try:
         scorer = scorer_for(spec, artifact)
         while (part := queue.take()) is not None:
-            queue.done(part, score_part(spec, scorer, part))
+            queue.done(part, score_part(spec, scorer, part, queue.progress))
     except BaseException as exc:  # handed to the caller by run_local
         queue.fail(exc)
 
@@ -119,6 +122,9 @@ def _feed_pool(spec: JobSpec, artifact: Path, queue: _Parts, size: int) -> None:
                     return
                 continue
             kind, index, payload = message
+            if kind == "rows":
+                queue.progress(payload)
+                continue
             if kind == "done":
                 queue.done(in_flight.pop(index), payload)
             elif kind == "error":
@@ -168,7 +174,8 @@ def _pool_main(spec: JobSpec, artifact: str, tasks: Any, results: Any) -> None:
     while True:
         part = tasks.get()
         try:
-            results.put(("done", part.index, score_part(spec, scorer, part)))
+            rows = score_part(spec, scorer, part, lambda n: results.put(("rows", -1, n)))
+            results.put(("done", part.index, rows))
         except BaseException as exc:
             results.put(("error", part.index, (type(exc).__name__, str(exc))))
             return

@@ -6,7 +6,7 @@ scores; a part is read in record batches, scored batch by batch and written as o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,12 +58,18 @@ def scorer_for(spec: JobSpec, artifact: Path) -> Scorer:
     return found
 
 
-def score_part(spec: JobSpec, scorer: Scorer, part: Part) -> int:
-    """Score and commit one part; returns its row count."""
-    return write_part(Path(spec.staging), part.index, spec.schema, _batches(spec, scorer, part))
+def score_part(
+    spec: JobSpec, scorer: Scorer, part: Part, on_rows: Callable[[int], None] | None = None
+) -> int:
+    """Score and commit one part; returns its row count. ``on_rows`` after each batch
+    scored (progress; the part is committed only when all are)."""
+    batches = _batches(spec, scorer, part, on_rows or (lambda _n: None))
+    return write_part(Path(spec.staging), part.index, spec.schema, batches)
 
 
-def _batches(spec: JobSpec, scorer: Scorer, part: Part) -> Iterator[pa.RecordBatch]:
+def _batches(
+    spec: JobSpec, scorer: Scorer, part: Part, on_rows: Callable[[int], None]
+) -> Iterator[pa.RecordBatch]:
     plan = spec.plan
     scored_at = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
     where = part.describe()
@@ -83,3 +89,4 @@ def _batches(spec: JobSpec, scorer: Scorer, part: Part) -> Iterator[pa.RecordBat
             pa.repeat(scored_at, n),
         ]
         yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
+        on_rows(n)
