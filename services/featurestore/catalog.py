@@ -110,6 +110,25 @@ class ViewCatalog:
             self._views[view.name] = view
             return view
 
+    async def delete(self, name: str) -> None:
+        """Forget view ``name`` and its materialisation state (NOT_FOUND if unknown)."""
+        self.get(name)
+        async with self._apply_lock:
+
+            def delete(conn: sqlite3.Connection) -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM feature_views WHERE name = ?", (name,))
+                    conn.execute("DELETE FROM materializations WHERE view = ?", (name,))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+
+            await self._db.run(delete)
+            self._views.pop(name, None)
+            self._states.pop(name, None)
+
     def materialization(self, name: str) -> MaterializationState:
         """The view's materialisation state (NOT_FOUND for an unknown view)."""
         view = self.get(name)

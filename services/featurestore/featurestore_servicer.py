@@ -73,6 +73,16 @@ class FeatureStoreServicer(featurestore_pb2_grpc.FeatureStoreServicer):
     ) -> featurestore_pb2.MaterializationState:
         return convert.state_to_proto(self._catalog.materialization(request.view))
 
+    async def DeleteFeatureView(
+        self,
+        request: featurestore_pb2.DeleteFeatureViewRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> featurestore_pb2.DeleteFeatureViewResponse:
+        # The catalog first: once the view is unknown no new write can land in its rows.
+        await self._catalog.delete(request.name)
+        deleted = await self._online.delete_view(request.name)
+        return featurestore_pb2.DeleteFeatureViewResponse(deleted_rows=deleted)
+
     async def CommitMaterialization(
         self,
         request: featurestore_pb2.CommitMaterializationRequest,

@@ -72,6 +72,10 @@ class OnlineFeatures:
         self._max_values = max_values_per_call
         self._now_ms = now_ms
 
+    async def delete_view(self, view: str) -> int:
+        """Every stored row of ``view`` (all keys); returns how many were deleted."""
+        return await self._store.delete_view(view)
+
     async def write(
         self,
         view_name: str,

@@ -11,6 +11,7 @@ noeviction`` (or ``volatile-*`` with expiry off) so values are not evicted early
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -115,6 +116,21 @@ class RedisOnlineStore:
         keys = [self.key(view, entity) for entity in entities]
         values: list[bytes | None] = await self._guarded(lambda: self._client.mget(keys))
         return values
+
+    async def delete_view(self, view: str) -> int:
+        """SCAN the view's keys and UNLINK them a page at a time (never one blocking KEYS)."""
+        pattern = self.key(view, "*")
+        deleted = 0
+
+        cursor = 0
+        while True:
+            cursor, keys = await self._guarded(
+                functools.partial(self._client.scan, cursor, match=pattern, count=_CHUNK)
+            )
+            if keys:
+                deleted += int(await self._guarded(functools.partial(self._client.unlink, *keys)))
+            if cursor == 0:
+                return deleted
 
     async def _guarded(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a Redis call behind the breaker; outages become UNAVAILABLE (retryable)."""

@@ -53,6 +53,12 @@ class SqliteOnlineStore:
         params = [(view, r.entity, r.event_ms, r.blob) for r in rows]
         return await self._db.run(lambda conn: _write(conn, params))
 
+    async def delete_view(self, view: str) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM online_rows WHERE view = ?", (view,)).rowcount
+
+        return await self._db.run(delete)
+
     async def read_rows(self, view: str, entities: Sequence[str]) -> list[bytes | None]:
         found = await self._db.run(lambda conn: _read(conn, view, entities))
         return [found.get(entity) for entity in entities]

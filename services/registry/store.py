@@ -368,11 +368,16 @@ def _newest(conn: sqlite3.Connection, model: str) -> int:
 
 
 def _upsert_label(conn: sqlite3.Connection, model: str, label: str, version: int) -> None:
-    conn.execute(
-        "INSERT INTO labels (model, label, version) VALUES (?, ?, ?) "
-        "ON CONFLICT (model, label) DO UPDATE SET version = excluded.version",
-        (model, label, version),
+    # UPDATE, then INSERT: not an UPSERT, whose conflict handling overrides the triggers'
+    # INSERT OR IGNORE, so moving an existing label in the same transaction as a new
+    # version (push --label L, L already set) failed on temp_touched's primary key.
+    moved = conn.execute(
+        "UPDATE labels SET version = ? WHERE model = ? AND label = ?", (version, model, label)
     )
+    if moved.rowcount == 0:
+        conn.execute(
+            "INSERT INTO labels (model, label, version) VALUES (?, ?, ?)", (model, label, version)
+        )
 
 
 def _listing(items: Iterable[object]) -> str:

@@ -87,11 +87,37 @@ async def test_unknown_view_is_not_found_on_every_rpc(stub: Stub) -> None:
         ),
         stub.GetMaterializationState(fs.GetMaterializationStateRequest(view="ghost")),
         stub.CommitMaterialization(fs.CommitMaterializationRequest(view="ghost", up_to_unix_ms=1)),
+        stub.DeleteFeatureView(fs.DeleteFeatureViewRequest(name="ghost")),
     ]
     for call in calls:
         code, details = await _code(call)
         assert code == grpc.StatusCode.NOT_FOUND
         assert "feature view 'ghost' not found" in details
+
+
+async def test_delete_view_removes_it_and_its_rows_only(stub: Stub) -> None:
+    await stub.ApplyFeatureView(users_proto())
+    await stub.ApplyFeatureView(users_proto(name="alpha"))
+    keys = [f"k{i}" for i in range(7000)]  # more than one Redis SCAN page
+    await stub.WriteOnlineFeatures(write_request(keys, base=1))
+    other = write_request(["a", "b"], base=2)
+    other.view = "alpha"
+    await stub.WriteOnlineFeatures(other)
+    reply = await stub.DeleteFeatureView(fs.DeleteFeatureViewRequest(name="users"))
+    assert reply.deleted_rows == len(keys)
+    code, _ = await _code(stub.GetFeatureView(fs.GetFeatureViewRequest(name="users")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    listed = await stub.ListFeatureViews(fs.ListFeatureViewsRequest())
+    assert [v.name for v in listed.views] == ["alpha"]
+    await stub.ApplyFeatureView(users_proto())  # the name again: a new, empty view
+    again = await stub.GetOnlineFeatures(
+        fs.GetOnlineFeaturesRequest(view="users", entity_keys=keys[:3])
+    )
+    assert list(again.results[0].status) == [fs.MISSING] * 3
+    kept = await stub.GetOnlineFeatures(
+        fs.GetOnlineFeaturesRequest(view="alpha", entity_keys=["a"])
+    )
+    assert list(kept.results[0].status) == [fs.PRESENT]
 
 
 async def test_unknown_feature_is_not_found(stub: Stub) -> None:

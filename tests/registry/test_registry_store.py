@@ -109,6 +109,13 @@ def test_labels_move_atomically_and_every_change_bumps_the_revision(store: Regis
     assert store.resolve("fraud").version == 2  # back to newest
 
 
+def test_push_with_a_label_the_model_already_has_moves_it(store: RegistryStore) -> None:
+    push_direct(store, "fraud", FRAUD_V1, labels=["production"])
+    v2 = push_direct(store, "fraud", FRAUD_V2, labels=["production"])
+    assert store.get_model("fraud").labels == {"production": v2.version}
+    assert store.resolve("fraud").version == 2
+
+
 def test_changes_are_announced_in_order_with_the_full_model(tmp_path: Path) -> None:
     events: list[ChangeEvent] = []
     store = RegistryStore(tmp_path / "data", on_change=events.append)

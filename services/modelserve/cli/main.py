@@ -21,6 +21,7 @@ from modelserve.cli import lookup as lookup_cli
 from modelserve.cli import policy as policy_cli
 from modelserve.cli import push_flags
 from modelserve.cli import stream as stream_cli
+from modelserve.cli.batch import cli as batch_cli
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import SERVICES
 from modelserve.errors import ModelServeError
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     canary_cli.add_parser(sub, DEFAULT_REGISTRY)
     features_cli.add_parser(sub)
     stream_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     return p
 
 
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
     if args.command == "features":
         return features_cli.run(args)
+    if args.command == "batch":
+        return batch_cli.run(args)
     # Client commands only (never a server): `modelserve models list | head` ends quietly.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:

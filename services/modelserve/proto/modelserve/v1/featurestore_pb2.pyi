@@ -426,3 +426,42 @@ class MaterializationState(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MaterializationState: _TypeAlias = MaterializationState  # noqa: Y015
+
+@_typing.final
+class DeleteFeatureViewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFeatureViewRequest: _TypeAlias = DeleteFeatureViewRequest  # noqa: Y015
+
+@_typing.final
+class DeleteFeatureViewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_ROWS_FIELD_NUMBER: _builtins.int
+    deleted_rows: _builtins.int
+    """Stored rows removed."""
+    def __init__(
+        self,
+        *,
+        deleted_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_rows", b"deleted_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteFeatureViewResponse: _TypeAlias = DeleteFeatureViewResponse  # noqa: Y015

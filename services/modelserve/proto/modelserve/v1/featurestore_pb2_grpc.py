@@ -69,6 +69,11 @@ class FeatureStoreStub:
                 request_serializer=modelserve_dot_v1_dot_featurestore__pb2.CommitMaterializationRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.FromString,
                 _registered_method=True)
+        self.DeleteFeatureView = channel.unary_unary(
+                '/modelserve.v1.FeatureStore/DeleteFeatureView',
+                request_serializer=modelserve_dot_v1_dot_featurestore__pb2.DeleteFeatureViewRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_featurestore__pb2.DeleteFeatureViewResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureStoreServicer:
@@ -122,6 +127,14 @@ class FeatureStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteFeatureView(self, request, context):
+        """Remove a view, its materialisation state and every stored row (batch jobs expire old
+        prediction generations with it). Unknown view: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +172,11 @@ def add_FeatureStoreServicer_to_server(servicer, server):
                     servicer.CommitMaterialization,
                     request_deserializer=modelserve_dot_v1_dot_featurestore__pb2.CommitMaterializationRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.SerializeToString,
+            ),
+            'DeleteFeatureView': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFeatureView,
+                    request_deserializer=modelserve_dot_v1_dot_featurestore__pb2.DeleteFeatureViewRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_featurestore__pb2.DeleteFeatureViewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +368,33 @@ class FeatureStore:
             '/modelserve.v1.FeatureStore/CommitMaterialization',
             modelserve_dot_v1_dot_featurestore__pb2.CommitMaterializationRequest.SerializeToString,
             modelserve_dot_v1_dot_featurestore__pb2.MaterializationState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFeatureView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.FeatureStore/DeleteFeatureView',
+            modelserve_dot_v1_dot_featurestore__pb2.DeleteFeatureViewRequest.SerializeToString,
+            modelserve_dot_v1_dot_featurestore__pb2.DeleteFeatureViewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,10 @@ class FeatureStoreStub:
     watermark only moves forward and only after every row of the run was written.
     """
     CommitMaterialization: _grpc.UnaryUnaryMultiCallable[_featurestore_pb2.CommitMaterializationRequest, _featurestore_pb2.MaterializationState]
+    DeleteFeatureView: _grpc.UnaryUnaryMultiCallable[_featurestore_pb2.DeleteFeatureViewRequest, _featurestore_pb2.DeleteFeatureViewResponse]
+    """Remove a view, its materialisation state and every stored row (batch jobs expire old
+    prediction generations with it). Unknown view: NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class FeatureStoreAsyncStub(FeatureStoreStub):
@@ -73,6 +77,10 @@ class FeatureStoreAsyncStub(FeatureStoreStub):
     watermark only moves forward and only after every row of the run was written.
     """
     CommitMaterialization: _aio.UnaryUnaryMultiCallable[_featurestore_pb2.CommitMaterializationRequest, _featurestore_pb2.MaterializationState]  # type: ignore[assignment]
+    DeleteFeatureView: _aio.UnaryUnaryMultiCallable[_featurestore_pb2.DeleteFeatureViewRequest, _featurestore_pb2.DeleteFeatureViewResponse]  # type: ignore[assignment]
+    """Remove a view, its materialisation state and every stored row (batch jobs expire old
+    prediction generations with it). Unknown view: NOT_FOUND.
+    """
 
 class FeatureStoreServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -131,5 +139,15 @@ class FeatureStoreServicer(metaclass=_abc_1.ABCMeta):
         request: _featurestore_pb2.CommitMaterializationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_featurestore_pb2.MaterializationState, _abc.Awaitable[_featurestore_pb2.MaterializationState]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteFeatureView(
+        self,
+        request: _featurestore_pb2.DeleteFeatureViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_featurestore_pb2.DeleteFeatureViewResponse, _abc.Awaitable[_featurestore_pb2.DeleteFeatureViewResponse]]:
+        """Remove a view, its materialisation state and every stored row (batch jobs expire old
+        prediction generations with it). Unknown view: NOT_FOUND.
+        """
 
 def add_FeatureStoreServicer_to_server(servicer: FeatureStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,422 @@
+"""Batch inference throughput: the local and Spark engines against their anchors, one sitting.
+
+    .venv/bin/python bench/batch_bench.py                       # 1M rows of tabular and wide
+    .venv/bin/python bench/batch_bench.py --rows 1000000 --wide-rows 200000
+
+Prints a markdown table (and writes it to --out, default bench/results/batch-latest.md):
+- raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes,
+  intra-op threads = cores (the ceiling of any engine on this machine);
+- local: ``modelserve batch run --engine local`` as a subprocess (spawned pool, Parquet read
+  and written, artifact fetched from a real registry), rows / the run's own seconds;
+- spark: ``--engine spark`` on a SparkSession local[N] (JVM started and Python workers warmed
+  on a small file before timing; the same for predict_batch_udf);
+- predict_batch_udf: ``pyspark.ml.functions.predict_batch_udf`` with the same ONNX file, on
+  ``spark.read.parquet`` of the same data, written with ``.write.parquet`` (what a Spark user
+  writes by hand), batch_size 4096, one ORT thread per task;
+- peak memory of the local engine's process tree at two row counts (sampled from /proc);
+- publishing N keys through a featurestore on Redis: keys/s and Redis memory per key.
+Numbers from a shared machine: the load average at both ends is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "services"))
+
+from modelserve.cli import demo_models  # noqa: E402
+from modelserve.cli.registry_client import push_version  # noqa: E402
+from modelserve.cli.suite import wait_serving  # noqa: E402
+
+CLI = Path(sys.executable).parent / "modelserve"
+WIDTH = {"tabular": 32, "wide": 512}
+CHUNK = 65_536
+UDF_BATCH = 4096
+GOALS = {  # issue 15, on this box
+    ("tabular", "local/raw"): 0.3,
+    ("wide", "local/raw"): 0.8,
+    ("tabular", "spark/udf"): 2.0,
+    ("wide", "spark/udf"): 1.0,
+}
+
+
+def start(
+    service: str, work: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = work / f"{service}.port.json"
+    log = (work / f"{service}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", service, "--port", "0", "--port-file", str(port_file),
+         "--data-dir", str(work / service), *args],
+        stdout=log, stderr=subprocess.STDOUT, cwd=work, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{service} exited; see {work / service}.log")
+        time.sleep(0.05)
+    address = f"127.0.0.1:{json.loads(port_file.read_text())['port']}"
+    asyncio.run(wait_serving(address, timeout=60))
+    return proc, address
+
+
+async def push_models(registry: str, work: Path) -> dict[str, Path]:
+    import grpc
+
+    from modelserve.proto.modelserve.v1 import registry_pb2_grpc
+
+    paths = {}
+    async with grpc.aio.insecure_channel(registry) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        for name in WIDTH:
+            path = work / f"{name}.onnx"
+            onnx.save(demo_models.build(name), path)
+            await push_version(stub, name, path)
+            paths[name] = path
+    return paths
+
+
+def write_data(path: Path, width: int, rows: int, seed: int) -> None:
+    """id + INPUT0 as fixed-size lists, written a chunk at a time (row groups of CHUNK)."""
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([("id", pa.int64()), ("INPUT0", pa.list_(pa.float32(), width))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, CHUNK):
+            n = min(CHUNK, rows - start)
+            x = rng.standard_normal((n, width), dtype=np.float32)
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        pa.array(np.arange(start, start + n)),
+                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), width),
+                    ],
+                    schema=schema,
+                )
+            )
+
+
+def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
+    """Best rows/s over a few batch sizes, rows already in memory, one process, all cores."""
+    table = pq.read_table(data).slice(0, rows)
+    width = table.schema.field("INPUT0").type.list_size
+    x = np.asarray(table.column("INPUT0").combine_chunks().flatten()).reshape(-1, width)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    best = (0.0, 0)
+    for batch in (256, 1024, 4096, 16384, 65536):
+        session.run(None, {"INPUT0": x[:batch]})
+        started = time.perf_counter()
+        for i in range(0, len(x), batch):
+            session.run(None, {"INPUT0": x[i : i + batch]})
+        rate = len(x) / (time.perf_counter() - started)
+        best = max(best, (rate, batch))
+    return best
+
+
+class TreeRSS:
+    """Peak resident memory of a process and all its descendants, sampled from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            parents: dict[int, int] = {}
+            rss: dict[int, int] = {}
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        stat = Path(f"/proc/{entry}/stat").read_text()
+                        fields = stat.rsplit(")", 1)[1].split()
+                        parents[int(entry)] = int(fields[1])
+                        rss[int(entry)] = int(fields[21]) * page
+                    except (OSError, IndexError, ValueError):
+                        pass
+            tree, frontier = {self.pid}, [self.pid]
+            while frontier:
+                p = frontier.pop()
+                kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+                tree.update(kids)
+                frontier += kids
+            self.peak = max(self.peak, sum(rss.get(p, 0) for p in tree))
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def local_engine(
+    model: str, data: Path, out: Path, registry: str, cache: Path
+) -> tuple[dict[str, Any], int]:
+    proc = subprocess.Popen(
+        [str(CLI), "batch", "run", model, "--input", str(data), "--output", str(out),
+         "--key-column", "id", "--registry", registry, "--cache-dir", str(cache), "--json",
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rss = TreeRSS(proc.pid)
+    stdout, stderr = proc.communicate()
+    peak = rss.stop()
+    if proc.returncode:
+        raise RuntimeError(f"local engine failed: {stderr}")
+    return json.loads(stdout), peak
+
+
+def spark_engine(
+    model: str, data: Path, out: Path, registry: str, cache: Path, master: str
+) -> dict[str, Any]:
+    from modelserve.cli.batch.job import RunOptions, run_batch
+
+    return run_batch(
+        RunOptions(model=model, input=str(data), output=str(out), engine="spark", master=master,
+                   key_columns=["id"], registry=registry, cache_dir=str(cache), progress=False)
+    )  # fmt: skip
+
+
+def make_udf(model_path: Path, width: int, outputs: int) -> Any:
+    from pyspark.ml.functions import predict_batch_udf as pbu
+    from pyspark.sql.types import ArrayType, FloatType
+
+    path = str(model_path)
+
+    def make_predict_fn():  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+        def predict(x: np.ndarray) -> np.ndarray:
+            y = session.run(None, {"INPUT0": x.astype(np.float32, copy=False)})[0]
+            return y[:, 0] if outputs == 1 else y
+
+        return predict
+
+    return pbu(
+        make_predict_fn,
+        return_type=FloatType() if outputs == 1 else ArrayType(FloatType()),
+        batch_size=UDF_BATCH,
+        input_tensor_shapes=[[width]],
+    )
+
+
+def predict_batch_udf(spark: Any, udf: Any, data: Path, out: Path) -> float:
+    started = time.perf_counter()
+    frame = spark.read.parquet(str(data))
+    frame.select("id", udf("INPUT0").alias("OUTPUT0")).write.parquet(str(out))
+    rows = spark.read.parquet(str(out)).count()
+    return rows / (time.perf_counter() - started)
+
+
+async def publish_keys(
+    output: Path, registry: str, featurestore: str, redis_url: str, prefix: str
+) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    from modelserve.cli.batch.publish import publish
+
+    client = aioredis.from_url(redis_url)
+    before = (await client.info("memory"))["used_memory"]
+    result = await publish(name="bench_scores", output=output, run_id="bench", registry=registry,
+                           featurestore=featurestore, progress=False)  # fmt: skip
+    after = (await client.info("memory"))["used_memory"]
+    removed = 0
+    async for key in client.scan_iter(match=f"{prefix}*", count=10_000):
+        removed += await client.unlink(key)
+    await client.aclose()
+    return {
+        **result,
+        "bytes_per_key": (after - before) / max(result["keys"], 1),
+        "removed": removed,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows of tabular")
+    p.add_argument("--wide-rows", type=int, default=0, help="rows of wide (default: --rows)")
+    p.add_argument("--raw-rows", type=int, default=262_144, help="in-memory rows for raw ORT")
+    p.add_argument("--mem-rows", default="1000000,4000000", help="two row counts (tabular)")
+    p.add_argument("--publish-keys", type=int, default=1_000_000, help="0: skip publishing")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--no-spark", action="store_true")
+    p.add_argument("--workdir", default="", help="keep data here (default: a temp dir)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch-latest.md"))
+    args = p.parse_args()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="batch-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    registry, reg_addr = start("registry", work)
+    procs = [registry]
+    lines: list[str] = []
+    try:
+        models = asyncio.run(push_models(reg_addr, work))
+        rows = {"tabular": args.rows, "wide": args.wide_rows or args.rows}
+        spark = None
+        if not args.no_spark:
+            from modelserve.cli.batch.spark_engine import session
+
+            spark = session(args.master, "modelserve-batch-bench")
+            spark.sparkContext.setLogLevel("ERROR")
+        results: dict[str, dict[str, Any]] = {}
+        for name, n in rows.items():
+            data = work / f"{name}-{n}.parquet"
+            if not data.exists():
+                write_data(data, WIDTH[name], n, seed=1)
+            outputs = 1 if name == "tabular" else 10
+            r: dict[str, Any] = {"rows": n}
+            r["raw"], r["raw_batch"] = raw_ort(models[name], data, min(n, args.raw_rows))
+            summary, peak = local_engine(
+                name, data, work / f"out-local-{name}", reg_addr, work / "cache"
+            )
+            r["local"] = summary["rows"] / summary["seconds"]
+            if spark is not None:
+                # Both warmed first on a small file (Spark's Python workers started, modules
+                # imported, the model loaded and cached per worker); then the timed runs.
+                warm = work / f"{name}-warm.parquet"
+                write_data(warm, WIDTH[name], 4 * UDF_BATCH, seed=9)
+                udf = make_udf(models[name], WIDTH[name], outputs)
+                cache = work / "cache"
+                spark_engine(name, warm, work / f"warm-spark-{name}", reg_addr, cache, args.master)
+                predict_batch_udf(spark, udf, warm, work / f"warm-udf-{name}")
+                s = spark_engine(
+                    name, data, work / f"out-spark-{name}", reg_addr, cache, args.master
+                )
+                r["spark"] = s["rows"] / s["seconds"]
+                r["udf"] = predict_batch_udf(spark, udf, data, work / f"out-udf-{name}")
+            results[name] = r
+            print(f"{name}: {r}", file=sys.stderr, flush=True)
+        mem: list[tuple[int, int, float]] = []
+        for n in (int(v) for v in args.mem_rows.split(",") if v):
+            data = work / f"tabular-{n}.parquet"
+            if not data.exists():
+                write_data(data, WIDTH["tabular"], n, seed=2)
+            out = work / f"out-mem-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            summary, peak = local_engine("tabular", data, out, reg_addr, work / "cache")
+            mem.append((n, peak, summary["rows"] / summary["seconds"]))
+        published = None
+        if args.publish_keys:
+            prefix = f"modelserve:fs:bench{os.getpid()}:"
+            env = {
+                "MODELSERVE_ONLINE_STORE": "redis",
+                "MODELSERVE_REDIS_URL": args.redis_url,
+                "MODELSERVE_REDIS_KEY_PREFIX": prefix,
+                "MODELSERVE_REDIS_SOCKET_TIMEOUT_SECONDS": "2",
+            }
+            fs, fs_addr = start("featurestore", work, env=env)
+            procs.append(fs)
+            data = work / f"tabular-keys-{args.publish_keys}.parquet"
+            if not data.exists():
+                write_data(data, WIDTH["tabular"], args.publish_keys, seed=3)
+            out = work / "out-publish"
+            shutil.rmtree(out, ignore_errors=True)
+            local_engine("tabular", data, out, reg_addr, work / "cache")
+            published = asyncio.run(publish_keys(out, reg_addr, fs_addr, args.redis_url, prefix))
+        if spark is not None:
+            spark.stop()
+        load_after = os.getloadavg()
+        lines = report(results, mem, published, load_before, load_after, args)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def report(
+    results: dict[str, dict[str, Any]],
+    mem: list[tuple[int, int, float]],
+    published: dict[str, Any] | None,
+    load_before: tuple[float, ...],
+    load_after: tuple[float, ...],
+    args: argparse.Namespace,
+) -> list[str]:
+    k = lambda v: f"{v / 1000:,.1f}k"  # noqa: E731
+    lines = [
+        f"# batch bench ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} CPUs, master {args.master})",
+        "",
+        f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}; after: "
+        f"{' '.join(f'{v:.2f}' for v in load_after)}",
+        "",
+        "| model | rows | raw ORT best (batch) | local | local/raw (goal) | spark "
+        "| predict_batch_udf | spark/udf (goal) | udf/raw |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        local_ratio = r["local"] / r["raw"]
+        spark_cells = ["-", "-", "-", "-"]
+        if "spark" in r:
+            goal = GOALS[(name, "spark/udf")]
+            spark_cells = [
+                k(r["spark"]),
+                k(r["udf"]),
+                f"{r['spark'] / r['udf']:.2f}x (>= {goal}x)",
+                f"{r['udf'] / r['raw']:.2f}x",
+            ]
+        lines.append(
+            f"| {name} | {r['rows']:,} | {k(r['raw'])} ({r['raw_batch']}) | {k(r['local'])} | "
+            f"{local_ratio:.2f}x (>= {GOALS[(name, 'local/raw')]}x) | "
+            + " | ".join(spark_cells)
+            + " |"
+        )
+    if mem:
+        lines += [
+            "",
+            "| local engine, tabular | peak RSS of the process tree | rows/s (vs raw ORT) |",
+            "|---|---|---|",
+        ]
+        raw = results.get("tabular", {}).get("raw", 0.0)
+        lines += [
+            f"| {n:,} rows | {peak / 2**20:,.0f} MiB | {k(rate)}"
+            + (f" ({rate / raw:.2f}x)" if raw else "")
+            + " |"
+            for n, peak, rate in mem
+        ]
+        if len(mem) == 2:
+            lines.append(f"| ratio | {mem[1][1] / mem[0][1]:.2f} (goal: within 1.20) | |")
+    if published:
+        lines += [
+            "",
+            f"publish {published['keys']:,} keys to Redis (through the featurestore): "
+            f"{published['keys_per_second']:,.0f} keys/s, {published['bytes_per_key']:.0f} "
+            "bytes of Redis memory per key (used_memory delta / keys)",
+        ]
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

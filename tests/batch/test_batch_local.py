@@ -1,0 +1,136 @@
+"""The local engine end to end against a real registry: predictions equal ONNX Runtime run
+by hand on the same rows, the output's shape and metadata, the inputs it reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from batchsupport import (
+    TWO_IN,
+    Registry,
+    batch_cli,
+    by_hand,
+    read_output,
+    staging_dirs,
+    two_input_table,
+    write_parts,
+)
+
+from modelserve.cli.batch.job import RunOptions, run_batch
+
+
+def test_local_engine_equals_onnx_runtime_by_hand(
+    registry: Registry, two_in: onnx.ModelProto, tmp_path: Path, cache_dir: Path
+) -> None:
+    table = two_input_table(5000)
+    write_parts(table, tmp_path / "in", files=3, row_group_rows=700)
+    out = tmp_path / "out"
+    result = batch_cli(
+        "run",
+        TWO_IN,
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(out),
+        "--key-column",
+        "id",
+        "--registry",
+        registry.address,
+        "--cache-dir",
+        str(cache_dir),
+        "--batch-rows",
+        "512",
+        "--part-rows",
+        "1000",
+        "--workers",
+        "2",
+        "--run-id",
+        "r1",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 5000 and summary["parts"] > 2 and summary["version"] == 1
+    got = read_output(out)
+    want = by_hand(two_in, table)
+    assert got.column("id").to_pylist() == list(range(5000))
+    np.testing.assert_allclose(got.column("score").to_numpy(), want["score"], rtol=1e-6, atol=1e-6)
+    vec = np.asarray(got.column("vec").combine_chunks().flatten()).reshape(-1, 4)
+    np.testing.assert_allclose(vec, want["vec"], rtol=1e-6, atol=1e-5)
+    assert pa.types.is_fixed_size_list(got.schema.field("vec").type)
+    assert set(got.column("run_id").to_pylist()) == {"r1"}
+    assert set(got.column("model_name").to_pylist()) == {TWO_IN}
+    meta = pq.read_schema(out / "_common_metadata").metadata
+    assert meta[b"modelserve.run_id"] == b"r1" and meta[b"modelserve.version"] == b"1"
+    assert meta[b"modelserve.sha256"].decode() == summary["sha256"]
+    assert (out / "_SUCCESS").exists() and not list(staging_dirs(out))
+
+
+def test_same_run_id_again_is_already_complete(
+    registry: Registry, two_in: onnx.ModelProto, tmp_path: Path, cache_dir: Path
+) -> None:
+    pq.write_table(two_input_table(100), tmp_path / "in.parquet")
+    opts = RunOptions(
+        model=f"{TWO_IN}@production",
+        input=str(tmp_path / "in.parquet"),
+        output=str(tmp_path / "out"),
+        key_columns=["id"],
+        registry=registry.address,
+        cache_dir=str(cache_dir),
+        run_id="again",
+        workers=1,
+        progress=False,
+    )
+    first = run_batch(opts)
+    second = run_batch(opts)
+    assert first["rows"] == 100 and second["already_complete"] is True
+    assert read_output(tmp_path / "out").num_rows == 100
+
+
+def test_csv_glob_and_partitioned_inputs(
+    registry: Registry, two_in: onnx.ModelProto, tmp_path: Path, cache_dir: Path
+) -> None:
+    table = two_input_table(300)
+    flat = table.drop_columns(["a"]).append_column(
+        "a_0", table.column("a").combine_chunks().flatten().take(np.arange(0, 900, 3))
+    )
+    flat = flat.append_column(
+        "a_1", table.column("a").combine_chunks().flatten().take(np.arange(1, 900, 3))
+    )
+    flat = flat.append_column(
+        "a_2", table.column("a").combine_chunks().flatten().take(np.arange(2, 900, 3))
+    )
+    (tmp_path / "csv").mkdir()
+    pacsv.write_csv(flat.slice(0, 150), tmp_path / "csv" / "x1.csv")
+    pacsv.write_csv(flat.slice(150), tmp_path / "csv" / "x2.csv")
+    part = table.append_column("day", pa.array(["d1"] * 150 + ["d2"] * 150))
+    pq.write_to_dataset(part, tmp_path / "hive", partition_cols=["day"])
+    want = by_hand(two_in, table)
+    for name, source, keys in (
+        ("csv", str(tmp_path / "csv" / "*.csv"), ["id"]),
+        ("hive", str(tmp_path / "hive"), ["id", "day"]),
+    ):
+        out = tmp_path / f"out-{name}"
+        summary = run_batch(
+            RunOptions(
+                model=f"{TWO_IN}:1",
+                input=source,
+                output=str(out),
+                key_columns=keys,
+                registry=registry.address,
+                cache_dir=str(cache_dir),
+                workers=1,
+                progress=False,
+            )
+        )
+        assert summary["rows"] == 300, name
+        got = read_output(out)
+        np.testing.assert_allclose(got.column("score").to_numpy(), want["score"], rtol=1e-5)
+    hive = read_output(tmp_path / "out-hive")
+    assert hive.column("day").to_pylist() == ["d1"] * 150 + ["d2"] * 150
