@@ -64,8 +64,10 @@ class GatewayDataPlane:
         return self._merger
 
     async def infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
+        by_policy = not request.model_version and "label" not in request.parameters
         version = self.catalog.decide(request, call.forwarded)
         carry_decision(request, version)
+        call = _with_fallback(call, self.catalog, version, by_policy)
         signature = self._signatures.get(version)
         validate_infer_request(
             request, signature.inputs, signature.outputs, signature.max_batch_size
@@ -133,6 +135,24 @@ class GatewayDataPlane:
             call,
             none_left="no router available",
         )
+
+
+def _with_fallback(
+    call: Call, catalog: Catalog, version: registry_pb2.ModelVersion, by_policy: bool
+) -> Call:
+    """``call`` carrying where the router may send this request when no worker holds
+    ``version`` READY: the policy's fallback, for a request the policy routed (a caller that
+    named a version or label gets that or an error, never another one)."""
+    fallback = 0
+    if by_policy:
+        model = catalog.models.get(version.model)
+        if model is not None and model.HasField("policy"):
+            fallback = model.policy.policy.fallback_version
+    if fallback == version.version:
+        fallback = 0
+    if not fallback and not call.forwarded:
+        return call  # the common case costs nothing
+    return call.with_fallback(fallback)
 
 
 def _stub(endpoint: Endpoint) -> pb_grpc.GRPCInferenceServiceStub:

@@ -61,7 +61,7 @@ class _Lane:
 INERT_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
 
 
-def lane_key(request: pb.ModelInferRequest, version: int) -> LaneKey | None:
+def lane_key(request: pb.ModelInferRequest, version: int, fallback: int = 0) -> LaneKey | None:
     """The merge key of ``request``, or None when it must travel alone."""
     if any(name not in INERT_PARAMETERS for name in request.parameters):
         return None  # a parameter may change the computation: never mix it with others
@@ -79,7 +79,9 @@ def lane_key(request: pb.ModelInferRequest, version: int) -> LaneKey | None:
         layout.append((tensor.name, tensor.datatype, tuple(tensor.shape[1:])))
     if rows <= 0 or any(o.parameters for o in request.outputs):
         return None
-    return (request.model_name, version, tuple(layout), tuple(o.name for o in request.outputs))
+    # The fallback is part of the key: a merged call carries one (``merged_call``).
+    outputs = tuple(o.name for o in request.outputs)
+    return (request.model_name, version, fallback, tuple(layout), outputs)
 
 
 class RequestMerger:
@@ -97,7 +99,7 @@ class RequestMerger:
     async def infer(
         self, request: pb.ModelInferRequest, version: int, max_rows: int, call: Call
     ) -> pb.ModelInferResponse:
-        key = lane_key(request, version) if max_rows > 0 else None
+        key = lane_key(request, version, call.fallback()) if max_rows > 0 else None
         if key is None:
             return await self._forward(request, call)
         lane = self._lanes.setdefault(key, _Lane())
@@ -211,7 +213,7 @@ def merged_call(batch: Sequence[_Item]) -> Call:
     forwarded = tuple(
         dict.fromkeys(kv for i in batch for kv in i.call.forwarded if kv[0] == "x-request-id")
     )
-    return Call(deadline, forwarded)
+    return Call(deadline, forwarded).with_fallback(batch[0].call.fallback())  # one per lane
 
 
 def merge_requests(requests: Sequence[pb.ModelInferRequest]) -> pb.ModelInferRequest:

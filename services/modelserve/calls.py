@@ -29,7 +29,11 @@ from modelserve.tracing import outbound_metadata
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Caller metadata that travels with a request to every hop; everything else stays where it came.
-FORWARDED_METADATA = ("x-request-id", "x-routing-key")
+# x-modelserve-fallback: the version a request routed by a policy may fall back to when no
+# worker holds its version READY (written by the hop that decided; the gateway drops a
+# caller's own).
+FALLBACK_METADATA = "x-modelserve-fallback"
+FORWARDED_METADATA = ("x-request-id", "x-routing-key", FALLBACK_METADATA)
 MAX_FORWARDED_VALUE = 256
 Metadata = tuple[tuple[str, str], ...]
 NO_DEADLINE = Deadline()
@@ -51,6 +55,19 @@ class Call:
 
     def with_deadline(self, deadline: Deadline) -> Call:
         return Call(deadline, self.forwarded)
+
+    def with_fallback(self, version: int) -> Call:
+        """This call carrying fallback ``version`` (0: none), any earlier one dropped."""
+        kept = tuple(kv for kv in self.forwarded if kv[0] != FALLBACK_METADATA)
+        if version > 0:
+            kept += ((FALLBACK_METADATA, str(version)),)
+        return Call(self.deadline, kept)
+
+    def fallback(self) -> int:
+        for key, value in self.forwarded:
+            if key == FALLBACK_METADATA:
+                return int(value) if value.isascii() and value.isdigit() else 0
+        return 0
 
     def request_ids(self) -> list[str]:
         return [v for k, v in self.forwarded if k == "x-request-id"]

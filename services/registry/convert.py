@@ -20,6 +20,7 @@ from registry.enrichment_config import (
 from registry.records import (
     ChangeEvent,
     ModelRecord,
+    PendingPolicy,
     PolicyRevision,
     RoutingPolicy,
     ShadowTarget,
@@ -157,7 +158,20 @@ def model_to_proto(record: ModelRecord) -> registry_pb2.Model:
     )
     if record.policy is not None:
         model.policy.CopyFrom(revision_to_proto(record.policy))
+    if record.pending is not None:
+        model.pending.CopyFrom(pending_to_proto(record.pending))
     return model
+
+
+def pending_to_proto(pending: PendingPolicy) -> registry_pb2.PendingPolicy:
+    return registry_pb2.PendingPolicy(
+        policy=policy_to_proto(pending.policy),
+        note=pending.note,
+        state=pending.state,
+        reason=pending.reason,
+        created_unix_ms=pending.created_unix_ms,
+        deadline_unix_ms=pending.deadline_unix_ms,
+    )
 
 
 def policy_from_proto(policy: registry_pb2.RoutingPolicy) -> RoutingPolicy:
@@ -208,6 +222,7 @@ def policy_to_proto(policy: RoutingPolicy) -> registry_pb2.RoutingPolicy:
             if policy.shadow is not None
             else None
         ),
+        fallback_version=policy.fallback_version,
     )
 
 

@@ -60,6 +60,16 @@ class RoutingPolicy:
     split: tuple[SplitShare, ...] = ()
     target_label: str = ""
     shadow: ShadowTarget | None = None
+    # Set by the registry when the policy is written (the version served before it); not
+    # part of what the caller asked for, so equality ignores it.
+    fallback_version: int = field(default=0, compare=False)
+
+    def versions(self) -> set[int]:
+        """The version numbers this policy routes (or mirrors) to directly."""
+        found = {s.version for s in self.split if s.version}
+        if self.shadow is not None and self.shadow.version:
+            found.add(self.shadow.version)
+        return found
 
     @property
     def empty(self) -> bool:
@@ -89,12 +99,30 @@ class PolicyRevision:
     created_unix_ms: int = 0
 
 
+WAITING, FAILED = "waiting", "failed"
+
+
+@dataclass(frozen=True)
+class PendingPolicy:
+    """A policy accepted but not in force until every version it routes to is READY on a
+    serving worker (``registry.policies.gate``); a failed one keeps its reason."""
+
+    model: str
+    policy: RoutingPolicy
+    note: str = ""
+    state: str = WAITING
+    reason: str = ""
+    created_unix_ms: int = 0
+    deadline_unix_ms: int = 0
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     name: str
     versions: tuple[VersionRecord, ...]  # ascending by version
     labels: Mapping[str, int] = field(default_factory=dict)  # label -> version
     policy: PolicyRevision | None = None  # the current revision; None if never set
+    pending: PendingPolicy | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from registry import convert, lookup_models
 from registry.onnx_inspect import inspect_model
+from registry.ownership import TrafficOwners
+from registry.policies.gate import PolicyGate
+from registry.policies.readiness import FleetReader
 from registry.policies.servicer import PolicyRpcs
 from registry.store import RegistryStore
 from registry.uploads import TempUpload, temp_upload
@@ -43,6 +46,9 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         store_executor: ThreadPoolExecutor | None = None,
         io_executor: Executor | None = None,
         is_composite: Callable[[str], bool] | None = None,
+        owners: TrafficOwners | None = None,
+        fleet: FleetReader | None = None,
+        policy_ready_timeout_s: float = 300.0,
     ) -> None:
         """``store_executor`` must have exactly one thread (store calls stay in commit order);
         ``io_executor`` bounds concurrent hashing/inspection (each inspection holds a whole
@@ -55,6 +61,20 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         self._cleanups: set[asyncio.Future[None]] = set()
         self._store_executor = store_executor or self._own(ThreadPoolExecutor(1, "registry-db"))
         self._io_executor = io_executor or self._own(ThreadPoolExecutor(2, "registry-io"))
+        self._owners = owners or TrafficOwners()
+        # Without a fleet reader (a registry on its own) no router is known: writes go in
+        # force at once, as there is no caller traffic to protect.
+        self._gate = PolicyGate(
+            store=store,
+            fleet=fleet,
+            owners=self._owners,
+            in_store=self._in_store,
+            ready_timeout_s=policy_ready_timeout_s,
+        )
+
+    @property
+    def gate(self) -> PolicyGate:
+        return self._gate
 
     def close(self) -> None:
         """Shut down the executors this servicer created (after the server has stopped)."""
@@ -106,13 +126,17 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
     async def ListModels(
         self, request: registry_pb2.ListModelsRequest, context: aio.ServicerContext[Any, Any]
     ) -> registry_pb2.ListModelsResponse:
-        models = await self._in_store(self._store.list_models)
-        return registry_pb2.ListModelsResponse(models=[convert.model_to_proto(m) for m in models])
+        models = [convert.model_to_proto(m) for m in await self._in_store(self._store.list_models)]
+        for model in models:
+            model.owner = await self._owners.owner(model.name)
+        return registry_pb2.ListModelsResponse(models=models)
 
     async def GetModel(
         self, request: registry_pb2.GetModelRequest, context: aio.ServicerContext[Any, Any]
     ) -> registry_pb2.Model:
-        return convert.model_to_proto(await self._in_store(self._store.get_model, request.name))
+        model = convert.model_to_proto(await self._in_store(self._store.get_model, request.name))
+        model.owner = await self._owners.owner(model.name)
+        return model
 
     async def GetVersion(
         self, request: registry_pb2.GetVersionRequest, context: aio.ServicerContext[Any, Any]

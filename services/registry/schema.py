@@ -4,7 +4,8 @@ Signatures and configs are stored as JSON text (never pickle, RELIABILITY.md rul
 global revision lives in ``meta`` so it survives restarts and only ever grows.
 
 Schema versions: 1 models, versions, labels; 2 adds ``policies`` (routing policy revisions,
-an append-only history per model). Opening a version-1 file creates the new table; a file
+an append-only history per model); 3 adds ``pending_policies`` (at most one policy per model
+waiting for its versions to be READY). Opening an older file creates the new tables; a file
 of a newer version than this build knows is refused rather than misread.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from modelserve.errors import FailedPreconditionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -56,6 +57,15 @@ CREATE TABLE IF NOT EXISTS policies (
     created_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (model, revision)
 );
+CREATE TABLE IF NOT EXISTS pending_policies (
+    model            TEXT PRIMARY KEY REFERENCES models(name),
+    policy_json      TEXT NOT NULL,
+    note             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    created_unix_ms  INTEGER NOT NULL,
+    deadline_unix_ms INTEGER NOT NULL
+);
 """
 
 # Models changed by the current transaction, recorded by triggers so that no mutation can
@@ -73,6 +83,12 @@ CREATE TEMP TRIGGER touch_label_del AFTER DELETE ON labels BEGIN
     INSERT OR IGNORE INTO temp_touched VALUES (OLD.model); END;
 CREATE TEMP TRIGGER touch_policy AFTER INSERT ON policies BEGIN
     INSERT OR IGNORE INTO temp_touched VALUES (NEW.model); END;
+CREATE TEMP TRIGGER touch_pending_ins AFTER INSERT ON pending_policies BEGIN
+    INSERT OR IGNORE INTO temp_touched VALUES (NEW.model); END;
+CREATE TEMP TRIGGER touch_pending_upd AFTER UPDATE ON pending_policies BEGIN
+    INSERT OR IGNORE INTO temp_touched VALUES (NEW.model); END;
+CREATE TEMP TRIGGER touch_pending_del AFTER DELETE ON pending_policies BEGIN
+    INSERT OR IGNORE INTO temp_touched VALUES (OLD.model); END;
 """
 
 

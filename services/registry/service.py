@@ -19,6 +19,8 @@ from registry.composites.servicer import CompositeServicer
 from registry.composites.store import CompositeHub, CompositeStore
 from registry.experiments.servicer import ExperimentServicer
 from registry.experiments.store import ExperimentStore
+from registry.ownership import TrafficOwners
+from registry.policies.readiness import FleetReader
 from registry.registry_servicer import RegistryServicer
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore
@@ -30,14 +32,18 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
     store = RegistryStore(Path(settings.data_dir), on_change=hub.publish_threadsafe)
     composites = CompositeStore(Path(settings.data_dir) / "composites.sqlite3", store)
     store_thread = ThreadPoolExecutor(1, "registry-db")  # shared with canaries (their writes)
+    owners = TrafficOwners()
     servicer = RegistryServicer(
         store=store,
         hub=hub,
         max_artifact_bytes=settings.max_artifact_bytes,
         is_composite=composites.__contains__,
         store_executor=store_thread,
+        owners=owners,
+        fleet=FleetReader(runtime.discovery),
+        policy_ready_timeout_s=settings.policy_ready_timeout_seconds,
     )
-    canary_service.install(runtime, settings, store, store_thread)
+    canaries = canary_service.install(runtime, settings, store, store_thread, servicer.gate)
     runtime.add_service(
         registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
         registry_pb2_grpc.add_RegistryServicer_to_server,
@@ -50,17 +56,22 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
         CompositeServicer(store=composites, hub=composite_hub),
     )
     experiments = ExperimentStore(Path(settings.data_dir) / "experiments.sqlite3", store)
+    experiment_servicer = ExperimentServicer(store=experiments, gate=servicer.gate)
     runtime.add_service(
         experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name,
         experiments_pb2_grpc.add_ExperimentsServicer_to_server,
-        ExperimentServicer(store=experiments),
+        experiment_servicer,
     )
+    owners.add("canary", canaries.running_canary, canaries.abort_for)
+    owners.add("experiment", experiment_servicer.running_on, experiment_servicer.stop_on)
+    runtime.background(servicer.gate.run(), "pending policies")
 
     async def end_watches() -> None:
         hub.close()  # watchers get UNAVAILABLE and reconnect to another registry
         composite_hub.close()
 
     async def close() -> None:
+        await servicer.gate.close()
         servicer.close()
         composites.close()
         experiments.close()

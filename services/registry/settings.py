@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelserve.server import dependency
 from modelserve.settings import CommonSettings, setting
 
 
@@ -19,4 +20,14 @@ class RegistrySettings(CommonSettings):
     )
     canary_interval_seconds: float = setting(
         2.0, "How often running canaries read the routers and judge their step."
+    )
+    policy_ready_timeout_seconds: float = setting(
+        300.0,
+        "How long a pending routing policy waits for its versions to be READY before it fails.",
+    )
+    router_addrs: str = dependency(
+        "router",
+        "",
+        "Routers to ask which versions workers hold READY (static discovery; comma-separated). "
+        "With none known, policy writes are not readiness-gated.",
     )

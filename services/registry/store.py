@@ -263,12 +263,14 @@ class RegistryStore(PolicyStoreMethods):
             key = (row["model"], row["version"])
             versions[row["model"]].append(version_from_row(row, by_version[key]))
         current = self._current_policies(name)
+        pending = self._pending_policies(name)
         return tuple(
             ModelRecord(
                 name=model,
                 versions=tuple(vs),
                 labels=dict(sorted(labels[model].items())),
                 policy=current.get(model),
+                pending=pending.get(model),
             )
             for model, vs in versions.items()
         )

@@ -63,6 +63,7 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
                     ready_versions=sorted(f"{m}:{v}" for m, v in w.ready),
                     outstanding=w.endpoint.outstanding,
                     ejected=w.endpoint.ejected(now),
+                    versions=w.versions,
                 )
                 for address, w in sorted(self._pool.workers.items())
             ]

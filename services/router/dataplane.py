@@ -29,6 +29,7 @@ from modelserve.v2 import metadata
 from modelserve.v2.statistics import merge_statistics
 from router.composite_executor import CompositeExecutor
 from router.enrichment import Enricher
+from router.fallbacks import note_fallback
 from router.forwarding import Forwarder
 from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
@@ -71,10 +72,13 @@ class RouterDataPlane:
         self.version_stats = version_stats or VersionStats()
 
     async def infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
+        by_policy = not request.model_version and "label" not in request.parameters
         version = self.catalog.decide(request, call.forwarded)
         carry_decision(request, version)  # a no-op for a request the gateway decided
         if is_lookup(version):  # precomputed predictions: no worker
             return await self._lookups.infer(request, version, call)
+        if not self._pool.candidates(version.model, version.version):
+            version = self._fall_back(request, version, call, by_policy)
         started = time.perf_counter()
         caller = request
         try:
@@ -89,6 +93,34 @@ class RouterDataPlane:
         if self._shadow is not None:  # only once the answer exists, and it returns at once
             self._shadow.after(caller, request, version, answer, elapsed)
         return answer
+
+    def _fall_back(
+        self,
+        request: pb.ModelInferRequest,
+        version: registry_pb2.ModelVersion,
+        call: Call,
+        by_policy: bool,
+    ) -> registry_pb2.ModelVersion:
+        """The version to serve a policy-routed request whose version no worker holds READY:
+        the policy's fallback when a worker holds that (counted as a failure of the version
+        that could not serve, so a canary sees it, and logged); else ``version`` itself, whose
+        forwarding then answers UNAVAILABLE."""
+        fallback = call.fallback()
+        if not fallback and by_policy:  # decided here, by the policy
+            model = self.catalog.models.get(version.model)
+            if model is not None and model.HasField("policy"):
+                fallback = model.policy.policy.fallback_version
+        if not fallback or fallback == version.version:
+            return version
+        if not self._pool.candidates(version.model, fallback):
+            return version
+        found = self.catalog.versions_of(version.model).get(fallback)
+        if found is None:
+            return version
+        self.version_stats.record(version.model, version.version, 0.0, grpc.StatusCode.UNAVAILABLE)
+        note_fallback(version.model, version.version, fallback)
+        carry_decision(request, found)
+        return found
 
     async def _run(
         self, request: pb.ModelInferRequest, version: registry_pb2.ModelVersion, call: Call

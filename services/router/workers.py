@@ -26,6 +26,9 @@ class WorkerState:
     worker_id: str = ""
     serving: bool = False
     ready: set[tuple[str, int]] = field(default_factory=set)
+    # Every version the worker reported (LOADING, READY, FAILED with its reason), for the
+    # registry's readiness checks (RouterControl.ListWorkers).
+    versions: list[worker_pb2.LoadedVersion] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
 
@@ -104,6 +107,7 @@ class WorkerPool:
             for v in status.versions
             if v.state == worker_pb2.LoadedVersion.READY
         }
+        state.versions = list(status.versions)
         self._notify()
 
     def _notify(self) -> None:

@@ -60,7 +60,7 @@ async def test_set_show_switch_rollback_history(seeded: Registry) -> None:
     resolved = await stub.GetVersion(registry_pb2.GetVersionRequest(model="fraud"))
     assert resolved.version == 2
     back = await stub.RollbackPolicy(registry_pb2.RollbackPolicyRequest(model="fraud"))
-    assert back.revision == 3 and back.policy == first.policy
+    assert back.revision == 3 and back.policy.split == first.policy.split
     cleared = await stub.ClearPolicy(registry_pb2.ClearPolicyRequest(model="fraud", note="off"))
     assert cleared.revision == 4 and not cleared.policy.split and not cleared.policy.target_label
     history = await stub.ListPolicyHistory(registry_pb2.ListPolicyHistoryRequest(model="fraud"))

@@ -126,6 +126,10 @@ class Catalog:
         model = self.get_model(name)
         return _resolve(model, version, label, routing_key, self._versions.get(name))
 
+    def versions_of(self, name: str) -> dict[int, registry_pb2.ModelVersion]:
+        """``name``'s versions by number ({} for an unknown model)."""
+        return self._versions.get(name, {})
+
     def decide(
         self, request: pb.ModelInferRequest, metadata: routing.Metadata | None
     ) -> registry_pb2.ModelVersion:

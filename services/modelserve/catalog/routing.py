@@ -146,11 +146,22 @@ def _compiled(serialized: bytes) -> _Table | None:
 
 
 def referenced_versions(model: registry_pb2.Model) -> set[int]:
-    """Version numbers the policy names directly, its shadow included: workers must hold a
-    shadow version warm to be mirrored to (labels are resolved separately)."""
-    if not model.HasField("policy"):
-        return set()
-    policy = model.policy.policy
+    """Version numbers workers must hold warm for the model's policies (labels are resolved
+    separately): those the policy in force names, its shadow (to be mirrored to) and its
+    fallback (the version served before it, where a share with no READY worker goes), and
+    those a waiting pending policy names (they must load before it can be applied)."""
+    found: set[int] = set()
+    if model.HasField("policy"):
+        policy = model.policy.policy
+        found |= _named_versions(policy)
+        if policy.fallback_version > 0:
+            found.add(policy.fallback_version)
+    if model.HasField("pending") and model.pending.state == "waiting":
+        found |= _named_versions(model.pending.policy)
+    return found
+
+
+def _named_versions(policy: registry_pb2.RoutingPolicy) -> set[int]:
     found = {t.version for t in policy.split if t.version > 0}
     target = policy.shadow.target
     if target.isascii() and target.isdigit() and int(target) > 0:

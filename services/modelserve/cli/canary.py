@@ -33,6 +33,12 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     start.add_argument("--max-p99-ratio", type=float, default=0.0, help="(1.5)")
     start.add_argument("--ready-timeout", type=float, default=0.0, help="seconds (120)")
     start.add_argument("--router", default="", help="router addresses, comma-separated")
+    start.add_argument("--force", action="store_true", help="take over from a running experiment")
+    start.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="accept a candidate whose inputs/outputs differ from the baseline's",
+    )
     status = csub.add_parser("status", help="a model's latest canary and its decisions")
     status.add_argument("model")
     status.add_argument("--limit", type=int, default=20, help="latest decisions shown (0 = all)")
@@ -56,7 +62,9 @@ async def run(args: argparse.Namespace) -> int:
                 ready_timeout_seconds=args.ready_timeout,
                 routers=[r.strip() for r in args.router.split(",") if r.strip()],
             )
-            request = canary_pb2.StartCanaryRequest(spec=spec)
+            request = canary_pb2.StartCanaryRequest(
+                spec=spec, force=args.force, allow_signature_change=args.allow_signature_change
+            )
             print(describe(await stub.StartCanary(request, timeout=10)))
         elif args.canary_command == "status":
             get = canary_pb2.GetCanaryRequest(model=args.model, limit=args.limit)

@@ -46,6 +46,12 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
         help="stop when a treatment's mean of METRIC is surely past VALUE",
     )
     start.add_argument("--alpha", type=float, default=0.0, help="significance level (0.05)")
+    start.add_argument("--force", action="store_true", help="take over from a running canary")
+    start.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="accept arms whose inputs/outputs differ from the control arm's",
+    )
 
     outcome = esub.add_parser("outcome", help="record one outcome (a click, a conversion)")
     outcome.add_argument("name")
@@ -75,8 +81,13 @@ async def run(args: argparse.Namespace) -> int:
                 guard_rails=args.guard,
                 alpha=args.alpha,
             )
-            request = xpb.StartExperimentRequest(experiment=experiment)
-            print(describe(await stub.StartExperiment(request, timeout=10)))
+            request = xpb.StartExperimentRequest(
+                experiment=experiment,
+                force=args.force,
+                allow_signature_change=args.allow_signature_change,
+            )
+            # Waits while workers load the arms' versions (the registry applies the split then).
+            print(describe(await stub.StartExperiment(request, timeout=90)))
         elif command == "outcome":
             recorded = await stub.RecordOutcome(
                 xpb.RecordOutcomeRequest(

@@ -4,12 +4,18 @@ modelserve policy split MODEL 1=90 2=10      # versions by number, labels by nam
 modelserve policy switch MODEL green         # all traffic to one label, atomically
 modelserve policy rollback MODEL             # the policy before the last change
 modelserve policy show|history|clear MODEL
+A write to versions no worker holds READY yet is accepted as pending and applied once they are
+(``--wait`` waits for that); a model a canary or an experiment steers refuses manual writes
+unless ``--force`` (which ends the owner first); a version whose signature differs from the
+one served now needs ``--allow-signature-change``.
 modelserve policy shadow MODEL 2 --fraction 0.1   # and shadow-off, shadow-report (shadow_report)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 import time
 
 import grpc
@@ -35,19 +41,23 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
         help="a version number or a label, and its share; shares sum to 100",
     )
     split.add_argument("--note", default="", help="why (kept in the history)")
+    _write_flags(split)
 
     switch = psub.add_parser("switch", help="send all of MODEL's traffic to LABEL")
     switch.add_argument("model")
     switch.add_argument("label")
     switch.add_argument("--note", default="")
+    _write_flags(switch)
 
     rollback = psub.add_parser("rollback", help="restore the policy before the last change")
     rollback.add_argument("model")
     rollback.add_argument("--to", type=int, default=0, metavar="REVISION", help="this one instead")
+    _write_flags(rollback)
 
     clear = psub.add_parser("clear", help="no policy: production label, else newest version")
     clear.add_argument("model")
     clear.add_argument("--note", default="")
+    clear.add_argument("--force", action="store_true", help="take over from a canary/experiment")
 
     show = psub.add_parser("show", help="the policy in force")
     show.add_argument("model")
@@ -73,17 +83,35 @@ async def run(args: argparse.Namespace) -> int:
             current = await shadow_report.current_policy(stub, args.model)
             if current.HasField("shadow"):  # a new split keeps the shadow already in force
                 policy.shadow.CopyFrom(current.shadow)
-            request = registry_pb2.SetPolicyRequest(model=args.model, policy=policy, note=args.note)
-            print(_line(await stub.SetPolicy(request, timeout=10)))
+            request = registry_pb2.SetPolicyRequest(
+                model=args.model,
+                policy=policy,
+                note=args.note,
+                force=args.force,
+                allow_signature_change=args.allow_signature_change,
+            )
+            return await _written(stub, args, await stub.SetPolicy(request, timeout=30))
         elif command == "rollback":
-            rollback = registry_pb2.RollbackPolicyRequest(model=args.model, to_revision=args.to)
-            print(_line(await stub.RollbackPolicy(rollback, timeout=10)))
+            rollback = registry_pb2.RollbackPolicyRequest(
+                model=args.model,
+                to_revision=args.to,
+                force=args.force,
+                allow_signature_change=args.allow_signature_change,
+            )
+            return await _written(stub, args, await stub.RollbackPolicy(rollback, timeout=30))
         elif command == "clear":
-            clear = registry_pb2.ClearPolicyRequest(model=args.model, note=args.note)
+            clear = registry_pb2.ClearPolicyRequest(
+                model=args.model, note=args.note, force=args.force
+            )
             print(_line(await stub.ClearPolicy(clear, timeout=10)))
         elif command == "show":
             model = await stub.GetModel(registry_pb2.GetModelRequest(name=args.model), timeout=10)
             print(_line(model.policy) if model.HasField("policy") else f"{args.model}: no policy")
+            if model.policy.policy.fallback_version:
+                print(f"  fallback: version {model.policy.policy.fallback_version}")
+            if model.HasField("pending"):
+                print("  " + _pending_line(model.pending))
+            print(f"  owner: {model.owner or 'none (manual edits allowed)'}")
         else:
             listed = await stub.ListPolicyHistory(
                 registry_pb2.ListPolicyHistoryRequest(model=args.model, limit=args.limit),
@@ -96,6 +124,55 @@ async def run(args: argparse.Namespace) -> int:
                 note = f"  ({revision.note})" if revision.note else ""
                 print(f"{revision.revision:>5}  {when}Z  {describe(revision.policy)}{note}")
     return 0
+
+
+def _write_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help="take over from a running canary or experiment"
+    )
+    parser.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="accept versions whose inputs/outputs differ from the version served now",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if the policy is pending, wait this long for it to apply (exit 1 if it fails)",
+    )
+
+
+async def _written(
+    stub: registry_pb2_grpc.RegistryStub,
+    args: argparse.Namespace,
+    answer: registry_pb2.PolicyRevision,
+) -> int:
+    if not answer.pending:
+        print(_line(answer))
+        return 0
+    print(f"{answer.model}: policy pending ({answer.pending_reason}); in force meanwhile:")
+    print("  " + _line(answer))
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        model = await stub.GetModel(registry_pb2.GetModelRequest(name=args.model), timeout=10)
+        if not model.HasField("pending"):
+            print(f"applied: {_line(model.policy)}")
+            return 0
+        if model.pending.state == "failed":
+            print(f"pending policy failed: {model.pending.reason}", file=sys.stderr)
+            return 1
+    if args.wait:
+        print(f"still pending after {args.wait:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _pending_line(pending: registry_pb2.PendingPolicy) -> str:
+    text = f"pending ({pending.state}): {describe(pending.policy)}"
+    return text + (f": {pending.reason}" if pending.reason else "")
 
 
 def describe(policy: registry_pb2.RoutingPolicy) -> str:

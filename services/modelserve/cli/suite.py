@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,6 +130,12 @@ def start_suite(
         "router",
         "gateway",
     ]
+    # The router's port is chosen before the registry starts, so the registry (started
+    # first) knows where the router will be: it asks routers which versions are READY.
+    chosen = dict(ports)
+    chosen["router"] = chosen.get("router") or free_port()
+    ports = chosen
+    addr["router"] = f"127.0.0.1:{ports['router']}"
     try:
         for name in names:
             service = "worker" if name.startswith("worker") else name
@@ -145,6 +152,14 @@ def start_suite(
         suite.stop(timeout=5)
         raise
     return suite
+
+
+def free_port() -> int:
+    """A loopback port free now (the OS does not hand it out again at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _spawn(
@@ -234,6 +249,8 @@ def _args(
         args += ["--data-dir", str(data_dir / name)]
     if service in ("worker", "router", "gateway"):
         args += ["--registry-addr", addr["registry"]]
+    if service == "registry":
+        args += ["--router-addrs", addr["router"]]
     if service == "router":
         args += ["--worker-addrs", workers, "--featurestore-addr", addr["featurestore"]]
     if service == "gateway":

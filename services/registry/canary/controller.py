@@ -33,7 +33,8 @@ from registry.canary.gates import (
 )
 from registry.canary.reader import Reading
 from registry.canary.store import CanaryStore
-from registry.records import RoutingPolicy, SplitShare
+from registry.policies.gate import PolicyGate
+from registry.records import FAILED, RoutingPolicy, SplitShare
 from registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class CanaryController:
         store_executor: Executor,
         read: Reader,
         interval_s: float = 2.0,
+        gate: PolicyGate | None = None,
     ) -> None:
         self._store = store
         self._canaries = canaries
@@ -70,25 +72,47 @@ class CanaryController:
         self._read = read
         self._interval_s = interval_s
         self._windows: dict[int, _Window] = {}
+        self._gate = gate
 
-    async def start(self, spec: CanarySpec) -> CanaryState:
+    async def start(
+        self, spec: CanarySpec, *, force: bool = False, allow_signature_change: bool = False
+    ) -> CanaryState:
         check_spec(spec)
+        if self._gate is not None:
+            what = f"a canary v{spec.baseline}->v{spec.candidate}"
+            await self._in_store(self._store.resolve, spec.model, spec.baseline)
+            await self._in_store(self._store.resolve, spec.model, spec.candidate)
+            await self._gate.claim(spec.model, what, force=force, allow="canary")
+            if not allow_signature_change:
+                await self._gate.require_versions_compatible(
+                    spec.model, {spec.candidate}, what, base_version=spec.baseline
+                )
         await self._in_store(self._start, spec)
+        if self._gate is not None:
+            self._gate.kick()  # the first split waits, pending, for the candidate to be READY
         return await self.status(spec.model)
+
+    async def running_canary(self, model: str) -> str:
+        """The running canary steering ``model`` ("" if none): an owner of its traffic."""
+        for _, state in await self._in_store(self._canaries.running):
+            if state.spec.model == model:
+                return f"canary v{state.spec.baseline}->v{state.spec.candidate}"
+        return ""
+
+    async def abort_for(self, model: str, reason: str) -> None:
+        await self.abort(model, reason)
 
     async def status(self, model: str, limit: int = 0) -> CanaryState:
         return (await self._in_store(self._canaries.latest, model, limit))[1]
 
-    async def abort(self, model: str) -> CanaryState:
+    async def abort(self, model: str, reason: str = "aborted by request") -> CanaryState:
         canary_id, state = await self._in_store(self._canaries.latest, model, 1)
         if state.state != "running":
             raise FailedPreconditionError(
                 f"the latest canary of {model!r} is not running (it is {state.state})"
             )
         spec = state.spec
-        decision = Decision(
-            "abort", 0.0, "aborted by request", Arm(spec.baseline), Arm(spec.candidate)
-        )
+        decision = Decision("abort", 0.0, reason, Arm(spec.baseline), Arm(spec.candidate))
         await self._finish(canary_id, spec, decision, ABORTED, 0.0)
         return await self.status(model)
 
@@ -123,8 +147,9 @@ class CanaryController:
                 self._windows[canary_id] = _new_window(state.step_index, reading, ready=True)
                 return
             waited = time.time() - state.started_unix_ms / 1000
-            if waited > spec.ready_timeout_s:
-                reason = f"no worker held version {spec.candidate} after {waited:.0f} s"
+            failed = await self._in_store(self._failed_pending, spec.model)
+            if failed or waited > spec.ready_timeout_s:
+                reason = failed or f"no worker held version {spec.candidate} after {waited:.0f} s"
                 decision = Decision(
                     "rollback",
                     spec.steps[state.step_index],
@@ -176,7 +201,9 @@ class CanaryController:
         )
         canary_id = self._canaries.start(spec, _stamped(first))
         try:
-            self._write_split(spec, spec.steps[0], "canary start")
+            # Pending until a worker holds the candidate READY (registry.policies.gate):
+            # before that, the candidate's share would only be errors for callers.
+            self._write_split(spec, spec.steps[0], "canary start", pending=self._gate is not None)
         except Exception:
             failed = Decision(
                 "abort",
@@ -201,7 +228,17 @@ class CanaryController:
         self._write_split(spec, target, f"canary {decision.action}: {decision.reason}")
         self._canaries.record(canary_id, _stamped(decision), state=state, step_index=step_index)
 
-    def _write_split(self, spec: CanarySpec, percent: float, note: str) -> None:
+    def _failed_pending(self, model: str) -> str:
+        """Why the model's pending policy failed ("" unless it did): the candidate's load
+        error, so a canary whose candidate cannot load ends now, not at its ready timeout."""
+        pending = self._store.get_model(model).pending
+        if pending is None or pending.state != FAILED:
+            return ""
+        return f"the first step never applied: {pending.reason}"
+
+    def _write_split(
+        self, spec: CanarySpec, percent: float, note: str, *, pending: bool = False
+    ) -> None:
         points = round(percent * 100)
         shares = tuple(
             SplitShare(version=version, basis_points=weight)
@@ -210,7 +247,12 @@ class CanaryController:
         )
         current = self._store.get_model(spec.model).policy
         shadow = current.policy.shadow if current is not None else None  # a shadow stays
-        self._store.set_policy(spec.model, RoutingPolicy(split=shares, shadow=shadow), note[:200])
+        policy = RoutingPolicy(split=shares, shadow=shadow)
+        if pending:
+            deadline = int((time.time() + spec.ready_timeout_s) * 1000)
+            self._store.stage_policy(spec.model, policy, note[:200], deadline)
+        else:
+            self._store.set_policy(spec.model, policy, note[:200])
 
     async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

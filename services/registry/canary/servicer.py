@@ -18,7 +18,12 @@ class CanaryServicer(canary_pb2_grpc.CanaryServicer):
     async def StartCanary(
         self, request: canary_pb2.StartCanaryRequest, context: aio.ServicerContext[Any, Any]
     ) -> canary_pb2.CanaryStatus:
-        return _status(await self._controller.start(spec_from_proto(request.spec)))
+        state = await self._controller.start(
+            spec_from_proto(request.spec),
+            force=request.force,
+            allow_signature_change=request.allow_signature_change,
+        )
+        return _status(state)
 
     async def GetCanary(
         self, request: canary_pb2.GetCanaryRequest, context: aio.ServicerContext[Any, Any]

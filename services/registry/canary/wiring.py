@@ -13,6 +13,7 @@ from registry.canary.controller import CanaryController
 from registry.canary.reader import RouterReader
 from registry.canary.servicer import CanaryServicer
 from registry.canary.store import CanaryStore
+from registry.policies.gate import PolicyGate
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore
 
@@ -22,7 +23,8 @@ def install(
     settings: RegistrySettings,
     store: RegistryStore,
     store_executor: ThreadPoolExecutor,
-) -> None:
+    gate: PolicyGate | None = None,
+) -> CanaryController:
     """``store_executor`` is the registry servicer's single store thread: canary steps are
     policy writes and must take their turn with every other write."""
     canaries = CanaryStore(Path(settings.data_dir) / "canaries.sqlite3")
@@ -33,6 +35,7 @@ def install(
         store_executor=store_executor,
         read=reader,
         interval_s=settings.canary_interval_seconds,
+        gate=gate,
     )
     runtime.add_service(
         canary_pb2.DESCRIPTOR.services_by_name["Canary"].full_name,
@@ -48,3 +51,4 @@ def install(
         store_executor.shutdown(wait=True, cancel_futures=True)
 
     runtime.on_stop(close)
+    return controller

@@ -60,6 +60,10 @@ class ExperimentStore:
         for statement in SCHEMA:
             self._conn.execute(statement)
 
+    @property
+    def models(self) -> RegistryStore:
+        return self._models
+
     def close(self) -> None:
         self._conn.close()
 
@@ -88,6 +92,13 @@ class ExperimentStore:
             )
             self._save(started)
             return started
+
+    def require_new(self, name: str) -> None:
+        """ALREADY_EXISTS when ``name`` is taken (checked again, atomically, by ``start``)."""
+        validate_name(name, "experiment name")
+        with self._lock:
+            if self._find(name) is not None:
+                raise AlreadyExistsError(f"experiment {name!r} already exists")
 
     def stop(self, name: str, reason: str = "") -> xpb.Experiment:
         with self._lock:

@@ -151,6 +151,8 @@ def to_json(policy: RoutingPolicy) -> str:
         ],
         "target_label": policy.target_label,
     }
+    if policy.fallback_version:  # absent when unset: rows written before stay equal
+        data["fallback_version"] = policy.fallback_version
     if policy.shadow is not None:  # absent rather than null: rows written before stay equal
         data["shadow"] = {
             "target": policy.shadow.target,
@@ -169,6 +171,7 @@ def from_json(text: str) -> RoutingPolicy:
         ),
         target_label=data.get("target_label", ""),
         shadow=_shadow_from(data.get("shadow")),
+        fallback_version=data.get("fallback_version", 0),
     )
 
 

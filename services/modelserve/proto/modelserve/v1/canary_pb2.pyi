@@ -198,16 +198,24 @@ class StartCanaryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    ALLOW_SIGNATURE_CHANGE_FIELD_NUMBER: _builtins.int
+    force: _builtins.bool
+    """Take the model's traffic over from a running experiment (stopped first)."""
+    allow_signature_change: _builtins.bool
+    """Accept a candidate whose caller-visible signature differs from the baseline's."""
     @_builtins.property
     def spec(self) -> Global___CanarySpec: ...
     def __init__(
         self,
         *,
         spec: Global___CanarySpec | None = ...,
+        force: _builtins.bool = ...,
+        allow_signature_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_signature_change", b"allow_signature_change", "force", b"force", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

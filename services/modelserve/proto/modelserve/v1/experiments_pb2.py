@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodelserve/v1/experiments.proto\x12\rmodelserve.v1\"N\n\rExperimentArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x01\"c\n\tGuardRail\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x15\n\x08max_mean\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08min_mean\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_max_meanB\x0b\n\t_min_mean\"\xc4\x02\n\nExperiment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x1c.modelserve.v1.ExperimentArm\x12-\n\x0bguard_rails\x18\x04 \x03(\x0b\x32\x18.modelserve.v1.GuardRail\x12\r\n\x05\x61lpha\x18\x05 \x01(\x01\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x1f.modelserve.v1.Experiment.State\x12\x13\n\x0bstop_reason\x18\x07 \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\x08 \x01(\x03\x12\x17\n\x0fstopped_unix_ms\x18\t \x01(\x03\"8\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\x0b\n\x07STOPPED\x10\x02\"G\n\x16StartExperimentRequest\x12-\n\nexperiment\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.Experiment\"5\n\x15StopExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"$\n\x14GetExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16ListExperimentsRequest\"I\n\x17ListExperimentsResponse\x12.\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x19.modelserve.v1.Experiment\"k\n\x14RecordOutcomeRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x13\n\x0brouting_key\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\"S\n\x15RecordOutcomeResponse\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12-\n\nexperiment\x18\x02 \x01(\x0b\x32\x19.modelserve.v1.Experiment\" \n\x10GetReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe5\x01\n\tArmMetric\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x05 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x06 \x01(\x01\x12\x12\n\ndifference\x18\x07 \x01(\x01\x12\x16\n\x0e\x64ifference_low\x18\x08 \x01(\x01\x12\x17\n\x0f\x64ifference_high\x18\t \x01(\x01\x12\x0f\n\x07p_value\x18\n \x01(\x01\x12\x13\n\x0bsignificant\x18\x0b \x01(\x08\x12\x12\n\nis_control\x18\x0c \x01(\x08\"l\n\x10\x45xperimentReport\x12-\n\nexperiment\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.Experiment\x12)\n\x07metrics\x18\x02 \x03(\x0b\x32\x18.modelserve.v1.ArmMetric2\x9f\x04\n\x0b\x45xperiments\x12U\n\x0fStartExperiment\x12%.modelserve.v1.StartExperimentRequest\x1a\x19.modelserve.v1.Experiment\"\x00\x12S\n\x0eStopExperiment\x12$.modelserve.v1.StopExperimentRequest\x1a\x19.modelserve.v1.Experiment\"\x00\x12Q\n\rGetExperiment\x12#.modelserve.v1.GetExperimentRequest\x1a\x19.modelserve.v1.Experiment\"\x00\x12\x62\n\x0fListExperiments\x12%.modelserve.v1.ListExperimentsRequest\x1a&.modelserve.v1.ListExperimentsResponse\"\x00\x12\\\n\rRecordOutcome\x12#.modelserve.v1.RecordOutcomeRequest\x1a$.modelserve.v1.RecordOutcomeResponse\"\x00\x12O\n\tGetReport\x12\x1f.modelserve.v1.GetReportRequest\x1a\x1f.modelserve.v1.ExperimentReport\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodelserve/v1/experiments.proto\x12\rmodelserve.v1\"N\n\rExperimentArm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x01\"c\n\tGuardRail\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x15\n\x08max_mean\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08min_mean\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_max_meanB\x0b\n\t_min_mean\"\xc4\x02\n\nExperiment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\x04\x61rms\x18\x03 \x03(\x0b\x32\x1c.modelserve.v1.ExperimentArm\x12-\n\x0bguard_rails\x18\x04 \x03(\x0b\x32\x18.modelserve.v1.GuardRail\x12\r\n\x05\x61lpha\x18\x05 \x01(\x01\x12.\n\x05state\x18\x06 \x01(\x0e\x32\x1f.modelserve.v1.Experiment.State\x12\x13\n\x0bstop_reason\x18\x07 \x01(\t\x12\x17\n\x0fstarted_unix_ms\x18\x08 \x01(\x03\x12\x17\n\x0fstopped_unix_ms\x18\t \x01(\x03\"8\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\x0b\n\x07STOPPED\x10\x02\"v\n\x16StartExperimentRequest\x12-\n\nexperiment\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.Experiment\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x1e\n\x16\x61llow_signature_change\x18\x03 \x01(\x08\"5\n\x15StopExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"$\n\x14GetExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16ListExperimentsRequest\"I\n\x17ListExperimentsResponse\x12.\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x19.modelserve.v1.Experiment\"k\n\x14RecordOutcomeRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x13\n\x0brouting_key\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\"S\n\x15RecordOutcomeResponse\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12-\n\nexperiment\x18\x02 \x01(\x0b\x32\x19.modelserve.v1.Experiment\" \n\x10GetReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xe5\x01\n\tArmMetric\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0c\n\x04mean\x18\x04 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x05 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x06 \x01(\x01\x12\x12\n\ndifference\x18\x07 \x01(\x01\x12\x16\n\x0e\x64ifference_low\x18\x08 \x01(\x01\x12\x17\n\x0f\x64ifference_high\x18\t \x01(\x01\x12\x0f\n\x07p_value\x18\n \x01(\x01\x12\x13\n\x0bsignificant\x18\x0b \x01(\x08\x12\x12\n\nis_control\x18\x0c \x01(\x08\"l\n\x10\x45xperimentReport\x12-\n\nexperiment\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.Experiment\x12)\n\x07metrics\x18\x02 \x03(\x0b\x32\x18.modelserve.v1.ArmMetric2\x9f\x04\n\x0b\x45xperiments\x12U\n\x0fStartExperiment\x12%.modelserve.v1.StartExperimentRequest\x1a\x19.modelserve.v1.Experiment\"\x00\x12S\n\x0eStopExperiment\x12$.modelserve.v1.StopExperimentRequest\x1a\x19.modelserve.v1.Experiment\"\x00\x12Q\n\rGetExperiment\x12#.modelserve.v1.GetExperimentRequest\x1a\x19.modelserve.v1.Experiment\"\x00\x12\x62\n\x0fListExperiments\x12%.modelserve.v1.ListExperimentsRequest\x1a&.modelserve.v1.ListExperimentsResponse\"\x00\x12\\\n\rRecordOutcome\x12#.modelserve.v1.RecordOutcomeRequest\x1a$.modelserve.v1.RecordOutcomeResponse\"\x00\x12O\n\tGetReport\x12\x1f.modelserve.v1.GetReportRequest\x1a\x1f.modelserve.v1.ExperimentReport\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERIMENT_STATE']._serialized_start=500
   _globals['_EXPERIMENT_STATE']._serialized_end=556
   _globals['_STARTEXPERIMENTREQUEST']._serialized_start=558
-  _globals['_STARTEXPERIMENTREQUEST']._serialized_end=629
-  _globals['_STOPEXPERIMENTREQUEST']._serialized_start=631
-  _globals['_STOPEXPERIMENTREQUEST']._serialized_end=684
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=686
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=722
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=724
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=748
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=750
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=823
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=825
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=932
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=934
-  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1017
-  _globals['_GETREPORTREQUEST']._serialized_start=1019
-  _globals['_GETREPORTREQUEST']._serialized_end=1051
-  _globals['_ARMMETRIC']._serialized_start=1054
-  _globals['_ARMMETRIC']._serialized_end=1283
-  _globals['_EXPERIMENTREPORT']._serialized_start=1285
-  _globals['_EXPERIMENTREPORT']._serialized_end=1393
-  _globals['_EXPERIMENTS']._serialized_start=1396
-  _globals['_EXPERIMENTS']._serialized_end=1939
+  _globals['_STARTEXPERIMENTREQUEST']._serialized_end=676
+  _globals['_STOPEXPERIMENTREQUEST']._serialized_start=678
+  _globals['_STOPEXPERIMENTREQUEST']._serialized_end=731
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=733
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=769
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=771
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=795
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=797
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=870
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=872
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=979
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_start=981
+  _globals['_RECORDOUTCOMERESPONSE']._serialized_end=1064
+  _globals['_GETREPORTREQUEST']._serialized_start=1066
+  _globals['_GETREPORTREQUEST']._serialized_end=1098
+  _globals['_ARMMETRIC']._serialized_start=1101
+  _globals['_ARMMETRIC']._serialized_end=1330
+  _globals['_EXPERIMENTREPORT']._serialized_start=1332
+  _globals['_EXPERIMENTREPORT']._serialized_end=1440
+  _globals['_EXPERIMENTS']._serialized_start=1443
+  _globals['_EXPERIMENTS']._serialized_end=1986
 # @@protoc_insertion_point(module_scope)

@@ -158,6 +158,12 @@ class StartExperimentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    ALLOW_SIGNATURE_CHANGE_FIELD_NUMBER: _builtins.int
+    force: _builtins.bool
+    """Take the model's traffic over from a running canary (aborted first) or a manual policy."""
+    allow_signature_change: _builtins.bool
+    """Accept arms whose caller-visible signature differs from the control arm's."""
     @_builtins.property
     def experiment(self) -> Global___Experiment:
         """name, model, arms, guard_rails, alpha; the rest is ignored"""
@@ -166,10 +172,12 @@ class StartExperimentRequest(_message.Message):
         self,
         *,
         experiment: Global___Experiment | None = ...,
+        force: _builtins.bool = ...,
+        allow_signature_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_signature_change", b"allow_signature_change", "experiment", b"experiment", "force", b"force"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

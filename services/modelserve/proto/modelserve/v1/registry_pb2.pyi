@@ -330,7 +330,14 @@ class Model(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    owner: _builtins.str
+    """Who owns the model's traffic now: "canary v1->v2" or "experiment NAME"; "" = manual.
+    Policy edits by anyone else are refused (FAILED_PRECONDITION) unless forced.
+    Filled by GetModel and ListModels only (not carried by Watch).
+    """
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
     @_builtins.property
@@ -341,6 +348,14 @@ class Model(_message.Message):
         empty (cleared) means the default resolution applies.
         """
 
+    @_builtins.property
+    def pending(self) -> Global___PendingPolicy:
+        """A policy accepted but not yet in force: it waits until a serving worker holds each
+        version it routes to READY (workers load its versions meanwhile), then becomes the next
+        revision; unset when none waits. A pending policy that failed stays visible with the
+        reason (a load error, or its time ran out) until the next policy change.
+        """
+
     def __init__(
         self,
         *,
@@ -348,14 +363,53 @@ class Model(_message.Message):
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         policy: Global___PolicyRevision | None = ...,
+        pending: Global___PendingPolicy | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "policy", b"policy", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "owner", b"owner", "pending", b"pending", "policy", b"policy", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class PendingPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    DEADLINE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    note: _builtins.str
+    state: _builtins.str
+    """"waiting" (for its versions to be READY) or "failed" (then `reason` says why)."""
+    reason: _builtins.str
+    created_unix_ms: _builtins.int
+    deadline_unix_ms: _builtins.int
+    """A waiting policy fails once this passes with some version still not READY."""
+    @_builtins.property
+    def policy(self) -> Global___RoutingPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: Global___RoutingPolicy | None = ...,
+        note: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        created_unix_ms: _builtins.int = ...,
+        deadline_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "deadline_unix_ms", b"deadline_unix_ms", "note", b"note", "policy", b"policy", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingPolicy: _TypeAlias = PendingPolicy  # noqa: Y015
 
 @_typing.final
 class SplitTarget(_message.Message):
@@ -401,7 +455,13 @@ class RoutingPolicy(_message.Message):
     SPLIT_FIELD_NUMBER: _builtins.int
     TARGET_LABEL_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    FALLBACK_VERSION_FIELD_NUMBER: _builtins.int
     target_label: _builtins.str
+    fallback_version: _builtins.int
+    """Where a request this policy routed goes when no serving worker holds its version READY
+    (routers fall back, count and log it, rather than fail the call): set by the registry
+    to the version the model served by default before this policy; 0 = no fallback.
+    """
     @_builtins.property
     def split(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitTarget]: ...
     @_builtins.property
@@ -416,10 +476,11 @@ class RoutingPolicy(_message.Message):
         split: _abc.Iterable[Global___SplitTarget] | None = ...,
         target_label: _builtins.str = ...,
         shadow: Global___Shadow | None = ...,
+        fallback_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shadow", b"shadow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["shadow", b"shadow", "split", b"split", "target_label", b"target_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallback_version", b"fallback_version", "shadow", b"shadow", "split", b"split", "target_label", b"target_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,12 +529,20 @@ class PolicyRevision(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     CREATED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    PENDING_REASON_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     revision: _builtins.int
     """Counts up from 1 per model; every change, rollback included, is a new revision."""
     note: _builtins.str
     """What made it: the caller's note, or e.g. "rollback to revision 3"."""
     created_unix_ms: _builtins.int
+    pending: _builtins.bool
+    """Answers of SetPolicy/RollbackPolicy only: true when the policy was accepted as pending
+    (Model.pending) because a version it routes to is not READY yet; `revision` is then the
+    one still in force, and `pending_reason` says what is awaited.
+    """
+    pending_reason: _builtins.str
     @_builtins.property
     def policy(self) -> Global___RoutingPolicy: ...
     def __init__(
@@ -484,10 +553,12 @@ class PolicyRevision(_message.Message):
         policy: Global___RoutingPolicy | None = ...,
         note: _builtins.str = ...,
         created_unix_ms: _builtins.int = ...,
+        pending: _builtins.bool = ...,
+        pending_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "model", b"model", "note", b"note", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_unix_ms", b"created_unix_ms", "model", b"model", "note", b"note", "pending", b"pending", "pending_reason", b"pending_reason", "policy", b"policy", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -788,8 +859,18 @@ class SetPolicyRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    ALLOW_SIGNATURE_CHANGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     note: _builtins.str
+    force: _builtins.bool
+    """Take the model's traffic over from a running canary or experiment (which is ended
+    first, as an abort or a stop would end it); without it such a write is refused.
+    """
+    allow_signature_change: _builtins.bool
+    """Accept versions whose caller-visible signature differs from the version served now;
+    without it such a policy is refused, naming the inputs/outputs that differ.
+    """
     @_builtins.property
     def policy(self) -> Global___RoutingPolicy: ...
     def __init__(
@@ -798,10 +879,12 @@ class SetPolicyRequest(_message.Message):
         model: _builtins.str = ...,
         policy: Global___RoutingPolicy | None = ...,
         note: _builtins.str = ...,
+        force: _builtins.bool = ...,
+        allow_signature_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "note", b"note", "policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_signature_change", b"allow_signature_change", "force", b"force", "model", b"model", "note", b"note", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -813,17 +896,20 @@ class ClearPolicyRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     note: _builtins.str
+    force: _builtins.bool
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         note: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "note", b"note"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "model", b"model", "note", b"note"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -835,20 +921,26 @@ class RollbackPolicyRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     TO_REVISION_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    ALLOW_SIGNATURE_CHANGE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     to_revision: _builtins.int
     """The revision whose policy is restored; 0 = the one before the current revision (the
     policy in force before the last change; none if the current is the first).
     """
+    force: _builtins.bool
+    allow_signature_change: _builtins.bool
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         to_revision: _builtins.int = ...,
+        force: _builtins.bool = ...,
+        allow_signature_change: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "to_revision", b"to_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_signature_change", b"allow_signature_change", "force", b"force", "model", b"model", "to_revision", b"to_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

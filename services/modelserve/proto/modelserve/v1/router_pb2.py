@@ -22,37 +22,38 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from modelserve.proto.modelserve.v1 import worker_pb2 as modelserve_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelserve/v1/router.proto\x12\rmodelserve.v1\"?\n\x0eResolveRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\"R\n\x0fResolveResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07workers\x18\x04 \x03(\t\"\x14\n\x12ListWorkersRequest\"\x7f\n\nWorkerInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x16\n\x0eready_versions\x18\x04 \x03(\t\x12\x13\n\x0boutstanding\x18\x05 \x01(\x03\x12\x0f\n\x07\x65jected\x18\x06 \x01(\x08\"A\n\x13ListWorkersResponse\x12*\n\x07workers\x18\x01 \x03(\x0b\x32\x19.modelserve.v1.WorkerInfo\"$\n\x13ShadowReportRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xb7\x02\n\nShadowPair\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fprimary_version\x18\x02 \x01(\x03\x12\x16\n\x0eshadow_version\x18\x03 \x01(\x03\x12\r\n\x05pairs\x18\x04 \x01(\x03\x12\x12\n\nagreements\x18\x05 \x01(\x03\x12\x15\n\rshadow_errors\x18\x06 \x01(\x03\x12\x17\n\x0fshadow_timeouts\x18\x07 \x01(\x03\x12\x1d\n\x15primary_latency_sum_s\x18\x08 \x01(\x01\x12\x1c\n\x14shadow_latency_sum_s\x18\t \x01(\x01\x12!\n\x19primary_latency_samples_s\x18\n \x03(\x01\x12 \n\x18shadow_latency_samples_s\x18\x0b \x03(\x01\x12\x14\n\x0cmax_abs_diff\x18\x0c \x01(\x01\"Q\n\x14ShadowReportResponse\x12(\n\x05pairs\x18\x01 \x03(\x0b\x32\x19.modelserve.v1.ShadowPair\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\"$\n\x13VersionStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"l\n\rVersionCounts\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x11\n\tlatency_s\x18\x04 \x03(\x01\x12\x15\n\rended_unix_ms\x18\x05 \x03(\x03\"F\n\x14VersionStatsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.modelserve.v1.VersionCounts2\xe9\x02\n\rRouterControl\x12J\n\x07Resolve\x12\x1d.modelserve.v1.ResolveRequest\x1a\x1e.modelserve.v1.ResolveResponse\"\x00\x12V\n\x0bListWorkers\x12!.modelserve.v1.ListWorkersRequest\x1a\".modelserve.v1.ListWorkersResponse\"\x00\x12Y\n\x0cShadowReport\x12\".modelserve.v1.ShadowReportRequest\x1a#.modelserve.v1.ShadowReportResponse\"\x00\x12Y\n\x0cVersionStats\x12\".modelserve.v1.VersionStatsRequest\x1a#.modelserve.v1.VersionStatsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelserve/v1/router.proto\x12\rmodelserve.v1\x1a\x1amodelserve/v1/worker.proto\"?\n\x0eResolveRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\"R\n\x0fResolveResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07workers\x18\x04 \x03(\t\"\x14\n\x12ListWorkersRequest\"\xaf\x01\n\nWorkerInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x16\n\x0eready_versions\x18\x04 \x03(\t\x12\x13\n\x0boutstanding\x18\x05 \x01(\x03\x12\x0f\n\x07\x65jected\x18\x06 \x01(\x08\x12.\n\x08versions\x18\x07 \x03(\x0b\x32\x1c.modelserve.v1.LoadedVersion\"A\n\x13ListWorkersResponse\x12*\n\x07workers\x18\x01 \x03(\x0b\x32\x19.modelserve.v1.WorkerInfo\"$\n\x13ShadowReportRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xb7\x02\n\nShadowPair\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fprimary_version\x18\x02 \x01(\x03\x12\x16\n\x0eshadow_version\x18\x03 \x01(\x03\x12\r\n\x05pairs\x18\x04 \x01(\x03\x12\x12\n\nagreements\x18\x05 \x01(\x03\x12\x15\n\rshadow_errors\x18\x06 \x01(\x03\x12\x17\n\x0fshadow_timeouts\x18\x07 \x01(\x03\x12\x1d\n\x15primary_latency_sum_s\x18\x08 \x01(\x01\x12\x1c\n\x14shadow_latency_sum_s\x18\t \x01(\x01\x12!\n\x19primary_latency_samples_s\x18\n \x03(\x01\x12 \n\x18shadow_latency_samples_s\x18\x0b \x03(\x01\x12\x14\n\x0cmax_abs_diff\x18\x0c \x01(\x01\"Q\n\x14ShadowReportResponse\x12(\n\x05pairs\x18\x01 \x03(\x0b\x32\x19.modelserve.v1.ShadowPair\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\"$\n\x13VersionStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"l\n\rVersionCounts\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x11\n\tlatency_s\x18\x04 \x03(\x01\x12\x15\n\rended_unix_ms\x18\x05 \x03(\x03\"F\n\x14VersionStatsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.modelserve.v1.VersionCounts2\xe9\x02\n\rRouterControl\x12J\n\x07Resolve\x12\x1d.modelserve.v1.ResolveRequest\x1a\x1e.modelserve.v1.ResolveResponse\"\x00\x12V\n\x0bListWorkers\x12!.modelserve.v1.ListWorkersRequest\x1a\".modelserve.v1.ListWorkersResponse\"\x00\x12Y\n\x0cShadowReport\x12\".modelserve.v1.ShadowReportRequest\x1a#.modelserve.v1.ShadowReportResponse\"\x00\x12Y\n\x0cVersionStats\x12\".modelserve.v1.VersionStatsRequest\x1a#.modelserve.v1.VersionStatsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelserve.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESOLVEREQUEST']._serialized_start=45
-  _globals['_RESOLVEREQUEST']._serialized_end=108
-  _globals['_RESOLVERESPONSE']._serialized_start=110
-  _globals['_RESOLVERESPONSE']._serialized_end=192
-  _globals['_LISTWORKERSREQUEST']._serialized_start=194
-  _globals['_LISTWORKERSREQUEST']._serialized_end=214
-  _globals['_WORKERINFO']._serialized_start=216
-  _globals['_WORKERINFO']._serialized_end=343
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=345
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=410
-  _globals['_SHADOWREPORTREQUEST']._serialized_start=412
-  _globals['_SHADOWREPORTREQUEST']._serialized_end=448
-  _globals['_SHADOWPAIR']._serialized_start=451
-  _globals['_SHADOWPAIR']._serialized_end=762
-  _globals['_SHADOWREPORTRESPONSE']._serialized_start=764
-  _globals['_SHADOWREPORTRESPONSE']._serialized_end=845
-  _globals['_VERSIONSTATSREQUEST']._serialized_start=847
-  _globals['_VERSIONSTATSREQUEST']._serialized_end=883
-  _globals['_VERSIONCOUNTS']._serialized_start=885
-  _globals['_VERSIONCOUNTS']._serialized_end=993
-  _globals['_VERSIONSTATSRESPONSE']._serialized_start=995
-  _globals['_VERSIONSTATSRESPONSE']._serialized_end=1065
-  _globals['_ROUTERCONTROL']._serialized_start=1068
-  _globals['_ROUTERCONTROL']._serialized_end=1429
+  _globals['_RESOLVEREQUEST']._serialized_start=73
+  _globals['_RESOLVEREQUEST']._serialized_end=136
+  _globals['_RESOLVERESPONSE']._serialized_start=138
+  _globals['_RESOLVERESPONSE']._serialized_end=220
+  _globals['_LISTWORKERSREQUEST']._serialized_start=222
+  _globals['_LISTWORKERSREQUEST']._serialized_end=242
+  _globals['_WORKERINFO']._serialized_start=245
+  _globals['_WORKERINFO']._serialized_end=420
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=422
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=487
+  _globals['_SHADOWREPORTREQUEST']._serialized_start=489
+  _globals['_SHADOWREPORTREQUEST']._serialized_end=525
+  _globals['_SHADOWPAIR']._serialized_start=528
+  _globals['_SHADOWPAIR']._serialized_end=839
+  _globals['_SHADOWREPORTRESPONSE']._serialized_start=841
+  _globals['_SHADOWREPORTRESPONSE']._serialized_end=922
+  _globals['_VERSIONSTATSREQUEST']._serialized_start=924
+  _globals['_VERSIONSTATSREQUEST']._serialized_end=960
+  _globals['_VERSIONCOUNTS']._serialized_start=962
+  _globals['_VERSIONCOUNTS']._serialized_end=1070
+  _globals['_VERSIONSTATSRESPONSE']._serialized_start=1072
+  _globals['_VERSIONSTATSRESPONSE']._serialized_end=1142
+  _globals['_ROUTERCONTROL']._serialized_start=1145
+  _globals['_ROUTERCONTROL']._serialized_end=1506
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from modelserve.proto.modelserve.v1 import worker_pb2 as _worker_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -98,6 +99,7 @@ class WorkerInfo(_message.Message):
     READY_VERSIONS_FIELD_NUMBER: _builtins.int
     OUTSTANDING_FIELD_NUMBER: _builtins.int
     EJECTED_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     worker_id: _builtins.str
     serving: _builtins.bool
@@ -105,6 +107,10 @@ class WorkerInfo(_message.Message):
     ejected: _builtins.bool
     @_builtins.property
     def ready_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_worker_pb2.LoadedVersion]:
+        """Every version the worker holds or is loading, with its state and (FAILED) reason."""
+
     def __init__(
         self,
         *,
@@ -114,10 +120,11 @@ class WorkerInfo(_message.Message):
         ready_versions: _abc.Iterable[_builtins.str] | None = ...,
         outstanding: _builtins.int = ...,
         ejected: _builtins.bool = ...,
+        versions: _abc.Iterable[_worker_pb2.LoadedVersion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ejected", b"ejected", "outstanding", b"outstanding", "ready_versions", b"ready_versions", "serving", b"serving", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ejected", b"ejected", "outstanding", b"outstanding", "ready_versions", b"ready_versions", "serving", b"serving", "versions", b"versions", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
