@@ -226,3 +226,48 @@ async def test_the_router_keeps_failures_apart_with_the_error(
     assert list(found.primary_outputs[0].values) == [2.0]
     report = router.mirror.samples.report("scorer")
     assert (report.disagreements_seen, report.failures_seen) == (0, 1)
+
+
+def test_the_cli_merges_routers_newest_first_and_prints_both_answers() -> None:
+    from modelserve.cli.shadow import RouterAnswer, merged, render, routers_of
+
+    primary = answer(p=np.zeros(20, np.float32))
+    shadow = answer(p=np.ones(20, np.float32))
+
+    def one(request_id: str, unix_ms: int, **extra: object) -> router_pb2.ShadowDisagreement:
+        found = entry(
+            caller=pb.ModelInferRequest(),
+            request_ids=[request_id],
+            primary_version=1,
+            shadow_version=2,
+            primary=primary,
+            shadow=None if extra else shadow,
+            primary_s=0.001,
+            shadow_s=0.002,
+            comparison=None if extra else compare_outputs(primary, shadow, 0.0),
+            **extra,  # type: ignore[arg-type]
+        )
+        found.unix_ms = unix_ms
+        return found
+
+    a = router_pb2.ShadowDisagreementsResponse(
+        entries=[one("old", 1000)], disagreements_seen=5, disagreements_capacity=256
+    )
+    b = router_pb2.ShadowDisagreementsResponse(
+        entries=[one("new", 3000), one("failed", 2000, error="INTERNAL: broke")],
+        disagreements_seen=1,
+        failures_seen=1,
+    )
+    answers = [RouterAnswer("r1:1", a), RouterAnswer("r2:1", b)]
+    assert [e.request_ids[0] for _, e in merged(answers, 0)] == ["new", "failed", "old"]
+    assert [e.request_ids[0] for _, e in merged(answers, 2)] == ["new", "failed"]
+    lines = render("m", answers, 0)
+    assert lines[0].startswith("m: 6 disagreements and 1 shadow failures seen on 2 router(s)")
+    assert "REQUEST ID" in lines[1] and "DIFF" in lines[1]
+    assert "new" in lines[2] and "r2:1" in lines[2] and "v1 -> v2" in lines[2]
+    assert lines[2].endswith("1 in p")
+    assert lines[3].strip().startswith("primary p FP32[20]: [0, 0,") and "(16 of 20)" in lines[3]
+    assert lines[4].strip().startswith("shadow  p FP32[20]: [1, 1,")
+    assert any("error: INTERNAL: broke" in line for line in lines)
+    assert routers_of([]) == ["127.0.0.1:8101"]
+    assert routers_of(["a:1,b:1", "c:1", "a:1"]) == ["a:1", "b:1", "c:1"]
