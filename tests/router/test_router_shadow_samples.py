@@ -271,3 +271,28 @@ def test_the_cli_merges_routers_newest_first_and_prints_both_answers() -> None:
     assert any("error: INTERNAL: broke" in line for line in lines)
     assert routers_of([]) == ["127.0.0.1:8101"]
     assert routers_of(["a:1,b:1", "c:1", "a:1"]) == ["a:1", "b:1", "c:1"]
+
+
+async def test_the_rpc_says_not_found_for_an_unknown_model_and_checks_the_limit() -> None:
+    from modelserve.catalog.replica import Catalog
+    from modelserve.discovery.static import StaticDiscovery
+    from modelserve.errors import InvalidArgumentError, NotFoundError
+    from router.control_servicer import RouterControlServicer
+    from router.workers import WorkerPool
+
+    catalog = Catalog(StaticDiscovery({}))
+    known = registry_pb2.Model(name="m", versions=[registry_pb2.ModelVersion(model="m", version=1)])
+    catalog.apply(registry_pb2.WatchEvent(snapshot=True, models=[known], revision=1))
+    samples = ShadowSamples()
+    for n in range(3):
+        samples.disagreement("m", lambda n=n: numbered(n))  # type: ignore[misc]
+    servicer = RouterControlServicer(
+        catalog=catalog, pool=WorkerPool(StaticDiscovery({})), samples=samples
+    )
+    ask = router_pb2.ShadowDisagreementsRequest
+    answer = await servicer.ShadowDisagreements(ask(model="m", limit=2), None)
+    assert [e.unix_ms for e in answer.entries] == [2, 1] and answer.disagreements_seen == 3
+    with pytest.raises(NotFoundError):
+        await servicer.ShadowDisagreements(ask(model="nope"), None)
+    with pytest.raises(InvalidArgumentError):
+        await servicer.ShadowDisagreements(ask(model="m", limit=-1), None)
