@@ -16,13 +16,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter
 
-from modelserve.calls import Call
+from modelserve.calls import Call, Metadata
 from modelserve.catalog.replica import Catalog, resolve_version
 from modelserve.deadlines import Deadline
 from modelserve.errors import ModelServeError
@@ -119,11 +119,12 @@ class ShadowMirror:
         primary: registry_pb2.ModelVersion,
         answer: pb.ModelInferResponse,
         primary_s: float,
-        request_ids: Sequence[str] = (),
+        forwarded: Metadata = (),
     ) -> None:
         """Called once the caller's answer is ready; returns at once. ``caller`` is the
         request as the caller sent it, ``sent`` what the primary ran (enriched, maybe),
-        ``request_ids`` the call's x-request-id values (kept with a disagreement)."""
+        ``forwarded`` the call's forwarded metadata (its x-request-id values are kept with
+        a disagreement; read only for a mirrored call)."""
         target = self.target(primary)
         if target is None or self._rng.random() >= target.fraction:
             return
@@ -132,7 +133,7 @@ class ShadowMirror:
             SHADOW_DROPPED.labels(primary.model).inc()
             return
         task = asyncio.get_running_loop().create_task(
-            self._mirror(caller, sent, primary, answer, primary_s, target, tuple(request_ids))
+            self._mirror(caller, sent, primary, answer, primary_s, target, _ids(forwarded))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -228,3 +229,7 @@ class ShadowMirror:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _ids(forwarded: Metadata) -> tuple[str, ...]:
+    return tuple(v for k, v in forwarded if k == "x-request-id")
