@@ -210,4 +210,6 @@ async def test_disagreements_come_back_with_the_callers_request_id_and_versions(
         (row,) = [line for line in table.splitlines() if f" {request_id} " in line]
         assert "v1 -> v2" in row and "in fraud_probability" in row, table
     assert "primary fraud_probability FP32[1, 1]" in table
+    summary = await modelserve("shadow", "report", model, "--router", router)
+    assert re.search(r"v1 -> shadow v2: \d+ pairs, agreement 0\.00%", summary), summary
     await modelserve("policy", "--registry", suite.address("registry"), "shadow-off", model)
