@@ -8,7 +8,9 @@ import time
 from grpc import aio
 
 from modelserve.catalog.replica import DEFAULT_LABEL, Catalog
+from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
+from router.shadow_samples import ShadowSamples
 from router.shadow_stats import ShadowStats
 from router.version_stats import VersionStats
 from router.workers import WorkerPool
@@ -22,11 +24,13 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
         pool: WorkerPool,
         shadow: ShadowStats | None = None,
         versions: VersionStats | None = None,
+        samples: ShadowSamples | None = None,
     ) -> None:
         self._versions = versions or VersionStats()
         self._catalog = catalog
         self._pool = pool
         self._shadow = shadow or ShadowStats()
+        self._samples = samples or ShadowSamples()
 
     async def Resolve(
         self, request: router_pb2.ResolveRequest, context: aio.ServicerContext
@@ -82,3 +86,11 @@ class RouterControlServicer(router_pb2_grpc.RouterControlServicer):
     ) -> router_pb2.VersionStatsResponse:
         self._catalog.get_model(request.model)  # unknown model: NOT_FOUND, as ShadowReport
         return self._versions.report(request.model)
+
+    async def ShadowDisagreements(
+        self, request: router_pb2.ShadowDisagreementsRequest, context: aio.ServicerContext
+    ) -> router_pb2.ShadowDisagreementsResponse:
+        self._catalog.get_model(request.model)  # unknown model: NOT_FOUND, as ShadowReport
+        if request.limit < 0:
+            raise InvalidArgumentError(f"limit must be 0 or more, not {request.limit}")
+        return self._samples.report(request.model, request.limit)

@@ -91,7 +91,7 @@ class RouterDataPlane:
         elapsed = time.perf_counter() - started
         self.version_stats.record(version.model, version.version, elapsed, None)
         if self._shadow is not None:  # only once the answer exists, and it returns at once
-            self._shadow.after(caller, request, version, answer, elapsed)
+            self._shadow.after(caller, request, version, answer, elapsed, call.forwarded)
         return answer
 
     def _fall_back(

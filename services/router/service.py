@@ -98,7 +98,11 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         router_pb2.DESCRIPTOR.services_by_name["RouterControl"].full_name,
         router_pb2_grpc.add_RouterControlServicer_to_server,
         RouterControlServicer(
-            catalog=catalog, pool=pool, shadow=shadow.stats, versions=version_stats
+            catalog=catalog,
+            pool=pool,
+            shadow=shadow.stats,
+            versions=version_stats,
+            samples=shadow.samples,
         ),
     )
     runtime.background(catalog.run(), "registry watch")

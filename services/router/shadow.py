@@ -5,7 +5,9 @@ The caller never waits for, nor hears of, the shadow call: it starts as a backgr
 after the primary answer exists, has its own short deadline (the primary's latency times a
 factor, within bounds), and any failure is only counted. Shadow calls in flight are bounded;
 a sampled call that finds the bound reached is dropped and counted, so a hanging shadow
-version costs at most that many pending tasks, never memory without end.
+version costs at most that many pending tasks, never memory without end. Besides the
+figures (``shadow_stats``), a bounded sample of the pairs that disagreed and of the shadow
+calls that failed is kept for debugging (``shadow_samples``).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter
 
-from modelserve.calls import Call
+from modelserve.calls import Call, Metadata
 from modelserve.catalog.replica import Catalog, resolve_version
 from modelserve.deadlines import Deadline
 from modelserve.errors import ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
 from router.forwarding import ToVersion
+from router.shadow_samples import ShadowSamples, entry
 from router.shadow_stats import ShadowStats, compare_outputs
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ class ShadowMirror:
         infer: ToVersion,
         enrich: Enrich,
         stats: ShadowStats | None = None,
+        samples: ShadowSamples | None = None,
         max_in_flight: int = 64,
         timeout_factor: float = 3.0,
         min_timeout_s: float = 0.05,
@@ -75,6 +79,7 @@ class ShadowMirror:
         self._infer = infer
         self._enrich = enrich
         self.stats = stats or ShadowStats()
+        self.samples = samples or ShadowSamples()
         self._max_in_flight = max_in_flight
         self._factor = timeout_factor
         self._min_timeout = min_timeout_s
@@ -114,9 +119,12 @@ class ShadowMirror:
         primary: registry_pb2.ModelVersion,
         answer: pb.ModelInferResponse,
         primary_s: float,
+        forwarded: Metadata = (),
     ) -> None:
         """Called once the caller's answer is ready; returns at once. ``caller`` is the
-        request as the caller sent it, ``sent`` what the primary ran (enriched, maybe)."""
+        request as the caller sent it, ``sent`` what the primary ran (enriched, maybe),
+        ``forwarded`` the call's forwarded metadata (its x-request-id values are kept with
+        a disagreement; read only for a mirrored call)."""
         target = self.target(primary)
         if target is None or self._rng.random() >= target.fraction:
             return
@@ -125,7 +133,7 @@ class ShadowMirror:
             SHADOW_DROPPED.labels(primary.model).inc()
             return
         task = asyncio.get_running_loop().create_task(
-            self._mirror(caller, sent, primary, answer, primary_s, target)
+            self._mirror(caller, sent, primary, answer, primary_s, target, _ids(forwarded))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -138,6 +146,7 @@ class ShadowMirror:
         answer: pb.ModelInferResponse,
         primary_s: float,
         target: Target,
+        request_ids: tuple[str, ...],
     ) -> None:
         shadow = target.version
         key = (primary.model, primary.version, shadow.version)
@@ -151,6 +160,27 @@ class ShadowMirror:
         request.CopyFrom(caller if shadow.config.feature_inputs else sent)
         request.model_version = str(shadow.version)  # a copy, decided here for the shadow
         started = time.perf_counter()
+
+        def failed(error: str, *, timed_out: bool) -> None:
+            self.stats.record_error(key, timeout=timed_out)
+            SHADOW_CALLS.labels(*labels, "timeout" if timed_out else "error").inc()
+            shadow_s = time.perf_counter() - started
+            self.samples.failure(
+                primary.model,
+                lambda: entry(
+                    caller=caller,
+                    request_ids=request_ids,
+                    primary_version=primary.version,
+                    shadow_version=shadow.version,
+                    primary=answer,
+                    shadow=None,
+                    primary_s=primary_s,
+                    shadow_s=shadow_s,
+                    error=error,
+                    timeout=timed_out,
+                ),
+            )
+
         try:
             # The hard stop covers what the deadline does not (a retry, a slow enrichment).
             async with asyncio.timeout(timeout):
@@ -158,29 +188,48 @@ class ShadowMirror:
                     request = await self._enrich(request, shadow, call)
                 reply = await self._infer(request, shadow, call)
         except TimeoutError:
-            self._failed(key, labels, timeout=True)
+            failed(f"no answer within {timeout:.3f} s", timed_out=True)
             return
         except ModelServeError as exc:
             timed_out = exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
-            self._failed(key, labels, timeout=timed_out)
-            log.debug("shadow call to %s v%d failed: %s", shadow.model, shadow.version, exc)
+            failed(f"{exc.code.name}: {exc.message}", timed_out=timed_out)
+            log.debug(
+                "shadow call to %s v%d failed (request %s): %s",
+                shadow.model,
+                shadow.version,
+                ",".join(request_ids) or "-",
+                exc,
+            )
             return
-        except Exception:  # whatever it is, it must not escape into the event loop's log
-            self._failed(key, labels, timeout=False)
+        except Exception as exc:  # whatever it is, it must not escape into the event loop's log
+            failed(f"{type(exc).__name__}: {exc}", timed_out=False)
             log.warning("shadow call to %s v%d failed", shadow.model, shadow.version, exc_info=True)
             return
         shadow_s = time.perf_counter() - started
         comparison = compare_outputs(answer, reply, target.tolerance)
         self.stats.record_pair(key, primary_s, shadow_s, comparison)
         SHADOW_CALLS.labels(*labels, "agree" if comparison.agree else "disagree").inc()
-
-    def _failed(
-        self, key: tuple[str, int, int], labels: tuple[str, str, str], *, timeout: bool
-    ) -> None:
-        self.stats.record_error(key, timeout=timeout)
-        SHADOW_CALLS.labels(*labels, "timeout" if timeout else "error").inc()
+        if not comparison.agree:
+            self.samples.disagreement(
+                primary.model,
+                lambda: entry(
+                    caller=caller,
+                    request_ids=request_ids,
+                    primary_version=primary.version,
+                    shadow_version=shadow.version,
+                    primary=answer,
+                    shadow=reply,
+                    primary_s=primary_s,
+                    shadow_s=shadow_s,
+                    comparison=comparison,
+                ),
+            )
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _ids(forwarded: Metadata) -> tuple[str, ...]:
+    return tuple(v for k, v in forwarded if k == "x-request-id")

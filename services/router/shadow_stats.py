@@ -46,6 +46,10 @@ class Reservoir:
 class Comparison:
     agree: bool
     max_abs_diff: float | None  # None: not comparable (names, shapes or datatypes differ)
+    # The output holding the largest difference, or where the answers stopped being
+    # comparable; and, for the latter, why (both kept with a disagreement, shadow_samples).
+    output: str = ""
+    reason: str = ""
 
 
 def compare_outputs(
@@ -55,21 +59,28 @@ def compare_outputs(
     further apart than ``tolerance`` (BYTES outputs must be equal)."""
     try:
         ours, theirs = decode_outputs(primary), decode_outputs(shadow)
-    except InvalidArgumentError:
-        return Comparison(False, None)
+    except InvalidArgumentError as exc:
+        return Comparison(False, None, reason=f"undecodable outputs: {exc.message}")
     if set(ours) != set(theirs):
-        return Comparison(False, None)
+        return Comparison(
+            False, None, reason=f"output names differ: {sorted(ours)} vs {sorted(theirs)}"
+        )
     kinds = {o.name: o.datatype for o in primary.outputs}
-    if any(kinds[o.name] != o.datatype for o in shadow.outputs):
-        return Comparison(False, None)
-    worst = 0.0
+    for o in shadow.outputs:
+        if kinds[o.name] != o.datatype:
+            return Comparison(
+                False, None, o.name, f"datatypes differ: {kinds[o.name]} vs {o.datatype}"
+            )
+    worst, where = 0.0, ""
     for name, a in ours.items():
         b = theirs[name]
         if a.shape != b.shape:
-            return Comparison(False, None)
+            return Comparison(
+                False, None, name, f"shapes differ: {list(a.shape)} vs {list(b.shape)}"
+            )
         if a.dtype.kind in "OSU":
             if not np.array_equal(a, b):
-                return Comparison(False, None)
+                return Comparison(False, None, name, "BYTES values differ")
             continue
         if a.size:
             a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -78,8 +89,10 @@ def compare_outputs(
             same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
             with np.errstate(invalid="ignore"):
                 diff = np.where(same, 0.0, np.abs(a64 - b64))
-            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
-    return Comparison(worst <= tolerance, worst)
+            largest = float(np.nan_to_num(diff, nan=np.inf).max())
+            if largest > worst or not where:
+                worst, where = max(worst, largest), name
+    return Comparison(worst <= tolerance, worst, where)
 
 
 @dataclass

@@ -16,9 +16,10 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ class _Instance:
     session: ort.InferenceSession
     # Per instance so close(terminate=True) can stop exactly the runs in flight.
     run_options: ort.RunOptions
+    # Completed ONNX Runtime runs by rows (the first input's leading dimension): what
+    # warmup did before READY, observable without wrapping ORT (tests/worker/test_worker_warmup).
+    runs: Counter[int] = field(default_factory=Counter)
 
 
 class ModelSession:
@@ -79,6 +83,7 @@ class ModelSession:
         self.cold_start_ms = load_ms
         self._output_names = tuple(o.name for o in self.outputs)
         self._instances = instances
+        self._run_counts = [i.runs for i in instances]  # kept past close(), for reading
         self._free: asyncio.Queue[_Instance | None] = asyncio.Queue()
         for instance in instances:
             self._free.put_nowait(instance)
@@ -179,6 +184,11 @@ class ModelSession:
     def busy_instances(self) -> int:
         """Instances running a request right now (counted inside the executor threads)."""
         return self._busy
+
+    def runs_by_instance(self) -> list[dict[int, int]]:
+        """Completed model runs per instance, by rows (warmup's included)."""
+        with self._stats_lock:
+            return [dict(runs) for runs in self._run_counts]
 
     @property
     def peak_busy_instances(self) -> int:
@@ -367,6 +377,7 @@ class ModelSession:
         with self._stats_lock:
             self._busy += 1
             self._peak_busy = max(self._peak_busy, self._busy)
+        values: list[Any] | None = None
         try:
             if self.io_binding:
                 values = self._run_bound(instance, feeds, names)
@@ -379,8 +390,10 @@ class ModelSession:
                 STOPPED_RUNS.labels(*self.metric_labels).inc()
             raise
         finally:
-            with self._stats_lock:
+            with self._stats_lock:  # the lock taken anyway: counting costs no extra one
                 self._busy -= 1
+                if values is not None:
+                    instance.runs[_rows(feeds)] += 1
         return [bytes_from_ort(value) for value in values]
 
     def _run_error(self, exc: Exception) -> Exception:
@@ -389,6 +402,12 @@ class ModelSession:
         if isinstance(exc, ort_state.InvalidArgument):
             return InvalidArgumentError(f"{self.label}: {ort_message(exc)}")
         return exc
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    for value in feeds.values():
+        return int(value.shape[0]) if value.ndim else 1
+    return 0
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:

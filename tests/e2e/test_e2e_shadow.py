@@ -2,12 +2,16 @@
 gateway get exactly the primary version's answers and statuses, while the router records the
 pairs: no agreement when the shadow is another model (fraud v2 behind v1), full agreement when
 it is the same model, and counted errors, never the caller's, when the shadow version fails on
-every call. (A hanging shadow is in tests/router/test_router_shadow.py, against a fake worker:
-this suite has one worker, and stopping it would stop the primary too.)"""
+every call. The disagreeing pairs come back, with the caller's x-request-id, through
+RouterControl.ShadowDisagreements and ``modelserve shadow disagreements``. (A hanging shadow
+is in tests/router/test_router_shadow.py, against a fake worker: this suite has one worker,
+and stopping it would stop the primary too.)"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -145,3 +149,67 @@ async def test_a_failing_shadow_never_changes_the_callers_answer_or_status(
     )
     pair = await shadowed_calls(suite, model, expected, "errors")
     assert pair.pairs == 0 and pair.shadow_timeouts == 0
+
+
+async def test_disagreements_come_back_with_the_callers_request_id_and_versions(
+    suite: Suite, demo_dir: Path
+) -> None:
+    model = "shadow_kept"
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "fraud_v2.onnx")
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        expected = await primary_answers(pb_grpc.GRPCInferenceServiceStub(channel), model)
+    await modelserve(
+        "policy", "--registry", suite.address("registry"), "shadow", model, "2", "--fraction", "1"
+    )
+    ids = {f"kept-{k}": k for k in range(len(ROWS))}
+    router = suite.address("router")
+    async with (
+        grpc.aio.insecure_channel(suite.address("gateway")) as channel,
+        grpc.aio.insecure_channel(router) as control,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        routers = router_pb2_grpc.RouterControlStub(control)
+
+        async def kept() -> dict[str, router_pb2.ShadowDisagreement]:
+            # Until the shadow is in force on the router, calls are not mirrored: ask again.
+            for request_id, k in ids.items():
+                metadata = (("x-request-id", request_id),)
+                reply = await stub.ModelInfer(request(model, ROWS[k]), timeout=5, metadata=metadata)
+                assert reply.model_version == "1"
+            answer = await routers.ShadowDisagreements(
+                router_pb2.ShadowDisagreementsRequest(model=model), timeout=5
+            )
+            found = {e.request_ids[0]: e for e in answer.entries if e.request_ids[0] in ids}
+            assert set(found) == set(ids), answer
+            return found
+
+        found = await eventually(kept, timeout=60)
+    for request_id, k in ids.items():
+        entry = found[request_id]
+        assert list(entry.request_ids) == [request_id] and not entry.request_id_generated
+        assert (entry.primary_version, entry.shadow_version) == (1, 2)
+        assert entry.input_sha256 == hashlib.sha256(ROWS[k].tobytes()).hexdigest()[:16]
+        (primary,) = entry.primary_outputs
+        assert primary.name == "fraud_probability" and list(primary.shape) == [1, 1]
+        np.testing.assert_allclose(primary.values, expected[k].reshape(-1), rtol=1e-6)
+        (shadow,) = entry.shadow_outputs
+        assert entry.max_diff_output == "fraud_probability"
+        assert entry.max_abs_diff == abs(shadow.values[0] - primary.values[0]) > 0
+        assert entry.primary_latency_s > 0 and entry.shadow_latency_s > 0 and not entry.error
+
+    printed = await modelserve("shadow", "disagreements", model, "--router", router, "--json")
+    parsed = json.loads(printed)
+    assert parsed["routers"][0]["router"] == router
+    assert parsed["routers"][0]["disagreements_seen"] >= len(ids)
+    by_id = {e["request_ids"][0]: e for e in parsed["entries"]}
+    for request_id in ids:
+        assert by_id[request_id]["primary_version"] == "1"  # int64 is a string in proto JSON
+        assert by_id[request_id]["shadow_version"] == "2"
+    table = await modelserve("shadow", "disagreements", model, "--router", router, "--limit", "0")
+    for request_id in ids:
+        (row,) = [line for line in table.splitlines() if f" {request_id} " in line]
+        assert "v1 -> v2" in row and "in fraud_probability" in row, table
+    assert "primary fraud_probability FP32[1, 1]" in table
+    summary = await modelserve("shadow", "report", model, "--router", router)
+    assert re.search(r"v1 -> shadow v2: \d+ pairs, agreement 0\.00%", summary), summary
+    await modelserve("policy", "--registry", suite.address("registry"), "shadow-off", model)

@@ -20,6 +20,7 @@ from modelserve.cli import features as features_cli
 from modelserve.cli import lookup as lookup_cli
 from modelserve.cli import policy as policy_cli
 from modelserve.cli import push_flags
+from modelserve.cli import shadow as shadow_cli
 from modelserve.cli import stream as stream_cli
 from modelserve.cli.batch import cli as batch_cli
 from modelserve.cli.registry_client import push_version
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     policy_cli.add_parser(sub, DEFAULT_REGISTRY)
     experiment_cli.add_parser(sub, DEFAULT_REGISTRY)
     canary_cli.add_parser(sub, DEFAULT_REGISTRY)
+    shadow_cli.add_parser(sub)
     features_cli.add_parser(sub)
     stream_cli.add_parser(sub)
     batch_cli.add_parser(sub)
@@ -137,6 +139,8 @@ async def _client_command(args: argparse.Namespace) -> int:
         return await experiment_cli.run(args)
     if args.command == "canary":
         return await canary_cli.run(args)
+    if args.command == "shadow":
+        return await shadow_cli.run(args)
     if args.command == "models":
         async with grpc.aio.insecure_channel(args.registry) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)

@@ -329,3 +329,191 @@ class VersionStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VersionStatsResponse: _TypeAlias = VersionStatsResponse  # noqa: Y015
+
+@_typing.final
+class ShadowDisagreementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    limit: _builtins.int
+    """At most this many entries, newest first; 0: every entry kept."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowDisagreementsRequest: _TypeAlias = ShadowDisagreementsRequest  # noqa: Y015
+
+@_typing.final
+class ShadowTensorSample(_message.Message):
+    """One output of one side of a pair, cut short so an entry stays small."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DATATYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    TOTAL_VALUES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TEXT_VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    datatype: _builtins.str
+    total_values: _builtins.int
+    """The output's element count, and whether fewer values than that are kept here."""
+    truncated: _builtins.bool
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The first values in row-major order: numbers as doubles, BYTES as text (each cut short)."""
+
+    @_builtins.property
+    def text_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        datatype: _builtins.str = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        total_values: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        text_values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datatype", b"datatype", "name", b"name", "shape", b"shape", "text_values", b"text_values", "total_values", b"total_values", "truncated", b"truncated", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowTensorSample: _TypeAlias = ShadowTensorSample  # noqa: Y015
+
+@_typing.final
+class ShadowDisagreement(_message.Message):
+    """A mirrored call whose shadow answer disagreed with the primary's, or whose shadow failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_GENERATED_FIELD_NUMBER: _builtins.int
+    INPUT_SHA256_FIELD_NUMBER: _builtins.int
+    PRIMARY_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_VERSION_FIELD_NUMBER: _builtins.int
+    PRIMARY_OUTPUTS_FIELD_NUMBER: _builtins.int
+    SHADOW_OUTPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_TRUNCATED_FIELD_NUMBER: _builtins.int
+    MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    MAX_DIFF_OUTPUT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PRIMARY_LATENCY_S_FIELD_NUMBER: _builtins.int
+    SHADOW_LATENCY_S_FIELD_NUMBER: _builtins.int
+    UNIX_MS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    request_id_generated: _builtins.bool
+    input_sha256: _builtins.str
+    """The first 16 hex digits of sha256 over the caller's raw_input_contents, concatenated in
+    order (over the typed contents, serialized, when the request has no raw contents).
+    """
+    primary_version: _builtins.int
+    shadow_version: _builtins.int
+    outputs_truncated: _builtins.bool
+    """More outputs than an entry keeps (either side): the rest are left out."""
+    max_abs_diff: _builtins.float
+    """Largest absolute element difference and the output it is in; when the answers are not
+    comparable (names, shapes, datatypes or BYTES differ) reason says why and the output
+    named is where it was found.
+    """
+    max_diff_output: _builtins.str
+    reason: _builtins.str
+    primary_latency_s: _builtins.float
+    shadow_latency_s: _builtins.float
+    unix_ms: _builtins.int
+    """When the shadow answered (or failed), Unix milliseconds."""
+    error: _builtins.str
+    """A shadow call that failed: the status and message (no shadow outputs), and whether it
+    ran out of time.
+    """
+    timeout: _builtins.bool
+    @_builtins.property
+    def request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The router call's x-request-id values (a gateway-merged call carries one per member);
+        when it had none, one the router generated for this entry (request_id_generated).
+        """
+
+    @_builtins.property
+    def primary_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowTensorSample]: ...
+    @_builtins.property
+    def shadow_outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowTensorSample]: ...
+    def __init__(
+        self,
+        *,
+        request_ids: _abc.Iterable[_builtins.str] | None = ...,
+        request_id_generated: _builtins.bool = ...,
+        input_sha256: _builtins.str = ...,
+        primary_version: _builtins.int = ...,
+        shadow_version: _builtins.int = ...,
+        primary_outputs: _abc.Iterable[Global___ShadowTensorSample] | None = ...,
+        shadow_outputs: _abc.Iterable[Global___ShadowTensorSample] | None = ...,
+        outputs_truncated: _builtins.bool = ...,
+        max_abs_diff: _builtins.float = ...,
+        max_diff_output: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        primary_latency_s: _builtins.float = ...,
+        shadow_latency_s: _builtins.float = ...,
+        unix_ms: _builtins.int = ...,
+        error: _builtins.str = ...,
+        timeout: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "input_sha256", b"input_sha256", "max_abs_diff", b"max_abs_diff", "max_diff_output", b"max_diff_output", "outputs_truncated", b"outputs_truncated", "primary_latency_s", b"primary_latency_s", "primary_outputs", b"primary_outputs", "primary_version", b"primary_version", "reason", b"reason", "request_id_generated", b"request_id_generated", "request_ids", b"request_ids", "shadow_latency_s", b"shadow_latency_s", "shadow_outputs", b"shadow_outputs", "shadow_version", b"shadow_version", "timeout", b"timeout", "unix_ms", b"unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowDisagreement: _TypeAlias = ShadowDisagreement  # noqa: Y015
+
+@_typing.final
+class ShadowDisagreementsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    DISAGREEMENTS_SEEN_FIELD_NUMBER: _builtins.int
+    FAILURES_SEEN_FIELD_NUMBER: _builtins.int
+    DISAGREEMENTS_CAPACITY_FIELD_NUMBER: _builtins.int
+    FAILURES_CAPACITY_FIELD_NUMBER: _builtins.int
+    disagreements_seen: _builtins.int
+    """Since the router started (or the model entered its store): disagreeing pairs and shadow
+    failures seen, of which the entries are a uniform sample, and the bound on each kind.
+    """
+    failures_seen: _builtins.int
+    disagreements_capacity: _builtins.int
+    failures_capacity: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowDisagreement]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___ShadowDisagreement] | None = ...,
+        disagreements_seen: _builtins.int = ...,
+        failures_seen: _builtins.int = ...,
+        disagreements_capacity: _builtins.int = ...,
+        failures_capacity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disagreements_capacity", b"disagreements_capacity", "disagreements_seen", b"disagreements_seen", "entries", b"entries", "failures_capacity", b"failures_capacity", "failures_seen", b"failures_seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowDisagreementsResponse: _TypeAlias = ShadowDisagreementsResponse  # noqa: Y015

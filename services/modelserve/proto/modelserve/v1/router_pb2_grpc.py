@@ -54,6 +54,11 @@ class RouterControlStub:
                 request_serializer=modelserve_dot_v1_dot_router__pb2.VersionStatsRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_router__pb2.VersionStatsResponse.FromString,
                 _registered_method=True)
+        self.ShadowDisagreements = channel.unary_unary(
+                '/modelserve.v1.RouterControl/ShadowDisagreements',
+                request_serializer=modelserve_dot_v1_dot_router__pb2.ShadowDisagreementsRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_router__pb2.ShadowDisagreementsResponse.FromString,
+                _registered_method=True)
 
 
 class RouterControlServicer:
@@ -86,6 +91,14 @@ class RouterControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShadowDisagreements(self, request, context):
+        """A bounded sample of a model's shadow pairs that disagreed (and of shadow calls that
+        failed), kept by this router since it started, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_RouterControlServicer_to_server(servicer, server):
                     servicer.VersionStats,
                     request_deserializer=modelserve_dot_v1_dot_router__pb2.VersionStatsRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_router__pb2.VersionStatsResponse.SerializeToString,
+            ),
+            'ShadowDisagreements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShadowDisagreements,
+                    request_deserializer=modelserve_dot_v1_dot_router__pb2.ShadowDisagreementsRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_router__pb2.ShadowDisagreementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class RouterControl:
             '/modelserve.v1.RouterControl/VersionStats',
             modelserve_dot_v1_dot_router__pb2.VersionStatsRequest.SerializeToString,
             modelserve_dot_v1_dot_router__pb2.VersionStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShadowDisagreements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.RouterControl/ShadowDisagreements',
+            modelserve_dot_v1_dot_router__pb2.ShadowDisagreementsRequest.SerializeToString,
+            modelserve_dot_v1_dot_router__pb2.ShadowDisagreementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

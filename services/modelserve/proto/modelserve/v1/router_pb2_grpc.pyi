@@ -39,6 +39,10 @@ class RouterControlStub:
     """Calls, errors and recent latencies per version of a model since the router started
     (what canary gates compare).
     """
+    ShadowDisagreements: _grpc.UnaryUnaryMultiCallable[_router_pb2.ShadowDisagreementsRequest, _router_pb2.ShadowDisagreementsResponse]
+    """A bounded sample of a model's shadow pairs that disagreed (and of shadow calls that
+    failed), kept by this router since it started, newest first.
+    """
 
 @_typing.type_check_only
 class RouterControlAsyncStub(RouterControlStub):
@@ -50,6 +54,10 @@ class RouterControlAsyncStub(RouterControlStub):
     VersionStats: _aio.UnaryUnaryMultiCallable[_router_pb2.VersionStatsRequest, _router_pb2.VersionStatsResponse]  # type: ignore[assignment]
     """Calls, errors and recent latencies per version of a model since the router started
     (what canary gates compare).
+    """
+    ShadowDisagreements: _aio.UnaryUnaryMultiCallable[_router_pb2.ShadowDisagreementsRequest, _router_pb2.ShadowDisagreementsResponse]  # type: ignore[assignment]
+    """A bounded sample of a model's shadow pairs that disagreed (and of shadow calls that
+    failed), kept by this router since it started, newest first.
     """
 
 class RouterControlServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +91,16 @@ class RouterControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_router_pb2.VersionStatsResponse, _abc.Awaitable[_router_pb2.VersionStatsResponse]]:
         """Calls, errors and recent latencies per version of a model since the router started
         (what canary gates compare).
+        """
+
+    @_abc_1.abstractmethod
+    def ShadowDisagreements(
+        self,
+        request: _router_pb2.ShadowDisagreementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ShadowDisagreementsResponse, _abc.Awaitable[_router_pb2.ShadowDisagreementsResponse]]:
+        """A bounded sample of a model's shadow pairs that disagreed (and of shadow calls that
+        failed), kept by this router since it started, newest first.
         """
 
 def add_RouterControlServicer_to_server(servicer: RouterControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
