@@ -26,10 +26,12 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
 from modelserve.tensors import validate_infer_request
+from modelserve.v2 import classification
 
 T = TypeVar("T")
 RouterMethod = Callable[[pb_grpc.GRPCInferenceServiceStub], Callable[..., Awaitable[T]]]
-EXTENSIONS = ("classification", "model_repository", "statistics", "binary_tensor_data")
+# Only what the gateway really serves (ServerMetadata must not promise more).
+EXTENSIONS = ("classification", "statistics", "binary_tensor_data")
 
 
 class GatewayDataPlane:
@@ -67,12 +69,24 @@ class GatewayDataPlane:
         version = self.catalog.decide(request, call.forwarded)
         carry_decision(request, version)
         signature = self._signatures.get(version)
+        # Classification is this caller's view of an answer: taken off the request so it
+        # merges with others, applied to this caller's part of the answer.
+        counts = (
+            classification.take_class_counts(request, signature.outputs)
+            if classification.wants_classification(request)
+            else None
+        )
         validate_infer_request(
             request, signature.inputs, signature.outputs, signature.max_batch_size
         )
         # max_rows 0 sends the request alone: see Signature.mergeable.
         max_rows = signature.max_batch_size if signature.mergeable else 0
-        return await self._merger.infer(request, version.version, max_rows, call)
+        response = await self._merger.infer(request, version.version, max_rows, call)
+        if counts:
+            classification.apply(
+                response, counts, signature.labels, batched=signature.max_batch_size > 0
+            )
+        return response
 
     async def infer_composite(
         self, request: pb.ModelInferRequest, composite: composite_pb2.Composite, call: Call
@@ -82,10 +96,18 @@ class GatewayDataPlane:
         Routing parameters stay: the router routes every member call with them."""
         assert self.composites is not None
         signature = self.composites.signature(composite.name)
+        counts = (
+            classification.take_class_counts(request, signature.outputs)
+            if classification.wants_classification(request)
+            else None
+        )
         validate_infer_request(
             request, signature.inputs, signature.outputs, signature.max_batch_size
         )
-        return await self._forward_infer(request, call)
+        response = await self._forward_infer(request, call)
+        if counts:
+            classification.apply(response, counts, {}, batched=signature.max_batch_size > 0)
+        return response
 
     async def server_ready(self, call: Call) -> bool:
         try:

@@ -97,7 +97,7 @@ class RegistryStore(PolicyStoreMethods):
         check_sha256(sha256)
         if size_bytes <= 0:
             raise InvalidArgumentError(f"artifact must not be empty; got {size_bytes} bytes")
-        resolved = resolve_config(config, signature.inputs)
+        resolved = resolve_config(config, signature.inputs, signature.outputs)
         with self._lock:
             if parent_version:
                 self._require_version(model, parent_version)
