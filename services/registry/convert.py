@@ -162,6 +162,7 @@ def model_to_proto(record: ModelRecord) -> registry_pb2.Model:
         name=record.name,
         versions=[version_to_proto(v) for v in record.versions],
         labels=dict(record.labels),
+        unloaded=record.unloaded,
     )
     if record.policy is not None:
         model.policy.CopyFrom(revision_to_proto(record.policy))

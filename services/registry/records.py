@@ -95,6 +95,7 @@ class ModelRecord:
     versions: tuple[VersionRecord, ...]  # ascending by version
     labels: Mapping[str, int] = field(default_factory=dict)  # label -> version
     policy: PolicyRevision | None = None  # the current revision; None if never set
+    unloaded: bool = False  # RepositoryModelUnload: no version is deployed
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,23 @@ class RegistryStore(PolicyStoreMethods):
                 conn.execute("DELETE FROM labels WHERE model = ? AND label = ?", (model, label))
             return self.get_model(model)
 
+    # ---- loaded / unloaded ----------------------------------------------------------------
+
+    def set_model_loaded(self, model: str, loaded: bool) -> ModelRecord:
+        """Mark ``model`` loaded or unloaded (workers then deploy it or not); setting the
+        state it already has changes nothing and makes no new revision."""
+        validate_name(model, "model name")
+        with self._lock:
+            self._require_model(model)
+            row = self._conn.execute("SELECT unloaded FROM models WHERE name = ?", (model,))
+            if bool(row.fetchone()[0]) == (not loaded):
+                return self.get_model(model)
+            with self._transaction() as conn:
+                conn.execute(
+                    "UPDATE models SET unloaded = ? WHERE name = ?", (0 if loaded else 1, model)
+                )
+            return self.get_model(model)
+
     # ---- internals -----------------------------------------------------------------------
 
     @contextmanager
@@ -263,12 +280,18 @@ class RegistryStore(PolicyStoreMethods):
             key = (row["model"], row["version"])
             versions[row["model"]].append(version_from_row(row, by_version[key]))
         current = self._current_policies(name)
+        only = "AND name = ?" if name is not None else ""
+        unloaded = {
+            r[0]
+            for r in self._conn.execute(f"SELECT name FROM models WHERE unloaded != 0 {only}", args)
+        }
         return tuple(
             ModelRecord(
                 name=model,
                 versions=tuple(vs),
                 labels=dict(sorted(labels[model].items())),
                 policy=current.get(model),
+                unloaded=model in unloaded,
             )
             for model, vs in versions.items()
         )

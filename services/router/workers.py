@@ -26,6 +26,7 @@ class WorkerState:
     worker_id: str = ""
     serving: bool = False
     ready: set[tuple[str, int]] = field(default_factory=set)
+    failed: dict[tuple[str, int], str] = field(default_factory=dict)  # version -> reason
     task: asyncio.Task[None] | None = None
 
 
@@ -51,6 +52,14 @@ class WorkerPool:
         out: set[tuple[str, int]] = set()
         for w in self.serving():
             out |= w.ready
+        return out
+
+    def failed_versions(self) -> dict[tuple[str, int], str]:
+        """Versions some serving worker failed to load, with its reason."""
+        out: dict[tuple[str, int], str] = {}
+        for w in self.serving():
+            for key, reason in w.failed.items():
+                out.setdefault(key, f"{w.worker_id or w.endpoint.address}: {reason}")
         return out
 
     async def run(self) -> None:
@@ -103,6 +112,11 @@ class WorkerPool:
             (v.model, v.version)
             for v in status.versions
             if v.state == worker_pb2.LoadedVersion.READY
+        }
+        state.failed = {
+            (v.model, v.version): v.reason
+            for v in status.versions
+            if v.state == worker_pb2.LoadedVersion.FAILED
         }
         self._notify()
 

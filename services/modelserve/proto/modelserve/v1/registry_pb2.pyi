@@ -363,7 +363,10 @@ class Model(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    UNLOADED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    unloaded: _builtins.bool
+    """True after SetModelLoaded(loaded = false): no version of the model is deployed."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
     @_builtins.property
@@ -381,10 +384,11 @@ class Model(_message.Message):
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         policy: Global___PolicyRevision | None = ...,
+        unloaded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "policy", b"policy", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "policy", b"policy", "unloaded", b"unloaded", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,3 +935,25 @@ class ListPolicyHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPolicyHistoryResponse: _TypeAlias = ListPolicyHistoryResponse  # noqa: Y015
+
+@_typing.final
+class SetModelLoadedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    loaded: _builtins.bool
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        loaded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loaded", b"loaded", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelLoadedRequest: _TypeAlias = SetModelLoadedRequest  # noqa: Y015
