@@ -81,10 +81,11 @@ class GatewayDataPlane:
         carry_decision(request, version)
         signature = self._signatures.get(version)
         # Classification is this caller's view of an answer: taken off the request so it
-        # merges with others, applied to this caller's part of the answer.
+        # merges with others, applied to this caller's part of the answer. (Most requests
+        # name no outputs: the guard keeps their path one truth test longer, no more.)
         counts = (
             classification.take_class_counts(request, signature.outputs)
-            if classification.wants_classification(request)
+            if request.outputs and classification.wants_classification(request)
             else None
         )
         validate_infer_request(
@@ -109,7 +110,7 @@ class GatewayDataPlane:
         signature = self.composites.signature(composite.name)
         counts = (
             classification.take_class_counts(request, signature.outputs)
-            if classification.wants_classification(request)
+            if request.outputs and classification.wants_classification(request)
             else None
         )
         validate_infer_request(
