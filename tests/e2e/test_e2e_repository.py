@@ -8,13 +8,18 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
+import onnxruntime as ort
+import pytest
 from test_e2e_clients import CLIENTS
 
 from modelserve.cli.suite import Suite
 from modelserve.cli.up import wait_models_ready
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 CLI = Path(sys.executable).parent / "modelserve"
@@ -80,3 +85,30 @@ async def test_cli_unload_and_load(suite: Suite, demo_dir: Path) -> None:
     loaded = await run(str(CLI), "models", "--registry", registry, "load", "repo_cli")
     assert loaded.returncode == 0 and "repo_cli: loaded" in loaded.stdout, loaded.stderr
     await wait_models_ready(suite.address("gateway"), ["repo_cli"], timeout=120)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="needs a machine where execution_provider cuda cannot load",
+)
+async def test_load_reports_the_workers_load_error(
+    suite: Suite, demo_dir: Path, gateway: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """A version no worker can load (cuda required, none here): load answers UNAVAILABLE with
+    the worker's reason, well before its deadline."""
+    pushed = await run(
+        str(CLI), "models", "--registry", suite.address("registry"),
+        "push", "repo_cuda", str(demo_dir / "tabular.onnx"), "--execution-provider", "cuda",
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    await gateway.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="repo_cuda"))
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await gateway.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name="repo_cuda"), timeout=30
+        )
+    assert time.monotonic() - started < 20
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+    details = info.value.details() or ""
+    assert "'repo_cuda' version 1 did not load (load failed:" in details
+    assert "cuda" in details
