@@ -11,6 +11,8 @@ forwarding.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,15 +23,25 @@ from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.routing import carry_decision
 from modelserve.channels import Endpoint, EndpointSet
-from modelserve.deadlines import EdgeDeadlines
+from modelserve.deadlines import Deadline, EdgeDeadlines
+from modelserve.errors import (
+    DeadlineExceededError,
+    ModelServeError,
+    UnavailableError,
+    UnimplementedError,
+)
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
+from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2, registry_pb2_grpc
 from modelserve.tensors import validate_infer_request
+from modelserve.v2 import classification, repository
 
 T = TypeVar("T")
 RouterMethod = Callable[[pb_grpc.GRPCInferenceServiceStub], Callable[..., Awaitable[T]]]
+# Only what the gateway really serves (ServerMetadata must not promise more).
 EXTENSIONS = ("classification", "model_repository", "statistics", "binary_tensor_data")
+READY_POLL_S = 0.1
+SEEN_WITHIN_S = 5.0  # longest wait for this gateway's replica to show its own change
 
 
 class GatewayDataPlane:
@@ -52,6 +64,7 @@ class GatewayDataPlane:
         self.edge = edge
         self._routers = routers
         self._hop = Hop("router", attempts=2)
+        self._registry_hop = Hop("registry", attempts=2)
         self._signatures = SignatureCache()
         self._merger = RequestMerger(
             forward=self._forward_infer,
@@ -69,12 +82,25 @@ class GatewayDataPlane:
         carry_decision(request, version)
         call = _with_fallback(call, self.catalog, version, by_policy)
         signature = self._signatures.get(version)
+        # Classification is this caller's view of an answer: taken off the request so it
+        # merges with others, applied to this caller's part of the answer. (Most requests
+        # name no outputs: the guard keeps their path one truth test longer, no more.)
+        counts = (
+            classification.take_class_counts(request, signature.outputs)
+            if request.outputs and classification.wants_classification(request)
+            else None
+        )
         validate_infer_request(
             request, signature.inputs, signature.outputs, signature.max_batch_size
         )
         # max_rows 0 sends the request alone: see Signature.mergeable.
         max_rows = signature.max_batch_size if signature.mergeable else 0
-        return await self._merger.infer(request, version.version, max_rows, call)
+        response = await self._merger.infer(request, version.version, max_rows, call)
+        if counts:
+            classification.apply(
+                response, counts, signature.labels, batched=signature.max_batch_size > 0
+            )
+        return response
 
     async def infer_composite(
         self, request: pb.ModelInferRequest, composite: composite_pb2.Composite, call: Call
@@ -84,10 +110,18 @@ class GatewayDataPlane:
         Routing parameters stay: the router routes every member call with them."""
         assert self.composites is not None
         signature = self.composites.signature(composite.name)
+        counts = (
+            classification.take_class_counts(request, signature.outputs)
+            if request.outputs and classification.wants_classification(request)
+            else None
+        )
         validate_infer_request(
             request, signature.inputs, signature.outputs, signature.max_batch_size
         )
-        return await self._forward_infer(request, call)
+        response = await self._forward_infer(request, call)
+        if counts:
+            classification.apply(response, counts, {}, batched=signature.max_batch_size > 0)
+        return response
 
     async def server_ready(self, call: Call) -> bool:
         try:
@@ -119,6 +153,92 @@ class GatewayDataPlane:
         call: Call,
     ) -> pb.ModelStatisticsResponse:
         return await self._to_router(lambda s: s.ModelStatistics, request, call)
+
+    async def repository_unload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> None:
+        """Mark the model unloaded in the registry; returns once this gateway's replica has
+        it (so its next ModelInfer and ModelReady already say so). Workers let it go as the
+        change reaches them."""
+        repository.check_unload(request)
+        self._require_model(request.model_name)
+        await self._set_loaded(request.model_name, False, call)
+
+    async def repository_load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> None:
+        """Clear the unloaded mark, then wait until a worker holds the default version READY
+        (the client's deadline, at most ``LOAD_CAP_S``)."""
+        repository.check_load(request)
+        name = request.model_name
+        self._require_model(name)
+        remaining = call.deadline.remaining()
+        cap = repository.LOAD_CAP_S if remaining is None else min(remaining, repository.LOAD_CAP_S)
+        call = call.with_deadline(Deadline.after(cap))
+        await self._set_loaded(name, True, call)
+        await self._wait_ready(name, call)
+
+    def _require_model(self, name: str) -> None:
+        if self.composites is not None and name in self.composites:
+            raise UnimplementedError(
+                f"'{name}' is a composite: load or unload its member models instead"
+            )
+        self.catalog.get_model(name)  # NOT_FOUND naming it
+
+    async def _set_loaded(self, name: str, loaded: bool, call: Call) -> None:
+        await self._registry_hop.unary(
+            self.catalog.registry_endpoints.pick,
+            lambda e: e.stub(registry_pb2_grpc.RegistryStub).SetModelLoaded,
+            registry_pb2.SetModelLoadedRequest(model=name, loaded=loaded),
+            call,
+            timeout=min(10.0, call.deadline.remaining() or 10.0),
+            none_left="no registry available",
+        )
+        give_up = time.monotonic() + SEEN_WITHIN_S
+        while self.catalog.is_unloaded(name) == loaded:
+            if time.monotonic() > give_up or call.deadline.expired():
+                raise UnavailableError(
+                    f"the registry took the change, but this gateway has not seen model "
+                    f"'{name}' {'loaded' if loaded else 'unloaded'} yet; try again"
+                )
+            await asyncio.sleep(0.01)
+
+    async def _wait_ready(self, name: str, call: Call) -> None:
+        started = time.monotonic()
+        polls = 0
+        while True:
+            version = self.catalog.resolve(name)  # the default version, as ModelReady has it
+            try:
+                if await self.model_ready(
+                    pb.ModelReadyRequest(name=name), version, call.with_deadline(_poll(call))
+                ):
+                    return
+            except ModelServeError:
+                pass  # a router restarting: keep polling until the deadline
+            polls += 1
+            if polls % 10 == 0:
+                failed = await self._version_reason(name, version.version, call)
+                if failed.startswith("load failed"):
+                    raise UnavailableError(
+                        f"model '{name}' version {version.version} did not load ({failed})"
+                    )
+            remaining = call.deadline.remaining()
+            if remaining is not None and remaining <= READY_POLL_S:
+                reason = await self._version_reason(name, version.version, call)
+                raise DeadlineExceededError(
+                    f"model '{name}' version {version.version} is not READY on any worker "
+                    f"after {time.monotonic() - started:.1f} s" + (f" ({reason})" if reason else "")
+                )
+            await asyncio.sleep(READY_POLL_S)
+
+    async def _version_reason(self, name: str, version: int, call: Call) -> str:
+        """What the router's repository index says about one version ("" if it cannot)."""
+        try:
+            index = await self.repository_index(
+                pb.RepositoryIndexRequest(), call.with_deadline(_poll(call))
+            )
+        except ModelServeError:
+            return ""
+        for entry in index.models:
+            if entry.name == name and entry.version == str(version):
+                return str(entry.reason)
+        return ""
 
     async def _forward_infer(
         self, request: pb.ModelInferRequest, call: Call
@@ -153,6 +273,12 @@ def _with_fallback(
     if not fallback and not call.forwarded:
         return call  # the common case costs nothing
     return call.with_fallback(fallback)
+
+
+def _poll(call: Call) -> Deadline:
+    """One readiness poll: at most a second, never past the call's deadline."""
+    remaining = call.deadline.remaining()
+    return Deadline.after(1.0 if remaining is None else max(min(remaining, 1.0), 0.0))
 
 
 def _stub(endpoint: Endpoint) -> pb_grpc.GRPCInferenceServiceStub:

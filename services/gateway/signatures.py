@@ -7,7 +7,8 @@ from the feature store are left out and their entity inputs are in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from modelserve.catalog.signatures import caller_inputs
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -23,6 +24,8 @@ class Signature:
     # merged call would only hit when the same requests met again in the same merge
     # (docs/architecture.md, "Prediction cache").
     mergeable: bool = True
+    # Output name -> class labels (ServingConfig.output_labels), for classification answers.
+    labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class SignatureCache:
@@ -46,5 +49,6 @@ class SignatureCache:
                 ),
                 max_batch_size=version.config.max_batch_size,
                 mergeable=not version.config.prediction_cache.enabled,
+                labels={o.output: tuple(o.labels) for o in version.config.output_labels},
             )
         return found

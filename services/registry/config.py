@@ -20,6 +20,8 @@ MAX_BATCH_SIZE = 64
 DEFAULT_MAX_QUEUE_SIZE = 64
 DEFAULT_INSTANCE_COUNT = 1
 DEFAULT_WARMUP_ITERATIONS = 3
+MAX_LABELS_PER_OUTPUT = 100_000
+MAX_LABEL_CHARS = 1024
 
 # field -> (lowest, highest) accepted value
 _INT_BOUNDS: dict[str, tuple[int, int]] = {
@@ -30,6 +32,14 @@ _INT_BOUNDS: dict[str, tuple[int, int]] = {
     "warmup_iterations": (0, 100),
     "intra_op_threads": (0, 64),
 }
+
+
+@dataclass(frozen=True)
+class OutputLabels:
+    """Class labels of one output, index i naming class i (Triton's ``label_filename``)."""
+
+    output: str
+    labels: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,12 @@ class ServingConfig:
     feature_inputs: tuple[FeatureInput, ...] = ()
     prediction_cache: PredictionCacheConfig = field(default_factory=PredictionCacheConfig)
     lookup: LookupConfig | None = None  # set: a precomputed-prediction table (lookup_models)
+    output_labels: tuple[OutputLabels, ...] = ()  # class labels (classification extension)
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INT_BOUNDS.items():
             _check_range(name, getattr(self, name), low, high)
+        _check_output_labels(self.output_labels)
         if self.lookup is not None and (self.feature_inputs or self.prediction_cache.enabled):
             # The router answers a lookup from the store itself: nothing to enrich or cache.
             raise InvalidArgumentError(
@@ -79,6 +91,7 @@ class ConfigOverrides:
     feature_inputs: tuple[FeatureInput, ...] | None = None
     prediction_cache: PredictionCacheConfig | None = None
     lookup: LookupConfig | None = None
+    output_labels: tuple[OutputLabels, ...] | None = None
 
     def __post_init__(self) -> None:
         # Range checks before any byte of the artifact is accepted; checks that need the
@@ -87,6 +100,8 @@ class ConfigOverrides:
             value = getattr(self, name)
             if value is not None:
                 _check_range(name, value, low, high)
+        if self.output_labels is not None:
+            _check_output_labels(self.output_labels)
 
 
 def default_config(inputs: Sequence[TensorSpec]) -> ServingConfig:
@@ -96,9 +111,12 @@ def default_config(inputs: Sequence[TensorSpec]) -> ServingConfig:
 
 
 def resolve_config(
-    overrides: ConfigOverrides | None, inputs: Sequence[TensorSpec]
+    overrides: ConfigOverrides | None,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec] | None = None,
 ) -> ServingConfig:
-    """The defaults for ``inputs`` with ``overrides`` applied, validated as a whole."""
+    """The defaults for ``inputs`` with ``overrides`` applied, validated as a whole
+    (``outputs``: the signature's outputs, which output labels must name)."""
     config = default_config(inputs)
     if overrides is not None:
         given: dict[str, Any] = {
@@ -115,6 +133,14 @@ def resolve_config(
             f"on every model input, but {got}; use max_batch_size 0"
         )
     check_feature_inputs(config.feature_inputs, inputs, config.max_batch_size)
+    if outputs is not None:
+        known = [s.name for s in outputs]
+        for entry in config.output_labels:
+            if entry.output not in known:
+                raise InvalidArgumentError(
+                    f"config.output_labels names output {entry.output!r}, which the model "
+                    f"does not have (outputs: {', '.join(known) or 'none'})"
+                )
     return config
 
 
@@ -125,6 +151,33 @@ def _batchable(inputs: Sequence[TensorSpec]) -> bool:
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
         raise InvalidArgumentError(f"config.{name} must be in [{low}, {high}]; got {value}")
+
+
+def _check_output_labels(entries: tuple[OutputLabels, ...]) -> None:
+    seen: set[str] = set()
+    for entry in entries:
+        if not entry.output:
+            raise InvalidArgumentError("config.output_labels: an entry has no output name")
+        if entry.output in seen:
+            raise InvalidArgumentError(
+                f"config.output_labels: output {entry.output!r} is given more than once"
+            )
+        seen.add(entry.output)
+        if not entry.labels:
+            raise InvalidArgumentError(
+                f"config.output_labels: output {entry.output!r} has no labels"
+            )
+        if len(entry.labels) > MAX_LABELS_PER_OUTPUT:
+            raise InvalidArgumentError(
+                f"config.output_labels: output {entry.output!r} has {len(entry.labels)} "
+                f"labels; at most {MAX_LABELS_PER_OUTPUT}"
+            )
+        for index, label in enumerate(entry.labels):
+            if len(label) > MAX_LABEL_CHARS or "\n" in label or "\r" in label:
+                raise InvalidArgumentError(
+                    f"config.output_labels: label {index} of output {entry.output!r} must be "
+                    f"one line of at most {MAX_LABEL_CHARS} characters"
+                )
 
 
 def _check_preferred(sizes: tuple[int, ...], max_batch_size: int) -> None:

@@ -11,7 +11,7 @@ from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
 from modelserve.tensors import TensorSpec
 from registry import lookup_models
 from registry.artifacts import check_sha256
-from registry.config import ConfigOverrides, ServingConfig
+from registry.config import ConfigOverrides, OutputLabels, ServingConfig
 from registry.enrichment_config import (
     DEFAULT_PREDICTION_CACHE_TTL_S,
     FeatureInput,
@@ -80,6 +80,10 @@ def overrides_from_proto(config: registry_pb2.ServingConfig) -> ConfigOverrides:
             else None
         ),
         lookup=lookup_models.from_proto(config.lookup) if config.HasField("lookup") else None,
+        output_labels=tuple(
+            OutputLabels(output=o.output, labels=tuple(o.labels)) for o in config.output_labels
+        )
+        or None,
     )
 
 
@@ -130,6 +134,10 @@ def config_to_proto(config: ServingConfig) -> registry_pb2.ServingConfig:
             ttl_seconds=config.prediction_cache.ttl_seconds,
         ),
         lookup=lookup_models.to_proto(config.lookup) if config.lookup else None,
+        output_labels=[
+            registry_pb2.OutputLabels(output=o.output, labels=list(o.labels))
+            for o in config.output_labels
+        ],
     )
 
 
@@ -155,6 +163,7 @@ def model_to_proto(record: ModelRecord) -> registry_pb2.Model:
         name=record.name,
         versions=[version_to_proto(v) for v in record.versions],
         labels=dict(record.labels),
+        unloaded=record.unloaded,
     )
     if record.policy is not None:
         model.policy.CopyFrom(revision_to_proto(record.policy))

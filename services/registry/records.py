@@ -123,6 +123,7 @@ class ModelRecord:
     labels: Mapping[str, int] = field(default_factory=dict)  # label -> version
     policy: PolicyRevision | None = None  # the current revision; None if never set
     pending: PendingPolicy | None = None
+    unloaded: bool = False  # RepositoryModelUnload: no version is deployed
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,13 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         model = await self._in_store(self._store.delete_label, request.model, request.label)
         return convert.model_to_proto(model)
 
+    async def SetModelLoaded(
+        self, request: registry_pb2.SetModelLoadedRequest, context: aio.ServicerContext[Any, Any]
+    ) -> registry_pb2.Model:
+        model = await self._in_store(self._store.set_model_loaded, request.model, request.loaded)
+        log.info("model %s %s", request.model, "loaded" if request.loaded else "unloaded")
+        return convert.model_to_proto(model)
+
     async def FetchArtifact(
         self, request: registry_pb2.FetchArtifactRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[registry_pb2.ArtifactChunk]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from modelserve.tensors import TensorSpec
 from registry import lookup_models
-from registry.config import ServingConfig
+from registry.config import OutputLabels, ServingConfig
 from registry.enrichment_config import FeatureInput, PredictionCacheConfig
 from registry.records import VersionRecord
 
@@ -35,6 +35,9 @@ def config_to_json(config: ServingConfig) -> str:
         {**asdict(fi), "features": list(fi.features)} for fi in config.feature_inputs
     ]
     data["lookup"] = lookup_models.to_json(config.lookup) if config.lookup else None
+    data["output_labels"] = [
+        {"output": o.output, "labels": list(o.labels)} for o in config.output_labels
+    ]
     return json.dumps(data, sort_keys=True)
 
 
@@ -50,6 +53,10 @@ def config_from_json(text: str) -> ServingConfig:
     data["prediction_cache"] = PredictionCacheConfig(**data.get("prediction_cache", {}))
     lookup = data.get("lookup")
     data["lookup"] = lookup_models.from_json(lookup) if lookup else None
+    data["output_labels"] = tuple(
+        OutputLabels(output=item["output"], labels=tuple(item["labels"]))
+        for item in data.get("output_labels", ())
+    )
     return ServingConfig(**data)
 
 

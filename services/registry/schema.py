@@ -5,8 +5,9 @@ global revision lives in ``meta`` so it survives restarts and only ever grows.
 
 Schema versions: 1 models, versions, labels; 2 adds ``policies`` (routing policy revisions,
 an append-only history per model); 3 adds ``pending_policies`` (at most one policy per model
-waiting for its versions to be READY). Opening an older file creates the new tables; a file
-of a newer version than this build knows is refused rather than misread.
+waiting for its versions to be READY) and ``models.unloaded`` (RepositoryModelUnload, 0 for
+every model that existed before). Opening an older file creates the new table and adds the
+column; a file of a newer version than this build knows is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
 CREATE TABLE IF NOT EXISTS models (
     name            TEXT PRIMARY KEY,
-    created_unix_ms INTEGER NOT NULL
+    created_unix_ms INTEGER NOT NULL,
+    unloaded        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS versions (
     model           TEXT NOT NULL REFERENCES models(name),
@@ -89,6 +91,8 @@ CREATE TEMP TRIGGER touch_pending_upd AFTER UPDATE ON pending_policies BEGIN
     INSERT OR IGNORE INTO temp_touched VALUES (NEW.model); END;
 CREATE TEMP TRIGGER touch_pending_del AFTER DELETE ON pending_policies BEGIN
     INSERT OR IGNORE INTO temp_touched VALUES (OLD.model); END;
+CREATE TEMP TRIGGER touch_model_upd AFTER UPDATE ON models BEGIN
+    INSERT OR IGNORE INTO temp_touched VALUES (NEW.name); END;
 """
 
 
@@ -113,6 +117,13 @@ def open_database(path: Path) -> sqlite3.Connection:
             f"registry database has schema version {found}; this build understands up to "
             f"{SCHEMA_VERSION}: upgrade modelserve"
         )
-    conn.executescript(f"BEGIN; {_DDL} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    # Version 3's column: CREATE TABLE IF NOT EXISTS leaves an older file's table as it was.
+    missing = "unloaded" not in {r[1] for r in conn.execute("PRAGMA table_info(models)")}
+    upgrade = (
+        "ALTER TABLE models ADD COLUMN unloaded INTEGER NOT NULL DEFAULT 0;"
+        if (found and missing)
+        else ""
+    )
+    conn.executescript(f"BEGIN; {_DDL} {upgrade} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     conn.executescript(_TOUCHED_DDL)
     return conn

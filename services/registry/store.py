@@ -97,7 +97,7 @@ class RegistryStore(PolicyStoreMethods):
         check_sha256(sha256)
         if size_bytes <= 0:
             raise InvalidArgumentError(f"artifact must not be empty; got {size_bytes} bytes")
-        resolved = resolve_config(config, signature.inputs)
+        resolved = resolve_config(config, signature.inputs, signature.outputs)
         with self._lock:
             if parent_version:
                 self._require_version(model, parent_version)
@@ -225,6 +225,23 @@ class RegistryStore(PolicyStoreMethods):
                 conn.execute("DELETE FROM labels WHERE model = ? AND label = ?", (model, label))
             return self.get_model(model)
 
+    # ---- loaded / unloaded ----------------------------------------------------------------
+
+    def set_model_loaded(self, model: str, loaded: bool) -> ModelRecord:
+        """Mark ``model`` loaded or unloaded (workers then deploy it or not); setting the
+        state it already has changes nothing and makes no new revision."""
+        validate_name(model, "model name")
+        with self._lock:
+            self._require_model(model)
+            row = self._conn.execute("SELECT unloaded FROM models WHERE name = ?", (model,))
+            if bool(row.fetchone()[0]) == (not loaded):
+                return self.get_model(model)
+            with self._transaction() as conn:
+                conn.execute(
+                    "UPDATE models SET unloaded = ? WHERE name = ?", (0 if loaded else 1, model)
+                )
+            return self.get_model(model)
+
     # ---- internals -----------------------------------------------------------------------
 
     @contextmanager
@@ -264,6 +281,11 @@ class RegistryStore(PolicyStoreMethods):
             versions[row["model"]].append(version_from_row(row, by_version[key]))
         current = self._current_policies(name)
         pending = self._pending_policies(name)
+        only = "AND name = ?" if name is not None else ""
+        unloaded = {
+            r[0]
+            for r in self._conn.execute(f"SELECT name FROM models WHERE unloaded != 0 {only}", args)
+        }
         return tuple(
             ModelRecord(
                 name=model,
@@ -271,6 +293,7 @@ class RegistryStore(PolicyStoreMethods):
                 labels=dict(sorted(labels[model].items())),
                 policy=current.get(model),
                 pending=pending.get(model),
+                unloaded=model in unloaded,
             )
             for model, vs in versions.items()
         )

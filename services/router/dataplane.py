@@ -21,11 +21,11 @@ from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.lookups import is_lookup
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.routing import carry_decision
-from modelserve.errors import UnavailableError, from_rpc_error
+from modelserve.errors import UnavailableError, UnimplementedError, from_rpc_error
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
-from modelserve.v2 import metadata
+from modelserve.v2 import metadata, repository
 from modelserve.v2.statistics import merge_statistics
 from router.composite_executor import CompositeExecutor
 from router.enrichment import Enricher
@@ -161,12 +161,20 @@ class RouterDataPlane:
         assert self._executor is not None
         return self._executor.ready(composite.name, self._version_ready)
 
+    async def repository_load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> None:
+        raise UnimplementedError(repository.ON_THE_GATEWAY)
+
+    async def repository_unload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> None:
+        raise UnimplementedError(repository.ON_THE_GATEWAY)
+
     async def repository_index(
         self, request: pb.RepositoryIndexRequest, call: Call
     ) -> pb.RepositoryIndexResponse:
         ready = self._pool.ready_versions()
         index = metadata.repository_index(
-            self.catalog.models.values(), ready | self._lookups.ready_versions(self.catalog)
+            self.catalog.models.values(),
+            ready | self._lookups.ready_versions(self.catalog),
+            self._pool.failed_versions(),
         )
         if self._executor is not None:
             self._executor.add_to_index(index, lambda v: (v.model, v.version) in ready)

@@ -29,6 +29,7 @@ class WorkerState:
     # Every version the worker reported (LOADING, READY, FAILED with its reason), for the
     # registry's readiness checks (RouterControl.ListWorkers).
     versions: list[worker_pb2.LoadedVersion] = field(default_factory=list)
+    failed: dict[tuple[str, int], str] = field(default_factory=dict)  # version -> reason
     task: asyncio.Task[None] | None = None
 
 
@@ -54,6 +55,14 @@ class WorkerPool:
         out: set[tuple[str, int]] = set()
         for w in self.serving():
             out |= w.ready
+        return out
+
+    def failed_versions(self) -> dict[tuple[str, int], str]:
+        """Versions some serving worker failed to load, with its reason."""
+        out: dict[tuple[str, int], str] = {}
+        for w in self.serving():
+            for key, reason in w.failed.items():
+                out.setdefault(key, f"{w.worker_id or w.endpoint.address}: {reason}")
         return out
 
     async def run(self) -> None:
@@ -108,6 +117,11 @@ class WorkerPool:
             if v.state == worker_pb2.LoadedVersion.READY
         }
         state.versions = list(status.versions)
+        state.failed = {
+            (v.model, v.version): v.reason
+            for v in status.versions
+            if v.state == worker_pb2.LoadedVersion.FAILED
+        }
         self._notify()
 
     def _notify(self) -> None:

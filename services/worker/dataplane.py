@@ -14,7 +14,7 @@ import time
 from modelserve.calls import Call
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
-from modelserve.errors import ModelServeError, NotFoundError
+from modelserve.errors import ModelServeError, NotFoundError, UnimplementedError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
 from modelserve.tensors import (
@@ -23,7 +23,7 @@ from modelserve.tensors import (
     encode_outputs,
     validate_infer_request,
 )
-from modelserve.v2 import metadata
+from modelserve.v2 import metadata, repository
 from worker.batcher import run_unbatched
 from worker.loader import ModelManager
 from worker.metrics import INFER_LATENCY, INFER_REQUESTS
@@ -106,6 +106,12 @@ class WorkerDataPlane:
         self, request: pb.ModelReadyRequest, composite: composite_pb2.Composite, call: Call
     ) -> bool:
         return False
+
+    async def repository_load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> None:
+        raise UnimplementedError(repository.ON_THE_GATEWAY)
+
+    async def repository_unload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> None:
+        raise UnimplementedError(repository.ON_THE_GATEWAY)
 
     async def repository_index(
         self, request: pb.RepositoryIndexRequest, call: Call

@@ -1,7 +1,8 @@
 """Which versions this worker holds, kept in step with the registry.
 
 Deployed = every version that carries a label or that the model's routing policy names, plus
-the newest version of each model (so a pushed version is servable as soon as it is warm). A
+the newest version of each model (so a pushed version is servable as soon as it is warm);
+nothing of a model marked unloaded (RepositoryModelUnload). A
 version is fetched (sha256 verified), loaded, warmed, and only then READY; one that fails stays
 FAILED with its reason and the versions already serving keep serving. A version that stops
 being deployed stops taking new requests at once and is closed after ``unload_grace_seconds``.
@@ -50,8 +51,8 @@ def deployed_versions(
 ) -> dict[tuple[str, int], registry_pb2.ModelVersion]:
     wanted: dict[tuple[str, int], registry_pb2.ModelVersion] = {}
     for name, model in models.items():
-        if (only and name not in only) or not model.versions:
-            continue
+        if (only and name not in only) or not model.versions or model.unloaded:
+            continue  # unloaded (RepositoryModelUnload): none of its versions is deployed
         by_number = {v.version: v for v in model.versions}
         numbers = set(model.labels.values()) | {max(by_number)}
         numbers |= referenced_versions(model)  # a split may name versions without labels
@@ -116,6 +117,8 @@ class ModelManager:
         for name, number in self._pinned():
             model = self._catalog.models.get(name)
             found = [v for v in model.versions if v.version == number] if model else []
+            if model is None or model.unloaded:
+                continue
             if found and not is_lookup(found[0]) and (not self._only or name in self._only):
                 wanted[(name, number)] = found[0]
         for key, record in wanted.items():

@@ -4,11 +4,17 @@ the registry), and workers leaving lookup versions alone."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from modelserve.cli.lookup import parse_output
-from modelserve.cli.push_flags import add_config_flags, config_from_args, parse_feature_input
+from modelserve.cli.push_flags import (
+    add_config_flags,
+    config_from_args,
+    parse_feature_input,
+    parse_output_labels,
+)
 from modelserve.proto.modelserve.v1 import registry_pb2
 from worker.loader import deployed_versions
 
@@ -73,3 +79,18 @@ def test_workers_do_not_deploy_lookup_versions() -> None:
         labels={"production": 1, "staging": 2},
     )
     assert set(deployed_versions({"m": model}, set())) == {("m", 1)}
+
+
+def test_class_labels_flag_reads_one_label_per_line(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n\n", encoding="utf-8")
+    config = config_from_args(push_args("--class-labels", f"OUTPUT0={labels}"))
+    assert config is not None
+    [entry] = config.output_labels
+    assert (entry.output, list(entry.labels)) == ("OUTPUT0", ["cat", "dog"])
+
+
+@pytest.mark.parametrize("text", ["OUTPUT0", "=x.txt", "OUTPUT0=/no/such/file"])
+def test_a_bad_class_labels_flag_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_output_labels(text)

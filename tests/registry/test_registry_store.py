@@ -16,7 +16,7 @@ from modelserve.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from registry.config import ConfigOverrides, ServingConfig
+from registry.config import ConfigOverrides, OutputLabels, ServingConfig
 from registry.records import ChangeEvent
 from registry.store import RegistryStore
 
@@ -235,3 +235,27 @@ def test_a_missing_artifact_file_is_reported_without_its_path(
     with pytest.raises(FailedPreconditionError) as info:
         store.artifact_path("fraud", 1)
     assert "missing" in info.value.message and str(tmp_path) not in info.value.message
+
+
+def test_output_labels_are_stored_and_must_name_an_output(tmp_path: Path) -> None:
+    labels = (OutputLabels(output="fraud_probability", labels=("legit", "fraud")),)
+    store = RegistryStore(tmp_path / "data")
+    try:
+        record = push_direct(store, "fraud", FRAUD_V1, config=ConfigOverrides(output_labels=labels))
+        assert record.config.output_labels == labels
+        with pytest.raises(InvalidArgumentError, match="output 'nope', which the model"):
+            push_direct(
+                store,
+                "fraud",
+                FRAUD_V2,
+                config=ConfigOverrides(output_labels=(OutputLabels("nope", ("a",)),)),
+            )
+        with pytest.raises(InvalidArgumentError, match="has no labels"):
+            ConfigOverrides(output_labels=(OutputLabels("fraud_probability", ()),))
+    finally:
+        store.close()
+    reopened = RegistryStore(tmp_path / "data")  # read back from the stored JSON
+    try:
+        assert reopened.resolve("fraud", 1).config.output_labels == labels
+    finally:
+        reopened.close()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from modelserve.catalog import routing
 from modelserve.channels import EndpointSet, follow_stream
 from modelserve.discovery import Discovery
-from modelserve.errors import NotFoundError
+from modelserve.errors import NotFoundError, UnavailableError
 from modelserve.names import validate_name
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
@@ -92,6 +92,13 @@ def _policy_version(
     return found
 
 
+def unloaded_message(name: str) -> str:
+    return (
+        f"model '{name}' is unloaded; load it with RepositoryModelLoad (tritonclient "
+        f"load_model('{name}')) or `modelserve models load {name}`"
+    )
+
+
 class Catalog:
     """Models as the registry last told us; ``synced`` is set after the first snapshot."""
 
@@ -102,9 +109,18 @@ class Catalog:
         self.models: dict[str, registry_pb2.Model] = {}
         # model -> version number -> version: the decided path of every hop is one lookup.
         self._versions: dict[str, dict[int, registry_pb2.ModelVersion]] = {}
+        self._unloaded: set[str] = set()  # models marked unloaded (RepositoryModelUnload)
         self.revision = 0
         self.synced = asyncio.Event()
         self._listeners: list[Callable[[set[str]], None]] = []
+
+    @property
+    def registry_endpoints(self) -> EndpointSet:
+        """The registry instances this replica watches (and a writer may call)."""
+        return self._endpoints
+
+    def is_unloaded(self, name: str) -> bool:
+        return name in self._unloaded
 
     def on_change(self, listener: Callable[[set[str]], None]) -> None:
         """Call ``listener(changed_model_names)`` after every applied event."""
@@ -136,6 +152,8 @@ class Catalog:
         """The version that serves ``request``, decided once per hop: a request that arrives
         decided (a numeric ``model_version``, as the gateway sends it on) keeps that version;
         otherwise its label, else the model's policy by routing key, else the defaults."""
+        if self._unloaded and request.model_name in self._unloaded:
+            raise UnavailableError(unloaded_message(request.model_name))
         number = request.model_version
         if number and number.isascii() and number.isdigit():
             found = self._versions.get(request.model_name, {}).get(int(number))
@@ -164,6 +182,10 @@ class Catalog:
                 self._versions.pop(name, None)
             else:
                 self._versions[name] = {v.version: v for v in current.versions}
+            if current is not None and current.unloaded:
+                self._unloaded.add(name)
+            else:
+                self._unloaded.discard(name)
         self.revision = event.revision
         for listener in self._listeners:
             try:

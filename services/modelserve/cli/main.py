@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     label.add_argument("name")
     label.add_argument("version", type=int)
     label.add_argument("label")
+    for verb, what in (
+        ("unload", "mark NAME unloaded: workers let it go, inference answers UNAVAILABLE"),
+        ("load", "clear the unloaded mark (servable once a worker has it warm)"),
+    ):
+        msub.add_parser(verb, help=what).add_argument("name")
     _add_optimize(msub)
     lookup_cli.add_parser(msub)
 
@@ -166,7 +171,8 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
         reply = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
         for m in reply.models:
             labels = ", ".join(f"{k}->{v}" for k, v in sorted(m.labels.items()))
-            print(f"{m.name}  labels: {labels or '-'}")
+            state = "  (unloaded)" if m.unloaded else ""
+            print(f"{m.name}  labels: {labels or '-'}{state}")
             for v in m.versions:
                 sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in v.inputs)
                 print(f"  v{v.version}  sha256={v.sha256[:12]}  inputs: {sig}")
@@ -176,6 +182,14 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
             timeout=10,
         )
         print(f"{m.name}: {args.label} -> version {m.labels[args.label]}")
+    elif args.models_command in ("load", "unload"):
+        m = await stub.SetModelLoaded(
+            registry_pb2.SetModelLoadedRequest(
+                model=args.name, loaded=args.models_command == "load"
+            ),
+            timeout=10,
+        )
+        print(f"{m.name}: {'unloaded' if m.unloaded else 'loaded'}")
     elif args.models_command == "optimize":
         return await _optimize(stub, args)
     elif args.models_command == "push-lookup":

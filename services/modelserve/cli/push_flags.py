@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from modelserve.proto.modelserve.v1 import registry_pb2
 
@@ -44,6 +45,15 @@ def add_config_flags(push: argparse.ArgumentParser) -> None:
         metavar="MODEL_INPUT=VIEW:F1,F2@ENTITY_INPUT",
         help="fill MODEL_INPUT from VIEW's features keyed by ENTITY_INPUT (repeatable)",
     )
+    group.add_argument(
+        "--class-labels",
+        action="append",
+        default=[],
+        type=parse_output_labels,
+        metavar="OUTPUT=FILE",
+        help="class labels of OUTPUT for classification answers, one per line like Triton's "
+        "label_filename (line i names class index i; repeatable)",
+    )
 
 
 def parse_feature_input(text: str) -> registry_pb2.FeatureInput:
@@ -61,6 +71,22 @@ def parse_feature_input(text: str) -> registry_pb2.FeatureInput:
     )
 
 
+def parse_output_labels(text: str) -> registry_pb2.OutputLabels:
+    output, sep, file = text.partition("=")
+    if not sep or not output.strip() or not file.strip():
+        raise argparse.ArgumentTypeError(f"expected OUTPUT=FILE; got {text!r}")
+    try:
+        lines = Path(file.strip()).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read labels file {file!r}: {exc}") from exc
+    # Triton reads one label per line; trailing blank lines are not classes.
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise argparse.ArgumentTypeError(f"labels file {file!r} holds no labels")
+    return registry_pb2.OutputLabels(output=output.strip(), labels=lines)
+
+
 def config_from_args(args: argparse.Namespace) -> registry_pb2.ServingConfig | None:
     """The ServingConfig the flags describe; None when no flag was given."""
     config = registry_pb2.ServingConfig(
@@ -71,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> registry_pb2.ServingConfig | N
         instance_count=args.instances or 0,
         execution_provider=args.execution_provider or "",
         feature_inputs=args.feature_input,
+        output_labels=getattr(args, "class_labels", []),
     )
     if args.prediction_cache_ttl is not None:
         config.prediction_cache.enabled = True

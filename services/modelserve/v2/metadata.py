@@ -7,7 +7,7 @@ config ``dims`` exclude it when ``max_batch_size`` > 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from modelserve.catalog.signatures import caller_inputs
 from modelserve.proto.inference import grpc_service_pb2 as pb
@@ -98,17 +98,29 @@ def model_config(
 
 
 def repository_index(
-    models: Iterable[registry_pb2.Model], ready: set[tuple[str, int]] | None = None
+    models: Iterable[registry_pb2.Model],
+    ready: set[tuple[str, int]] | None = None,
+    failures: Mapping[tuple[str, int], str] | None = None,
 ) -> pb.RepositoryIndexResponse:
-    """Every version; state READY when in ``ready`` (or when readiness is unknown)."""
+    """Every version; state READY when in ``ready`` (or when readiness is unknown), except
+    for unloaded models (reason "unloaded"); ``failures``: why a version failed to load."""
     out = pb.RepositoryIndexResponse()
     for model in sorted(models, key=lambda m: m.name):
         for v in sorted(model.versions, key=lambda v: v.version):
-            is_ready = ready is None or (model.name, v.version) in ready
+            key = (model.name, v.version)
+            is_ready = not model.unloaded and (ready is None or key in ready)
+            if is_ready:
+                reason = ""
+            elif model.unloaded:
+                reason = "unloaded"
+            elif failures and key in failures:
+                reason = f"load failed: {failures[key]}"
+            else:
+                reason = "not loaded on any serving worker"
             out.models.add(
                 name=model.name,
                 version=str(v.version),
                 state="READY" if is_ready else "UNAVAILABLE",
-                reason="" if is_ready else "not loaded on any serving worker",
+                reason=reason,
             )
     return out

@@ -74,6 +74,13 @@ class DataPlane(Protocol):
         call: Call,
     ) -> pb.ModelStatisticsResponse: ...
 
+    async def repository_load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> None:
+        """The model_repository extension (UnimplementedError where not served)."""
+
+    async def repository_unload(
+        self, request: pb.RepositoryModelUnloadRequest, call: Call
+    ) -> None: ...
+
     async def infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse: ...
 
     async def infer_composite(
@@ -135,7 +142,10 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             ready = await self._plane.composite_ready(request, composite, call)
         else:
             version = self._catalog.resolve(request.name, request.version)
-            ready = await self._plane.model_ready(request, version, call)
+            # Unloaded: not ready at once, even while workers are still letting it go.
+            ready = not self._catalog.is_unloaded(request.name) and await self._plane.model_ready(
+                request, version, call
+            )
         return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(
@@ -171,6 +181,23 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         return await self._plane.repository_index(request, self._call(context))
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        # The client's own deadline, not the edge's inference clamp: a load may take longer
+        # than any inference (the plane caps it).
+        await self._plane.repository_load(request, self._repository_call(context))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._plane.repository_unload(request, self._repository_call(context))
+        return pb.RepositoryModelUnloadResponse()
+
+    def _repository_call(self, context: aio.ServicerContext) -> Call:
+        return Call.incoming(context)
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: aio.ServicerContext

@@ -38,6 +38,7 @@ class ServingConfig(_message.Message):
     FEATURE_INPUTS_FIELD_NUMBER: _builtins.int
     PREDICTION_CACHE_FIELD_NUMBER: _builtins.int
     LOOKUP_FIELD_NUMBER: _builtins.int
+    OUTPUT_LABELS_FIELD_NUMBER: _builtins.int
     max_batch_size: _builtins.int
     """Largest batch the worker forms; 0 means the model has no batch dimension."""
     max_queue_delay_us: _builtins.int
@@ -69,6 +70,13 @@ class ServingConfig(_message.Message):
         model. Pushed with PushVersion: a header whose config carries `lookup` and no chunks.
         """
 
+    @_builtins.property
+    def output_labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputLabels]:
+        """Class labels per output for the V2 classification extension (a requested output with
+        parameter `classification` = k answers the top k as "<score>:<index>:<label>"), like
+        Triton's `label_filename`: label i names class index i; indexes past the list get none.
+        """
+
     def __init__(
         self,
         *,
@@ -83,14 +91,39 @@ class ServingConfig(_message.Message):
         feature_inputs: _abc.Iterable[Global___FeatureInput] | None = ...,
         prediction_cache: Global___PredictionCache | None = ...,
         lookup: Global___LookupConfig | None = ...,
+        output_labels: _abc.Iterable[Global___OutputLabels] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lookup", b"lookup", "prediction_cache", b"prediction_cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "feature_inputs", b"feature_inputs", "instance_count", b"instance_count", "intra_op_threads", b"intra_op_threads", "lookup", b"lookup", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "prediction_cache", b"prediction_cache", "preferred_batch_sizes", b"preferred_batch_sizes", "warmup_iterations", b"warmup_iterations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "feature_inputs", b"feature_inputs", "instance_count", b"instance_count", "intra_op_threads", b"intra_op_threads", "lookup", b"lookup", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "output_labels", b"output_labels", "prediction_cache", b"prediction_cache", "preferred_batch_sizes", b"preferred_batch_sizes", "warmup_iterations", b"warmup_iterations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServingConfig: _TypeAlias = ServingConfig  # noqa: Y015
+
+@_typing.final
+class OutputLabels(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    output: _builtins.str
+    """A model output of the version's signature; at most one entry per output."""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        output: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "output", b"output"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputLabels: _TypeAlias = OutputLabels  # noqa: Y015
 
 @_typing.final
 class LookupConfig(_message.Message):
@@ -330,9 +363,12 @@ class Model(_message.Message):
     VERSIONS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    UNLOADED_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    unloaded: _builtins.bool
+    """True after SetModelLoaded(loaded = false): no version of the model is deployed."""
     owner: _builtins.str
     """Who owns the model's traffic now: "canary v1->v2" or "experiment NAME"; "" = manual.
     Policy edits by anyone else are refused (FAILED_PRECONDITION) unless forced.
@@ -363,12 +399,13 @@ class Model(_message.Message):
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         policy: Global___PolicyRevision | None = ...,
+        unloaded: _builtins.bool = ...,
         pending: Global___PendingPolicy | None = ...,
         owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "owner", b"owner", "pending", b"pending", "policy", b"policy", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "owner", b"owner", "pending", b"pending", "policy", b"policy", "unloaded", b"unloaded", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -990,3 +1027,25 @@ class ListPolicyHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPolicyHistoryResponse: _TypeAlias = ListPolicyHistoryResponse  # noqa: Y015
+
+@_typing.final
+class SetModelLoadedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    loaded: _builtins.bool
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        loaded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loaded", b"loaded", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelLoadedRequest: _TypeAlias = SetModelLoadedRequest  # noqa: Y015

@@ -94,6 +94,11 @@ class RegistryStub:
                 request_serializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryResponse.FromString,
                 _registered_method=True)
+        self.SetModelLoaded = channel.unary_unary(
+                '/modelserve.v1.Registry/SetModelLoaded',
+                request_serializer=modelserve_dot_v1_dot_registry__pb2.SetModelLoadedRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_registry__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -182,6 +187,16 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetModelLoaded(self, request, context):
+        """Unload (loaded = false) or load a model: an unloaded model keeps its versions, labels and
+        policy, but no worker deploys it, ModelReady is false and inference answers UNAVAILABLE.
+        Persisted; travels as `Model.unloaded` (and so in Watch). Setting the state it already
+        has is no change (no new revision). The V2 RepositoryModelLoad/Unload map onto this.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +259,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.ListPolicyHistory,
                     request_deserializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryResponse.SerializeToString,
+            ),
+            'SetModelLoaded': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelLoaded,
+                    request_deserializer=modelserve_dot_v1_dot_registry__pb2.SetModelLoadedRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_registry__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +590,33 @@ class Registry:
             '/modelserve.v1.Registry/ListPolicyHistory',
             modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryRequest.SerializeToString,
             modelserve_dot_v1_dot_registry__pb2.ListPolicyHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelLoaded(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.Registry/SetModelLoaded',
+            modelserve_dot_v1_dot_registry__pb2.SetModelLoadedRequest.SerializeToString,
+            modelserve_dot_v1_dot_registry__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,12 @@ class RegistryStub:
     RollbackPolicy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackPolicyRequest, _registry_pb2.PolicyRevision]
     """Restore an earlier revision's policy as a new revision."""
     ListPolicyHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListPolicyHistoryRequest, _registry_pb2.ListPolicyHistoryResponse]
+    SetModelLoaded: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetModelLoadedRequest, _registry_pb2.Model]
+    """Unload (loaded = false) or load a model: an unloaded model keeps its versions, labels and
+    policy, but no worker deploys it, ModelReady is false and inference answers UNAVAILABLE.
+    Persisted; travels as `Model.unloaded` (and so in Watch). Setting the state it already
+    has is no change (no new revision). The V2 RepositoryModelLoad/Unload map onto this.
+    """
 
 @_typing.type_check_only
 class RegistryAsyncStub(RegistryStub):
@@ -89,6 +95,12 @@ class RegistryAsyncStub(RegistryStub):
     RollbackPolicy: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackPolicyRequest, _registry_pb2.PolicyRevision]  # type: ignore[assignment]
     """Restore an earlier revision's policy as a new revision."""
     ListPolicyHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListPolicyHistoryRequest, _registry_pb2.ListPolicyHistoryResponse]  # type: ignore[assignment]
+    SetModelLoaded: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetModelLoadedRequest, _registry_pb2.Model]  # type: ignore[assignment]
+    """Unload (loaded = false) or load a model: an unloaded model keeps its versions, labels and
+    policy, but no worker deploys it, ModelReady is false and inference answers UNAVAILABLE.
+    Persisted; travels as `Model.unloaded` (and so in Watch). Setting the state it already
+    has is no change (no new revision). The V2 RepositoryModelLoad/Unload map onto this.
+    """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -188,5 +200,17 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ListPolicyHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListPolicyHistoryResponse, _abc.Awaitable[_registry_pb2.ListPolicyHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetModelLoaded(
+        self,
+        request: _registry_pb2.SetModelLoadedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
+        """Unload (loaded = false) or load a model: an unloaded model keeps its versions, labels and
+        policy, but no worker deploys it, ModelReady is false and inference answers UNAVAILABLE.
+        Persisted; travels as `Model.unloaded` (and so in Watch). Setting the state it already
+        has is no change (no new revision). The V2 RepositoryModelLoad/Unload map onto this.
+        """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
