@@ -1,7 +1,8 @@
 """``modelserve canary start|status|abort``: canary releases from the command line.
 
 modelserve canary start MODEL --baseline 1 --candidate 2 --steps 5,25,50,100 \\
-    --min-requests 50 --min-seconds 5 --max-error-rate-delta 0.01 --max-p99-ratio 1.5
+    --min-requests 50 --min-seconds 5 --max-error-rate-delta 0.01 --max-p99-ratio 1.5 \\
+    [--router A,B] [--gateway C,D]
 modelserve canary status MODEL          # state, step and the decisions with their numbers
 modelserve canary abort MODEL           # all traffic back to the baseline
 """
@@ -33,6 +34,11 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     start.add_argument("--max-p99-ratio", type=float, default=0.0, help="(1.5)")
     start.add_argument("--ready-timeout", type=float, default=0.0, help="seconds (120)")
     start.add_argument("--router", default="", help="router addresses, comma-separated")
+    start.add_argument(
+        "--gateway",
+        default="",
+        help="gateway addresses, comma-separated (their rejections count against a version)",
+    )
     status = csub.add_parser("status", help="a model's latest canary and its decisions")
     status.add_argument("model")
     status.add_argument("--limit", type=int, default=20, help="latest decisions shown (0 = all)")
@@ -54,7 +60,8 @@ async def run(args: argparse.Namespace) -> int:
                 max_error_rate_delta=args.max_error_rate_delta,
                 max_p99_ratio=args.max_p99_ratio,
                 ready_timeout_seconds=args.ready_timeout,
-                routers=[r.strip() for r in args.router.split(",") if r.strip()],
+                routers=_addresses(args.router),
+                gateways=_addresses(args.gateway),
             )
             request = canary_pb2.StartCanaryRequest(spec=spec)
             print(describe(await stub.StartCanary(request, timeout=10)))
@@ -83,6 +90,10 @@ def describe(status: canary_pb2.CanaryStatus) -> str:
             f"cand {_arm(d.candidate)}  {d.step_seconds:.1f}s  {d.reason}"
         )
     return "\n".join(lines)
+
+
+def _addresses(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
 
 
 def _arm(arm: canary_pb2.CanaryArm) -> str:

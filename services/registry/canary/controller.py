@@ -1,4 +1,5 @@
-"""Runs canaries: every ``interval`` it reads the routers' per-version figures, judges the
+"""Runs canaries: every ``interval`` it reads the routers' per-version figures (and the
+gateways' rejections, which never reach a router), judges the
 step in force (``registry.canary.gates.evaluate``), records the decision with its numbers,
 and moves the model's split through the policy store, so each step is a policy revision that
 Watch pushes to gateways and routers like any other.
@@ -44,7 +45,7 @@ Reader = Callable[[CanarySpec], Awaitable[Reading]]
 
 @dataclass
 class _Window:
-    """Where the routers' cumulative counters stood when a step began."""
+    """Where the routers' and gateways' cumulative counters stood when a step began."""
 
     step_index: int
     started_ms: int
@@ -222,19 +223,23 @@ def _new_window(step_index: int, reading: Reading, *, ready: bool) -> _Window:
         started_ms=int(time.time() * 1000),
         started_s=time.monotonic(),
         ready=ready,
-        base={r: c.counts(reading.baseline) for r, c in reading.routers.items()},
-        cand={r: c.counts(reading.candidate) for r, c in reading.routers.items()},
+        base={r: c.counts(reading.baseline) for r, c in reading.sources().items()},
+        cand={r: c.counts(reading.candidate) for r, c in reading.sources().items()},
     )
 
 
 def _arms(spec: CanarySpec, window: _Window, reading: Reading) -> tuple[Arm, Arm]:
+    """Each version's figures since the step began: the routers' counts plus the gateways'
+    rejections (a rejected request never reached a router, so none is counted twice)."""
+    sources = reading.sources()
+
     def arm(version: int, start: Mapping[str, tuple[int, int]]) -> Arm:
         requests = errors = 0
         latencies: list[float] = []
-        for router, figures in reading.routers.items():
+        for source, figures in sources.items():
             now_requests, now_errors = figures.counts(version)
-            was_requests, was_errors = start.get(router, (0, 0))
-            if now_requests < was_requests:  # the router restarted: all it has is new
+            was_requests, was_errors = start.get(source, (0, 0))
+            if now_requests < was_requests:  # the process restarted: all it has is new
                 was_requests = was_errors = 0
             requests += now_requests - was_requests
             errors += now_errors - was_errors

@@ -32,6 +32,7 @@ class CanarySpec:
     max_p99_ratio: float = DEFAULT_MAX_P99_RATIO
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     routers: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def evaluate(spec: CanarySpec, step_index: int, seconds: float, base: Arm, cand:
     if cand.error_rate > limit:
         return Verdict(
             "rollback",
-            f"candidate error rate {cand.error_rate:.4f} > baseline {base.error_rate:.4f} "
+            f"candidate error rate {cand.error_rate:.4f} ({cand.errors} of {cand.requests} "
+            f"calls) > baseline {base.error_rate:.4f} ({base.errors} of {base.requests}) "
             f"+ {spec.max_error_rate_delta:g}",
         )
     # Without successful baseline calls there is no latency to compare with.

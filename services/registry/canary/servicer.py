@@ -44,6 +44,7 @@ def spec_from_proto(spec: canary_pb2.CanarySpec) -> gates.CanarySpec:
         max_p99_ratio=spec.max_p99_ratio or gates.DEFAULT_MAX_P99_RATIO,
         ready_timeout_s=spec.ready_timeout_seconds or gates.DEFAULT_READY_TIMEOUT_S,
         routers=tuple(spec.routers),
+        gateways=tuple(spec.gateways),
     )
 
 
@@ -71,6 +72,7 @@ def _status(state: gates.CanaryState) -> canary_pb2.CanaryStatus:
             max_p99_ratio=spec.max_p99_ratio,
             ready_timeout_seconds=spec.ready_timeout_s,
             routers=spec.routers,
+            gateways=spec.gateways,
         ),
         state=state.state,
         step_index=state.step_index,

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from modelserve.errors import FailedPreconditionError, NotFoundError
 from registry.canary.gates import RUNNING, Arm, CanarySpec, CanaryState, Decision
@@ -104,8 +105,10 @@ class CanaryStore:
 
 
 def _state(row: sqlite3.Row, decisions: list[Decision]) -> CanaryState:
-    data = json.loads(row["spec"])
-    spec = CanarySpec(**{**data, "steps": tuple(data["steps"]), "routers": tuple(data["routers"])})
+    data: dict[str, Any] = json.loads(row["spec"])
+    # JSON has no tuples; fields added since a row was written take their defaults.
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    spec = CanarySpec(**fields)
     return CanaryState(
         spec=spec,
         state=row["state"],

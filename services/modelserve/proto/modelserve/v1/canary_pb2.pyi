@@ -6,7 +6,9 @@ Canary releases with automatic promotion and rollback, served by the registry pr
 A canary moves a model's traffic from `baseline` to `candidate` in steps (e.g. 5, 25, 50,
 100 percent) by writing the model's routing policy (a split; so every step is a policy
 revision, pushed to gateways and routers by Watch). Before each step the registry reads
-every router's RouterControl.VersionStats, and compares the two versions over the step:
+every router's RouterControl.VersionStats and every gateway's GatewayControl.VersionStats
+(requests rejected after their version was decided: they never reach a router), and
+compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
 sends all traffic back to the baseline at once. Every evaluation is recorded.
@@ -41,6 +43,7 @@ class CanarySpec(_message.Message):
     MAX_P99_RATIO_FIELD_NUMBER: _builtins.int
     READY_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     ROUTERS_FIELD_NUMBER: _builtins.int
+    GATEWAYS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     baseline: _builtins.int
     candidate: _builtins.int
@@ -64,6 +67,13 @@ class CanarySpec(_message.Message):
         registry started before its routers knows none, so `modelserve up` needs these).
         """
 
+    @_builtins.property
+    def gateways(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Gateway addresses to read (GatewayControl.VersionStats: the requests a gateway rejected
+        after deciding their version, e.g. inputs that do not fit the candidate's signature;
+        they never reach a router); empty = every gateway discovery knows under "gateway".
+        """
+
     def __init__(
         self,
         *,
@@ -77,10 +87,11 @@ class CanarySpec(_message.Message):
         max_p99_ratio: _builtins.float = ...,
         ready_timeout_seconds: _builtins.float = ...,
         routers: _abc.Iterable[_builtins.str] | None = ...,
+        gateways: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "max_error_rate_delta", b"max_error_rate_delta", "max_p99_ratio", b"max_p99_ratio", "min_requests", b"min_requests", "min_seconds", b"min_seconds", "model", b"model", "ready_timeout_seconds", b"ready_timeout_seconds", "routers", b"routers", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "gateways", b"gateways", "max_error_rate_delta", b"max_error_rate_delta", "max_p99_ratio", b"max_p99_ratio", "min_requests", b"min_requests", "min_seconds", b"min_seconds", "model", b"model", "ready_timeout_seconds", b"ready_timeout_seconds", "routers", b"routers", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

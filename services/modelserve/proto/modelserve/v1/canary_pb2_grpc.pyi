@@ -6,7 +6,9 @@ Canary releases with automatic promotion and rollback, served by the registry pr
 A canary moves a model's traffic from `baseline` to `candidate` in steps (e.g. 5, 25, 50,
 100 percent) by writing the model's routing policy (a split; so every step is a policy
 revision, pushed to gateways and routers by Watch). Before each step the registry reads
-every router's RouterControl.VersionStats, and compares the two versions over the step:
+every router's RouterControl.VersionStats and every gateway's GatewayControl.VersionStats
+(requests rejected after their version was decided: they never reach a router), and
+compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
 sends all traffic back to the baseline at once. Every evaluation is recorded.
