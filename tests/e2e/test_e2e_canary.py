@@ -258,6 +258,7 @@ async def test_a_candidate_whose_signature_the_callers_miss_is_rolled_back(
         steps=[20, 50, 100],
         min_requests=15,
         min_seconds=1,
+        max_step_seconds=30,
         routers=[suite.address("router")],
         gateways=[suite.address("gateway")],
     )
@@ -274,11 +275,31 @@ async def test_a_candidate_whose_signature_the_callers_miss_is_rolled_back(
     assert last.candidate.errors == last.candidate.requests >= 15, last
     assert last.baseline.errors == 0 and last.baseline.requests >= 15, last
     assert "candidate error rate 1.0000" in last.reason and "calls)" in last.reason, last
+    assert last.step_seconds < 30, last  # by the error gate, within the step limit
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
         rejected = await gateway_pb2_grpc.GatewayControlStub(channel).VersionStats(
             router_pb2.VersionStatsRequest(model=model), timeout=5
         )
     counts = {v.version: (v.requests, v.errors) for v in rejected.versions}
     assert counts[2][0] == counts[2][1] >= last.candidate.requests and 1 not in counts, counts
+    shown = await modelserve("policy", "--registry", suite.address("registry"), "show", model)
+    assert "split 1=100%" in shown, shown
+
+
+async def test_a_step_without_enough_traffic_is_rolled_back_after_max_step_seconds(
+    suite: Suite, demo_dir: Path
+) -> None:
+    model = "canary_quiet"  # a good candidate, but nobody calls: the evidence never comes
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "fraud_v1.onnx")
+    printed = await modelserve(
+        *start_args(suite, model, "--max-step-seconds", "3", "--gateway", suite.address("gateway"))
+    )
+    assert "1-3 s" in printed, printed
+    status = await final_state(suite, model)
+    assert status.state == "rolled_back", status
+    last = status.decisions[-1]
+    assert last.action == "rollback" and last.percent == 20, last
+    assert last.step_seconds >= 3, last
+    assert "with baseline 0, candidate 0 calls; needs 15 each within 3 s" in last.reason, last
     shown = await modelserve("policy", "--registry", suite.address("registry"), "show", model)
     assert "split 1=100%" in shown, shown

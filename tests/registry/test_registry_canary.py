@@ -15,10 +15,11 @@ import pytest
 from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from modelserve.proto.modelserve.v1 import router_pb2
+from modelserve.proto.modelserve.v1 import canary_pb2, router_pb2
 from registry.canary.controller import CanaryController
-from registry.canary.gates import Arm, CanarySpec, check_spec, evaluate, p99
+from registry.canary.gates import Arm, CanarySpec, check_spec, default_max_step_s, evaluate, p99
 from registry.canary.reader import Reading, RouterFigures
+from registry.canary.servicer import spec_from_proto
 from registry.canary.store import CanaryStore
 from registry.store import RegistryStore
 
@@ -197,3 +198,42 @@ def test_gates_wait_for_calls_and_time_then_pass() -> None:
     assert evaluate(s, 0, 6, Arm(1, 100, 1), Arm(2, 50, 1)).action == "advance"
     assert evaluate(s, 0, 1, Arm(1, 100, 0), Arm(2, 50, 2)).action == "rollback"
     assert p99([]) == 0.0 and p99([float(i) for i in range(1, 101)]) == 99.0
+
+
+def test_missing_evidence_past_the_longest_step_is_a_rollback_with_the_numbers() -> None:
+    s = spec(min_requests=100, min_seconds=5.0, max_step_s=30.0)
+    assert evaluate(s, 0, 29, Arm(1, 3458), Arm(2, 0)).action == "wait"
+    verdict = evaluate(s, 0, 30, Arm(1, 3458), Arm(2, 0))
+    assert verdict.action == "rollback"
+    assert verdict.reason.startswith("step ran 30 s with baseline 3458, candidate 0 calls")
+    assert "needs 100 each" in verdict.reason
+    # Enough calls and passing gates: the longest step does not matter.
+    assert evaluate(s, 0, 40, Arm(1, 3458), Arm(2, 100)).action == "advance"
+
+
+def test_the_longest_step_is_checked_and_defaulted() -> None:
+    with pytest.raises(InvalidArgumentError, match="max_step_seconds"):
+        check_spec(spec(min_seconds=10.0, max_step_s=5.0))
+    check_spec(spec(min_seconds=10.0, max_step_s=10.0))
+    defaulted = spec_from_proto(canary_pb2.CanarySpec(model="m", min_seconds=900))
+    assert defaulted.max_step_s == 900 and default_max_step_s(0) == 600
+    assert spec_from_proto(canary_pb2.CanarySpec(model="m")).max_step_s == 600
+
+
+async def test_a_step_without_enough_calls_is_rolled_back_after_the_longest_step(
+    parts: Parts,
+) -> None:
+    controller, store, router = parts
+    await controller.start(spec(max_step_s=0.05))
+    await controller.tick()  # ready: the step starts counting
+    router.serve(1, 30)
+    router.serve(2, 3)
+    await controller.tick()
+    assert (await controller.status("fraud")).decisions[-1].action == "wait"
+    await asyncio.sleep(0.06)
+    await controller.tick()
+    status = await controller.status("fraud")
+    assert status.state == "rolled_back" and split_of(store) == {1: 10_000}
+    last = status.decisions[-1]
+    assert "with baseline 30, candidate 3 calls; needs 20 each" in last.reason, last
+    assert last.step_seconds >= 0.05

@@ -33,6 +33,12 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     start.add_argument("--max-error-rate-delta", type=float, default=0.0, help="(0.01)")
     start.add_argument("--max-p99-ratio", type=float, default=0.0, help="(1.5)")
     start.add_argument("--ready-timeout", type=float, default=0.0, help="seconds (120)")
+    start.add_argument(
+        "--max-step-seconds",
+        type=float,
+        default=0.0,
+        help="longest a step waits for enough calls before rolling back (600)",
+    )
     start.add_argument("--router", default="", help="router addresses, comma-separated")
     start.add_argument(
         "--gateway",
@@ -60,6 +66,7 @@ async def run(args: argparse.Namespace) -> int:
                 max_error_rate_delta=args.max_error_rate_delta,
                 max_p99_ratio=args.max_p99_ratio,
                 ready_timeout_seconds=args.ready_timeout,
+                max_step_seconds=args.max_step_seconds,
                 routers=_addresses(args.router),
                 gateways=_addresses(args.gateway),
             )
@@ -80,7 +87,8 @@ def describe(status: canary_pb2.CanaryStatus) -> str:
     lines = [
         f"{spec.model}: v{spec.baseline} -> v{spec.candidate} {status.state}, step "
         f"{status.step_index + 1}/{len(spec.steps)} ({spec.steps[status.step_index]:g}% of "
-        f"{steps}); gates: {spec.min_requests} calls, {spec.min_seconds:g} s, error rate "
+        f"{steps}); gates: {spec.min_requests} calls, {spec.min_seconds:g}-"
+        f"{spec.max_step_seconds:g} s, error rate "
         f"+{spec.max_error_rate_delta:g}, p99 x{spec.max_p99_ratio:g}"
     ]
     for d in status.decisions:

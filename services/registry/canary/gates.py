@@ -16,6 +16,7 @@ DEFAULT_MIN_SECONDS = 60.0
 DEFAULT_MAX_ERROR_RATE_DELTA = 0.01
 DEFAULT_MAX_P99_RATIO = 1.5
 DEFAULT_READY_TIMEOUT_S = 120.0
+DEFAULT_MAX_STEP_S = 600.0  # or min_seconds, if longer
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", "aborted"
 
@@ -33,6 +34,8 @@ class CanarySpec:
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
     routers: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
+    # Longest a step may wait for its evidence: past it, what is still missing is a failure.
+    max_step_s: float = DEFAULT_MAX_STEP_S
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,16 @@ def check_spec(spec: CanarySpec) -> None:
         )
     if not spec.max_error_rate_delta >= 0 or not spec.max_p99_ratio > 0:
         raise InvalidArgumentError("max_error_rate_delta must be >= 0 and max_p99_ratio > 0")
+    if not (math.isfinite(spec.max_step_s) and spec.max_step_s >= spec.min_seconds):
+        raise InvalidArgumentError(
+            f"max_step_seconds must be >= min_seconds ({spec.min_seconds:g}); got "
+            f"{spec.max_step_s:g}"
+        )
+
+
+def default_max_step_s(min_seconds: float) -> float:
+    """What ``max_step_seconds`` 0 means: 600 s, or ``min_seconds`` if that is longer."""
+    return max(DEFAULT_MAX_STEP_S, min_seconds)
 
 
 def evaluate(spec: CanarySpec, step_index: int, seconds: float, base: Arm, cand: Arm) -> Verdict:
@@ -112,10 +125,19 @@ def evaluate(spec: CanarySpec, step_index: int, seconds: float, base: Arm, cand:
 
     Gates are judged once both arms have ``min_requests`` calls (rates from fewer calls are
     noise); a failing gate rolls back whatever time is left. Passing needs ``min_seconds``
-    too. The last step (100%) is the promotion itself: the baseline then has no traffic left
-    to compare with, so passing the step before it promotes.
+    too. Evidence still missing after ``max_step_s`` is a failure: a candidate that no
+    caller reaches (or that no count sees) must not hold its step for ever. The last step
+    (100%) is the promotion itself: the baseline then has no traffic left to compare with,
+    so passing the step before it promotes.
     """
     if cand.requests < spec.min_requests or base.requests < spec.min_requests:
+        if seconds >= spec.max_step_s:
+            return Verdict(
+                "rollback",
+                f"step ran {seconds:.0f} s with baseline {base.requests}, candidate "
+                f"{cand.requests} calls; needs {spec.min_requests} each within "
+                f"{spec.max_step_s:g} s",
+            )
         return Verdict(
             "wait",
             f"needs {spec.min_requests} calls per version; baseline {base.requests}, "

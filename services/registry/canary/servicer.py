@@ -33,18 +33,20 @@ class CanaryServicer(canary_pb2_grpc.CanaryServicer):
 
 def spec_from_proto(spec: canary_pb2.CanarySpec) -> gates.CanarySpec:
     # Zero means "the default" for every gate (proto3 cannot tell unset from zero).
+    min_seconds = spec.min_seconds or gates.DEFAULT_MIN_SECONDS
     return gates.CanarySpec(
         model=spec.model,
         baseline=spec.baseline,
         candidate=spec.candidate,
         steps=tuple(spec.steps),
         min_requests=spec.min_requests or gates.DEFAULT_MIN_REQUESTS,
-        min_seconds=spec.min_seconds or gates.DEFAULT_MIN_SECONDS,
+        min_seconds=min_seconds,
         max_error_rate_delta=spec.max_error_rate_delta or gates.DEFAULT_MAX_ERROR_RATE_DELTA,
         max_p99_ratio=spec.max_p99_ratio or gates.DEFAULT_MAX_P99_RATIO,
         ready_timeout_s=spec.ready_timeout_seconds or gates.DEFAULT_READY_TIMEOUT_S,
         routers=tuple(spec.routers),
         gateways=tuple(spec.gateways),
+        max_step_s=spec.max_step_seconds or gates.default_max_step_s(min_seconds),
     )
 
 
@@ -73,6 +75,7 @@ def _status(state: gates.CanaryState) -> canary_pb2.CanaryStatus:
             ready_timeout_seconds=spec.ready_timeout_s,
             routers=spec.routers,
             gateways=spec.gateways,
+            max_step_seconds=spec.max_step_s,
         ),
         state=state.state,
         step_index=state.step_index,

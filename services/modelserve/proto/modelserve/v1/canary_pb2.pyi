@@ -11,7 +11,8 @@ every router's RouterControl.VersionStats and every gateway's GatewayControl.Ver
 compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
-sends all traffic back to the baseline at once. Every evaluation is recorded.
+sends all traffic back to the baseline at once, and so does evidence still missing after
+`max_step_seconds`. Every evaluation is recorded.
 """
 
 from collections import abc as _abc
@@ -44,6 +45,7 @@ class CanarySpec(_message.Message):
     READY_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     ROUTERS_FIELD_NUMBER: _builtins.int
     GATEWAYS_FIELD_NUMBER: _builtins.int
+    MAX_STEP_SECONDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     baseline: _builtins.int
     candidate: _builtins.int
@@ -57,6 +59,11 @@ class CanarySpec(_message.Message):
     """Candidate p99 may be at most this times the baseline's (0 = 1.5)."""
     ready_timeout_seconds: _builtins.float
     """Longest wait for a worker to hold the candidate before the first step (0 = 120 s)."""
+    max_step_seconds: _builtins.float
+    """Longest a step waits for its evidence (calls, business outcomes); past it, what is still
+    missing rolls the canary back, the numbers in the reason. 0 = 600 s (or min_seconds if
+    longer); otherwise must be >= min_seconds.
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Candidate percentages, strictly increasing, each in (0, 100], the last exactly 100."""
@@ -88,10 +95,11 @@ class CanarySpec(_message.Message):
         ready_timeout_seconds: _builtins.float = ...,
         routers: _abc.Iterable[_builtins.str] | None = ...,
         gateways: _abc.Iterable[_builtins.str] | None = ...,
+        max_step_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "gateways", b"gateways", "max_error_rate_delta", b"max_error_rate_delta", "max_p99_ratio", b"max_p99_ratio", "min_requests", b"min_requests", "min_seconds", b"min_seconds", "model", b"model", "ready_timeout_seconds", b"ready_timeout_seconds", "routers", b"routers", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "gateways", b"gateways", "max_error_rate_delta", b"max_error_rate_delta", "max_p99_ratio", b"max_p99_ratio", "max_step_seconds", b"max_step_seconds", "min_requests", b"min_requests", "min_seconds", b"min_seconds", "model", b"model", "ready_timeout_seconds", b"ready_timeout_seconds", "routers", b"routers", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,7 +11,8 @@ every router's RouterControl.VersionStats and every gateway's GatewayControl.Ver
 compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
-sends all traffic back to the baseline at once. Every evaluation is recorded.
+sends all traffic back to the baseline at once, and so does evidence still missing after
+`max_step_seconds`. Every evaluation is recorded.
 """
 
 from collections import abc as _abc
