@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -303,3 +304,71 @@ async def test_a_step_without_enough_traffic_is_rolled_back_after_max_step_secon
     assert "with baseline 0, candidate 0 calls; needs 15 each within 3 s" in last.reason, last
     shown = await modelserve("policy", "--registry", suite.address("registry"), "show", model)
     assert "split 1=100%" in shown, shown
+
+
+async def test_a_candidate_that_loses_on_the_business_metric_is_rolled_back(
+    suite: Suite, demo_dir: Path
+) -> None:
+    """v2 answers like v1, without errors, but its users click less (ctr ~0.05 against the
+    baseline's ~0.3): callers post each answer's outcome with the version it carried, and
+    the sequential test rolls the candidate back, the metric named in the reason."""
+    model = "canary_business"
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "fraud_v1.onnx")
+    ctr = {1: 0.3, 2: 0.05}
+    rng = np.random.default_rng(7)
+    posted: dict[int, int] = {1: 0, 2: 0}
+
+    async def shopper(
+        number: int, infer: pb_grpc.GRPCInferenceServiceStub, canary: canary_pb2_grpc.CanaryStub
+    ) -> None:
+        for i in itertools.count():
+            request = pb.ModelInferRequest(model_name=model)
+            encode_inputs(request, {"transaction": ROW})
+            request.parameters["routing_key"].string_param = f"user-{number}-{i}"
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                answer = await infer.ModelInfer(request, timeout=5)
+                version = int(answer.model_version)
+                outcome = canary_pb2.RecordCanaryOutcomeRequest(
+                    model=model,
+                    version=version,
+                    metric="ctr",
+                    value=float(rng.random() < ctr[version]),
+                )
+                await canary.RecordCanaryOutcome(outcome, timeout=5)
+                posted[version] += 1
+
+    printed = await modelserve(
+        *start_args(suite, model, "--max-p99-ratio", "20", "--business-metric", "ctr"),
+        "--min-seconds", "20", "--max-step-seconds", "60",
+    )  # fmt: skip
+    assert "ctr (higher is better, alpha 0.05)" in printed, printed
+    by_key = await modelserve(
+        "canary", "--registry", suite.address("registry"), "outcome", model,
+        "--routing-key", "someone", "--metric", "ctr", "--value", "0",
+    )  # fmt: skip
+    assert f"{model} v" in by_key and "ctr outcomes" in by_key, by_key
+    async with (
+        grpc.aio.insecure_channel(suite.address("gateway")) as gateway,
+        grpc.aio.insecure_channel(suite.address("registry")) as registry,
+    ):
+        infer = pb_grpc.GRPCInferenceServiceStub(gateway)
+        canary = canary_pb2_grpc.CanaryStub(registry)
+        tasks = [asyncio.create_task(shopper(n, infer, canary)) for n in range(6)]
+        try:
+            status = await final_state(suite, model)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert status.state == "rolled_back", status
+    last = status.decisions[-1]
+    assert last.action == "rollback" and "candidate loses on ctr" in last.reason, last
+    assert last.candidate.errors == 0 and last.baseline.errors == 0, last
+    assert last.HasField("metric") and last.metric.name == "ctr", last
+    assert last.metric.candidate_mean < last.metric.baseline_mean, last.metric
+    assert last.metric.p_value < 0.05 and last.metric.candidate_count >= 30, last.metric
+    assert posted[2] >= 30, posted
+    shown = await modelserve("canary", "--registry", suite.address("registry"), "status", model)
+    assert "ctr: base 0." in shown and "candidate loses on ctr" in shown, shown
+    policy = await modelserve("policy", "--registry", suite.address("registry"), "show", model)
+    assert "split 1=100%" in policy, policy

@@ -12,7 +12,10 @@ compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
 sends all traffic back to the baseline at once, and so does evidence still missing after
-`max_step_seconds`. Every evaluation is recorded.
+`max_step_seconds`. A canary may also name a business metric (e.g. `ctr`): callers post
+outcomes (RecordCanaryOutcome), and a candidate the always-valid sequential test of
+experiments finds worse than the baseline is rolled back; a step passes only once each
+arm has enough outcomes for that test. Every evaluation is recorded.
 """
 
 from collections import abc as _abc
@@ -51,6 +54,12 @@ class CanaryStub:
     """The model's latest canary with its decisions; NOT_FOUND if it never had one."""
     AbortCanary: _grpc.UnaryUnaryMultiCallable[_canary_pb2.AbortCanaryRequest, _canary_pb2.CanaryStatus]
     """Stops a running canary and sends all traffic to the baseline."""
+    RecordCanaryOutcome: _grpc.UnaryUnaryMultiCallable[_canary_pb2.RecordCanaryOutcomeRequest, _canary_pb2.RecordCanaryOutcomeResponse]
+    """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+    FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+    for another metric, a version that is neither arm, both or neither of version and
+    routing key, or a value that is not finite.
+    """
 
 @_typing.type_check_only
 class CanaryAsyncStub(CanaryStub):
@@ -63,6 +72,12 @@ class CanaryAsyncStub(CanaryStub):
     """The model's latest canary with its decisions; NOT_FOUND if it never had one."""
     AbortCanary: _aio.UnaryUnaryMultiCallable[_canary_pb2.AbortCanaryRequest, _canary_pb2.CanaryStatus]  # type: ignore[assignment]
     """Stops a running canary and sends all traffic to the baseline."""
+    RecordCanaryOutcome: _aio.UnaryUnaryMultiCallable[_canary_pb2.RecordCanaryOutcomeRequest, _canary_pb2.RecordCanaryOutcomeResponse]  # type: ignore[assignment]
+    """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+    FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+    for another metric, a version that is neither arm, both or neither of version and
+    routing key, or a value that is not finite.
+    """
 
 class CanaryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +105,17 @@ class CanaryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_canary_pb2.CanaryStatus, _abc.Awaitable[_canary_pb2.CanaryStatus]]:
         """Stops a running canary and sends all traffic to the baseline."""
+
+    @_abc_1.abstractmethod
+    def RecordCanaryOutcome(
+        self,
+        request: _canary_pb2.RecordCanaryOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canary_pb2.RecordCanaryOutcomeResponse, _abc.Awaitable[_canary_pb2.RecordCanaryOutcomeResponse]]:
+        """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+        FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+        for another metric, a version that is neither arm, both or neither of version and
+        routing key, or a value that is not finite.
+        """
 
 def add_CanaryServicer_to_server(servicer: CanaryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
