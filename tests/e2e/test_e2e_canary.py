@@ -2,7 +2,9 @@
 baseline steps up to 100% of the traffic by itself; one that fails on the callers' inputs is
 rolled back to the baseline automatically, and `canary status` shows the numbers that led to
 each decision. A candidate whose signature the callers' requests do not fit fails them at the
-gateway, before any router: the gateway's count of those rejections rolls it back too."""
+gateway, before any router: the gateway's count of those rejections rolls it back too. One
+that answers well but loses on a business metric (posted outcomes) is rolled back, and so is
+a step that never gets enough traffic, once its maximum duration has passed."""
 
 from __future__ import annotations
 

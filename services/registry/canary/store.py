@@ -65,6 +65,10 @@ class CanaryStore:
     def __init__(self, path: Path) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
+        # One commit per business outcome: WAL without a sync per commit keeps that cheap (as
+        # for experiments); a crash may lose the last outcomes, never the file.
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
