@@ -2,11 +2,12 @@
 
 ModelInfer here: decide the version once (label, split, experiment arm by routing key) and
 write the decision into the request (``carry_decision``), validate the tensors against the
-caller's signature of that version, then merge with concurrent requests for the same version
-(``RequestMerger``) and forward to a router (``Hop``: pick, retry once elsewhere on
-UNAVAILABLE, deadline less the hop margin, W3C context, x-request-id). Everything else a
-router answers; the V2 servicer answers metadata from the catalog and NOT_FOUND before any
-forwarding.
+caller's signature of that version (a request that fails it is counted against the version,
+``rejected``: no router ever sees it, and a canary must), then merge with concurrent requests
+for the same version (``RequestMerger``) and forward to a router (``Hop``: pick, retry once
+elsewhere on UNAVAILABLE, deadline less the hop margin, W3C context, x-request-id).
+Everything else a router answers; the V2 servicer answers metadata from the catalog and
+NOT_FOUND before any forwarding.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from modelserve.calls import Call, Hop
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.routing import carry_decision
+from modelserve.catalog.version_stats import VersionStats, status_of
 from modelserve.channels import Endpoint, EndpointSet
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import (
@@ -58,8 +60,11 @@ class GatewayDataPlane:
         edge: EdgeDeadlines,
         merge_max_in_flight: int,
         merge_max_bytes: int = 8 << 20,
+        rejected: VersionStats | None = None,
     ) -> None:
         self.catalog = catalog
+        # Requests refused after their version was decided, per version (GatewayControl).
+        self.rejected = rejected or VersionStats()
         self.composites = composites
         self.edge = edge
         self._routers = routers
@@ -90,9 +95,13 @@ class GatewayDataPlane:
             if request.outputs and classification.wants_classification(request)
             else None
         )
-        validate_infer_request(
-            request, signature.inputs, signature.outputs, signature.max_batch_size
-        )
+        try:
+            validate_infer_request(
+                request, signature.inputs, signature.outputs, signature.max_batch_size
+            )
+        except Exception as exc:
+            self.rejected.record(version.model, version.version, 0.0, status_of(exc))
+            raise
         # max_rows 0 sends the request alone: see Signature.mergeable.
         max_rows = signature.max_batch_size if signature.mergeable else 0
         response = await self._merger.infer(request, version.version, max_rows, call)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from gateway.control_servicer import GatewayControlServicer
 from gateway.dataplane import GatewayDataPlane
 from gateway.settings import GatewaySettings
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
+from modelserve.catalog.version_stats import VersionStats
 from modelserve.channels import EndpointSet, follow
 from modelserve.deadlines import EdgeDeadlines
+from modelserve.proto.modelserve.v1 import gateway_pb2, gateway_pb2_grpc
 from modelserve.server import Runtime
 from modelserve.v2.servicer import serve_v2
 
@@ -15,6 +18,7 @@ from modelserve.v2.servicer import serve_v2
 async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     catalog = Catalog(runtime.discovery)
     composites = CompositeCatalog(runtime.discovery, catalog)
+    rejected = VersionStats()  # written by ModelInfer, read by GatewayControl (canaries)
     routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
     serve_v2(
         runtime,
@@ -29,7 +33,15 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
             ),
             merge_max_in_flight=settings.merge_max_in_flight if settings.merge_enabled else 1 << 30,
             merge_max_bytes=settings.merge_max_bytes,
+            rejected=rejected,
         ),
+    )
+    # Registered in discovery as "gateway" (Runtime.start, under the spec's name), where the
+    # canary reader looks for gateways.
+    runtime.add_service(
+        gateway_pb2.DESCRIPTOR.services_by_name["GatewayControl"].full_name,
+        gateway_pb2_grpc.add_GatewayControlServicer_to_server,
+        GatewayControlServicer(catalog=catalog, rejected=rejected),
     )
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")

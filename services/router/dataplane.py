@@ -21,6 +21,7 @@ from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.lookups import is_lookup
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.routing import carry_decision
+from modelserve.catalog.version_stats import VersionStats, status_of
 from modelserve.errors import UnavailableError, UnimplementedError, from_rpc_error
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
@@ -34,7 +35,6 @@ from router.forwarding import Forwarder
 from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.shadow import ShadowMirror
-from router.version_stats import VersionStats, status_of
 from router.workers import WorkerPool
 
 STATISTICS_TIMEOUT_S = 2.0
@@ -83,7 +83,7 @@ class RouterDataPlane:
         caller = request
         try:
             answer, request = await self._run(request, version, call)
-        except BaseException as exc:  # counted per version for canary gates, then re-raised
+        except BaseException as exc:  # every failure but CANCELLED counts against the version
             cancelled = isinstance(exc, asyncio.CancelledError)
             code = grpc.StatusCode.CANCELLED if cancelled else status_of(exc)
             self.version_stats.record(version.model, version.version, 0.0, code)

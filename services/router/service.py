@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
+from modelserve.catalog.version_stats import VersionStats
 from modelserve.channels import EndpointSet
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.server import Runtime
@@ -20,7 +21,6 @@ from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.settings import RouterSettings
 from router.shadow import ShadowMirror
-from router.version_stats import VersionStats
 from router.workers import WorkerPool
 
 

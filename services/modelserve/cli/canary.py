@@ -1,9 +1,12 @@
-"""``modelserve canary start|status|abort``: canary releases from the command line.
+"""``modelserve canary start|status|abort|outcome``: canary releases from the command line.
 
 modelserve canary start MODEL --baseline 1 --candidate 2 --steps 5,25,50,100 \\
-    --min-requests 50 --min-seconds 5 --max-error-rate-delta 0.01 --max-p99-ratio 1.5
+    --min-requests 50 --min-seconds 5 --max-error-rate-delta 0.01 --max-p99-ratio 1.5 \\
+    --max-step-seconds 600 [--business-metric ctr [--lower-is-better] \\
+    [--business-alpha 0.05]] [--router A,B] [--gateway C,D]
 modelserve canary status MODEL          # state, step and the decisions with their numbers
 modelserve canary abort MODEL           # all traffic back to the baseline
+modelserve canary outcome MODEL --version 2 --metric ctr --value 1   # or --routing-key K
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     start.add_argument("--max-error-rate-delta", type=float, default=0.0, help="(0.01)")
     start.add_argument("--max-p99-ratio", type=float, default=0.0, help="(1.5)")
     start.add_argument("--ready-timeout", type=float, default=0.0, help="seconds (120)")
+    start.add_argument(
+        "--max-step-seconds",
+        type=float,
+        default=0.0,
+        help="longest a step waits for enough calls before rolling back (600)",
+    )
     start.add_argument("--router", default="", help="router addresses, comma-separated")
     start.add_argument("--force", action="store_true", help="take over from a running experiment")
     start.add_argument(
@@ -39,11 +48,34 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
         action="store_true",
         help="accept a candidate whose inputs/outputs differ from the baseline's",
     )
+    start.add_argument(
+        "--gateway",
+        default="",
+        help="gateway addresses, comma-separated (their rejections count against a version)",
+    )
+    start.add_argument(
+        "--business-metric",
+        default="",
+        help="a metric the candidate must not lose on (outcomes: canary outcome)",
+    )
+    start.add_argument(
+        "--lower-is-better", action="store_true", help="the business metric is a cost"
+    )
+    start.add_argument(
+        "--business-alpha", type=float, default=0.0, help="of the sequential test (0.05)"
+    )
     status = csub.add_parser("status", help="a model's latest canary and its decisions")
     status.add_argument("model")
     status.add_argument("--limit", type=int, default=20, help="latest decisions shown (0 = all)")
     abort = csub.add_parser("abort", help="stop MODEL's canary; all traffic to the baseline")
     abort.add_argument("model")
+    outcome = csub.add_parser("outcome", help="post one business outcome of MODEL's canary")
+    outcome.add_argument("model")
+    arm = outcome.add_mutually_exclusive_group(required=True)
+    arm.add_argument("--version", type=int, default=0, help="the answer's model_version")
+    arm.add_argument("--routing-key", default="", help="or the request's routing key")
+    outcome.add_argument("--metric", required=True)
+    outcome.add_argument("--value", type=float, required=True, help="e.g. 1 click, 0 none")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -60,7 +92,12 @@ async def run(args: argparse.Namespace) -> int:
                 max_error_rate_delta=args.max_error_rate_delta,
                 max_p99_ratio=args.max_p99_ratio,
                 ready_timeout_seconds=args.ready_timeout,
-                routers=[r.strip() for r in args.router.split(",") if r.strip()],
+                max_step_seconds=args.max_step_seconds,
+                business_metric=args.business_metric,
+                lower_is_better=args.lower_is_better,
+                business_alpha=args.business_alpha,
+                routers=_addresses(args.router),
+                gateways=_addresses(args.gateway),
             )
             request = canary_pb2.StartCanaryRequest(
                 spec=spec, force=args.force, allow_signature_change=args.allow_signature_change
@@ -69,6 +106,16 @@ async def run(args: argparse.Namespace) -> int:
         elif args.canary_command == "status":
             get = canary_pb2.GetCanaryRequest(model=args.model, limit=args.limit)
             print(describe(await stub.GetCanary(get, timeout=10)))
+        elif args.canary_command == "outcome":
+            posted = canary_pb2.RecordCanaryOutcomeRequest(
+                model=args.model,
+                version=args.version,
+                routing_key=args.routing_key,
+                metric=args.metric,
+                value=args.value,
+            )
+            answer = await stub.RecordCanaryOutcome(posted, timeout=10)
+            print(f"{args.model} v{answer.version}: {answer.count} {args.metric} outcomes")
         else:
             abort = canary_pb2.AbortCanaryRequest(model=args.model)
             print(describe(await stub.AbortCanary(abort, timeout=10)))
@@ -81,8 +128,9 @@ def describe(status: canary_pb2.CanaryStatus) -> str:
     lines = [
         f"{spec.model}: v{spec.baseline} -> v{spec.candidate} {status.state}, step "
         f"{status.step_index + 1}/{len(spec.steps)} ({spec.steps[status.step_index]:g}% of "
-        f"{steps}); gates: {spec.min_requests} calls, {spec.min_seconds:g} s, error rate "
-        f"+{spec.max_error_rate_delta:g}, p99 x{spec.max_p99_ratio:g}"
+        f"{steps}); gates: {spec.min_requests} calls, {spec.min_seconds:g}-"
+        f"{spec.max_step_seconds:g} s, error rate "
+        f"+{spec.max_error_rate_delta:g}, p99 x{spec.max_p99_ratio:g}" + _business(spec)
     ]
     for d in status.decisions:
         when = time.strftime("%H:%M:%S", time.gmtime(d.unix_ms / 1000))
@@ -90,7 +138,28 @@ def describe(status: canary_pb2.CanaryStatus) -> str:
             f"  {when}Z {d.action:<8} {d.percent:>6g}%  base {_arm(d.baseline)}  "
             f"cand {_arm(d.candidate)}  {d.step_seconds:.1f}s  {d.reason}"
         )
+        if d.HasField("metric"):
+            lines.append(f"{'':13}{_metric(d.metric)}")
     return "\n".join(lines)
+
+
+def _business(spec: canary_pb2.CanarySpec) -> str:
+    if not spec.business_metric:
+        return ""
+    direction = "lower" if spec.lower_is_better else "higher"
+    return f", {spec.business_metric} ({direction} is better, alpha {spec.business_alpha:g})"
+
+
+def _metric(m: canary_pb2.CanaryMetric) -> str:
+    return (
+        f"{m.name}: base {m.baseline_mean:.4f} (n={m.baseline_count})  cand "
+        f"{m.candidate_mean:.4f} (n={m.candidate_count})  diff {m.difference:+.4f} "
+        f"[{m.difference_low:+.4f}, {m.difference_high:+.4f}]  p {m.p_value:.4g}"
+    )
+
+
+def _addresses(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
 
 
 def _arm(arm: canary_pb2.CanaryArm) -> str:

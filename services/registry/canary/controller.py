@@ -1,4 +1,6 @@
-"""Runs canaries: every ``interval`` it reads the routers' per-version figures, judges the
+"""Runs canaries: every ``interval`` it reads the routers' per-version figures (and the
+gateways' rejections, which never reach a router) and the business outcomes posted to the
+canary store, judges the
 step in force (``registry.canary.gates.evaluate``), records the decision with its numbers,
 and moves the model's split through the policy store, so each step is a policy revision that
 Watch pushes to gateways and routers like any other.
@@ -45,7 +47,7 @@ Reader = Callable[[CanarySpec], Awaitable[Reading]]
 
 @dataclass
 class _Window:
-    """Where the routers' cumulative counters stood when a step began."""
+    """Where the routers' and gateways' cumulative counters stood when a step began."""
 
     step_index: int
     started_ms: int
@@ -116,6 +118,15 @@ class CanaryController:
         await self._finish(canary_id, spec, decision, ABORTED, 0.0)
         return await self.status(model)
 
+    async def record_outcome(
+        self, model: str, version: int, routing_key: str, metric: str, value: float
+    ) -> tuple[int, int]:
+        """One business outcome of the model's running canary: (its version, that version's
+        outcomes so far). Judged at the next round, with the other gates."""
+        return await self._in_store(
+            self._canaries.record_outcome, model, version, routing_key, metric, value
+        )
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
@@ -162,22 +173,24 @@ class CanaryController:
             return
         base, cand = _arms(spec, window, reading)
         seconds = time.monotonic() - window.started_s
-        verdict = evaluate(spec, state.step_index, seconds, base, cand)
+        metric = await self._in_store(self._canaries.metric, canary_id, spec)
+        verdict = evaluate(spec, state.step_index, seconds, base, cand, metric)
         percent = spec.steps[state.step_index]
+        if verdict.action == "advance":
+            percent = spec.steps[state.step_index + 1]
+        elif verdict.action == "promote":
+            percent = 100.0
+        decision = Decision(verdict.action, percent, verdict.reason, base, cand, seconds, 0, metric)
         if verdict.action == "rollback":
-            decision = Decision("rollback", percent, verdict.reason, base, cand, seconds)
             await self._finish(canary_id, spec, decision, ROLLED_BACK, 0.0)
         elif verdict.action == "promote":
-            decision = Decision("promote", 100.0, verdict.reason, base, cand, seconds)
             await self._finish(canary_id, spec, decision, PROMOTED, 100.0)
         elif verdict.action == "advance":
             step = state.step_index + 1
-            decision = Decision("advance", spec.steps[step], verdict.reason, base, cand, seconds)
             await self._in_store(self._move, canary_id, spec, decision, "", step)
             # The next step counts from this reading (the split moves with this write).
             self._windows[canary_id] = _new_window(step, reading, ready=True)
         else:
-            decision = Decision("wait", percent, verdict.reason, base, cand, seconds)
             await self._in_store(self._canaries.record, canary_id, _stamped(decision))
 
     async def _finish(
@@ -264,19 +277,23 @@ def _new_window(step_index: int, reading: Reading, *, ready: bool) -> _Window:
         started_ms=int(time.time() * 1000),
         started_s=time.monotonic(),
         ready=ready,
-        base={r: c.counts(reading.baseline) for r, c in reading.routers.items()},
-        cand={r: c.counts(reading.candidate) for r, c in reading.routers.items()},
+        base={r: c.counts(reading.baseline) for r, c in reading.sources().items()},
+        cand={r: c.counts(reading.candidate) for r, c in reading.sources().items()},
     )
 
 
 def _arms(spec: CanarySpec, window: _Window, reading: Reading) -> tuple[Arm, Arm]:
+    """Each version's figures since the step began: the routers' counts plus the gateways'
+    rejections (a rejected request never reached a router, so none is counted twice)."""
+    sources = reading.sources()
+
     def arm(version: int, start: Mapping[str, tuple[int, int]]) -> Arm:
         requests = errors = 0
         latencies: list[float] = []
-        for router, figures in reading.routers.items():
+        for source, figures in sources.items():
             now_requests, now_errors = figures.counts(version)
-            was_requests, was_errors = start.get(router, (0, 0))
-            if now_requests < was_requests:  # the router restarted: all it has is new
+            was_requests, was_errors = start.get(source, (0, 0))
+            if now_requests < was_requests:  # the process restarted: all it has is new
                 was_requests = was_errors = 0
             requests += now_requests - was_requests
             errors += now_errors - was_errors

@@ -1,6 +1,10 @@
 """Canaries and their decisions in SQLite (``canaries.sqlite3`` in the registry's data dir).
 
 Kept apart from the model tables so canaries can evolve without a model-schema migration.
+Business outcomes are sufficient statistics per (canary, version, metric): count, sum, sum of
+squares and, on the candidate's row, the smallest always-valid p-value seen so far; only the
+canary's own metric and its two versions are accepted, so storage is two rows a canary
+whatever the traffic.
 Every call runs on the registry's single store thread (the controller and the servicer both
 go through it), so one connection serves all calls in order.
 """
@@ -9,12 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
-from modelserve.errors import FailedPreconditionError, NotFoundError
-from registry.canary.gates import RUNNING, Arm, CanarySpec, CanaryState, Decision
+from modelserve.catalog import routing
+from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from registry.canary.gates import (
+    RUNNING,
+    Arm,
+    CanarySpec,
+    CanaryState,
+    Decision,
+    MetricFigures,
+    metric_figures,
+)
+from registry.experiments import sequential_test as st
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS canaries (
@@ -32,6 +48,16 @@ CREATE TABLE IF NOT EXISTS canary_decisions (
     decision TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS canary_decisions_by ON canary_decisions (canary_id, seq);
+CREATE TABLE IF NOT EXISTS canary_outcomes (
+    canary_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    total REAL NOT NULL,
+    total_sq REAL NOT NULL,
+    min_p REAL NOT NULL,
+    PRIMARY KEY (canary_id, version, metric)
+);
 """
 
 
@@ -39,6 +65,10 @@ class CanaryStore:
     def __init__(self, path: Path) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
+        # One commit per business outcome: WAL without a sync per commit keeps that cheap (as
+        # for experiments); a crash may lose the last outcomes, never the file.
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -96,6 +126,86 @@ class CanaryStore:
         ).fetchall()
         return int(row["id"]), _state(row, [_decision(d["decision"]) for d in reversed(decisions)])
 
+    def record_outcome(
+        self, model: str, version: int, routing_key: str, metric: str, value: float
+    ) -> tuple[int, int]:
+        """Add one business outcome to the arm it belongs to: ``version`` as the answer
+        carried it, or the arm ``routing_key`` goes to under the split in force now. Returns
+        (the version, its outcomes so far)."""
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"outcome value must be a finite number; got {value}")
+        if bool(version) == bool(routing_key):
+            raise InvalidArgumentError("an outcome needs a version or a routing key, not both")
+        with self._conn:
+            canary_id, state = self.latest(model, 1)
+            spec = state.spec
+            if state.state != RUNNING:
+                raise FailedPreconditionError(
+                    f"the latest canary of {model!r} is not running (it is {state.state})"
+                )
+            if not spec.business_metric:
+                raise FailedPreconditionError(f"the canary of {model!r} names no business metric")
+            if metric != spec.business_metric:
+                raise InvalidArgumentError(
+                    f"the canary of {model!r} judges {spec.business_metric!r}; got {metric!r}"
+                )
+            if routing_key:
+                version = arm_of_key(spec, state.step_index, routing_key)
+            elif version not in (spec.baseline, spec.candidate):
+                raise InvalidArgumentError(
+                    f"the canary of {model!r} compares versions {spec.baseline} and "
+                    f"{spec.candidate}; got {version}"
+                )
+            moments = self._moments(canary_id, metric)
+            moments[version] = moments.get(version, st.Moments()).add(value)
+            self._write_moments(canary_id, version, metric, moments[version])
+            base, cand = moments.get(spec.baseline), moments.get(spec.candidate)
+            if base is not None and cand is not None:  # the running minimum of every look
+                p = metric_figures(spec, base, cand).p_value
+                self._conn.execute(
+                    "UPDATE canary_outcomes SET min_p = MIN(min_p, ?) "
+                    "WHERE canary_id = ? AND version = ? AND metric = ?",
+                    (p, canary_id, spec.candidate, metric),
+                )
+            return version, moments[version].count
+
+    def metric(self, canary_id: int, spec: CanarySpec) -> MetricFigures | None:
+        """The canary's business metric so far (None when it names none)."""
+        if not spec.business_metric:
+            return None
+        moments = self._moments(canary_id, spec.business_metric)
+        row = self._conn.execute(
+            "SELECT min_p FROM canary_outcomes WHERE canary_id = ? AND version = ? AND metric = ?",
+            (canary_id, spec.candidate, spec.business_metric),
+        ).fetchone()
+        return metric_figures(
+            spec,
+            moments.get(spec.baseline, st.Moments()),
+            moments.get(spec.candidate, st.Moments()),
+            float(row["min_p"]) if row is not None else 1.0,
+        )
+
+    def _moments(self, canary_id: int, metric: str) -> dict[int, st.Moments]:
+        rows = self._conn.execute(
+            "SELECT version, count, total, total_sq FROM canary_outcomes "
+            "WHERE canary_id = ? AND metric = ?",
+            (canary_id, metric),
+        ).fetchall()
+        return {
+            int(r["version"]): st.Moments(int(r["count"]), r["total"], r["total_sq"]) for r in rows
+        }
+
+    def _write_moments(
+        self, canary_id: int, version: int, metric: str, moments: st.Moments
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO canary_outcomes "
+            "(canary_id, version, metric, count, total, total_sq, min_p) "
+            "VALUES (?, ?, ?, ?, ?, ?, 1.0) ON CONFLICT (canary_id, version, metric) DO UPDATE "
+            "SET count = excluded.count, total = excluded.total, total_sq = excluded.total_sq",
+            (canary_id, version, metric, moments.count, moments.total, moments.total_sq),
+        )
+
     def _insert_decision(self, canary_id: int, decision: Decision) -> None:
         self._conn.execute(
             "INSERT INTO canary_decisions (canary_id, decision) VALUES (?, ?)",
@@ -104,8 +214,10 @@ class CanaryStore:
 
 
 def _state(row: sqlite3.Row, decisions: list[Decision]) -> CanaryState:
-    data = json.loads(row["spec"])
-    spec = CanarySpec(**{**data, "steps": tuple(data["steps"]), "routers": tuple(data["routers"])})
+    data: dict[str, Any] = json.loads(row["spec"])
+    # JSON has no tuples; fields added since a row was written take their defaults.
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    spec = CanarySpec(**fields)
     return CanaryState(
         spec=spec,
         state=row["state"],
@@ -117,9 +229,30 @@ def _state(row: sqlite3.Row, decisions: list[Decision]) -> CanaryState:
 
 def _decision(text: str) -> Decision:
     data = json.loads(text)
+    metric = data.get("metric")
     return Decision(
-        **{**data, "baseline": Arm(**data["baseline"]), "candidate": Arm(**data["candidate"])}
+        **{
+            **data,
+            "baseline": Arm(**data["baseline"]),
+            "candidate": Arm(**data["candidate"]),
+            "metric": MetricFigures(**metric) if metric else None,
+        }
     )
+
+
+def arm_of_key(spec: CanarySpec, step_index: int, key: str) -> int:
+    """The version routing ``key`` goes to under the canary's split at ``step_index``: the
+    gateway's own bucketing (``routing.bucket_of``/``pick``) of the split the controller
+    wrote. Keys only ever move from baseline to candidate as the steps rise, so the one
+    mistake possible is an outcome posted after its key moved counted for the candidate
+    (posting the answer's ``model_version`` instead has none)."""
+    points = routing.basis_points(spec.steps[step_index])
+    shares = [
+        routing.Share(version, "", weight)
+        for version, weight in ((spec.baseline, routing.BUCKETS - points), (spec.candidate, points))
+        if weight > 0
+    ]
+    return routing.pick(shares, routing.bucket_of(spec.model, key)).version
 
 
 def _now_ms() -> int:

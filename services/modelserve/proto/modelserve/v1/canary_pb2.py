@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelserve/v1/canary.proto\x12\rmodelserve.v1\"\xdf\x01\n\nCanarySpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\x03\x12\x11\n\tcandidate\x18\x03 \x01(\x03\x12\r\n\x05steps\x18\x04 \x03(\x01\x12\x14\n\x0cmin_requests\x18\x05 \x01(\x03\x12\x13\n\x0bmin_seconds\x18\x06 \x01(\x01\x12\x1c\n\x14max_error_rate_delta\x18\x07 \x01(\x01\x12\x15\n\rmax_p99_ratio\x18\x08 \x01(\x01\x12\x1d\n\x15ready_timeout_seconds\x18\t \x01(\x01\x12\x0f\n\x07routers\x18\n \x03(\t\"a\n\tCanaryArm\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\r\n\x05p99_s\x18\x05 \x01(\x01\"\xc1\x01\n\x0e\x43\x61naryDecision\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12*\n\x08\x62\x61seline\x18\x05 \x01(\x0b\x32\x18.modelserve.v1.CanaryArm\x12+\n\tcandidate\x18\x06 \x01(\x0b\x32\x18.modelserve.v1.CanaryArm\x12\x14\n\x0cstep_seconds\x18\x07 \x01(\x01\"\xa5\x01\n\x0c\x43\x61naryStatus\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.CanarySpec\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x03\x12\x17\n\x0fstarted_unix_ms\x18\x04 \x01(\x03\x12\x30\n\tdecisions\x18\x05 \x03(\x0b\x32\x1d.modelserve.v1.CanaryDecision\"l\n\x12StartCanaryRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.CanarySpec\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x1e\n\x16\x61llow_signature_change\x18\x03 \x01(\x08\"0\n\x10GetCanaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\"#\n\x12\x41\x62ortCanaryRequest\x12\r\n\x05model\x18\x01 \x01(\t2\xf7\x01\n\x06\x43\x61nary\x12O\n\x0bStartCanary\x12!.modelserve.v1.StartCanaryRequest\x1a\x1b.modelserve.v1.CanaryStatus\"\x00\x12K\n\tGetCanary\x12\x1f.modelserve.v1.GetCanaryRequest\x1a\x1b.modelserve.v1.CanaryStatus\"\x00\x12O\n\x0b\x41\x62ortCanary\x12!.modelserve.v1.AbortCanaryRequest\x1a\x1b.modelserve.v1.CanaryStatus\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelserve/v1/canary.proto\x12\rmodelserve.v1\"\xd5\x02\n\nCanarySpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\x03\x12\x11\n\tcandidate\x18\x03 \x01(\x03\x12\r\n\x05steps\x18\x04 \x03(\x01\x12\x14\n\x0cmin_requests\x18\x05 \x01(\x03\x12\x13\n\x0bmin_seconds\x18\x06 \x01(\x01\x12\x1c\n\x14max_error_rate_delta\x18\x07 \x01(\x01\x12\x15\n\rmax_p99_ratio\x18\x08 \x01(\x01\x12\x1d\n\x15ready_timeout_seconds\x18\t \x01(\x01\x12\x0f\n\x07routers\x18\n \x03(\t\x12\x10\n\x08gateways\x18\x0b \x03(\t\x12\x18\n\x10max_step_seconds\x18\x0c \x01(\x01\x12\x17\n\x0f\x62usiness_metric\x18\r \x01(\t\x12\x17\n\x0flower_is_better\x18\x0e \x01(\x08\x12\x16\n\x0e\x62usiness_alpha\x18\x0f \x01(\x01\"\xd2\x01\n\x0c\x43\x61naryMetric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61seline_count\x18\x02 \x01(\x03\x12\x15\n\rbaseline_mean\x18\x03 \x01(\x01\x12\x17\n\x0f\x63\x61ndidate_count\x18\x04 \x01(\x03\x12\x16\n\x0e\x63\x61ndidate_mean\x18\x05 \x01(\x01\x12\x12\n\ndifference\x18\x06 \x01(\x01\x12\x16\n\x0e\x64ifference_low\x18\x07 \x01(\x01\x12\x17\n\x0f\x64ifference_high\x18\x08 \x01(\x01\x12\x0f\n\x07p_value\x18\t \x01(\x01\"a\n\tCanaryArm\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x12\n\nerror_rate\x18\x04 \x01(\x01\x12\r\n\x05p99_s\x18\x05 \x01(\x01\"\xee\x01\n\x0e\x43\x61naryDecision\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12*\n\x08\x62\x61seline\x18\x05 \x01(\x0b\x32\x18.modelserve.v1.CanaryArm\x12+\n\tcandidate\x18\x06 \x01(\x0b\x32\x18.modelserve.v1.CanaryArm\x12\x14\n\x0cstep_seconds\x18\x07 \x01(\x01\x12+\n\x06metric\x18\x08 \x01(\x0b\x32\x1b.modelserve.v1.CanaryMetric\"\xa5\x01\n\x0c\x43\x61naryStatus\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.CanarySpec\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nstep_index\x18\x03 \x01(\x03\x12\x17\n\x0fstarted_unix_ms\x18\x04 \x01(\x03\x12\x30\n\tdecisions\x18\x05 \x03(\x0b\x32\x1d.modelserve.v1.CanaryDecision\"l\n\x12StartCanaryRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x19.modelserve.v1.CanarySpec\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x1e\n\x16\x61llow_signature_change\x18\x03 \x01(\x08\"0\n\x10GetCanaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\"#\n\x12\x41\x62ortCanaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\"p\n\x1aRecordCanaryOutcomeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0brouting_key\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x01\"=\n\x1bRecordCanaryOutcomeResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x32\xe7\x02\n\x06\x43\x61nary\x12O\n\x0bStartCanary\x12!.modelserve.v1.StartCanaryRequest\x1a\x1b.modelserve.v1.CanaryStatus\"\x00\x12K\n\tGetCanary\x12\x1f.modelserve.v1.GetCanaryRequest\x1a\x1b.modelserve.v1.CanaryStatus\"\x00\x12O\n\x0b\x41\x62ortCanary\x12!.modelserve.v1.AbortCanaryRequest\x1a\x1b.modelserve.v1.CanaryStatus\"\x00\x12n\n\x13RecordCanaryOutcome\x12).modelserve.v1.RecordCanaryOutcomeRequest\x1a*.modelserve.v1.RecordCanaryOutcomeResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelserve.v1.canary_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CANARYSPEC']._serialized_start=46
-  _globals['_CANARYSPEC']._serialized_end=269
-  _globals['_CANARYARM']._serialized_start=271
-  _globals['_CANARYARM']._serialized_end=368
-  _globals['_CANARYDECISION']._serialized_start=371
-  _globals['_CANARYDECISION']._serialized_end=564
-  _globals['_CANARYSTATUS']._serialized_start=567
-  _globals['_CANARYSTATUS']._serialized_end=732
-  _globals['_STARTCANARYREQUEST']._serialized_start=734
-  _globals['_STARTCANARYREQUEST']._serialized_end=842
-  _globals['_GETCANARYREQUEST']._serialized_start=844
-  _globals['_GETCANARYREQUEST']._serialized_end=892
-  _globals['_ABORTCANARYREQUEST']._serialized_start=894
-  _globals['_ABORTCANARYREQUEST']._serialized_end=929
-  _globals['_CANARY']._serialized_start=932
-  _globals['_CANARY']._serialized_end=1179
+  _globals['_CANARYSPEC']._serialized_end=387
+  _globals['_CANARYMETRIC']._serialized_start=390
+  _globals['_CANARYMETRIC']._serialized_end=600
+  _globals['_CANARYARM']._serialized_start=602
+  _globals['_CANARYARM']._serialized_end=699
+  _globals['_CANARYDECISION']._serialized_start=702
+  _globals['_CANARYDECISION']._serialized_end=940
+  _globals['_CANARYSTATUS']._serialized_start=943
+  _globals['_CANARYSTATUS']._serialized_end=1108
+  _globals['_STARTCANARYREQUEST']._serialized_start=1110
+  _globals['_STARTCANARYREQUEST']._serialized_end=1218
+  _globals['_GETCANARYREQUEST']._serialized_start=1220
+  _globals['_GETCANARYREQUEST']._serialized_end=1268
+  _globals['_ABORTCANARYREQUEST']._serialized_start=1270
+  _globals['_ABORTCANARYREQUEST']._serialized_end=1305
+  _globals['_RECORDCANARYOUTCOMEREQUEST']._serialized_start=1307
+  _globals['_RECORDCANARYOUTCOMEREQUEST']._serialized_end=1419
+  _globals['_RECORDCANARYOUTCOMERESPONSE']._serialized_start=1421
+  _globals['_RECORDCANARYOUTCOMERESPONSE']._serialized_end=1482
+  _globals['_CANARY']._serialized_start=1485
+  _globals['_CANARY']._serialized_end=1844
 # @@protoc_insertion_point(module_scope)

@@ -6,10 +6,16 @@ Canary releases with automatic promotion and rollback, served by the registry pr
 A canary moves a model's traffic from `baseline` to `candidate` in steps (e.g. 5, 25, 50,
 100 percent) by writing the model's routing policy (a split; so every step is a policy
 revision, pushed to gateways and routers by Watch). Before each step the registry reads
-every router's RouterControl.VersionStats, and compares the two versions over the step:
+every router's RouterControl.VersionStats and every gateway's GatewayControl.VersionStats
+(requests rejected after their version was decided: they never reach a router), and
+compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
-sends all traffic back to the baseline at once. Every evaluation is recorded.
+sends all traffic back to the baseline at once, and so does evidence still missing after
+`max_step_seconds`. A canary may also name a business metric (e.g. `ctr`): callers post
+outcomes (RecordCanaryOutcome), and a candidate the always-valid sequential test of
+experiments finds worse than the baseline is rolled back; a step passes only once each
+arm has enough outcomes for that test. Every evaluation is recorded.
 """
 
 from collections import abc as _abc
@@ -41,6 +47,11 @@ class CanarySpec(_message.Message):
     MAX_P99_RATIO_FIELD_NUMBER: _builtins.int
     READY_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     ROUTERS_FIELD_NUMBER: _builtins.int
+    GATEWAYS_FIELD_NUMBER: _builtins.int
+    MAX_STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    BUSINESS_METRIC_FIELD_NUMBER: _builtins.int
+    LOWER_IS_BETTER_FIELD_NUMBER: _builtins.int
+    BUSINESS_ALPHA_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     baseline: _builtins.int
     candidate: _builtins.int
@@ -54,6 +65,22 @@ class CanarySpec(_message.Message):
     """Candidate p99 may be at most this times the baseline's (0 = 1.5)."""
     ready_timeout_seconds: _builtins.float
     """Longest wait for a worker to hold the candidate before the first step (0 = 120 s)."""
+    max_step_seconds: _builtins.float
+    """Longest a step waits for its evidence (calls, business outcomes); past it, what is still
+    missing rolls the canary back, the numbers in the reason. 0 = 600 s (or min_seconds if
+    longer); otherwise must be >= min_seconds.
+    """
+    business_metric: _builtins.str
+    """A business metric the candidate must not lose on (empty = none), higher is better
+    unless `lower_is_better`. Outcomes come from RecordCanaryOutcome and are kept as
+    sufficient statistics per version over the whole canary; at each judgement the two arms
+    are compared with the mSPRT of experiments: always-valid p < `business_alpha` with the
+    difference in the bad direction rolls back; a step passes only once each arm has the
+    test's minimum outcomes (30), so `max_step_seconds` ends a wait for outcomes too.
+    """
+    lower_is_better: _builtins.bool
+    business_alpha: _builtins.float
+    """0 = 0.05; otherwise in (0, 1)."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Candidate percentages, strictly increasing, each in (0, 100], the last exactly 100."""
@@ -62,6 +89,13 @@ class CanarySpec(_message.Message):
     def routers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Router addresses to read; empty = every router discovery knows (static discovery in a
         registry started before its routers knows none, so `modelserve up` needs these).
+        """
+
+    @_builtins.property
+    def gateways(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Gateway addresses to read (GatewayControl.VersionStats: the requests a gateway rejected
+        after deciding their version, e.g. inputs that do not fit the candidate's signature;
+        they never reach a router); empty = every gateway discovery knows under "gateway".
         """
 
     def __init__(
@@ -77,14 +111,68 @@ class CanarySpec(_message.Message):
         max_p99_ratio: _builtins.float = ...,
         ready_timeout_seconds: _builtins.float = ...,
         routers: _abc.Iterable[_builtins.str] | None = ...,
+        gateways: _abc.Iterable[_builtins.str] | None = ...,
+        max_step_seconds: _builtins.float = ...,
+        business_metric: _builtins.str = ...,
+        lower_is_better: _builtins.bool = ...,
+        business_alpha: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "max_error_rate_delta", b"max_error_rate_delta", "max_p99_ratio", b"max_p99_ratio", "min_requests", b"min_requests", "min_seconds", b"min_seconds", "model", b"model", "ready_timeout_seconds", b"ready_timeout_seconds", "routers", b"routers", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "business_alpha", b"business_alpha", "business_metric", b"business_metric", "candidate", b"candidate", "gateways", b"gateways", "lower_is_better", b"lower_is_better", "max_error_rate_delta", b"max_error_rate_delta", "max_p99_ratio", b"max_p99_ratio", "max_step_seconds", b"max_step_seconds", "min_requests", b"min_requests", "min_seconds", b"min_seconds", "model", b"model", "ready_timeout_seconds", b"ready_timeout_seconds", "routers", b"routers", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CanarySpec: _TypeAlias = CanarySpec  # noqa: Y015
+
+@_typing.final
+class CanaryMetric(_message.Message):
+    """A canary's business metric at one judgement (over the canary so far)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BASELINE_COUNT_FIELD_NUMBER: _builtins.int
+    BASELINE_MEAN_FIELD_NUMBER: _builtins.int
+    CANDIDATE_COUNT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_MEAN_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_LOW_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_HIGH_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    baseline_count: _builtins.int
+    baseline_mean: _builtins.float
+    candidate_count: _builtins.int
+    candidate_mean: _builtins.float
+    difference: _builtins.float
+    """Candidate mean - baseline mean, with its always-valid confidence sequence at
+    1 - business_alpha (infinite below the minimum outcomes).
+    """
+    difference_low: _builtins.float
+    difference_high: _builtins.float
+    p_value: _builtins.float
+    """Always-valid p-value (the smallest seen so far)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        baseline_count: _builtins.int = ...,
+        baseline_mean: _builtins.float = ...,
+        candidate_count: _builtins.int = ...,
+        candidate_mean: _builtins.float = ...,
+        difference: _builtins.float = ...,
+        difference_low: _builtins.float = ...,
+        difference_high: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_count", b"baseline_count", "baseline_mean", b"baseline_mean", "candidate_count", b"candidate_count", "candidate_mean", b"candidate_mean", "difference", b"difference", "difference_high", b"difference_high", "difference_low", b"difference_low", "name", b"name", "p_value", b"p_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CanaryMetric: _TypeAlias = CanaryMetric  # noqa: Y015
 
 @_typing.final
 class CanaryArm(_message.Message):
@@ -128,6 +216,7 @@ class CanaryDecision(_message.Message):
     BASELINE_FIELD_NUMBER: _builtins.int
     CANDIDATE_FIELD_NUMBER: _builtins.int
     STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
     unix_ms: _builtins.int
     action: _builtins.str
     """"start", "wait", "advance", "promote", "rollback" or "abort"."""
@@ -139,6 +228,10 @@ class CanaryDecision(_message.Message):
     def baseline(self) -> Global___CanaryArm: ...
     @_builtins.property
     def candidate(self) -> Global___CanaryArm: ...
+    @_builtins.property
+    def metric(self) -> Global___CanaryMetric:
+        """Unset when the canary names no business metric."""
+
     def __init__(
         self,
         *,
@@ -149,10 +242,11 @@ class CanaryDecision(_message.Message):
         baseline: Global___CanaryArm | None = ...,
         candidate: Global___CanaryArm | None = ...,
         step_seconds: _builtins.float = ...,
+        metric: Global___CanaryMetric | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "candidate", b"candidate", "metric", b"metric"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "baseline", b"baseline", "candidate", b"candidate", "percent", b"percent", "reason", b"reason", "step_seconds", b"step_seconds", "unix_ms", b"unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "baseline", b"baseline", "candidate", b"candidate", "metric", b"metric", "percent", b"percent", "reason", b"reason", "step_seconds", b"step_seconds", "unix_ms", b"unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,3 +356,60 @@ class AbortCanaryRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AbortCanaryRequest: _TypeAlias = AbortCanaryRequest  # noqa: Y015
+
+@_typing.final
+class RecordCanaryOutcomeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    version: _builtins.int
+    """The `model_version` the ModelInfer answer carried; or the request's routing key, sent
+    to an arm by the canary's split in force now (bucket_of/pick, as the gateway does).
+    """
+    routing_key: _builtins.str
+    metric: _builtins.str
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        version: _builtins.int = ...,
+        routing_key: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "model", b"model", "routing_key", b"routing_key", "value", b"value", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCanaryOutcomeRequest: _TypeAlias = RecordCanaryOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class RecordCanaryOutcomeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version the outcome counted for, and that version's outcomes so far."""
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCanaryOutcomeResponse: _TypeAlias = RecordCanaryOutcomeResponse  # noqa: Y015

@@ -49,6 +49,11 @@ class CanaryStub:
                 request_serializer=modelserve_dot_v1_dot_canary__pb2.AbortCanaryRequest.SerializeToString,
                 response_deserializer=modelserve_dot_v1_dot_canary__pb2.CanaryStatus.FromString,
                 _registered_method=True)
+        self.RecordCanaryOutcome = channel.unary_unary(
+                '/modelserve.v1.Canary/RecordCanaryOutcome',
+                request_serializer=modelserve_dot_v1_dot_canary__pb2.RecordCanaryOutcomeRequest.SerializeToString,
+                response_deserializer=modelserve_dot_v1_dot_canary__pb2.RecordCanaryOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class CanaryServicer:
@@ -76,6 +81,16 @@ class CanaryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCanaryOutcome(self, request, context):
+        """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+        FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+        for another metric, a version that is neither arm, both or neither of version and
+        routing key, or a value that is not finite.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CanaryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +108,11 @@ def add_CanaryServicer_to_server(servicer, server):
                     servicer.AbortCanary,
                     request_deserializer=modelserve_dot_v1_dot_canary__pb2.AbortCanaryRequest.FromString,
                     response_serializer=modelserve_dot_v1_dot_canary__pb2.CanaryStatus.SerializeToString,
+            ),
+            'RecordCanaryOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCanaryOutcome,
+                    request_deserializer=modelserve_dot_v1_dot_canary__pb2.RecordCanaryOutcomeRequest.FromString,
+                    response_serializer=modelserve_dot_v1_dot_canary__pb2.RecordCanaryOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +196,33 @@ class Canary:
             '/modelserve.v1.Canary/AbortCanary',
             modelserve_dot_v1_dot_canary__pb2.AbortCanaryRequest.SerializeToString,
             modelserve_dot_v1_dot_canary__pb2.CanaryStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCanaryOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.Canary/RecordCanaryOutcome',
+            modelserve_dot_v1_dot_canary__pb2.RecordCanaryOutcomeRequest.SerializeToString,
+            modelserve_dot_v1_dot_canary__pb2.RecordCanaryOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,10 +6,16 @@ Canary releases with automatic promotion and rollback, served by the registry pr
 A canary moves a model's traffic from `baseline` to `candidate` in steps (e.g. 5, 25, 50,
 100 percent) by writing the model's routing policy (a split; so every step is a policy
 revision, pushed to gateways and routers by Watch). Before each step the registry reads
-every router's RouterControl.VersionStats, and compares the two versions over the step:
+every router's RouterControl.VersionStats and every gateway's GatewayControl.VersionStats
+(requests rejected after their version was decided: they never reach a router), and
+compares the two versions over the step:
 a step passes once both have `min_requests` calls, `min_seconds` have gone by, and the
 candidate's error rate and p99 latency are within bounds of the baseline's; a failing gate
-sends all traffic back to the baseline at once. Every evaluation is recorded.
+sends all traffic back to the baseline at once, and so does evidence still missing after
+`max_step_seconds`. A canary may also name a business metric (e.g. `ctr`): callers post
+outcomes (RecordCanaryOutcome), and a candidate the always-valid sequential test of
+experiments finds worse than the baseline is rolled back; a step passes only once each
+arm has enough outcomes for that test. Every evaluation is recorded.
 """
 
 from collections import abc as _abc
@@ -48,6 +54,12 @@ class CanaryStub:
     """The model's latest canary with its decisions; NOT_FOUND if it never had one."""
     AbortCanary: _grpc.UnaryUnaryMultiCallable[_canary_pb2.AbortCanaryRequest, _canary_pb2.CanaryStatus]
     """Stops a running canary and sends all traffic to the baseline."""
+    RecordCanaryOutcome: _grpc.UnaryUnaryMultiCallable[_canary_pb2.RecordCanaryOutcomeRequest, _canary_pb2.RecordCanaryOutcomeResponse]
+    """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+    FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+    for another metric, a version that is neither arm, both or neither of version and
+    routing key, or a value that is not finite.
+    """
 
 @_typing.type_check_only
 class CanaryAsyncStub(CanaryStub):
@@ -60,6 +72,12 @@ class CanaryAsyncStub(CanaryStub):
     """The model's latest canary with its decisions; NOT_FOUND if it never had one."""
     AbortCanary: _aio.UnaryUnaryMultiCallable[_canary_pb2.AbortCanaryRequest, _canary_pb2.CanaryStatus]  # type: ignore[assignment]
     """Stops a running canary and sends all traffic to the baseline."""
+    RecordCanaryOutcome: _aio.UnaryUnaryMultiCallable[_canary_pb2.RecordCanaryOutcomeRequest, _canary_pb2.RecordCanaryOutcomeResponse]  # type: ignore[assignment]
+    """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+    FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+    for another metric, a version that is neither arm, both or neither of version and
+    routing key, or a value that is not finite.
+    """
 
 class CanaryServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +105,17 @@ class CanaryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_canary_pb2.CanaryStatus, _abc.Awaitable[_canary_pb2.CanaryStatus]]:
         """Stops a running canary and sends all traffic to the baseline."""
+
+    @_abc_1.abstractmethod
+    def RecordCanaryOutcome(
+        self,
+        request: _canary_pb2.RecordCanaryOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_canary_pb2.RecordCanaryOutcomeResponse, _abc.Awaitable[_canary_pb2.RecordCanaryOutcomeResponse]]:
+        """One business outcome (a click: 1, none: 0) of a call of the model's running canary.
+        FAILED_PRECONDITION when no canary runs or it names no business metric; INVALID_ARGUMENT
+        for another metric, a version that is neither arm, both or neither of version and
+        routing key, or a value that is not finite.
+        """
 
 def add_CanaryServicer_to_server(servicer: CanaryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

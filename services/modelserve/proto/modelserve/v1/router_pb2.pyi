@@ -283,8 +283,10 @@ class VersionCounts(_message.Message):
     ENDED_UNIX_MS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     requests: _builtins.int
-    """Routed calls answered, and those that failed for a reason that is not the caller's
-    (every status but INVALID_ARGUMENT, NOT_FOUND and CANCELLED).
+    """Routed calls answered, and those that failed: every status but OK and the caller's own
+    CANCELLED, INVALID_ARGUMENT and NOT_FOUND included (a candidate with another signature
+    fails callers so; the gates compare with the baseline, where true caller mistakes land
+    alike). GatewayControl.VersionStats answers with the same messages.
     """
     errors: _builtins.int
     @_builtins.property

@@ -1,7 +1,18 @@
-"""Calls, errors and recent latencies per (model, version) routed by this router: what the
-registry's canary controller compares between a baseline and a candidate.
+"""Calls, errors and recent latencies per (model, version): what the registry's canary
+controller compares between a baseline and a candidate.
 
-Counters are cumulative since the router started (the reader keeps its own starting point);
+Two processes count, each what only it sees, so no call is counted twice:
+- a router counts every routed call it answered for a version (``RouterControl.VersionStats``);
+- a gateway counts the requests it rejected after deciding their version (a request that fails
+  the version's signature never reaches a router; ``GatewayControl.VersionStats``).
+
+Every outcome counts against its version except CANCELLED (the caller went away: it says
+nothing about the version). INVALID_ARGUMENT and NOT_FOUND count as errors too: a candidate
+whose signature differs from its baseline's fails the callers' requests as surely as one that
+crashes. The gates compare the candidate's error rate with the baseline's, so the caller's own
+mistakes, which hit both arms alike, cancel out.
+
+Counters are cumulative since the process started (the reader keeps its own starting point);
 latencies are a ring of the latest successful calls with the time each ended, so a reader can
 take the p99 of exactly the calls since a step began, with memory fixed per version.
 """
@@ -19,10 +30,8 @@ from modelserve.proto.modelserve.v1 import router_pb2
 RING_SIZE = 2048  # latest successful calls per version; p99 over 2048 is a 20-call tail
 MAX_VERSIONS = 1024  # distinct (model, version) kept; more is churn, not a canary
 
-# The caller's own mistakes say nothing about the version that answered.
-CALLER_CODES = frozenset(
-    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED}
-)
+# Only the caller's own going away says nothing about the version that answered.
+UNCOUNTED_CODES = frozenset({grpc.StatusCode.CANCELLED})
 
 
 @dataclass
@@ -39,8 +48,8 @@ class VersionStats:
     def record(
         self, model: str, version: int, seconds: float, code: grpc.StatusCode | None
     ) -> None:
-        """One routed call ended; ``code`` None means OK."""
-        if code in CALLER_CODES:
+        """One call of ``version`` ended; ``code`` None means OK."""
+        if code in UNCOUNTED_CODES:
             return
         key = (model, version)
         counts = self._by_version.get(key)
