@@ -13,6 +13,7 @@ import time
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
+from modelserve.catalog.lookups import PLATFORM as LOOKUP_PLATFORM
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
 from registry.policies import rules as policies
@@ -149,11 +150,19 @@ class PolicyStoreMethods:
         among them: a shadow's failures never reach a caller)."""
         with self._lock:
             labels = self._labels_of(model)
+            # A lookup version has no worker: routers answer it from the feature store.
+            lookups = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT version FROM versions WHERE model = ? AND platform = ?",
+                    (model, LOOKUP_PLATFORM),
+                )
+            }
         found = {s.version for s in policy.split if s.version}
         found |= {labels[s.label] for s in policy.split if s.label in labels}
         if policy.target_label in labels:
             found.add(labels[policy.target_label])
-        return found
+        return found - lookups
 
     def _pending_of(self, model: str) -> PendingPolicy | None:
         row = self._conn.execute(
