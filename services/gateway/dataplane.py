@@ -32,6 +32,7 @@ from modelserve.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from modelserve.metrics import ModelMetrics, status_name
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2, registry_pb2_grpc
@@ -65,6 +66,7 @@ class GatewayDataPlane:
         self.catalog = catalog
         # Requests refused after their version was decided, per version (GatewayControl).
         self.rejected = rejected or VersionStats()
+        self._model_metrics = ModelMetrics("gateway")
         self.composites = composites
         self.edge = edge
         self._routers = routers
@@ -86,6 +88,20 @@ class GatewayDataPlane:
         version = self.catalog.decide(request, call.forwarded)
         carry_decision(request, version)
         call = _with_fallback(call, self.catalog, version, by_policy)
+        # Per version RED for the whole path behind the edge (the caller's view).
+        started = self._model_metrics.start(version.model, version.version)
+        code = "OK"
+        try:
+            return await self._infer_version(request, version, call)
+        except BaseException as exc:
+            code = status_name(exc)
+            raise
+        finally:
+            self._model_metrics.end(version.model, version.version, started, code)
+
+    async def _infer_version(
+        self, request: pb.ModelInferRequest, version: registry_pb2.ModelVersion, call: Call
+    ) -> pb.ModelInferResponse:
         signature = self._signatures.get(version)
         # Classification is this caller's view of an answer: taken off the request so it
         # merges with others, applied to this caller's part of the answer. (Most requests

@@ -18,7 +18,7 @@ from modelserve.v2.servicer import serve_v2
 async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     catalog = Catalog(runtime.discovery)
     composites = CompositeCatalog(runtime.discovery, catalog)
-    rejected = VersionStats()  # written by ModelInfer, read by GatewayControl (canaries)
+    rejected = VersionStats("gateway")  # written by ModelInfer, read by GatewayControl (canaries)
     routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
     serve_v2(
         runtime,

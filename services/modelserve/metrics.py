@@ -8,10 +8,17 @@ and version come from the registry, never from arbitrary caller strings).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+import grpc
+from grpc import aio
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+from modelserve.interceptors import Behaviour, BehaviourInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +40,162 @@ LATENCY_BUCKETS = (
     5.0,
 )
 
+# RED per RPC, by the one interceptor every service runs outermost (``RpcMetricsInterceptor``):
+# no RPC can be forgotten, and calls refused by admission are counted too.
 RPC_REQUESTS = Counter(
-    "modelserve_rpc_requests_total", "RPCs handled, by method and status code", ["method", "code"]
+    "modelserve_rpc_requests_total",
+    "RPCs handled, by service, gRPC method and status code",
+    ["service", "method", "code"],
+)
+RPC_DURATION = Histogram(
+    "modelserve_rpc_duration_seconds",
+    "Time from the RPC reaching this service's handlers to its end, by service and method",
+    ["service", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_IN_FLIGHT = Gauge(
+    "modelserve_rpc_in_flight", "RPCs in progress, by service and method", ["service", "method"]
+)
+# RED per model version where the version is known (the gateway for the whole path, the
+# router for its hop): model and version labels only ever come from the registry's catalog.
+MODEL_REQUESTS = Counter(
+    "modelserve_model_requests_total",
+    "Inference requests by service, model, version and status code",
+    ["service", "model", "version", "code"],
+)
+MODEL_DURATION = Histogram(
+    "modelserve_model_request_duration_seconds",
+    "Inference request latency by service, model and version (every outcome)",
+    ["service", "model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_IN_FLIGHT = Gauge(
+    "modelserve_model_in_flight",
+    "Inference requests in progress by service and model (an autoscaling signal)",
+    ["service", "model"],
 )
 READY = Gauge("modelserve_ready", "1 when this service reports SERVING")
+
+
+def status_name(exc: BaseException) -> str:
+    """The status name a call that raised ``exc`` ends with."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    code = getattr(exc, "code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if callable(code):
+        found = code()
+        if isinstance(found, grpc.StatusCode):
+            return found.name
+    return "INTERNAL"
+
+
+class ModelMetrics:
+    """Per (model, version) RED for one service; label children cached per pair, since
+    ``labels()`` takes a lock and a dict lookup per call."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._children: dict[tuple[str, int], tuple[Histogram, Gauge]] = {}
+        self._counters: dict[tuple[str, int, str], Counter] = {}
+
+    def start(self, model: str, version: int) -> float:
+        self._pair(model, version)[1].inc()
+        return time.perf_counter()
+
+    def end(self, model: str, version: int, started: float, code: str) -> None:
+        duration, in_flight = self._pair(model, version)
+        in_flight.dec()
+        duration.observe(time.perf_counter() - started)
+        key = (model, version, code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = MODEL_REQUESTS.labels(
+                self._service, model, str(version), code
+            )
+        counter.inc()
+
+    def _pair(self, model: str, version: int) -> tuple[Histogram, Gauge]:
+        found = self._children.get((model, version))
+        if found is None:
+            found = self._children[(model, version)] = (
+                MODEL_DURATION.labels(self._service, model, str(version)),
+                MODEL_IN_FLIGHT.labels(self._service, model),
+            )
+        return found
+
+
+class RpcMetricsInterceptor(BehaviourInterceptor):
+    """Counts every RPC (requests by status, duration, in flight) of one service. It runs
+    first, so what admission refuses is counted with its RESOURCE_EXHAUSTED."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
+        name = method.rsplit("/", 1)[-1]
+        duration = RPC_DURATION.labels(self._service, name)
+        in_flight = RPC_IN_FLIGHT.labels(self._service, name)
+        counters: dict[str, Counter] = {}
+
+        def finish(started: float, code: str) -> None:
+            in_flight.dec()
+            duration.observe(time.perf_counter() - started)
+            counter = counters.get(code)
+            if counter is None:
+                counter = counters[code] = RPC_REQUESTS.labels(self._service, name, code)
+            counter.inc()
+
+        if streaming:
+
+            async def stream_behaviour(
+                request: Any, context: aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                in_flight.inc()
+                code = "OK"
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                    code = _code_of(context, "OK")
+                except aio.AbortError:
+                    code = _code_of(context, "UNKNOWN")
+                    raise
+                except BaseException as exc:
+                    code = status_name(exc)
+                    raise
+                finally:
+                    finish(started, code)
+
+            return stream_behaviour
+
+        async def unary_behaviour(request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            in_flight.inc()
+            code = "OK"
+            try:
+                answer = await fn(request, context)
+                code = _code_of(context, "OK")
+                return answer
+            except aio.AbortError:
+                code = _code_of(context, "UNKNOWN")
+                raise
+            except BaseException as exc:
+                code = status_name(exc)
+                raise
+            finally:
+                finish(started, code)
+
+        return unary_behaviour
+
+
+def _code_of(context: aio.ServicerContext, default: str) -> str:
+    found = context.code()
+    if isinstance(found, grpc.StatusCode):
+        return found.name
+    return default
 
 
 def start_metrics_server(host: str, port: int) -> tuple[Any, int]:

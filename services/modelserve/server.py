@@ -293,11 +293,13 @@ def _write_port_file(path: Path, service: str, port: int, metrics_port: int | No
 
 async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:
     """Build and start one service in this event loop (``run_service`` and in-process tests)."""
-    # Admission first: a refused call costs no span, no decoding beyond gRPC's own.
+    # Admission before the rest: a refused call costs no span, no decoding beyond gRPC's own.
+    # RED metrics before admission: a refused call is counted with its status too.
     interceptors: list[aio.ServerInterceptor] = [
+        metrics.RpcMetricsInterceptor(spec.name),
         AdmissionInterceptor(
             max_unary=settings.max_concurrent_rpcs, max_streams=settings.max_concurrent_streams
-        )
+        ),
     ]
     if traced:
         interceptors.append(tracing.TracingInterceptor(spec.name))

@@ -23,6 +23,7 @@ from modelserve.catalog.replica import Catalog
 from modelserve.catalog.routing import carry_decision
 from modelserve.catalog.version_stats import VersionStats, status_of
 from modelserve.errors import UnavailableError, UnimplementedError, from_rpc_error
+from modelserve.metrics import ModelMetrics
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
@@ -70,6 +71,7 @@ class RouterDataPlane:
         self._executor = executor
         self._shadow = shadow
         self.version_stats = version_stats or VersionStats()
+        self._model_metrics = ModelMetrics("router")
 
     async def infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         by_policy = not request.model_version and "label" not in request.parameters
@@ -79,7 +81,7 @@ class RouterDataPlane:
             return await self._lookups.infer(request, version, call)
         if not self._pool.candidates(version.model, version.version):
             version = self._fall_back(request, version, call, by_policy)
-        started = time.perf_counter()
+        started = self._model_metrics.start(version.model, version.version)
         caller = request
         try:
             answer, request = await self._run(request, version, call)
@@ -87,9 +89,11 @@ class RouterDataPlane:
             cancelled = isinstance(exc, asyncio.CancelledError)
             code = grpc.StatusCode.CANCELLED if cancelled else status_of(exc)
             self.version_stats.record(version.model, version.version, 0.0, code)
+            self._model_metrics.end(version.model, version.version, started, code.name)
             raise
         elapsed = time.perf_counter() - started
         self.version_stats.record(version.model, version.version, elapsed, None)
+        self._model_metrics.end(version.model, version.version, started, "OK")
         if self._shadow is not None:  # only once the answer exists, and it returns at once
             self._shadow.after(caller, request, version, answer, elapsed, call.forwarded)
         return answer

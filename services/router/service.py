@@ -73,7 +73,7 @@ async def build(runtime: Runtime, settings: RouterSettings) -> None:
         min_timeout_s=settings.shadow_min_timeout_seconds,
         max_timeout_s=settings.shadow_max_timeout_seconds,
     )
-    version_stats = VersionStats()  # written by ModelInfer, read by RouterControl
+    version_stats = VersionStats("router")  # written by ModelInfer, read by RouterControl
     lookups = LookupAnswerer(endpoints=featurestores)
     serve_v2(
         runtime,

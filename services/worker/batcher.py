@@ -26,6 +26,7 @@ back, so the per-run cost (executor hop, ORT dispatch) is paid once per batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -41,7 +42,13 @@ from modelserve.errors import (
     ModelServeError,
     UnavailableError,
 )
-from worker.metrics import BATCH_SIZE, QUEUE_SECONDS
+from worker.metrics import (
+    BATCH_SIZE,
+    BATCHES_RUNNING,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    QUEUE_SECONDS,
+)
 from worker.sessions import ModelSession
 from worker.stats import VersionStats
 
@@ -126,6 +133,10 @@ class DynamicBatcher:
         self._stats = stats
         self._batch_hist = BATCH_SIZE.labels(model, str(version))
         self._queue_hist = QUEUE_SECONDS.labels(model, str(version))
+        self._series = (model, str(version))
+        QUEUE_DEPTH.labels(*self._series).set_function(lambda: self._waiting)
+        QUEUE_CAPACITY.labels(*self._series).set(max_queue_size)
+        BATCHES_RUNNING.labels(*self._series).set_function(lambda: self._running)
         self._slots = max(session.instance_count, 1)
         self._queues: dict[Key, deque[_Item]] = {}
         self._waiting = 0
@@ -199,6 +210,9 @@ class DynamicBatcher:
         if self._closed:
             return
         self._closed = True
+        for gauge in (QUEUE_DEPTH, QUEUE_CAPACITY, BATCHES_RUNNING):
+            with contextlib.suppress(KeyError):  # a gone version leaves no stale series
+                gauge.remove(*self._series)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

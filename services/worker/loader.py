@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -25,6 +26,7 @@ from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc, work
 from modelserve.tensors import TensorSpec
 from worker.artifacts import ArtifactCache
 from worker.batcher import DynamicBatcher
+from worker.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 from worker.sessions import ModelSession
 from worker.stats import VersionStats
 
@@ -138,6 +140,7 @@ class ModelManager:
 
     async def _load(self, held: Held) -> None:
         r = held.record
+        started = time.perf_counter()
         try:
             async with self._load_lock:
                 endpoint = self._registries.pick()
@@ -166,11 +169,13 @@ class ModelManager:
             raise
         except ModelServeError as exc:
             held.state, held.reason = worker_pb2.LoadedVersion.FAILED, exc.message
+            MODEL_LOADS.labels(r.model, str(r.version), "failed").inc()
             log.error("loading %s v%d failed: %s", r.model, r.version, exc.message)
             self._changed()
             return
         except Exception as exc:
             held.state, held.reason = worker_pb2.LoadedVersion.FAILED, "load failed"
+            MODEL_LOADS.labels(r.model, str(r.version), "failed").inc()
             log.exception("loading %s v%d failed", r.model, r.version, exc_info=exc)
             self._changed()
             return
@@ -180,6 +185,8 @@ class ModelManager:
         held.session, held.stats = session, VersionStats(r.model, r.version)
         held.batcher = _batcher(session, r, held.stats)
         held.state = worker_pb2.LoadedVersion.READY
+        MODEL_LOADS.labels(r.model, str(r.version), "ready").inc()
+        MODEL_LOAD_SECONDS.labels(r.model).observe(time.perf_counter() - started)
         log.info(
             "%s v%d ready on %s (cold start %.0f ms; largest warm batch %.0f us, %s)",
             r.model,

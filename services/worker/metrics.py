@@ -1,8 +1,9 @@
-"""The worker's Prometheus series: inference outcomes and latency, batch sizes, queue time."""
+"""The worker's Prometheus series: inference outcomes and latency, batch sizes, queue time and
+depth, model loads."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from modelserve.metrics import LATENCY_BUCKETS
 
@@ -39,4 +40,33 @@ STOPPED_RUNS = Counter(
     "modelserve_stopped_runs_total",
     "Model runs stopped while running because every caller had gone (deadline or cancel)",
     ["model", "version"],
+)
+
+# Read at scrape time from the batcher (set_function): the autoscaling signal costs the request
+# path nothing. Removed when the version is unloaded.
+QUEUE_DEPTH = Gauge(
+    "modelserve_queue_depth",
+    "Requests waiting in the worker's batch queue for a model run",
+    ["model", "version"],
+)
+QUEUE_CAPACITY = Gauge(
+    "modelserve_queue_capacity",
+    "Requests the version's batch queue holds before it answers UNAVAILABLE (max_queue_size)",
+    ["model", "version"],
+)
+BATCHES_RUNNING = Gauge(
+    "modelserve_batches_running",
+    "Model runs in progress (at most the version's instance_count)",
+    ["model", "version"],
+)
+MODEL_LOADS = Counter(
+    "modelserve_model_loads_total",
+    "Version loads by outcome (ready, failed)",
+    ["model", "version", "outcome"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "modelserve_model_load_seconds",
+    "Time from a version being deployed to READY (fetch, session, warmup)",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )

@@ -24,8 +24,18 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
+from prometheus_client import Counter
 
 from modelserve.proto.modelserve.v1 import router_pb2
+
+# The same counts the canary gates read, so a canary decision can be reproduced in Prometheus
+# (sum the gateway's rejections and the routers' calls per version, as the controller does).
+CANARY_CALLS = Counter(
+    "modelserve_canary_version_calls_total",
+    "Calls counted per model version for canary gates, by the counting service and outcome "
+    "(ok, error); CANCELLED is not counted",
+    ["service", "model", "version", "outcome"],
+)
 
 RING_SIZE = 2048  # latest successful calls per version; p99 over 2048 is a 20-call tail
 MAX_VERSIONS = 1024  # distinct (model, version) kept; more is churn, not a canary
@@ -42,8 +52,9 @@ class _Counts:
 
 
 class VersionStats:
-    def __init__(self) -> None:
+    def __init__(self, service: str = "") -> None:
         self._by_version: dict[tuple[str, int], _Counts] = {}
+        self._service = service  # "" (tests): no Prometheus series
 
     def record(
         self, model: str, version: int, seconds: float, code: grpc.StatusCode | None
@@ -62,6 +73,9 @@ class VersionStats:
             counts.latencies.append((seconds, int(time.time() * 1000)))
         else:
             counts.errors += 1
+        if self._service:
+            outcome = "ok" if code is None else "error"
+            CANARY_CALLS.labels(self._service, model, str(version), outcome).inc()
 
     def report(self, model: str) -> router_pb2.VersionStatsResponse:
         answer = router_pb2.VersionStatsResponse()

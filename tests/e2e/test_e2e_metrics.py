@@ -1,0 +1,100 @@
+"""RED metrics at every hop, scraped from the running suite: every service's /metrics passes
+``promtool check metrics``; a request the gateway rejects shows in its error series (per RPC
+and per model version); the router, the worker and the canary counters carry the call."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from testsupport import eventually
+
+from modelserve.cli.suite import Suite
+from modelserve.proto.inference import grpc_service_pb2 as pb
+from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.tensors import encode_inputs
+
+PROMTOOL = shutil.which("promtool") or str(Path(sys.executable).parent / "promtool")
+
+
+def scrape(suite: Suite, name: str) -> str:
+    port = suite.processes[name].metrics_port
+    assert port, f"{name} serves no metrics port"
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}")]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_rejections_and_answers_appear_in_every_hops_series(
+    suite: Suite, gateway: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    good = pb.ModelInferRequest(model_name="fraud")
+    encode_inputs(good, {"transaction": np.zeros((1, 8), np.float32)})
+    bad = pb.ModelInferRequest(model_name="fraud")
+    encode_inputs(bad, {"transaction": np.zeros((1, 8), np.float64)})  # FP64 for FP32
+    before = value(
+        scrape(suite, "gateway"),
+        "modelserve_rpc_requests_total",
+        service="gateway",
+        method="ModelInfer",
+        code="INVALID_ARGUMENT",
+    )
+    answer = await gateway.ModelInfer(good, timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await gateway.ModelInfer(bad, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    version = answer.model_version
+
+    def counted() -> None:
+        text = scrape(suite, "gateway")
+        rejected = value(
+            text,
+            "modelserve_rpc_requests_total",
+            service="gateway",
+            method="ModelInfer",
+            code="INVALID_ARGUMENT",
+        )
+        assert rejected >= before + 1
+        labels = {"service": "gateway", "model": "fraud", "version": version}
+        assert value(text, "modelserve_model_requests_total", **labels, code="OK") >= 1
+        assert value(text, "modelserve_model_requests_total", **labels, code="INVALID_ARGUMENT")
+        assert value(text, "modelserve_canary_version_calls_total", outcome="error") >= 1
+        router = scrape(suite, "router")
+        assert value(router, "modelserve_model_requests_total", service="router", code="OK")
+        assert value(router, "modelserve_rpc_requests_total", method="ModelInfer", code="OK")
+        worker = scrape(suite, "worker")
+        assert "modelserve_queue_depth{" in worker and "modelserve_queue_capacity{" in worker
+        assert value(worker, "modelserve_model_loads_total", model="fraud", outcome="ready")
+
+    async def check() -> None:
+        counted()
+
+    await eventually(check, timeout=10)
+
+
+@pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool not installed (./dev does)")
+@pytest.mark.parametrize("name", ["gateway", "router", "worker", "registry", "featurestore"])
+def test_every_services_metrics_pass_promtool(suite: Suite, name: str) -> None:
+    text = scrape(suite, name)
+    assert "modelserve_rpc_requests_total" in text or name in ("featurestore",)
+    linted = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
