@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from modelserve import tracing
 from modelserve.settings import MIB
 
 # RELIABILITY.md, "Keepalive, internal channels".
@@ -54,7 +55,13 @@ def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
 
 
 def insecure_channel(address: str, max_message_bytes: int = 64 * MIB) -> aio.Channel:
-    return aio.insecure_channel(address, options=channel_options(max_message_bytes))
+    # Client spans (and trace-context injection) only when tracing is on: no interceptor,
+    # no cost, otherwise.
+    return aio.insecure_channel(
+        address,
+        options=channel_options(max_message_bytes),
+        interceptors=tracing.client_interceptors() or None,
+    )
 
 
 log = logging.getLogger(__name__)

@@ -302,7 +302,7 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
         ),
     ]
     if traced:
-        interceptors.append(tracing.TracingInterceptor(spec.name))
+        interceptors.append(tracing.server_interceptor())
     interceptors.append(ErrorInterceptor())
     runtime = Runtime(spec, settings, make_discovery(settings), interceptors)
     await spec.build(runtime, settings)
@@ -317,6 +317,7 @@ async def run_service(spec: ServiceSpec[S], settings: S) -> None:
         settings.trace_exporter,
         sample_ratio=settings.trace_sample_ratio,
         otlp_endpoint=settings.otlp_endpoint,
+        sampler=settings.trace_sampler,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -66,6 +66,13 @@ class CommonSettings:
     trace_sample_ratio: float = setting(
         1.0, "Head sampling ratio for new traces (0..1).", env=("OTEL_TRACES_SAMPLER_ARG",)
     )
+    trace_sampler: str = setting(
+        "",
+        "OpenTelemetry sampler name (always_on, always_off, traceidratio, "
+        "parentbased_traceidratio, ...; its argument is trace_sample_ratio); "
+        "empty = parentbased_traceidratio.",
+        env=("OTEL_TRACES_SAMPLER",),
+    )
     log_level: str = setting("INFO", "Log level.")
     log_format: str = setting("text", "Log format: text or json.")
     max_receive_message_bytes: int = setting(16 * MIB, "Largest gRPC message accepted.")

@@ -1,21 +1,30 @@
 """OpenTelemetry tracing across every hop: W3C trace context rides in gRPC metadata.
 
 ``configure_tracing`` installs a tracer provider from settings (exporter none/console/otlp,
-honouring OTEL_* variables); ``TracingInterceptor`` opens one SERVER span per RPC whose parent
-is the caller's ``traceparent``; ``outbound_metadata`` puts the current context on calls we
-make. Spans never carry tensors or feature values (RELIABILITY.md, Tracing).
+honouring OTEL_* variables, OTEL_TRACES_SAMPLER/_ARG included). Spans come from the
+OpenTelemetry gRPC instrumentation (semantic conventions, maintained upstream): its server
+interceptor opens a SERVER span per RPC whose parent is the caller's ``traceparent``, and its
+client interceptors (on every channel ``modelserve.channels`` makes) a CLIENT span per call,
+injecting the context. The worker adds queue-wait and model-run spans (``stage_spans``) and
+Redis calls are traced by the Redis instrumentation. With the exporter ``none`` nothing is
+installed: no interceptor runs, so tracing off costs nothing. Spans never carry tensors or
+feature values (RELIABILITY.md, Tracing).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import os
+from collections.abc import Sequence
 from typing import Any
 
-import grpc
 from grpc import aio
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import (
+    aio_client_interceptors,
+    aio_server_interceptor,
+    filters,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -25,9 +34,6 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
-from opentelemetry.trace import SpanKind, Status, StatusCode
-
-from modelserve.interceptors import Behaviour, BehaviourInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,7 @@ def configure_tracing(
     sample_ratio: float = 1.0,
     otlp_endpoint: str = "",
     span_exporter: SpanExporter | None = None,
+    sampler: str = "",
 ) -> bool:
     """Install the global tracer provider. Returns False (and installs nothing) for "none".
 
@@ -52,9 +59,16 @@ def configure_tracing(
     """
     if exporter == "none" and span_exporter is None:
         return False
+    # A sampler named by the operator (trace_sampler / OTEL_TRACES_SAMPLER, its argument
+    # trace_sample_ratio / OTEL_TRACES_SAMPLER_ARG) is built by the SDK, which reads the two
+    # variables when no sampler is given. Otherwise parent-based with the configured ratio.
+    if sampler:
+        os.environ["OTEL_TRACES_SAMPLER"] = sampler
+        os.environ.setdefault("OTEL_TRACES_SAMPLER_ARG", str(sample_ratio))
+    from_env = bool(os.environ.get("OTEL_TRACES_SAMPLER"))
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name}),
-        sampler=ParentBasedTraceIdRatio(sample_ratio),
+        sampler=None if from_env else ParentBasedTraceIdRatio(sample_ratio),
     )
     if span_exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(span_exporter))
@@ -70,8 +84,61 @@ def configure_tracing(
     trace.set_tracer_provider(provider)
     global _enabled
     _enabled = True
-    log.info("tracing on: exporter=%s sample_ratio=%s", exporter, sample_ratio)
+    _instrument_redis()
+    log.info(
+        "tracing on: exporter=%s sampler=%s",
+        exporter,
+        os.environ["OTEL_TRACES_SAMPLER"] if from_env else f"parentbased ratio {sample_ratio}",
+    )
     return True
+
+
+def _instrument_redis() -> None:
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentor = RedisInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+# Health and reflection are probes, not requests: no spans for them.
+def _not_probes() -> Any:
+    return filters.negate(
+        filters.any_of(
+            filters.service_prefix("grpc.health.v1"), filters.service_prefix("grpc.reflection")
+        )
+    )
+
+
+def server_interceptor() -> aio.ServerInterceptor:
+    """The instrumentation's SERVER-span interceptor (install only when tracing is on)."""
+    interceptor: aio.ServerInterceptor = aio_server_interceptor(filter_=_not_probes())
+    return interceptor
+
+
+def client_interceptors() -> list[aio.ClientInterceptor]:
+    """CLIENT-span interceptors for a new channel; none while tracing is off."""
+    if not _enabled:
+        return []
+    return list(aio_client_interceptors(filter_=_not_probes()))
+
+
+def stage_spans(stages: Sequence[tuple[str, int]], end_ns: int, **attributes: Any) -> None:
+    """Record consecutive INTERNAL child spans of the current span, the last ending at
+    ``end_ns`` (epoch ns): e.g. a request's queue wait then its model run, measured by the
+    batcher, which runs batches outside any one request's context."""
+    if not _enabled:
+        return
+    tracer = trace.get_tracer("modelserve.stages")
+    start = end_ns - sum(d for _, d in stages)
+    for name, duration in stages:
+        span = tracer.start_span(name, start_time=start, attributes=attributes)
+        span.end(end_time=start + duration)
+        start += duration
 
 
 def shutdown_tracing() -> None:
@@ -81,85 +148,11 @@ def shutdown_tracing() -> None:
 
 
 def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
-    """Metadata for an outbound call: ``extra`` plus the current W3C trace context."""
-    if not _enabled:
-        return list(extra)
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return [*extra, *carrier.items()]
+    """Metadata for an outbound call. The trace context is added by the client interceptor
+    of the channel (with its CLIENT span as the parent), not here."""
+    return list(extra)
 
 
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
-
-
-class TracingInterceptor(BehaviourInterceptor):
-    """One SERVER span per RPC, child of the caller's ``traceparent`` metadata."""
-
-    def __init__(self, service_name: str) -> None:
-        super().__init__()
-        self._tracer = trace.get_tracer(f"modelserve.{service_name}")
-
-    def _start(self, method: str, context: aio.ServicerContext) -> tuple[Any, object]:
-        carrier: Mapping[str, Any] = {
-            k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
-        }
-        parent = propagate.extract(carrier)
-        service, _, name = method.lstrip("/").partition("/")
-        span = self._tracer.start_span(
-            method.lstrip("/"),
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-        )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return span, token
-
-    @staticmethod
-    def _finish(
-        span: Any, token: object, context: aio.ServicerContext, exc: BaseException | None
-    ) -> None:
-        code = context.code() if hasattr(context, "code") else None
-        if exc is not None and not isinstance(exc, aio.AbortError):
-            span.record_exception(exc)
-        if code not in (None, grpc.StatusCode.OK):
-            span.set_status(Status(StatusCode.ERROR, str(code)))
-            span.set_attribute("rpc.grpc.status_code", int(code.value[0]))
-        span.end()
-        try:
-            otel_context.detach(token)  # type: ignore[arg-type]
-        except Exception:  # detaching in another context after a cancel is harmless
-            pass
-
-    def wrap(self, method: str, fn: Behaviour, streaming: bool) -> Behaviour:
-        if streaming:
-
-            async def stream_behaviour(
-                request: Any, context: aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                span, token = self._start(method, context)
-                exc: BaseException | None = None
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    self._finish(span, token, context, exc)
-
-            return stream_behaviour
-
-        async def unary_behaviour(request: Any, context: aio.ServicerContext) -> Any:
-            span, token = self._start(method, context)
-            exc: BaseException | None = None
-            try:
-                return await fn(request, context)
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                self._finish(span, token, context, exc)
-
-        return unary_behaviour

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from modelserve import tracing
 from modelserve.calls import Call
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
@@ -83,6 +84,15 @@ class WorkerDataPlane:
         )
         INFER_REQUESTS.labels(*labels, "ok").inc()
         INFER_LATENCY.labels(*labels).observe((t3 - start) / 1e9)
+        if tracing.enabled():  # the batcher's measured stages, as children of this RPC's span
+            tracing.stage_spans(
+                [
+                    ("worker.queue_wait", result.queue_ns),
+                    ("worker.model_run", result.input_ns + result.infer_ns + result.output_ns),
+                ],
+                time.time_ns() - (t3 - t2),
+                **{"modelserve.batch_rows": result.batch_rows, "modelserve.rows": result.rows},
+            )
         return response
 
     async def infer_composite(

@@ -38,7 +38,9 @@ COMPOSE_SERVICES: dict[str, dict[str, Any]] = COMPOSE_DATA["services"]
 INFRASTRUCTURE = {
     "consul": "hashicorp/consul",
     "redis": "redis",
-    "jaeger": "jaegertracing/all-in-one",
+    "jaeger": "jaegertracing/jaeger",
+    "otel-collector": "otel/opentelemetry-collector-contrib",
+    "grafana": "grafana/grafana",
     "prometheus": "prom/prometheus",
 }
 # Env vars a service may set that are not modelserve settings (none today).

@@ -369,12 +369,14 @@ async def test_the_feature_lookup_is_a_child_span_of_the_routers(
         (lookup, *_) = [
             s for s in spans(data / "featurestore.log") if s["name"].endswith("/GetOnlineFeatures")
         ]
-        routed = {
-            s["context"]["span_id"]: s
-            for s in spans(data / "router.log")
-            if s["name"].endswith("/ModelInfer")
-        }
-        return lookup, routed[lookup["parent_id"]]
+        routers = {s["context"]["span_id"]: s for s in spans(data / "router.log")}
+        # The lookup's parent is the router's CLIENT span of the call, whose parent is the
+        # router's ModelInfer SERVER span.
+        client = routers[lookup["parent_id"]]
+        assert client["kind"] == "SpanKind.CLIENT" and client["name"].endswith("/GetOnlineFeatures")
+        routed = routers[client["parent_id"]]
+        assert routed["name"].endswith("/ModelInfer") and routed["kind"] == "SpanKind.SERVER"
+        return lookup, routed
 
     async def linked() -> tuple[dict[str, Any], dict[str, Any]]:
         return pair()
