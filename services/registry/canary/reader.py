@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from modelserve.channels import insecure_channel
+from modelserve.channels import internal_channel
 from modelserve.discovery import Discovery
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from registry.canary.gates import CanarySpec
@@ -69,7 +69,7 @@ class RouterReader:
     async def _one(self, address: str, spec: CanarySpec) -> tuple[RouterFigures | None, bool]:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = insecure_channel(address)
+            channel = self._channels[address] = internal_channel(address)
         stub = router_pb2_grpc.RouterControlStub(channel)
         try:
             stats = await stub.VersionStats(
