@@ -334,3 +334,42 @@ async def test_consul_checks_a_plaintext_listener_without_tls(
         await eventually(passing)
     finally:
         await runtime.shutdown()
+
+
+async def test_consul_marks_an_mtls_listener_critical_for_an_agent_without_a_client_cert(
+    tmp_path: Path, pki: LocalPKI
+) -> None:
+    """The check really uses TLS: an agent that has the CA but shows no certificate to a
+    listener requiring one fails its check (what an unconfigured agent would see)."""
+    agent = FakeConsulAgent(
+        min_check_interval_s=0,
+        min_deregister_after_s=0,
+        reap_interval_s=0.1,
+        tls_ca_file=str(pki.ca),
+    )
+    await agent.start()
+    settings = _registry_settings(
+        tmp_path, pki, discovery="consul", consul_addr=agent.addr, instance_id="reg-mtls"
+    )
+    runtime = await start_runtime(registry.SPEC, settings)
+    try:
+        await asyncio.sleep(0.5)  # many check intervals
+        assert agent.check_status("reg-mtls") == "critical"
+    finally:
+        await runtime.shutdown()
+        configure_client_tls(None)
+        await agent.close()
+
+
+def test_cli_tls_comes_from_flags_over_environment(pki: LocalPKI) -> None:
+    from modelserve.cli import connect
+
+    assert connect.tls_from(env={}) is None
+    env = {"MODELSERVE_TLS_CA": str(pki.ca)}
+    assert connect.tls_from(env=env) == ClientTLS(ca_file=str(pki.ca))
+    client = pki.pair("client")
+    assert connect.tls_from("other-ca.pem", str(client.cert), str(client.key), env=env) == (
+        ClientTLS("other-ca.pem", str(client.cert), str(client.key))
+    )
+    with pytest.raises(ValueError, match="needs its key"):
+        connect.tls_from(cert=str(client.cert), env={})
