@@ -239,7 +239,7 @@ class Runtime:
         metrics_port = s.resolved_metrics_port(self.port)
         if metrics_port is not None:
             self._metrics_server, self.metrics_port = metrics.start_metrics_server(
-                s.metrics_host, metrics_port
+                s.metrics_host, metrics_port, self.tls
             )
         host = s.advertise_host or (s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
         if s.discovery == "consul" and not s.advertise_host and s.host in ("0.0.0.0", "::"):

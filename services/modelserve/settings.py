@@ -95,7 +95,8 @@ class CommonSettings:
     tls_cert_file: str = setting(
         "",
         "PEM certificate (chain) this service serves and shows as its client certificate to "
-        "the services it calls; set = TLS on the gRPC listener and mTLS on outbound channels. "
+        "the services it calls; set = TLS on the gRPC and metrics listeners and mTLS on outbound "
+        "channels. "
         "Re-read when the file changes (new connections get it, no restart). Empty = plaintext.",
     )
     tls_key_file: str = setting("", "PEM private key of tls_cert_file.")

@@ -191,6 +191,35 @@ def server_credentials(tls: TLSConfig) -> tuple[grpc.ServerCredentials, Reloadin
     return creds, fetcher
 
 
+class ReloadingSSLContext:
+    """The same rule for a listener served by Python's ssl (the metrics port): one server
+    context whose certificate is loaded again, for new connections, once the files changed.
+    Client certificates are not asked for there (Prometheus scrapes with the CA)."""
+
+    def __init__(self, tls: TLSConfig) -> None:
+        self._tls = tls
+        self._lock = threading.Lock()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(tls.cert_file, tls.key_file)
+        self._stamps = (_stamp(tls.cert_file), _stamp(tls.key_file))
+        self.reloads = 0
+
+    def refresh(self) -> None:
+        with self._lock:
+            try:
+                stamps = (_stamp(self._tls.cert_file), _stamp(self._tls.key_file))
+                if stamps == self._stamps:
+                    return
+                _check_pair(self._tls.cert_file, self._tls.key_file)
+                self.context.load_cert_chain(self._tls.cert_file, self._tls.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("TLS certificate not reloaded (%s); serving the previous one", exc)
+                return
+            self._stamps = stamps
+            self.reloads += 1
+
+
 # --- who is calling ----------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -207,3 +208,13 @@ def test_the_secure_banner_commands_work_as_printed(secure: Suite) -> None:
     )
     plain = replace(secure, pki=None)
     assert "TLS off" in banner(plain, ["fraud"])
+
+
+def test_metrics_ports_serve_https_with_the_suites_ca(secure: Suite) -> None:
+    assert secure.pki is not None
+    context = ssl.create_default_context(cafile=str(secure.pki.ca))
+    for name in SERVICES:
+        port = secure.processes[name].metrics_port
+        url = f"https://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            assert b"modelserve_ready 1.0" in response.read(), name

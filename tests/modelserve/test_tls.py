@@ -373,3 +373,44 @@ def test_cli_tls_comes_from_flags_over_environment(pki: LocalPKI) -> None:
     )
     with pytest.raises(ValueError, match="needs its key"):
         connect.tls_from(cert=str(client.cert), env={})
+
+
+def _https_get(url: str, ca: Path) -> str:
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        text: str = response.read().decode()
+    return text
+
+
+async def test_the_metrics_port_serves_https_with_the_reloaded_certificate(
+    tmp_path: Path, pki: LocalPKI
+) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    settings = _registry_settings(tmp_path, pki)
+    settings.metrics_port = 0
+    runtime = await start_runtime(registry.SPEC, settings)
+    try:
+        port = runtime.metrics_port
+        assert port
+        url = f"https://127.0.0.1:{port}/metrics"
+        text = await asyncio.to_thread(_https_get, url, pki.ca)
+        assert "modelserve_ready" in text
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            await asyncio.to_thread(
+                urllib.request.urlopen, f"http://127.0.0.1:{port}/metrics", timeout=5
+            )
+        ca_cert, ca_key = load_ca(pki.dir)
+        router = pki.pair("router")
+        new = issue(ca_cert, ca_key, "router", router.cert, router.key)
+        served = await asyncio.to_thread(ssl.get_server_certificate, ("127.0.0.1", port))
+        assert x509.load_pem_x509_certificate(served.encode()).serial_number == new.serial_number
+        assert "modelserve_ready" in await asyncio.to_thread(_https_get, url, pki.ca)
+    finally:
+        await runtime.shutdown()
+        configure_client_tls(None)

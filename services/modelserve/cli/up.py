@@ -136,7 +136,7 @@ def secure_banner(suite: Suite, names: list[str]) -> str:
         p = suite.processes[name]
         need = "TLS" if name == "gateway" else "mTLS"
         lines.append(
-            f"  {name:<13} grpc {p.address:<16} {need:<4} metrics :{p.metrics_port}  "
+            f"  {name:<13} grpc {p.address:<16} {need:<4} metrics https :{p.metrics_port}  "
             f"log {p.log_path}"
         )
     lines += [
