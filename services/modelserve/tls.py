@@ -164,7 +164,7 @@ class ReloadingCertificate:
                 if stamps == self._stamps:
                     return None
                 config = self._load()
-            except (OSError, ssl.SSLError) as exc:
+            except Exception as exc:  # never let a bad file break handshakes: gRPC's thread
                 # Mid-rotation (key not written yet) or a bad file: keep serving the old pair
                 # and look again at the next handshake.
                 log.warning("TLS certificate not reloaded (%s); serving the previous one", exc)

@@ -414,3 +414,28 @@ async def test_the_metrics_port_serves_https_with_the_reloaded_certificate(
     finally:
         await runtime.shutdown()
         configure_client_tls(None)
+
+
+def test_a_half_written_rotation_keeps_the_old_pair_until_the_key_matches(
+    tmp_path: Path, pki: LocalPKI
+) -> None:
+    """The fetcher gRPC calls per handshake: None (keep what you have) while nothing changed
+    or while the new certificate's key is not written yet; the new pair once it matches."""
+    import shutil
+
+    from modelserve.tls import ReloadingCertificate
+
+    cert, key = tmp_path / "svc.pem", tmp_path / "svc-key.pem"
+    shutil.copy(pki.pair("router").cert, cert)
+    shutil.copy(pki.pair("router").key, key)
+    fetch = ReloadingCertificate(TLSConfig(str(cert), str(key), str(pki.ca)))
+    assert fetch() is None and fetch.reloads == 0
+    ca_cert, ca_key = load_ca(pki.dir)
+    issue(ca_cert, ca_key, "svc", tmp_path / "next.pem", tmp_path / "next-key.pem")
+    os.replace(tmp_path / "next.pem", cert)  # the certificate first ...
+    assert fetch() is None and fetch.reloads == 0  # ... its key is not there yet
+    os.replace(tmp_path / "next-key.pem", key)  # ... then the key
+    assert fetch() is not None and fetch.reloads == 1
+    assert fetch() is None  # nothing changed since
+    key.write_text("not a key")
+    assert fetch() is None and fetch.reloads == 1  # a broken file: keep serving the old pair
