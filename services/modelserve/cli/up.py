@@ -87,9 +87,10 @@ async def prepare(suite: Suite, demo: bool) -> list[str]:
 
 
 def write_local_tokens_hook(data_dir: Path) -> list[str]:
-    """HOOK for authentication (another branch provides ``write_local_tokens(dir)``): once it
-    exists, call it here for ``up --secure`` and return the banner lines that say where the
-    tokens are and how a client sends them. Until then: no tokens, nothing to print."""
+    """HOOK(auth): the authentication branch provides ``write_local_tokens(dir)``; call it
+    here (e.g. on ``data_dir / "tokens"``) and return the banner lines that say where the
+    tokens are and how a client sends them (tritonclient ``headers=``, grpcurl ``-H``). It runs
+    after the suite is up and before the banner is printed. Until then: no tokens, no lines."""
     return []
 
 
@@ -156,7 +157,7 @@ def secure_banner(suite: Suite, names: list[str]) -> str:
         f"  export MODELSERVE_TLS_CA={ca} MODELSERVE_TLS_CERT={client.cert} "
         f"MODELSERVE_TLS_KEY={client.key}",
         "  modelserve infer fraud --input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
-        *write_local_tokens_hook(suite.data_dir),
+        *write_local_tokens_hook(suite.data_dir),  # HOOK(auth): where the tokens go
         "",
         "Ctrl-C stops everything.",
     ]
