@@ -15,8 +15,9 @@ def dump_logs(suite: Suite) -> str:
 
 
 async def ready_suite(suite: Suite) -> Suite:
+    tls = suite.client_tls
     for name in SERVICES:
-        await wait_serving(suite.address(name), timeout=60)
-    names = await register_demo_models(suite.address("registry"), suite.data_dir)
-    await wait_models_ready(suite.address("gateway"), names, timeout=120)
+        await wait_serving(suite.address(name), timeout=60, tls=tls)
+    names = await register_demo_models(suite.address("registry"), suite.data_dir, tls)
+    await wait_models_ready(suite.address("gateway"), names, timeout=120, tls=tls)
     return suite

@@ -17,6 +17,11 @@ class GatewaySettings(CommonSettings):
     registry_addr: str = dependency(
         "registry", "127.0.0.1:8301", "Registry address(es) for model metadata (static discovery)."
     )
+    tls_require_client_cert: bool = setting(
+        False,
+        "The public edge: with TLS on, clients need no certificate (set true to require one "
+        "issued by tls_ca_file).",
+    )
     default_deadline_seconds: float = setting(
         2.0, "Deadline applied when a client sends none (RELIABILITY.md)."
     )

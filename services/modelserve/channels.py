@@ -22,6 +22,7 @@ from grpc import aio
 
 from modelserve import tracing
 from modelserve.settings import MIB
+from modelserve.tls import ClientTLS, client_tls
 
 # RELIABILITY.md, "Keepalive, internal channels".
 INTERNAL_KEEPALIVE = [
@@ -54,13 +55,24 @@ def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
     ]
 
 
-def insecure_channel(address: str, max_message_bytes: int = 64 * MIB) -> aio.Channel:
+def internal_channel(
+    address: str, max_message_bytes: int = 64 * MIB, *, tls: ClientTLS | None = None
+) -> aio.Channel:
+    """The one way a service opens a channel to another: plaintext while TLS is off, else a
+    secure channel verifying the peer with the CA and showing this service's certificate
+    (mTLS). ``tls`` defaults to the process's (``modelserve.tls.configure_client_tls``)."""
+    tls = tls if tls is not None else client_tls()
+    options = channel_options(max_message_bytes)
     # Client spans (and trace-context injection) only when tracing is on: no interceptor,
     # no cost, otherwise.
-    return aio.insecure_channel(
+    interceptors = tracing.client_interceptors() or None
+    if tls is None:
+        return aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return aio.secure_channel(
         address,
-        options=channel_options(max_message_bytes),
-        interceptors=tracing.client_interceptors() or None,
+        tls.credentials(),
+        options=[*options, *tls.options()],
+        interceptors=interceptors,
     )
 
 
@@ -145,7 +157,7 @@ class EndpointSet:
         wanted = set(addresses)
         added = []
         for address in sorted(wanted - self.endpoints.keys()):
-            endpoint = Endpoint(address, insecure_channel(address, self._max_message_bytes))
+            endpoint = Endpoint(address, internal_channel(address, self._max_message_bytes))
             self.endpoints[address] = endpoint
             added.append(endpoint)
         removed = [self.endpoints.pop(a) for a in sorted(self.endpoints.keys() - wanted)]

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
 from grpc import aio
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from modelserve.interceptors import Behaviour, BehaviourInterceptor
+from modelserve.tls import ReloadingSSLContext, TLSConfig
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +203,46 @@ def _code_of(context: aio.ServicerContext, default: str) -> str:
     return default
 
 
-def start_metrics_server(host: str, port: int) -> tuple[Any, int]:
-    """Serve /metrics on (host, port) in a daemon thread; returns the server and bound port."""
-    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+def start_metrics_server(host: str, port: int, tls: TLSConfig | None = None) -> tuple[Any, int]:
+    """Serve /metrics on (host, port) in a daemon thread; returns the server and bound port.
+
+    With TLS on, HTTPS with the service's certificate (reloaded when its files change)."""
+    if tls is None or not tls.enabled:
+        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+        scheme = "http"
+    else:
+        server = _start_https(host, port, ReloadingSSLContext(tls))
+        scheme = "https"
     bound = int(server.server_port)
-    log.info("metrics on http://%s:%d/metrics", host, bound)
+    log.info("metrics on %s://%s:%d/metrics", scheme, host, bound)
     return server, bound
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _start_https(host: str, port: int, certificates: ReloadingSSLContext) -> Any:
+    class HTTPSServer(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def get_request(self) -> tuple[Any, Any]:
+            sock, addr = self.socket.accept()
+            certificates.refresh()
+            # The handshake happens in the request's own thread: a stalled client never
+            # holds up the accept loop.
+            wrapped = certificates.context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+            return wrapped, addr
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # A plaintext or untrusting client fails its handshake: one line, no traceback.
+            log.debug("metrics connection from %s failed", client_address, exc_info=True)
+
+    httpd = make_server(
+        host, port, make_wsgi_app(REGISTRY), HTTPSServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=httpd.serve_forever, name="metrics-https", daemon=True).start()
+    return httpd

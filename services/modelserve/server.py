@@ -33,6 +33,7 @@ from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.logging import configure_logging
 from modelserve.settings import CommonSettings, describe, load_settings
+from modelserve.tls import ReloadingCertificate, TLSConfig, configure_client_tls, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ class Runtime:
         self._metrics_server: Any = None
         self.registration: Registration | None = None
         self.stopping = asyncio.Event()
+        self.tls = TLSConfig.from_settings(settings)
+        self.certificates: ReloadingCertificate | None = None  # the listener's, when TLS is on
         self._serving = False
         self._started = False
 
@@ -222,7 +225,12 @@ class Runtime:
             reflection.enable_server_reflection(
                 [*self._service_names, reflection.SERVICE_NAME], self.server
             )
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        bind = f"{s.host}:{s.port}"
+        if self.tls.enabled:
+            creds, self.certificates = server_credentials(self.tls)
+            self.port = self.server.add_secure_port(bind, creds)
+        else:
+            self.port = self.server.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}")
         await self.server.start()
@@ -231,7 +239,7 @@ class Runtime:
         metrics_port = s.resolved_metrics_port(self.port)
         if metrics_port is not None:
             self._metrics_server, self.metrics_port = metrics.start_metrics_server(
-                s.metrics_host, metrics_port
+                s.metrics_host, metrics_port, self.tls
             )
         host = s.advertise_host or (s.host if s.host not in ("0.0.0.0", "::", "") else "127.0.0.1")
         if s.discovery == "consul" and not s.advertise_host and s.host in ("0.0.0.0", "::"):
@@ -242,11 +250,19 @@ class Runtime:
             host=host,
             port=self.port,
             meta=self.meta,
+            tls=self.tls.enabled,
+            tls_server_name=self.tls.server_name,
         )
         await self.discovery.register(self.registration)
         if s.port_file:
             _write_port_file(Path(s.port_file), self.spec.name, self.port, self.metrics_port)
-        log.info("%s listening on %s:%d", self.spec.name, s.host, self.port)
+        log.info(
+            "%s listening on %s:%d (%s)",
+            self.spec.name,
+            s.host,
+            self.port,
+            _describe_tls(self.tls),
+        )
 
     async def shutdown(self) -> None:
         """Drain, then stop: NOT_SERVING, deregister, wait, stop with grace, run stop hooks."""
@@ -284,6 +300,12 @@ class Runtime:
         log.info("%s stopped", self.spec.name)
 
 
+def _describe_tls(tls: TLSConfig) -> str:
+    if not tls.enabled:
+        return "plaintext"
+    return "TLS, client certificate " + ("required" if tls.require_client_cert else "not required")
+
+
 def _write_port_file(path: Path, service: str, port: int, metrics_port: int | None) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     payload = {"service": service, "port": port, "metrics_port": metrics_port, "pid": os.getpid()}
@@ -304,6 +326,9 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
     if traced:
         interceptors.append(tracing.server_interceptor())
     interceptors.append(ErrorInterceptor())
+    # Every internal channel this process opens (channels.internal_channel) uses mTLS when
+    # its listener uses TLS: the service's own certificate is its client certificate.
+    configure_client_tls(TLSConfig.from_settings(settings).client())
     runtime = Runtime(spec, settings, make_discovery(settings), interceptors)
     await spec.build(runtime, settings)
     await runtime.start()

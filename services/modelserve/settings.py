@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from modelserve.tls import TLSConfig
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "MODELSERVE_"
@@ -97,6 +99,28 @@ class CommonSettings:
         "-1 = 11 with consul (check interval x failures + 1), 0.2 with static.",
     )
     shutdown_grace_seconds: float = setting(30.0, "Grace for in-flight RPCs when stopping.")
+    tls_cert_file: str = setting(
+        "",
+        "PEM certificate (chain) this service serves and shows as its client certificate to "
+        "the services it calls; set = TLS on the gRPC and metrics listeners and mTLS on outbound "
+        "channels. "
+        "Re-read when the file changes (new connections get it, no restart). Empty = plaintext.",
+    )
+    tls_key_file: str = setting("", "PEM private key of tls_cert_file.")
+    tls_ca_file: str = setting(
+        "",
+        "PEM CA bundle that verifies client certificates shown to this service and the server "
+        "certificates of the services it calls (empty: the system roots, for outbound only).",
+    )
+    tls_require_client_cert: bool = setting(
+        True,
+        "With TLS on, refuse callers without a client certificate issued by tls_ca_file (mTLS).",
+    )
+    tls_server_name: str = setting(
+        "",
+        "Name checked in the server certificates of the services this one calls, and the "
+        "TLSServerName of its Consul check (empty: the host dialled).",
+    )
 
     def resolved_metrics_port(self, bound_port: int) -> int | None:
         if self.metrics_port == -2:
@@ -115,6 +139,9 @@ class CommonSettings:
         _one_of("discovery", self.discovery, ("static", "consul"))
         _one_of("trace_exporter", self.trace_exporter, ("none", "console", "otlp"))
         _one_of("log_format", self.log_format, ("text", "json"))
+        tls_problems = _tls_problems(self)
+        if tls_problems:
+            raise SettingsError("; ".join(tls_problems))
         if not 0.0 <= self.trace_sample_ratio <= 1.0:
             raise SettingsError(
                 f"trace_sample_ratio must be in [0, 1], got {self.trace_sample_ratio}"
@@ -123,6 +150,10 @@ class CommonSettings:
 
 class SettingsError(ValueError):
     """A setting is missing or impossible; raised before anything starts."""
+
+
+def _tls_problems(settings: CommonSettings) -> list[str]:
+    return TLSConfig.from_settings(settings).problems()
 
 
 def _one_of(name: str, value: str, allowed: Sequence[str]) -> None:

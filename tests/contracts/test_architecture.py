@@ -91,7 +91,7 @@ ALLOWED = {
 }
 # `python -m modelserve` has to reach the CLI from the floor's package: an entry point, no code.
 ENTRY_SHIMS = {ROOT / "services" / "modelserve" / "__main__.py"}
-CLIENT_ONLY = {"pyarrow", "tqdm", "pyspark"}
+CLIENT_ONLY = {"pyarrow", "tqdm", "pyspark", "cryptography"}
 
 
 def layer_of(module: str) -> str | None:

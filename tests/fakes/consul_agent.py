@@ -122,7 +122,15 @@ class FakeConsulAgent:
         min_check_interval_s: float = 1.0,
         min_deregister_after_s: float = 60.0,
         reap_interval_s: float = 30.0,
+        tls_ca_file: str = "",
+        tls_cert_file: str = "",
+        tls_key_file: str = "",
     ) -> None:
+        # The agent's own TLS configuration (Consul's tls.grpc / tls.defaults ca_file,
+        # cert_file, key_file): what its GRPCUseTLS checks verify with and show.
+        self.tls_ca_file = tls_ca_file
+        self.tls_cert_file = tls_cert_file
+        self.tls_key_file = tls_key_file
         self.acl_token = acl_token
         self.node = node
         self.node_address = node_address
@@ -460,7 +468,7 @@ class FakeConsulAgent:
         ok_count, fail_count = need_ok, need_crit
         await asyncio.sleep(random.uniform(0, interval))
         while True:
-            passed, output = await _grpc_probe(d["GRPC"], bool(d.get("GRPCUseTLS")), timeout)
+            passed, output = await _grpc_probe(d["GRPC"], self._check_tls(d), timeout)
             if passed:
                 ok_count, fail_count = ok_count + 1, 0
                 if ok_count >= need_ok:
@@ -472,6 +480,17 @@ class FakeConsulAgent:
                 elif fail_count >= need_warn:
                     self._set_status(check, "warning", output)
             await asyncio.sleep(interval)
+
+    def _check_tls(self, d: dict[str, Any]) -> _ProbeTLS | None:
+        if not d.get("GRPCUseTLS"):
+            return None
+        return _ProbeTLS(
+            ca=_read(self.tls_ca_file),
+            cert=_read(self.tls_cert_file),
+            key=_read(self.tls_key_file),
+            server_name=str(d.get("TLSServerName", "")),
+            skip_verify=bool(d.get("TLSSkipVerify", False)),
+        )
 
     def _set_status(self, check: _Check, status: str, output: str) -> None:
         check.output = output  # output-only changes sync lazily in Consul: no index bump
@@ -502,10 +521,32 @@ class FakeConsulAgent:
                     self._deregister(sid)
 
 
-async def _grpc_probe(target: str, use_tls: bool, timeout: float) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class _ProbeTLS:
+    ca: bytes | None
+    cert: bytes | None
+    key: bytes | None
+    server_name: str
+    skip_verify: bool
+
+
+def _read(path: str) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def _grpc_probe(target: str, tls: _ProbeTLS | None, timeout: float) -> tuple[bool, str]:
     server, _, service = target.partition("/")
-    creds = grpc.ssl_channel_credentials() if use_tls else None
-    channel = grpc.aio.secure_channel(server, creds) if creds else grpc.aio.insecure_channel(server)
+    if tls is None:
+        channel = grpc.aio.insecure_channel(server)
+    else:
+        if tls.skip_verify:  # gRPC Python cannot skip verification; no test needs it
+            return False, "TLSSkipVerify is not supported by the stand-in"
+        creds = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+        options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+        channel = grpc.aio.secure_channel(server, creds, options=options)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -531,6 +572,8 @@ def _check_json(check: _Check, node: str, svc: dict[str, Any], tags: list[str]) 
             "DeregisterCriticalServiceAfter": d.get("DeregisterCriticalServiceAfter", "0s"),
             "GRPC": d.get("GRPC", ""),
             "GRPCUseTLS": bool(d.get("GRPCUseTLS", False)),
+            "TLSServerName": d.get("TLSServerName", ""),
+            "TLSSkipVerify": bool(d.get("TLSSkipVerify", False)),
         },
         "CreateIndex": 0, "ModifyIndex": 0,
     }  # fmt: skip

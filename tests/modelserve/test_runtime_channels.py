@@ -18,7 +18,7 @@ from modelserve.channels import (
     EJECT_MAX_S,
     Endpoint,
     EndpointSet,
-    insecure_channel,
+    internal_channel,
     pick,
 )
 from modelserve.deadlines import Deadline
@@ -35,7 +35,7 @@ async def make_endpoint() -> AsyncIterator[Callable[..., Endpoint]]:
     made: list[Endpoint] = []
 
     def make(address: str, outstanding: int = 0, ejected: bool = False) -> Endpoint:
-        endpoint = Endpoint(address, insecure_channel(address), outstanding=outstanding)
+        endpoint = Endpoint(address, internal_channel(address), outstanding=outstanding)
         if ejected:
             endpoint.ejected_until = time.monotonic() + 3600
         made.append(endpoint)

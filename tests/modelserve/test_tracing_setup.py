@@ -63,9 +63,9 @@ def test_no_client_interceptor_while_tracing_is_off() -> None:
         """
         import asyncio
         from modelserve import tracing
-        from modelserve.channels import insecure_channel
+        from modelserve.channels import internal_channel
         async def main():
-            channel = insecure_channel("127.0.0.1:1")
+            channel = internal_channel("127.0.0.1:1")
             print("interceptors", tracing.client_interceptors(), channel._unary_unary_interceptors)
             await channel.close()
         asyncio.run(main())

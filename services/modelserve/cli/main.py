@@ -15,11 +15,11 @@ import grpc
 import numpy as np
 
 from modelserve.cli import canary as canary_cli
+from modelserve.cli import connect, push_flags
 from modelserve.cli import experiment as experiment_cli
 from modelserve.cli import features as features_cli
 from modelserve.cli import lookup as lookup_cli
 from modelserve.cli import policy as policy_cli
-from modelserve.cli import push_flags
 from modelserve.cli import shadow as shadow_cli
 from modelserve.cli import stream as stream_cli
 from modelserve.cli.batch import cli as batch_cli
@@ -37,12 +37,27 @@ DEFAULT_REGISTRY = "127.0.0.1:8301"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelserve", description=__doc__)
+    tls = p.add_argument_group("TLS (client commands; `up --secure` prints the files)")
+    tls.add_argument(
+        "--tls-ca", default=None, help="CA of the suite's certificates (MODELSERVE_TLS_CA)"
+    )
+    tls.add_argument(
+        "--tls-cert",
+        default=None,
+        help="client certificate, for internal services (MODELSERVE_TLS_CERT)",
+    )
+    tls.add_argument("--tls-key", default=None, help="its private key (MODELSERVE_TLS_KEY)")
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole suite on this machine until Ctrl-C")
     up.add_argument("--data-dir", default=".modelserve-data", help="state of registry, workers")
     up.add_argument("--no-demo", action="store_true", help="do not register the demo models")
     up.add_argument("--workers", type=int, default=1, help="number of worker processes")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS on every listener, mTLS between services (certificates in DATA_DIR/tls)",
+    )
 
     serve = sub.add_parser("serve", help="run one service (flags after it go to the service)")
     serve.add_argument("service", choices=[*SERVICES, "streamer"])
@@ -123,7 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from modelserve.cli.up import run_up
 
-        return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
+        return run_up(
+            Path(args.data_dir), demo=not args.no_demo, workers=args.workers, secure=args.secure
+        )
+    try:
+        connect.configure(connect.tls_from(args.tls_ca, args.tls_cert, args.tls_key))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "features":
         return features_cli.run(args)
     if args.command == "batch":
@@ -147,10 +169,10 @@ async def _client_command(args: argparse.Namespace) -> int:
     if args.command == "shadow":
         return await shadow_cli.run(args)
     if args.command == "models":
-        async with grpc.aio.insecure_channel(args.registry) as channel:
+        async with connect.channel(args.registry) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)
             return await _models(stub, args)
-    async with grpc.aio.insecure_channel(args.gateway) as channel:
+    async with connect.channel(args.gateway) as channel:
         return await _infer(pb_grpc.GRPCInferenceServiceStub(channel), args)
 
 

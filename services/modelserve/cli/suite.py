@@ -19,9 +19,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelserve.cli import connect
+from modelserve.tls import ClientTLS
+
+if TYPE_CHECKING:  # tls_material needs cryptography (modelserve[cli]), only for tls=True
+    from modelserve.cli.tls_material import LocalPKI
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,16 @@ class ServiceProcess:
 class Suite:
     data_dir: Path
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    pki: LocalPKI | None = None  # set when the suite runs with TLS (``start_suite(tls=True)``)
+
+    @property
+    def client_tls(self) -> ClientTLS | None:
+        """What a client of this suite uses: the CA and the operator's client certificate
+        (internal listeners require one; the gateway needs only the CA)."""
+        if self.pki is None:
+            return None
+        pair = self.pki.pair("client")
+        return ClientTLS(ca_file=str(self.pki.ca), cert_file=str(pair.cert), key_file=str(pair.key))
 
     def address(self, name: str) -> str:
         return self.processes[name].address
@@ -91,10 +108,12 @@ def _wait_port_file(
     raise TimeoutError(f"{name} did not start within {timeout:.0f}s")
 
 
-async def wait_serving(address: str, timeout: float, service: str = "") -> None:
+async def wait_serving(
+    address: str, timeout: float, service: str = "", tls: ClientTLS | None = None
+) -> None:
     """Poll grpc.health.v1 until SERVING (the service says it is warm)."""
     deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with connect.channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -116,11 +135,22 @@ def start_suite(
     extra_args: Mapping[str, Sequence[str]] | None = None,
     workers: int = 1,
     timeout: float = 60.0,
+    tls: bool = False,
 ) -> Suite:
-    """Start registry, featurestore, worker(s), router and gateway; return once all listen."""
+    """Start registry, featurestore, worker(s), router and gateway; return once all listen.
+
+    ``tls``: certificates from ``data_dir/tls`` (made or reused, ``tls_material``), TLS on
+    every listener, client certificates required everywhere but at the gateway, and mTLS on
+    every channel between the services.
+    """
     ports = ports or {}
     data_dir.mkdir(parents=True, exist_ok=True)
-    suite = Suite(data_dir)
+    pki = None
+    if tls:
+        from modelserve.cli.tls_material import ensure_local_pki
+
+        pki = ensure_local_pki(data_dir, SERVICES)
+    suite = Suite(data_dir, pki=pki)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     addr: dict[str, str] = {}
     names = [
@@ -140,6 +170,7 @@ def start_suite(
         for name in names:
             service = "worker" if name.startswith("worker") else name
             args = _args(service, name, data_dir, ports.get(name, 0), addr, suite)
+            args += _tls_args(service, suite.pki)
             args += list((extra_args or {}).get(name, ()))
             log_path = data_dir / f"{name}.log"
             command = [sys.executable, "-m", service, *args]
@@ -238,6 +269,25 @@ def _with_port(command: list[str], port: int) -> list[str]:
     out = list(command)
     out[out.index("--port") + 1] = str(port)
     return out
+
+
+def _tls_args(service: str, pki: LocalPKI | None) -> list[str]:
+    """The ``tls_*`` settings of one service of a TLS suite (nothing without TLS)."""
+    if pki is None:
+        return []
+    pair = pki.pair(service)
+    return [
+        "--tls-cert-file",
+        str(pair.cert),
+        "--tls-key-file",
+        str(pair.key),
+        "--tls-ca-file",
+        str(pki.ca),
+        # The public edge takes any TLS client; every internal listener wants a certificate
+        # issued by the suite's CA (the other services' or the operator's).
+        "--tls-require-client-cert",
+        "false" if service == "gateway" else "true",
+    ]
 
 
 def _args(

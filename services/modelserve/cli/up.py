@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from modelserve.cli import connect
 from modelserve.cli.demo_models import write_demo_models
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import (
@@ -31,11 +32,14 @@ from modelserve.cli.suite import (
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
+from modelserve.tls import ClientTLS
 
 
-async def register_demo_models(registry: str, data_dir: Path) -> list[str]:
+async def register_demo_models(
+    registry: str, data_dir: Path, tls: ClientTLS | None = None
+) -> list[str]:
     """Push each demo model unless a version with the same sha256 exists; returns names."""
-    async with grpc.aio.insecure_channel(registry) as channel:
+    async with connect.channel(registry, tls) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         existing = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
         have = {(m.name, v.sha256) for m in existing.models for v in m.versions}
@@ -51,8 +55,10 @@ async def register_demo_models(registry: str, data_dir: Path) -> list[str]:
         return names
 
 
-async def wait_models_ready(gateway: str, names: list[str], timeout: float) -> None:
-    async with grpc.aio.insecure_channel(gateway) as channel:
+async def wait_models_ready(
+    gateway: str, names: list[str], timeout: float, tls: ClientTLS | None = None
+) -> None:
+    async with connect.channel(gateway, tls) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
@@ -70,16 +76,29 @@ async def wait_models_ready(gateway: str, names: list[str], timeout: float) -> N
 
 
 async def prepare(suite: Suite, demo: bool) -> list[str]:
+    tls = suite.client_tls
     for name in SERVICES:
-        await wait_serving(suite.address(name), timeout=60)
-    names = await register_demo_models(suite.address("registry"), suite.data_dir) if demo else []
-    await wait_models_ready(suite.address("gateway"), names, timeout=120)
+        await wait_serving(suite.address(name), timeout=60, tls=tls)
+    names = (
+        await register_demo_models(suite.address("registry"), suite.data_dir, tls) if demo else []
+    )
+    await wait_models_ready(suite.address("gateway"), names, timeout=120, tls=tls)
     return names
 
 
+def write_local_tokens_hook(data_dir: Path) -> list[str]:
+    """HOOK(auth): the authentication branch provides ``write_local_tokens(dir)``; call it
+    here (e.g. on ``data_dir / "tokens"``) and return the banner lines that say where the
+    tokens are and how a client sends them (tritonclient ``headers=``, grpcurl ``-H``). It runs
+    after the suite is up and before the banner is printed. Until then: no tokens, no lines."""
+    return []
+
+
 def banner(suite: Suite, names: list[str]) -> str:
+    if suite.pki is not None:
+        return secure_banner(suite, names)
     gw = suite.address("gateway")
-    lines = ["", "modelserve is up:"]
+    lines = ["", "modelserve is up (TLS off: plaintext on loopback; `up --secure` for TLS):"]
     for name in SERVICES:
         p = suite.processes[name]
         lines.append(
@@ -107,10 +126,48 @@ def banner(suite: Suite, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1) -> int:
+def secure_banner(suite: Suite, names: list[str]) -> str:
+    """The banner of ``up --secure``: where the certificates are and how clients use them."""
+    assert suite.pki is not None
+    gw = suite.address("gateway")
+    pki = suite.pki
+    ca, client = pki.ca, pki.pair("client")
+    lines = ["", "modelserve is up with TLS (mTLS between services):"]
+    for name in SERVICES:
+        p = suite.processes[name]
+        need = "TLS" if name == "gateway" else "mTLS"
+        lines.append(
+            f"  {name:<13} grpc {p.address:<16} {need:<4} metrics https :{p.metrics_port}  "
+            f"log {p.log_path}"
+        )
+    lines += [
+        f"  models: {', '.join(names) or '(none)'}",
+        f"  certificates: {pki.dir} (CA {ca}; operator client cert {client.cert})",
+        "",
+        "Try it:",
+        f"  grpcurl -cacert {ca} {gw} list",
+        f"  grpcurl -cacert {ca} -cert {client.cert} -key {client.key} "
+        f"{suite.address('registry')} modelserve.v1.Registry/ListModels",
+        "  python - <<'PY'",
+        "  import numpy as np, tritonclient.grpc as tc",
+        f"  c = tc.InferenceServerClient('{gw}', ssl=True, root_certificates='{ca}')",
+        "  x = tc.InferInput('transaction', [1, 8], 'FP32'); x.set_data_from_numpy(np.ones((1, 8), np.float32))",
+        "  print(c.infer('fraud', [x]).as_numpy('fraud_probability'))",
+        "  PY",
+        f"  export MODELSERVE_TLS_CA={ca} MODELSERVE_TLS_CERT={client.cert} "
+        f"MODELSERVE_TLS_KEY={client.key}",
+        "  modelserve infer fraud --input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
+        *write_local_tokens_hook(suite.data_dir),  # HOOK(auth): where the tokens go
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1, secure: bool = False) -> int:
     data_dir = data_dir.resolve()
-    print(f"starting modelserve in {data_dir} ...", flush=True)
-    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers)
+    print(f"starting modelserve in {data_dir}{' with TLS' if secure else ''} ...", flush=True)
+    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, tls=secure)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

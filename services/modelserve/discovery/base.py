@@ -31,6 +31,8 @@ class Registration:
     port: int
     meta: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    tls: bool = False  # the listener speaks TLS (health checks must too)
+    tls_server_name: str = ""  # the name its certificate is checked for, if not host
 
 
 class Discovery(abc.ABC):

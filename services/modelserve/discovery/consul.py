@@ -266,7 +266,7 @@ class ConsulDiscovery(Discovery):
                 # No "/service" suffix: probe the server's overall health, the one our runtime
                 # flips to NOT_SERVING while warming up and draining.
                 "GRPC": _host_port(reg.host, reg.port),
-                "GRPCUseTLS": False,
+                **_tls_check(reg),
                 **self._check,
             },
         }
@@ -335,6 +335,19 @@ class ConsulDiscovery(Discovery):
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "<token>") if self._token else text
+
+
+def _tls_check(reg: Registration) -> dict[str, Any]:
+    """How the agent's gRPC check reaches the listener: TLS, verifying its certificate (the
+    agent needs the CA, and a client certificate when the listener requires one; both from
+    the agent's own TLS configuration)."""
+    if not reg.tls:
+        return {"GRPCUseTLS": False}
+    return {
+        "GRPCUseTLS": True,
+        "TLSSkipVerify": False,
+        "TLSServerName": reg.tls_server_name or reg.host,
+    }
 
 
 def _instances(service: str, payload: Any) -> list[Instance]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from modelserve.channels import insecure_channel
+from modelserve.channels import internal_channel
 from modelserve.discovery import Discovery
 from modelserve.proto.modelserve.v1 import gateway_pb2_grpc, router_pb2, router_pb2_grpc
 from registry.canary.gates import CanarySpec
@@ -89,7 +89,7 @@ class RouterReader:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = insecure_channel(address)
+            channel = self._channels[address] = internal_channel(address)
         return channel
 
     async def _gateway(self, address: str, spec: CanarySpec) -> RouterFigures | None:

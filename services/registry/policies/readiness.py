@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from modelserve.channels import insecure_channel
+from modelserve.channels import internal_channel
 from modelserve.discovery import Discovery
 from modelserve.errors import UnavailableError
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc, worker_pb2
@@ -87,7 +87,7 @@ class FleetReader:
     async def _one(self, address: str) -> router_pb2.ListWorkersResponse | None:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = insecure_channel(address)
+            channel = self._channels[address] = internal_channel(address)
         stub = router_pb2_grpc.RouterControlStub(channel)
         try:
             answer: router_pb2.ListWorkersResponse = await stub.ListWorkers(

@@ -1,0 +1,57 @@
+"""Channels of the operator CLI and client tools to the suite: plaintext, or TLS.
+
+TLS comes from ``--tls-ca`` / ``--tls-cert`` / ``--tls-key`` (``modelserve --tls-ca ca.pem
+models list``) or ``MODELSERVE_TLS_CA`` / ``MODELSERVE_TLS_CERT`` / ``MODELSERVE_TLS_KEY``;
+a CA alone is enough for the gateway, internal services (registry, featurestore, router,
+worker) also want a client certificate. Services themselves use
+``modelserve.channels.internal_channel``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from grpc import aio
+
+from modelserve.tls import ClientTLS
+
+ENV_CA, ENV_CERT, ENV_KEY = "MODELSERVE_TLS_CA", "MODELSERVE_TLS_CERT", "MODELSERVE_TLS_KEY"
+
+_configured: ClientTLS | None = None
+
+
+def tls_from(
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ClientTLS | None:
+    """Flags over environment; None (plaintext) when neither names a CA or a certificate."""
+    env = os.environ if env is None else env
+    ca = ca or env.get(ENV_CA, "")
+    cert = cert or env.get(ENV_CERT, "")
+    key = key or env.get(ENV_KEY, "")
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs its key: give both --tls-cert and --tls-key")
+    if not (ca or cert):
+        return None
+    return ClientTLS(ca_file=ca, cert_file=cert, key_file=key)
+
+
+def configure(tls: ClientTLS | None) -> None:
+    """What ``channel`` uses when not told otherwise (set once by ``modelserve`` main)."""
+    global _configured
+    _configured = tls
+
+
+def current() -> ClientTLS | None:
+    return _configured if _configured is not None else tls_from()
+
+
+def channel(address: str, tls: ClientTLS | None = None) -> aio.Channel:
+    """A channel to ``address``: secure when ``tls`` (or the configured TLS) is set."""
+    tls = tls if tls is not None else current()
+    if tls is None:
+        return aio.insecure_channel(address)
+    return aio.secure_channel(address, tls.credentials(), options=tls.options())
