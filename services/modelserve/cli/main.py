@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,12 +32,14 @@ from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from modelserve.tensors import DTYPES, decode_outputs, encode_inputs
 
-DEFAULT_GATEWAY = "127.0.0.1:8001"
-DEFAULT_REGISTRY = "127.0.0.1:8301"
+# Every address can come from the environment, so a shell (or the `up` banner) sets it once.
+DEFAULT_GATEWAY = os.environ.get("MODELSERVE_GATEWAY", "127.0.0.1:8001")
+DEFAULT_REGISTRY = os.environ.get("MODELSERVE_REGISTRY", "127.0.0.1:8301")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelserve", description=__doc__)
+    p.add_argument("--version", action="version", version=f"modelserve {_version()}")
     tls = p.add_argument_group("TLS (client commands; `up --secure` prints the files)")
     tls.add_argument(
         "--tls-ca", default=None, help="CA of the suite's certificates (MODELSERVE_TLS_CA)"
@@ -107,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     opt = msub.add_parser(
         "optimize", help="derive an optimised version of NAME v VERSION, measure it, push it"
@@ -124,6 +136,34 @@ def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The one error handler: whatever goes wrong ends in one line on stderr and a non-zero
+    exit code, never a traceback (MODELSERVE_DEBUG=1 shows it)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit:
+        raise
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        print(f"error: {code.name if code else 'RPC'}: {details}", file=sys.stderr)
+        return 1
+    except ModelServeError as exc:
+        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the user's mistake or ours: one line, and how to see more
+        if os.environ.get("MODELSERVE_DEBUG"):
+            raise
+        what = str(exc) or type(exc).__name__
+        print(f"error: {what} (MODELSERVE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     if args.command == "stream":  # unknown flags go to the streamer's settings
         return stream_cli.run(args, extra)
@@ -152,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return batch_cli.run(args)
     # Client commands only (never a server): `modelserve models list | head` ends quietly.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _check_args(args)
     try:
         return asyncio.run(_client_command(args))
     except grpc.RpcError as exc:
@@ -240,6 +281,28 @@ async def _optimize(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespa
         return 1
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
+
+
+class UsageError(ValueError):
+    """A mistake in the command line: its message is the whole story."""
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Mistakes found before any connection is made, each one line (``main`` prints it)."""
+    if args.command == "models" and args.models_command == "push":
+        if not args.file.is_file():
+            raise UsageError(f"no such file: {args.file}")
+    if args.command == "infer":
+        for item in args.input:
+            name, sep, raw = item.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--input takes NAME=JSON (e.g. x='[[1,2]]'); got {item!r}")
+            try:
+                json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise UsageError(
+                    f"--input {name}: not JSON ({exc.msg} at {exc.pos}): {raw!r}"
+                ) from None
 
 
 async def _infer(stub: pb_grpc.GRPCInferenceServiceStub, args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import signal
 import sys
 import threading
@@ -86,6 +87,19 @@ async def prepare(suite: Suite, demo: bool) -> list[str]:
     return names
 
 
+# Absolute paths: the banner's commands must work in a new shell, where the virtual
+# environment is not active (its python has numpy and tritonclient; its bin has modelserve).
+VENV = Path(sys.prefix)
+PYTHON = sys.executable
+MODELSERVE = str(Path(sys.executable).parent / "modelserve")
+# grpcurl from PATH, else the one the dev extra installs beside modelserve.
+GRPCURL = shutil.which("grpcurl") or (
+    str(Path(sys.executable).parent / "grpcurl")
+    if (Path(sys.executable).parent / "grpcurl").exists()
+    else "grpcurl"
+)
+
+
 def write_local_tokens_hook(data_dir: Path) -> list[str]:
     """HOOK(auth): the authentication branch provides ``write_local_tokens(dir)``; call it
     here (e.g. on ``data_dir / "tokens"``) and return the banner lines that say where the
@@ -107,19 +121,22 @@ def banner(suite: Suite, names: list[str]) -> str:
     lines += [
         f"  models: {', '.join(names) or '(none)'}",
         "",
-        "Try it:",
-        f"  grpcurl -plaintext {gw} list",
-        f'  grpcurl -plaintext -d \'{{"name":"fraud"}}\' {gw} inference.GRPCInferenceService/ModelMetadata',
-        '  grpcurl -plaintext -d \'{"model_name":"fraud","inputs":[{"name":"transaction",'
+        "Try it (every line below pastes as is into a new shell):",
+        f"{GRPCURL} -plaintext {gw} list",
+        f'{GRPCURL} -plaintext -d \'{{"name":"fraud"}}\' {gw} inference.GRPCInferenceService/ModelMetadata',
+        f'{GRPCURL} -plaintext -d \'{{"model_name":"fraud","inputs":[{{"name":"transaction",'
         '"datatype":"FP32","shape":[1,8],"contents":{"fp32_contents":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]}}]}\' '
         f"{gw} inference.GRPCInferenceService/ModelInfer",
-        "  python - <<'PY'",
-        "  import numpy as np, tritonclient.grpc as tc",
-        f"  c = tc.InferenceServerClient('{gw}')",
-        "  x = tc.InferInput('transaction', [1, 8], 'FP32'); x.set_data_from_numpy(np.ones((1, 8), np.float32))",
-        "  print(c.infer('fraud', [x]).as_numpy('fraud_probability'))",
-        "  PY",
-        "  modelserve infer fraud --input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
+        f"{PYTHON} - <<'PY'",
+        "import numpy as np, tritonclient.grpc as tc",
+        f"c = tc.InferenceServerClient('{gw}')",
+        "x = tc.InferInput('transaction', [1, 8], 'FP32'); x.set_data_from_numpy(np.ones((1, 8), np.float32))",
+        "print(c.infer('fraud', [x]).as_numpy('fraud_probability'))",
+        "PY",
+        f"{MODELSERVE} infer fraud --gateway {gw} "
+        "--input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
+        f"{MODELSERVE} models --registry {suite.address('registry')} list",
+        f"(or `source {VENV}/bin/activate` once, then plain `modelserve ...`)",
         "",
         "Ctrl-C stops everything.",
     ]
@@ -144,19 +161,19 @@ def secure_banner(suite: Suite, names: list[str]) -> str:
         f"  models: {', '.join(names) or '(none)'}",
         f"  certificates: {pki.dir} (CA {ca}; operator client cert {client.cert})",
         "",
-        "Try it:",
-        f"  grpcurl -cacert {ca} {gw} list",
-        f"  grpcurl -cacert {ca} -cert {client.cert} -key {client.key} "
+        "Try it (every line below pastes as is into a new shell):",
+        f"grpcurl -cacert {ca} {gw} list",
+        f"grpcurl -cacert {ca} -cert {client.cert} -key {client.key} "
         f"{suite.address('registry')} modelserve.v1.Registry/ListModels",
-        "  python - <<'PY'",
-        "  import numpy as np, tritonclient.grpc as tc",
-        f"  c = tc.InferenceServerClient('{gw}', ssl=True, root_certificates='{ca}')",
-        "  x = tc.InferInput('transaction', [1, 8], 'FP32'); x.set_data_from_numpy(np.ones((1, 8), np.float32))",
-        "  print(c.infer('fraud', [x]).as_numpy('fraud_probability'))",
-        "  PY",
-        f"  export MODELSERVE_TLS_CA={ca} MODELSERVE_TLS_CERT={client.cert} "
+        f"{PYTHON} - <<'PY'",
+        "import numpy as np, tritonclient.grpc as tc",
+        f"c = tc.InferenceServerClient('{gw}', ssl=True, root_certificates='{ca}')",
+        "x = tc.InferInput('transaction', [1, 8], 'FP32'); x.set_data_from_numpy(np.ones((1, 8), np.float32))",
+        "print(c.infer('fraud', [x]).as_numpy('fraud_probability'))",
+        "PY",
+        f"export MODELSERVE_TLS_CA={ca} MODELSERVE_TLS_CERT={client.cert} "
         f"MODELSERVE_TLS_KEY={client.key}",
-        "  modelserve infer fraud --input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
+        f"{MODELSERVE} infer fraud --input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
         *write_local_tokens_hook(suite.data_dir),  # HOOK(auth): where the tokens go
         "",
         "Ctrl-C stops everything.",
