@@ -275,3 +275,32 @@ async def test_a_candidate_with_another_signature_is_refused(
     # Meant: accepted.
     await start_canary(suite, model, "--allow-signature-change")
     await modelserve("canary", "--registry", registry, "abort", model)
+
+
+async def test_a_canary_reads_routers_and_gateways_without_being_told_where(
+    suite: Suite, demo_dir: Path
+) -> None:
+    """Static discovery tells the registry where the router and gateway are (the suite, as
+    `modelserve up`, starts it knowing them): no --router/--gateway needed."""
+    model = "rollout_found"
+    await push(suite, model, demo_dir / "fraud_v1.onnx", demo_dir / "fraud_v1.onnx")
+    await wait_ready(suite, model, 2)
+    registry = suite.address("registry")
+    async with traffic(suite, model):
+        await modelserve(
+            "canary", "--registry", registry, "start", model, "--baseline", "1",
+            "--candidate", "2", "--steps", "20,100", "--min-requests", "10",
+            "--min-seconds", "1", "--max-p99-ratio", "50",
+        )  # fmt: skip
+        async with grpc.aio.insecure_channel(registry) as channel:
+            stub = canary_pb2_grpc.CanaryStub(channel)
+
+            async def finished() -> canary_pb2.CanaryStatus:
+                status = await stub.GetCanary(canary_pb2.GetCanaryRequest(model=model))
+                assert status.state != "running", status.decisions[-1:]
+                return status
+
+            status = await eventually(finished, timeout=90)
+    assert status.state == "promoted", status
+    judged = [d for d in status.decisions if d.action == "promote"]
+    assert judged and judged[0].candidate.requests >= 10 and judged[0].baseline.requests >= 10

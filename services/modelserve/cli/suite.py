@@ -160,12 +160,14 @@ def start_suite(
         "router",
         "gateway",
     ]
-    # The router's port is chosen before the registry starts, so the registry (started
-    # first) knows where the router will be: it asks routers which versions are READY.
+    # The router's and gateway's ports are chosen before the registry starts, so the
+    # registry (started first) knows them: it asks routers which versions are READY, and
+    # canaries read both (the gateway counts the requests it rejects per version).
     chosen = dict(ports)
-    chosen["router"] = chosen.get("router") or free_port()
+    for later in ("router", "gateway"):  # the registry starts first and must know them
+        chosen[later] = chosen.get(later) or free_port()
+        addr[later] = f"127.0.0.1:{chosen[later]}"
     ports = chosen
-    addr["router"] = f"127.0.0.1:{ports['router']}"
     try:
         for name in names:
             service = "worker" if name.startswith("worker") else name
@@ -300,7 +302,7 @@ def _args(
     if service in ("worker", "router", "gateway"):
         args += ["--registry-addr", addr["registry"]]
     if service == "registry":
-        args += ["--router-addrs", addr["router"]]
+        args += ["--router-addrs", addr["router"], "--gateway-addrs", addr["gateway"]]
     if service == "router":
         args += ["--worker-addrs", workers, "--featurestore-addr", addr["featurestore"]]
     if service == "gateway":
