@@ -31,7 +31,7 @@ async def optimize(registry: str, model: str, version: int) -> dict[str, Any]:
     """Run the real command in its own process, as a user would, and read its JSON report."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "modelserve", "models", "--registry", registry,
-        "optimize", model, "--version", str(version), "--int8", "--json",
+        "optimize", model, "--version", str(version), "--int8", "--json", "--force",
         "--latency-runs", "20",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

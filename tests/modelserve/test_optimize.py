@@ -135,6 +135,8 @@ def fake(demo_dir: Path) -> Iterator[tuple[FakeRegistry, str]]:
 async def _optimize(address: str, **kwargs: Any) -> Any:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
+        # force: the tiny demo model quantised is not smaller or faster (see the refusal test)
+        kwargs.setdefault("force", True)
         return await optimize_int8(stub, "tabular", 1, latency_runs=RUNS, **kwargs)
 
 
@@ -211,6 +213,7 @@ def test_cli_prints_json_report(
 ) -> None:
     _, address = fake
     argv = ["models", "--registry", address, "optimize", "tabular", "--version", "1", "--int8"]
+    argv.append("--force")
     assert main([*argv, "--json", "--latency-runs", str(RUNS), "--label", "staging"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == 2 and report["parent_version"] == 1
@@ -223,9 +226,51 @@ def test_cli_prints_table(
 ) -> None:
     _, address = fake
     argv = ["models", "--registry", address, "optimize", "tabular", "--version", "1", "--int8"]
-    assert main([*argv, "--latency-runs", str(RUNS)]) == 0
+    assert main([*argv, "--force", "--latency-runs", str(RUNS)]) == 0
     out = capsys.readouterr().out
     assert "tabular v1 -> v2" in out and "p50 batch 64" in out and "largest difference" in out
+
+
+def test_a_bigger_or_slower_child_is_not_pushed_without_force(
+    fake: tuple[FakeRegistry, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    registry, address = fake
+    # One 2x2 MatMul weight (16 bytes): its INT8 form adds scales, zero points and
+    # DynamicQuantizeLinear nodes, so the child is always larger than the parent.
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [weight],
+    )
+    tiny = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    tiny.ir_version = 8
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny, path)
+    registry.add(path, "tiny", CONFIG)
+    argv = ["models", "--registry", address, "optimize", "tiny", "--version", "1", "--int8"]
+    assert main([*argv, "--latency-runs", str(RUNS)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED_PRECONDITION" in err and "larger" in err and "--force" in err, err
+    assert registry.pushed == []
+    assert main([*argv, "--latency-runs", str(RUNS), "--force"]) == 0
+    assert len(registry.pushed) == 1
+
+
+def test_regressions_name_size_and_latency() -> None:
+    from modelserve.cli.optimize import Latency, Measurement, regressions
+
+    def measured(parent_ms: float, int8_ms: float) -> Measurement:
+        return Measurement((Latency(64, parent_ms, int8_ms, 10),), (), {}, ())
+
+    assert regressions(100, 50, measured(1.0, 0.5)) == []
+    assert regressions(100, 50, measured(1.0, 1.04)) == []  # within noise
+    worse = regressions(100, 197, measured(1.0, 1.53))
+    assert worse[0] == "97% larger" and worse[1].startswith("53% slower at batch 64")
 
 
 @pytest.mark.parametrize(("name", "version"), [("nosuch", 1), ("tabular", 9)])

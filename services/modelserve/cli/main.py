@@ -133,6 +133,7 @@ def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--latency-runs", type=int, default=200, help="timed runs per batch size")
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
+    opt.add_argument("--force", action="store_true", help="push it even if it is bigger or slower")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,6 +276,7 @@ async def _optimize(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespa
             sample_rows=args.samples,
             seed=args.seed,
             latency_runs=args.latency_runs,
+            force=args.force,
         )
     except ModelServeError as exc:
         print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)

@@ -152,8 +152,11 @@ async def optimize_int8(
     seed: int = 0,
     latency_runs: int = 200,
     timeout: float = 120.0,
+    force: bool = False,
 ) -> OptimizeReport:
-    """Quantise ``model`` v``version`` to INT8, measure it against its parent, push it."""
+    """Quantise ``model`` v``version`` to INT8, measure it against its parent, push it; a
+    child bigger or slower than its parent is not pushed unless ``force`` (FAILED_PRECONDITION
+    with the numbers: quantising a model without big MatMul/Conv weights often makes it so)."""
     if version < 1:
         # 0 would make GetVersion pick the production label or the newest version: say which.
         raise InvalidArgumentError(f"version must be a version number >= 1; got {version}")
@@ -177,6 +180,13 @@ async def optimize_int8(
             seed=seed,
             latency_runs=latency_runs,
         )
+        worse = regressions(src.stat().st_size, dst.stat().st_size, measured)
+        if worse and not force:
+            raise FailedPreconditionError(
+                f"the INT8 version of {model} v{parent.version} is "
+                + " and ".join(worse)
+                + " than its parent; not pushed (--force pushes it anyway)"
+            )
         description = f"int8 dynamic quantisation of v{parent.version}"
         # The parent's resolved config travels whole; the one loss is that proto3 cannot say
         # "0 explicitly", so a 0 the registry treats as unset (e.g. warmup 0) becomes default.
@@ -208,6 +218,22 @@ async def optimize_int8(
         seed=seed,
         measurement=measured,
     )
+
+
+def regressions(parent_bytes: int, int8_bytes: int, measured: Measurement) -> list[str]:
+    """How the INT8 child is worse than its parent ([] if it is not): larger on disk, or
+    slower by more than 5% (noise of alternating medians) at its largest batch size."""
+    out = []
+    if int8_bytes > parent_bytes:
+        out.append(f"{100 * (int8_bytes / parent_bytes - 1):.0f}% larger")
+    if measured.latency:
+        top = max(measured.latency, key=lambda lat: lat.batch)
+        if top.parent_p50_ms > 0 and top.int8_p50_ms > top.parent_p50_ms * 1.05:
+            out.append(
+                f"{100 * (top.int8_p50_ms / top.parent_p50_ms - 1):.0f}% slower at batch "
+                f"{top.batch} ({top.int8_p50_ms:.3f} vs {top.parent_p50_ms:.3f} ms)"
+            )
+    return out
 
 
 async def fetch_artifact(
