@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from modelserve.cli import connect
+from modelserve.cli import connect, output
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
@@ -66,6 +66,7 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     status = csub.add_parser("status", help="a model's latest canary and its decisions")
     status.add_argument("model")
     status.add_argument("--limit", type=int, default=20, help="latest decisions shown (0 = all)")
+    output.add_output_flag(status)
     abort = csub.add_parser("abort", help="stop MODEL's canary; all traffic to the baseline")
     abort.add_argument("model")
     outcome = csub.add_parser("outcome", help="post one business outcome of MODEL's canary")
@@ -104,7 +105,8 @@ async def run(args: argparse.Namespace) -> int:
             print(describe(await stub.StartCanary(request, timeout=10)))
         elif args.canary_command == "status":
             get = canary_pb2.GetCanaryRequest(model=args.model, limit=args.limit)
-            print(describe(await stub.GetCanary(get, timeout=10)))
+            found = await stub.GetCanary(get, timeout=10)
+            output.emit(args, found, lambda: describe(found))
         elif args.canary_command == "outcome":
             posted = canary_pb2.RecordCanaryOutcomeRequest(
                 model=args.model,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from modelserve.cli import connect
+from modelserve.cli import connect, output
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc
 
@@ -61,11 +61,13 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
     outcome.add_argument("--value", type=float, required=True)
 
     for name, text in (("report", "per-arm counts, means, tests"), ("show", "the definition")):
-        esub.add_parser(name, help=text).add_argument("name")
+        read = esub.add_parser(name, help=text)
+        read.add_argument("name")
+        output.add_output_flag(read)
     stop = esub.add_parser("stop", help="stop NAME: all traffic to the control arm")
     stop.add_argument("name")
     stop.add_argument("--reason", default="")
-    esub.add_parser("list", help="every experiment")
+    output.add_output_flag(esub.add_parser("list", help="every experiment"))
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -103,16 +105,16 @@ async def run(args: argparse.Namespace) -> int:
                 print(describe(recorded.experiment))
         elif command == "report":
             report = await stub.GetReport(xpb.GetReportRequest(name=args.name), timeout=10)
-            print(format_report(report))
+            output.emit(args, report, lambda: format_report(report))
         elif command == "show":
-            print(describe(await stub.GetExperiment(xpb.GetExperimentRequest(name=args.name))))
+            found = await stub.GetExperiment(xpb.GetExperimentRequest(name=args.name), timeout=10)
+            output.emit(args, found, lambda: describe(found))
         elif command == "stop":
             stop = xpb.StopExperimentRequest(name=args.name, reason=args.reason)
             print(describe(await stub.StopExperiment(stop, timeout=10)))
         else:
             listed = await stub.ListExperiments(xpb.ListExperimentsRequest(), timeout=10)
-            for experiment in listed.experiments:
-                print(describe(experiment))
+            output.emit(args, listed, lambda: "\n".join(describe(e) for e in listed.experiments))
     return 0
 
 

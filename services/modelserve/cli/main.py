@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from modelserve.cli import canary as canary_cli
-from modelserve.cli import connect, push_flags
+from modelserve.cli import connect, output, push_flags
 from modelserve.cli import experiment as experiment_cli
 from modelserve.cli import features as features_cli
 from modelserve.cli import lookup as lookup_cli
@@ -75,11 +75,25 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--label", action="append", default=[], help="label(s) for the new version")
     push.add_argument("--description", default="")
     push_flags.add_config_flags(push)
-    msub.add_parser("list", help="list models, versions and labels")
+    push.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="then wait until the gateway says the new version is READY (exit 1 if not)",
+    )
+    push.add_argument("--gateway", default=DEFAULT_GATEWAY, help="for --wait")
+    output.add_output_flag(msub.add_parser("list", help="list models, versions and labels"))
+    show = msub.add_parser("show", help="one model: versions, labels, policy, pending, owner")
+    show.add_argument("name")
+    output.add_output_flag(show)
     label = msub.add_parser("label", help="point LABEL of NAME at VERSION")
     label.add_argument("name")
     label.add_argument("version", type=int)
     label.add_argument("label")
+    unlabel = msub.add_parser("unlabel", help="remove LABEL from NAME")
+    unlabel.add_argument("name")
+    unlabel.add_argument("label")
     for verb, what in (
         ("unload", "mark NAME unloaded: workers let it go, inference answers UNAVAILABLE"),
         ("load", "clear the unloaded mark (servable once a worker has it warm)"),
@@ -231,15 +245,19 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
         print(
             f"pushed {v.model} version {v.version} sha256={v.sha256[:12]} labels={list(v.labels)}"
         )
+        if args.wait:
+            return await _wait_ready(args.gateway, v.model, v.version, args.wait)
     elif args.models_command == "list":
         reply = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
-        for m in reply.models:
-            labels = ", ".join(f"{k}->{v}" for k, v in sorted(m.labels.items()))
-            state = "  (unloaded)" if m.unloaded else ""
-            print(f"{m.name}  labels: {labels or '-'}{state}")
-            for v in m.versions:
-                sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in v.inputs)
-                print(f"  v{v.version}  sha256={v.sha256[:12]}  inputs: {sig}")
+        output.emit(args, reply, lambda: "\n".join(_model_lines(m) for m in reply.models))
+    elif args.models_command == "show":
+        found = await stub.GetModel(registry_pb2.GetModelRequest(name=args.name), timeout=10)
+        output.emit(args, found, lambda: _model_lines(found, detail=True))
+    elif args.models_command == "unlabel":
+        m = await stub.DeleteLabel(
+            registry_pb2.DeleteLabelRequest(model=args.name, label=args.label), timeout=10
+        )
+        print(f"{m.name}: label {args.label} removed")
     elif args.models_command == "label":
         m = await stub.SetLabel(
             registry_pb2.SetLabelRequest(model=args.name, label=args.label, version=args.version),
@@ -260,6 +278,47 @@ async def _models(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
         v = await lookup_cli.push_lookup(stub, args)
         print(f"pushed lookup {v.model} version {v.version} labels={list(v.labels)}")
     return 0
+
+
+def _model_lines(m: registry_pb2.Model, *, detail: bool = False) -> str:
+    labels = ", ".join(f"{k}->{v}" for k, v in sorted(m.labels.items()))
+    state = "  (unloaded)" if m.unloaded else ""
+    lines = [f"{m.name}  labels: {labels or '-'}{state}"]
+    for v in m.versions:
+        sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in v.inputs)
+        lines.append(f"  v{v.version}  sha256={v.sha256[:12]}  inputs: {sig}")
+    if detail:
+        policy = policy_cli.describe(m.policy.policy) if m.HasField("policy") else "none"
+        lines.append(f"  policy: {policy}")
+        if m.HasField("pending"):
+            lines.append(f"  pending ({m.pending.state}): {policy_cli.describe(m.pending.policy)}")
+        lines.append(f"  owner: {m.owner or 'none'}")
+    return "\n".join(lines)
+
+
+async def _wait_ready(gateway: str, model: str, version: int, seconds: float) -> int:
+    """Poll the gateway's ModelReady for ``model`` v``version`` until it is READY."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    async with connect.channel(gateway) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while True:
+            try:
+                ready = await stub.ModelReady(
+                    pb.ModelReadyRequest(name=model, version=str(version)), timeout=2
+                )
+                if ready.ready:
+                    print(f"{model} version {version} is READY")
+                    return 0
+            except grpc.RpcError:
+                pass  # not there yet (the gateway learns of the version through Watch)
+            if asyncio.get_running_loop().time() > deadline:
+                print(
+                    f"error: {model} version {version} not READY after {seconds:g} s "
+                    "(modelserve policy show / the worker's log say why)",
+                    file=sys.stderr,
+                )
+                return 1
+            await asyncio.sleep(0.25)
 
 
 async def _optimize(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace) -> int:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 
-from modelserve.cli import connect, shadow_report
+from modelserve.cli import connect, output, shadow_report
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
@@ -59,10 +60,12 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
 
     show = psub.add_parser("show", help="the policy in force")
     show.add_argument("model")
+    output.add_output_flag(show)
 
     history = psub.add_parser("history", help="every revision of MODEL's policy, oldest first")
     history.add_argument("model")
     history.add_argument("--limit", type=int, default=0, help="newest N (default 100)")
+    output.add_output_flag(history)
 
     shadow_report.add_parsers(psub)
 
@@ -104,6 +107,14 @@ async def run(args: argparse.Namespace) -> int:
             print(_line(await stub.ClearPolicy(clear, timeout=10)))
         elif command == "show":
             model = await stub.GetModel(registry_pb2.GetModelRequest(name=args.model), timeout=10)
+            if args.output == "json":
+                shown = {
+                    "policy": output.as_json(model.policy),
+                    "pending": output.as_json(model.pending) if model.HasField("pending") else None,
+                    "owner": model.owner,
+                }
+                print(json.dumps(shown, indent=2, sort_keys=True))
+                return 0
             print(_line(model.policy) if model.HasField("policy") else f"{args.model}: no policy")
             if model.policy.policy.fallback_version:
                 print(f"  fallback: version {model.policy.policy.fallback_version}")
@@ -115,6 +126,9 @@ async def run(args: argparse.Namespace) -> int:
                 registry_pb2.ListPolicyHistoryRequest(model=args.model, limit=args.limit),
                 timeout=10,
             )
+            if args.output == "json":
+                print(json.dumps(output.as_json(listed), indent=2, sort_keys=True))
+                return 0
             for revision in listed.revisions:
                 when = time.strftime(
                     "%Y-%m-%d %H:%M:%S", time.gmtime(revision.created_unix_ms / 1000)
