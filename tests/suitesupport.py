@@ -17,6 +17,7 @@ def dump_logs(suite: Suite) -> str:
 async def ready_suite(suite: Suite) -> Suite:
     for name in SERVICES:
         await wait_serving(suite.address(name), timeout=60)
-    names = await register_demo_models(suite.address("registry"), suite.data_dir)
-    await wait_models_ready(suite.address("gateway"), names, timeout=120)
+    admin = suite.token("admin")
+    names = await register_demo_models(suite.address("registry"), suite.data_dir, admin)
+    await wait_models_ready(suite.address("gateway"), names, timeout=120, token=admin)
     return suite

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from modelserve.auth.client import outbound_interceptors
 from modelserve.settings import MIB
 
 # RELIABILITY.md, "Keepalive, internal channels".
@@ -54,7 +55,11 @@ def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
 
 
 def insecure_channel(address: str, max_message_bytes: int = 64 * MIB) -> aio.Channel:
-    return aio.insecure_channel(address, options=channel_options(max_message_bytes))
+    """An internal channel; it sends this process's service token when one is configured
+    (``modelserve.auth.client``), so no internal call goes out without it."""
+    return aio.insecure_channel(
+        address, options=channel_options(max_message_bytes), interceptors=outbound_interceptors()
+    )
 
 
 log = logging.getLogger(__name__)

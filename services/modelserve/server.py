@@ -28,6 +28,10 @@ from grpc_reflection.v1alpha import reflection
 
 from modelserve import metrics, tracing
 from modelserve.admission import AdmissionInterceptor
+from modelserve.auth.authenticator import Authenticator
+from modelserve.auth.client import set_service_token_file
+from modelserve.auth.interceptor import AuthInterceptor
+from modelserve.auth.limits import IdentityLimits
 from modelserve.discovery import Discovery, Registration
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor
@@ -291,6 +295,21 @@ def _write_port_file(path: Path, service: str, port: int, metrics_port: int | No
     os.replace(tmp, path)  # readers never see a half-written file
 
 
+def auth_interceptor(settings: CommonSettings) -> AuthInterceptor | None:
+    """The auth interceptor ``settings`` ask for (None when auth is off)."""
+    if not settings.auth:
+        return None
+    if not settings.service_token_file:
+        log.warning("auth is on but service_token_file is unset: calls to other services fail")
+    limits = IdentityLimits(
+        max_streams=settings.max_streams_per_identity,
+        rate_per_s=settings.identity_rate_limit,
+        burst=settings.identity_rate_burst,
+        max_concurrent=settings.identity_max_concurrent,
+    )
+    return AuthInterceptor(Authenticator.from_settings(settings), limits)
+
+
 async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:
     """Build and start one service in this event loop (``run_service`` and in-process tests)."""
     # Admission first: a refused call costs no span, no decoding beyond gRPC's own.
@@ -299,6 +318,12 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
             max_unary=settings.max_concurrent_rpcs, max_streams=settings.max_concurrent_streams
         )
     ]
+    # Then who is calling: every RPC but health and reflection needs its role (auth/roles.py).
+    auth = auth_interceptor(settings)
+    if auth is not None:
+        interceptors.append(auth)
+    # Every internal channel this service opens from here on sends the service token.
+    set_service_token_file(settings.service_token_file)
     if traced:
         interceptors.append(tracing.TracingInterceptor(spec.name))
     interceptors.append(ErrorInterceptor())

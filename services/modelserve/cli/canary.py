@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import grpc
-
+from modelserve.cli import connect
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
@@ -47,7 +46,7 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.registry) as channel:
+    async with connect.channel(args.registry) as channel:
         stub = canary_pb2_grpc.CanaryStub(channel)
         if args.canary_command == "start":
             spec = canary_pb2.CanarySpec(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 
-import grpc
-
+from modelserve.cli import connect
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc
 
@@ -70,7 +69,7 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.registry) as channel:
+    async with connect.channel(args.registry) as channel:
         stub = experiments_pb2_grpc.ExperimentsStub(channel)
         command = args.experiment_command
         if command == "start":

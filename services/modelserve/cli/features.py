@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
+from modelserve.cli import connect
 from modelserve.proto.modelserve.v1 import featurestore_pb2 as fs
 from modelserve.proto.modelserve.v1 import featurestore_pb2_grpc
 from modelserve.tensors import DTYPES, from_proto_tensor, serialize_bytes_tensor
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.featurestore) as channel:
+    async with connect.channel(args.featurestore) as channel:
         stub = featurestore_pb2_grpc.FeatureStoreStub(channel)
         command = args.features_command
         if command == "apply":

@@ -14,12 +14,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modelserve.cli import auth as auth_cli
 from modelserve.cli import canary as canary_cli
+from modelserve.cli import connect, push_flags
 from modelserve.cli import experiment as experiment_cli
 from modelserve.cli import features as features_cli
 from modelserve.cli import lookup as lookup_cli
 from modelserve.cli import policy as policy_cli
-from modelserve.cli import push_flags
 from modelserve.cli import shadow as shadow_cli
 from modelserve.cli import stream as stream_cli
 from modelserve.cli.batch import cli as batch_cli
@@ -37,6 +38,12 @@ DEFAULT_REGISTRY = "127.0.0.1:8301"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelserve", description=__doc__)
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token sent to every service called (default $MODELSERVE_TOKEN); "
+        "may be given after any subcommand",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole suite on this machine until Ctrl-C")
@@ -69,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         msub.add_parser(verb, help=what).add_argument("name")
     _add_optimize(msub)
     lookup_cli.add_parser(msub)
+
+    auth_cli.add_parser(sub)
 
     infer = sub.add_parser("infer", help="send one V2 inference to the gateway")
     infer.add_argument("model")
@@ -108,8 +117,31 @@ def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def hoist_token(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--token T`` (or ``--token=T``) moved before the subcommand, so every
+    command takes it wherever it is written."""
+    rest: list[str] = []
+    front: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--token" and i + 1 < len(items):
+            front = ["--token", items[i + 1]]
+            i += 2
+            continue
+        if item.startswith("--token="):
+            front = [item]
+        else:
+            rest.append(item)
+        i += 1
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = hoist_token(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
+    connect.set_token(args.token)
     if args.command == "stream":  # unknown flags go to the streamer's settings
         return stream_cli.run(args, extra)
     if extra:
@@ -124,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from modelserve.cli.up import run_up
 
         return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
+    if args.command == "auth":
+        return auth_cli.run(args)
     if args.command == "features":
         return features_cli.run(args)
     if args.command == "batch":
@@ -147,10 +181,10 @@ async def _client_command(args: argparse.Namespace) -> int:
     if args.command == "shadow":
         return await shadow_cli.run(args)
     if args.command == "models":
-        async with grpc.aio.insecure_channel(args.registry) as channel:
+        async with connect.channel(args.registry) as channel:
             stub = registry_pb2_grpc.RegistryStub(channel)
             return await _models(stub, args)
-    async with grpc.aio.insecure_channel(args.gateway) as channel:
+    async with connect.channel(args.gateway) as channel:
         return await _infer(pb_grpc.GRPCInferenceServiceStub(channel), args)
 
 

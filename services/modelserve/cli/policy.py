@@ -18,9 +18,7 @@ import asyncio
 import sys
 import time
 
-import grpc
-
-from modelserve.cli import shadow_report
+from modelserve.cli import connect, shadow_report
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
@@ -70,7 +68,7 @@ def add_parser(sub: SubParsers, default_registry: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.registry) as channel:
+    async with connect.channel(args.registry) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         command = args.policy_command
         if command in shadow_report.COMMANDS:

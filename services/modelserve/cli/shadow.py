@@ -19,10 +19,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
-from modelserve.cli import shadow_report
+from modelserve.cli import connect, shadow_report
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 
 SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
@@ -65,7 +64,7 @@ class RouterAnswer:
 
 async def fetch(model: str, routers: Sequence[str], limit: int) -> list[RouterAnswer]:
     async def one(address: str) -> RouterAnswer:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with connect.channel(address) as channel:
             stub = router_pb2_grpc.RouterControlStub(channel)
             request = router_pb2.ShadowDisagreementsRequest(model=model, limit=limit)
             answer = await stub.ShadowDisagreements(request, timeout=10)

@@ -15,8 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
-
+from modelserve.cli import connect
 from modelserve.proto.modelserve.v1 import (
     registry_pb2,
     registry_pb2_grpc,
@@ -163,7 +162,7 @@ async def fetch_reports(
     model: str, routers: Sequence[str]
 ) -> list[router_pb2.ShadowReportResponse]:
     async def one(address: str) -> router_pb2.ShadowReportResponse:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with connect.channel(address) as channel:
             stub = router_pb2_grpc.RouterControlStub(channel)
             answer: router_pb2.ShadowReportResponse = await stub.ShadowReport(
                 router_pb2.ShadowReportRequest(model=model), timeout=10

@@ -23,6 +23,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelserve.auth.keys import write_local_tokens
+
 log = logging.getLogger(__name__)
 
 SERVICES = ("registry", "featurestore", "worker", "router", "gateway")
@@ -56,6 +58,13 @@ class ServiceProcess:
 class Suite:
     data_dir: Path
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # With auth: paths of tokens/admin, tokens/infer, tokens/service and keys_file.
+    tokens: dict[str, Path] = field(default_factory=dict)
+
+    def token(self, role: str) -> str | None:
+        """The local token of ``role`` (admin, infer, service); None without auth."""
+        path = self.tokens.get(role)
+        return path.read_text().strip() if path is not None else None
 
     def address(self, name: str) -> str:
         return self.processes[name].address
@@ -116,12 +125,25 @@ def start_suite(
     extra_args: Mapping[str, Sequence[str]] | None = None,
     workers: int = 1,
     timeout: float = 60.0,
+    auth: bool = False,
 ) -> Suite:
-    """Start registry, featurestore, worker(s), router and gateway; return once all listen."""
+    """Start registry, featurestore, worker(s), router and gateway; return once all listen.
+
+    ``auth``: every service requires credentials; the keys file and the admin, infer and
+    service tokens are made in ``data_dir`` (``write_local_tokens``; ``suite.token(role)``).
+    """
     ports = ports or {}
     data_dir.mkdir(parents=True, exist_ok=True)
     suite = Suite(data_dir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    auth_env: dict[str, str] = {}
+    if auth:
+        suite.tokens = write_local_tokens(data_dir)
+        auth_env = {
+            "MODELSERVE_AUTH": "1",
+            "MODELSERVE_AUTH_KEYS_FILE": str(suite.tokens["keys_file"]),
+            "MODELSERVE_SERVICE_TOKEN_FILE": str(suite.tokens["service"]),
+        }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **auth_env, **(extra_env or {})}
     addr: dict[str, str] = {}
     names = [
         "registry",

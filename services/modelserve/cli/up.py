@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from modelserve.auth.client import bearer_interceptors
 from modelserve.cli.demo_models import write_demo_models
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import (
@@ -33,9 +34,14 @@ from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 
-async def register_demo_models(registry: str, data_dir: Path) -> list[str]:
-    """Push each demo model unless a version with the same sha256 exists; returns names."""
-    async with grpc.aio.insecure_channel(registry) as channel:
+async def register_demo_models(
+    registry: str, data_dir: Path, token: str | None = None
+) -> list[str]:
+    """Push each demo model unless a version with the same sha256 exists; returns names.
+    ``token``: an admin token when auth is on."""
+    async with grpc.aio.insecure_channel(
+        registry, interceptors=bearer_interceptors(token)
+    ) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         existing = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
         have = {(m.name, v.sha256) for m in existing.models for v in m.versions}
@@ -51,8 +57,12 @@ async def register_demo_models(registry: str, data_dir: Path) -> list[str]:
         return names
 
 
-async def wait_models_ready(gateway: str, names: list[str], timeout: float) -> None:
-    async with grpc.aio.insecure_channel(gateway) as channel:
+async def wait_models_ready(
+    gateway: str, names: list[str], timeout: float, token: str | None = None
+) -> None:
+    async with grpc.aio.insecure_channel(
+        gateway, interceptors=bearer_interceptors(token)
+    ) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
@@ -72,8 +82,11 @@ async def wait_models_ready(gateway: str, names: list[str], timeout: float) -> N
 async def prepare(suite: Suite, demo: bool) -> list[str]:
     for name in SERVICES:
         await wait_serving(suite.address(name), timeout=60)
-    names = await register_demo_models(suite.address("registry"), suite.data_dir) if demo else []
-    await wait_models_ready(suite.address("gateway"), names, timeout=120)
+    admin = suite.token("admin")
+    names = (
+        await register_demo_models(suite.address("registry"), suite.data_dir, admin) if demo else []
+    )
+    await wait_models_ready(suite.address("gateway"), names, timeout=120, token=admin)
     return names
 
 
@@ -87,6 +100,9 @@ def banner(suite: Suite, names: list[str]) -> str:
         )
     lines += [
         f"  models: {', '.join(names) or '(none)'}",
+        "  auth: on (tokens in " + str(suite.data_dir / "tokens") + ")"
+        if suite.tokens
+        else "  auth: off (any local process may call every RPC; README 'Security')",
         "",
         "Try it:",
         f"  grpcurl -plaintext {gw} list",

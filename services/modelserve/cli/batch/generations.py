@@ -17,6 +17,7 @@ import grpc
 
 from modelserve.catalog.lookups import PLATFORM
 from modelserve.catalog.replica import DEFAULT_LABEL
+from modelserve.cli import connect
 from modelserve.cli.batch.columns import BatchInputError
 from modelserve.proto.modelserve.v1 import (
     featurestore_pb2,
@@ -28,7 +29,7 @@ from modelserve.proto.modelserve.v1 import (
 
 async def check_target(registry: str, name: str) -> None:
     """Before scoring: NAME must be new or a lookup model (never replace an ONNX model)."""
-    async with grpc.aio.insecure_channel(registry) as channel:
+    async with connect.channel(registry) as channel:
         await production_version(registry_pb2_grpc.RegistryStub(channel), name)
 
 
@@ -87,8 +88,8 @@ async def rollback(registry: str, name: str, featurestore: str) -> dict[str, Any
     """Move ``production`` of lookup model NAME back to the newest generation older than the
     current one whose view still exists."""
     async with (
-        grpc.aio.insecure_channel(registry) as channel,
-        grpc.aio.insecure_channel(featurestore) as fs_channel,
+        connect.channel(registry) as channel,
+        connect.channel(featurestore) as fs_channel,
     ):
         stub = registry_pb2_grpc.RegistryStub(channel)
         fs = featurestore_pb2_grpc.FeatureStoreStub(fs_channel)

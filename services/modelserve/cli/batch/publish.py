@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 from tqdm import tqdm
 
 from modelserve.catalog.replica import DEFAULT_LABEL
+from modelserve.cli import connect
 from modelserve.cli.batch.columns import BatchInputError, ColumnPlan
 from modelserve.cli.batch.generations import expire, production_version
 from modelserve.names import validate_name
@@ -126,8 +126,8 @@ async def publish(
         for o in outputs
     ]
     async with (
-        grpc.aio.insecure_channel(featurestore) as fs_channel,
-        grpc.aio.insecure_channel(registry) as reg_channel,
+        connect.channel(featurestore) as fs_channel,
+        connect.channel(registry) as reg_channel,
     ):
         fs = featurestore_pb2_grpc.FeatureStoreStub(fs_channel)
         await fs.ApplyFeatureView(

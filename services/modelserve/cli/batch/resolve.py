@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from modelserve.catalog.replica import resolve_version
+from modelserve.cli import connect
 from modelserve.cli.batch.columns import BatchInputError
 from modelserve.cli.batch.scoring import fetch_artifact
 from modelserve.errors import ModelServeError
@@ -46,7 +47,7 @@ def parse_ref(ref: str) -> tuple[str, str, str]:
 
 async def resolve_model(registry: str, ref: str, cache_dir: Path) -> ResolvedModel:
     name, version, label = parse_ref(ref)
-    async with grpc.aio.insecure_channel(registry) as channel:
+    async with connect.channel(registry) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         try:
             model = await stub.GetModel(registry_pb2.GetModelRequest(name=name), timeout=10)
