@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from grpc import aio
+from prometheus_client import Counter
 
 from modelserve.auth.authenticator import Authenticator, AuthFailed
 from modelserve.auth.identity import _CURRENT, Identity
@@ -27,6 +28,11 @@ from modelserve.interceptors import Behaviour, BehaviourInterceptor
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("modelserve.audit")
 TARGET_FIELDS = ("model", "name", "model_name", "view", "experiment")
+REFUSED = Counter(
+    "modelserve_auth_refused_total",
+    "RPCs refused by auth, by status (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED)",
+    ["code"],
+)
 
 
 class AuthInterceptor(BehaviourInterceptor):
@@ -50,7 +56,7 @@ class AuthInterceptor(BehaviourInterceptor):
                 except LimitExceeded as exc:
                     await _exhausted(context, exc)
                 _CURRENT.set(identity)  # this RPC's own task: nothing to reset
-                if rule.model_field and not isinstance(request, Message):
+                if rule.model_field and _is_stream(request):
                     request = _checked_stream(request, rule, identity)
                 try:
                     async for item in fn(request, context):
@@ -71,9 +77,9 @@ class AuthInterceptor(BehaviourInterceptor):
                     await _exhausted(context, exc)
             token = _CURRENT.set(identity)
             target: list[str] = []
-            if rule.model_field and not isinstance(request, Message):
+            if rule.model_field and _is_stream(request):
                 request = _checked_stream(request, rule, identity)
-            elif rule.audit and not isinstance(request, Message):
+            elif rule.audit and _is_stream(request):
                 request = _targeted(request, target)
             outcome = "OK"
             try:
@@ -100,10 +106,13 @@ class AuthInterceptor(BehaviourInterceptor):
         try:
             identity = self._authenticator.authenticate(context.invocation_metadata())
         except AuthFailed as exc:
-            log.info("refused %s: %s", method, exc.reason)
+            # Debug only: a caller without credentials must not be able to flood the logs.
+            log.debug("refused %s: %s", method, exc.reason)
+            REFUSED.labels("UNAUTHENTICATED").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.reason)
             raise AssertionError("unreachable") from None
         if rule is None:
+            REFUSED.labels("PERMISSION_DENIED").inc()
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{method} is not in the RPC role table"
             )
@@ -112,14 +121,21 @@ class AuthInterceptor(BehaviourInterceptor):
             message = f"{method} needs role {rule.role}; identity {identity.id} lacks it"
             if rule.audit:
                 _audit(identity, method, _target(request), "PERMISSION_DENIED")
+            REFUSED.labels("PERMISSION_DENIED").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
         if rule.model_field and isinstance(request, Message):
             model = getattr(request, rule.model_field, "")
             if not identity.may_infer(model):
+                REFUSED.labels("PERMISSION_DENIED").inc()
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, _not_covered(identity, model)
                 )
         return identity
+
+
+def _is_stream(request: Any) -> bool:
+    """A client-streaming RPC's handler gets an iterator of requests, not a request."""
+    return hasattr(request, "__aiter__")
 
 
 def _not_covered(identity: Identity, model: str) -> str:
@@ -181,6 +197,7 @@ def _audit(identity: Identity, method: str, target: str, outcome: str) -> None:
 
 
 async def _exhausted(context: aio.ServicerContext, exc: LimitExceeded) -> None:
+    REFUSED.labels("RESOURCE_EXHAUSTED").inc()
     await context.abort(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         exc.message,
