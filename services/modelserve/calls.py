@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from modelserve.auth.identity import current_identity
+from modelserve.auth.identity import CALLER_METADATA, current_identity
 from modelserve.channels import Endpoint, pick
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import ModelServeError, UnavailableError, from_rpc_error
@@ -34,10 +34,9 @@ T = TypeVar("T")
 # worker holds its version READY (written by the hop that decided; the gateway drops a
 # caller's own).
 FALLBACK_METADATA = "x-modelserve-fallback"
-# x-modelserve-caller: the identity the edge authenticated, for the logs of the hops behind
-# it; believed only from a service identity (never a credential: each hop authenticates the
-# service token it gets).
-CALLER_METADATA = "x-modelserve-caller"
+# CALLER_METADATA (x-modelserve-caller): the identity the edge authenticated, for the logs of
+# the hops behind it; believed only from a service identity (never a credential: each hop
+# authenticates the service token it gets).
 FORWARDED_METADATA = ("x-request-id", "x-routing-key", FALLBACK_METADATA, CALLER_METADATA)
 MAX_FORWARDED_VALUE = 256
 Metadata = tuple[tuple[str, str], ...]

@@ -15,6 +15,9 @@ READ = "read"
 ADMIN = "admin"
 SERVICE = "service"
 ROLES = (INFER, READ, ADMIN, SERVICE)
+# Metadata naming the caller an edge authenticated, forwarded to the hops behind it for their
+# logs (modelserve.calls); trusted only from a service identity, never a credential.
+CALLER_METADATA = "x-modelserve-caller"
 
 # What holding a role also grants. ``admin`` and ``service`` may read and infer (an operator
 # tries the model they pushed; services call each other's inference); ``infer`` and ``read``
