@@ -390,3 +390,43 @@ async def test_repository_unload_and_load_need_admin_and_the_gateway_relays_them
         "method=/inference.GRPCInferenceService/RepositoryModelUnload target=wide outcome=OK"
         in (gateway_log)
     )
+
+
+async def test_the_streamer_scores_through_the_gateway_with_its_service_token(
+    auth_suite: Suite, tmp_path: Path
+) -> None:
+    import redis
+    from streamsupport import (
+        SHARED_REDIS,
+        event,
+        redis_records,
+        redis_url,
+        start_streamer,
+        unique,
+        xadd_events,
+    )
+    from testsupport import eventually
+
+    client = redis.Redis.from_url(SHARED_REDIS)
+    source, sink = unique("auth-events"), unique("auth-results")
+    payloads = [event(f"e{i}", f"k{i}", {"INPUT0": [[0.5] * 32]}) for i in range(5)]
+    streamer = await start_streamer(
+        auth_suite.address("gateway"), "tabular",
+        source=redis_url(SHARED_REDIS, source), sink=redis_url(SHARED_REDIS, sink),
+        group="auth-scorers", workdir=tmp_path,
+        args=["--service-token-file", str(auth_suite.tokens["service"])],
+    )  # fmt: skip
+    try:
+        xadd_events(client, source, payloads)
+
+        async def scored() -> list[dict[str, object]]:
+            results = redis_records(client, sink)
+            assert len(results) >= 5, f"{len(results)} of 5"
+            return results
+
+        results = await eventually(scored, timeout=60)
+        assert {r["id"] for r in results} == {f"e{i}" for i in range(5)}
+        assert all("outputs" in r for r in results), results
+        assert streamer.terminate() == 0, streamer.log()
+    finally:
+        streamer.kill()

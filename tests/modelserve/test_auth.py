@@ -164,3 +164,34 @@ def test_token_bucket_and_stream_limits() -> None:
         limits.open_stream("a")
     limits.close_stream("a")
     limits.open_stream("a")
+
+
+def test_auth_on_without_a_way_to_check_credentials_fails_fast() -> None:
+    from modelserve.settings import CommonSettings, SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="auth_keys_file"):
+        load_settings(CommonSettings, [], {"MODELSERVE_AUTH": "1"})
+    on = load_settings(CommonSettings, ["--auth", "true", "--auth-keys-file", "k.json"], {})
+    assert on.auth and not load_settings(CommonSettings, [], {}).auth  # off by default
+
+
+def test_cli_new_key_prints_the_token_once_and_adds_its_hash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelserve.cli.main import main
+
+    keys = tmp_path / "keys.json"
+    args = ["auth", "new-key", "--id", "alice", "--role", "infer", "--models", "fraud*"]
+    assert main([*args, "--keys-file", str(keys)]) == 0
+    token = capsys.readouterr().out.split("token: ", 1)[1].split()[0]
+    assert token not in keys.read_text()
+    found = KeyStore(keys).lookup(token)
+    assert found is not None and found.id == "alice" and found.models == ("fraud*",)
+    assert main([*args, "--keys-file", str(keys)]) == 2  # the same id twice is refused
+
+
+def test_token_flag_is_taken_anywhere_on_the_command_line() -> None:
+    from modelserve.cli.main import hoist_token
+
+    assert hoist_token(["models", "list", "--token", "T"]) == ["--token", "T", "models", "list"]
+    assert hoist_token(["--token=T", "infer", "m"]) == ["--token=T", "infer", "m"]
