@@ -15,7 +15,7 @@ from grpc import aio
 from modelserve.admission import AdmissionInterceptor
 from modelserve.auth.authenticator import Authenticator
 from modelserve.auth.client import bearer_interceptors
-from modelserve.auth.identity import current_identity
+from modelserve.auth.identity import Identity, current_identity
 from modelserve.auth.interceptor import AuthInterceptor
 from modelserve.auth.keys import KeyStore, new_key
 from modelserve.auth.limits import IdentityLimits
@@ -158,3 +158,26 @@ async def test_admin_writes_are_audited_with_target_and_outcome(
         "outcome=PERMISSION_DENIED",
     ]
     assert not any(t in m for t in tokens.values() for m in caplog.messages)
+
+
+async def test_a_peer_resolver_names_callers_without_a_token(tmp_path: Path) -> None:
+    """The hook mTLS will use: a call without a bearer token may be identified by its
+    transport peer (here the loopback address stands in for a client certificate)."""
+
+    def peer(context: aio.ServicerContext) -> Identity | None:
+        return Identity("peer-a", frozenset({"read"}), source="mtls") if context.peer() else None
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": []}))
+    auth = AuthInterceptor(Authenticator(KeyStore(keys), peer=peer))
+    srv = aio.server(interceptors=[auth, ErrorInterceptor()])
+    srv.add_generic_rpc_handlers(_handlers())
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert await ch.unary_unary("/modelserve.v1.Registry/ListModels")(b"", timeout=5) == (
+                b"peer-a"
+            )
+    finally:
+        await srv.stop(0)

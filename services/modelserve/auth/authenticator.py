@@ -7,7 +7,7 @@ an API key by its hash. Messages name what is wrong, never the token.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from modelserve.auth.identity import Identity
@@ -36,10 +36,21 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
+# Maps a call's transport peer (e.g. an mTLS client certificate in context.auth_context())
+# to an identity, or None. Consulted only when the call carries no bearer token.
+PeerResolver = Callable[[Any], Identity | None]
+
+
 class Authenticator:
-    def __init__(self, keys: KeyStore | None = None, jwts: JwtVerifier | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyStore | None = None,
+        jwts: JwtVerifier | None = None,
+        peer: PeerResolver | None = None,
+    ) -> None:
         self._keys = keys
         self._jwts = jwts
+        self._peer = peer
         self._jwt_cache: dict[str, tuple[Identity, float]] = {}
 
     @classmethod
@@ -58,8 +69,16 @@ class Authenticator:
             )
         return cls(keys, jwts)
 
-    def authenticate(self, metadata: Iterable[tuple[str, Any]] | None) -> Identity:
+    def authenticate(
+        self, metadata: Iterable[tuple[str, Any]] | None, context: Any = None
+    ) -> Identity:
+        """The identity of a call with ``metadata``: its bearer token's, else (no token) the
+        transport peer's when a ``peer`` resolver is set and knows ``context``'s peer."""
         token = bearer_token(metadata)
+        if token is None and self._peer is not None and context is not None:
+            identity = self._peer(context)
+            if identity is not None:
+                return identity
         if token is None:
             raise AuthFailed(MISSING)
         if not token:

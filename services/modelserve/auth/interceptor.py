@@ -104,7 +104,7 @@ class AuthInterceptor(BehaviourInterceptor):
     ) -> Identity:
         """The caller's identity if it may call ``method``; aborts otherwise."""
         try:
-            identity = self._authenticator.authenticate(context.invocation_metadata())
+            identity = self._authenticator.authenticate(context.invocation_metadata(), context)
         except AuthFailed as exc:
             # Debug only: a caller without credentials must not be able to flood the logs.
             log.debug("refused %s: %s", method, exc.reason)
