@@ -388,7 +388,12 @@ async def test_repository_unload_and_load_need_admin_and_the_gateway_relays_them
     gateway_log = (auth_suite.data_dir / "gateway.log").read_text()
     assert (
         "method=/inference.GRPCInferenceService/RepositoryModelUnload target=wide outcome=OK"
-        in (gateway_log)
+        in gateway_log
+    )
+    registry_log = (auth_suite.data_dir / "registry.log").read_text()
+    assert (
+        "audit identity=local-service method=/modelserve.v1.Registry/SetModelLoaded target=wide "
+        "outcome=OK caller=local-admin" in registry_log
     )
 
 

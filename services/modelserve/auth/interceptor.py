@@ -19,7 +19,7 @@ from grpc import aio
 from prometheus_client import Counter
 
 from modelserve.auth.authenticator import Authenticator, AuthFailed
-from modelserve.auth.identity import _CURRENT, Identity
+from modelserve.auth.identity import _CURRENT, CALLER_METADATA, Identity
 from modelserve.auth.limits import IdentityLimits, LimitExceeded
 from modelserve.auth.roles import Rule, rule_for
 from modelserve.errors import PermissionDeniedError
@@ -95,7 +95,13 @@ class AuthInterceptor(BehaviourInterceptor):
                 if limited:
                     limits.end_unary(identity.id)
                 if rule.audit:
-                    _audit(identity, method, target[0] if target else _target(request), outcome)
+                    _audit(
+                        identity,
+                        method,
+                        target[0] if target else _target(request),
+                        outcome,
+                        context,
+                    )
 
         return unary_behaviour
 
@@ -120,7 +126,7 @@ class AuthInterceptor(BehaviourInterceptor):
         if not any(identity.has(role) for role in rule.roles):
             message = f"{method} needs role {rule.role}; identity {identity.id} lacks it"
             if rule.audit:
-                _audit(identity, method, _target(request), "PERMISSION_DENIED")
+                _audit(identity, method, _target(request), "PERMISSION_DENIED", context)
             REFUSED.labels("PERMISSION_DENIED").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
         if rule.model_field and isinstance(request, Message):
@@ -186,13 +192,23 @@ def _code_of(context: aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code or "ERROR")
 
 
-def _audit(identity: Identity, method: str, target: str, outcome: str) -> None:
+def _audit(
+    identity: Identity, method: str, target: str, outcome: str, context: aio.ServicerContext
+) -> None:
+    """One line per admin RPC; a service relaying a caller's write (the gateway's
+    RepositoryModelLoad) names that caller too."""
+    via = ""
+    if identity.is_service:
+        for key, value in context.invocation_metadata() or ():
+            if key == CALLER_METADATA and isinstance(value, str):
+                via = f" caller={value[:128]}"
     audit_log.info(
-        "audit identity=%s method=%s target=%s outcome=%s",
+        "audit identity=%s method=%s target=%s outcome=%s%s",
         identity.id,
         method,
         target or "-",
         outcome,
+        via,
     )
 
 
