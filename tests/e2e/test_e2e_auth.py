@@ -216,6 +216,14 @@ async def test_a_key_added_to_the_file_works_at_once_and_its_model_globs_bind(
         with pytest.raises(grpc.RpcError) as streamed:
             await call.read()
         assert streamed.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Revoked (the entry removed): refused on the next call, still without a restart.
+    tmp.write_text(json.dumps({"keys": [k for k in keys["keys"] if k["id"] != "fraud-only"]}))
+    tmp.replace(keys_file)
+    async with _channel(auth_suite.address("gateway"), token) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert await _code(stub.ModelInfer(_fraud_request(), timeout=10)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
 
 
 async def test_jwts_verify_and_expired_or_forged_ones_do_not(

@@ -111,3 +111,22 @@ async def test_without_the_service_token_the_peer_refuses(
     assert exc.value.code() == grpc.StatusCode.INTERNAL
     assert "refused this service's credentials" in (exc.value.details() or "")
     assert not peer.seen
+
+
+async def test_a_missing_service_token_file_is_refused_by_the_peer_not_raised(
+    hops: tuple[str, Peer, dict[str, str]], tmp_path: Path
+) -> None:
+    edge, _peer, tokens = hops
+    (tmp_path / "service-token").unlink()
+    async with aio.insecure_channel(edge, interceptors=bearer_interceptors(tokens["alice"])) as ch:
+        with pytest.raises(grpc.RpcError) as exc:
+            await router_pb2_grpc.RouterControlStub(ch).Resolve(
+                router_pb2.ResolveRequest(model="m"), timeout=5
+            )
+    assert exc.value.code() == grpc.StatusCode.INTERNAL  # the peer said UNAUTHENTICATED
+    (tmp_path / "service-token").write_text(tokens["svc"])  # put back: works again at once
+    async with aio.insecure_channel(edge, interceptors=bearer_interceptors(tokens["alice"])) as ch:
+        reply = await router_pb2_grpc.RouterControlStub(ch).Resolve(
+            router_pb2.ResolveRequest(model="m"), timeout=5
+        )
+    assert reply.model == "m"

@@ -92,7 +92,13 @@ class TokenFile:
         self._file = Reloading(path, _first_line, "service token")
 
     def __call__(self) -> str:
-        return self._file.get()
+        """The token; "" while the file is missing or empty (logged by ``Reloading``): the
+        peer then answers UNAUTHENTICATED, which callers and watch loops handle, instead of an
+        exception from inside a channel that a watch loop would die of."""
+        try:
+            return self._file.get()
+        except (OSError, ValueError):
+            return ""
 
 
 def _first_line(text: str) -> str:
