@@ -443,3 +443,23 @@ async def test_the_streamer_scores_through_the_gateway_with_its_service_token(
         assert streamer.terminate() == 0, streamer.log()
     finally:
         streamer.kill()
+
+
+async def test_a_policy_goes_in_force_once_the_registry_reads_routers_with_its_token(
+    auth_suite: Suite,
+) -> None:
+    """SetPolicy waits for the fleet: the registry asks routers (RouterControl, role read) with
+    its service token which versions are READY; refused, the policy would stay pending."""
+    registry = auth_suite.address("registry")
+    admin = auth_suite.token("admin") or ""
+
+    def policy(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "modelserve", "policy", "--registry", registry, *args]
+        return subprocess.run([*argv, "--token", admin], capture_output=True, text=True, timeout=90)
+
+    split = await asyncio.to_thread(policy, "split", "fraud", "1=50", "2=50", "--wait", "60")
+    assert split.returncode == 0, split.stdout + split.stderr
+    shown = await asyncio.to_thread(policy, "show", "fraud")
+    assert "pending" not in shown.stdout and "50" in shown.stdout, shown.stdout
+    cleared = await asyncio.to_thread(policy, "clear", "fraud")
+    assert cleared.returncode == 0, cleared.stderr
