@@ -36,7 +36,7 @@ from modelserve.discovery import Discovery, Registration
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.logging import configure_logging
-from modelserve.settings import CommonSettings, describe, load_settings
+from modelserve.settings import CommonSettings, SettingsError, describe, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,12 @@ def auth_interceptor(settings: CommonSettings) -> AuthInterceptor | None:
         burst=settings.identity_rate_burst,
         max_concurrent=settings.identity_max_concurrent,
     )
-    return AuthInterceptor(Authenticator.from_settings(settings), limits)
+    authenticator = Authenticator.from_settings(settings)
+    try:
+        authenticator.check_files()  # fail at start, not on every call
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"auth credentials cannot be loaded: {exc}") from None
+    return AuthInterceptor(authenticator, limits)
 
 
 async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:

@@ -195,3 +195,17 @@ def test_token_flag_is_taken_anywhere_on_the_command_line() -> None:
 
     assert hoist_token(["models", "list", "--token", "T"]) == ["--token", "T", "models", "list"]
     assert hoist_token(["--token=T", "infer", "m"]) == ["--token=T", "infer", "m"]
+
+
+def test_a_service_with_auth_on_and_an_unreadable_keys_file_does_not_start(
+    tmp_path: Path,
+) -> None:
+    from modelserve.server import auth_interceptor
+    from modelserve.settings import CommonSettings, SettingsError, load_settings
+
+    keys = tmp_path / "keys.json"
+    settings = load_settings(CommonSettings, ["--auth", "true", "--auth-keys-file", str(keys)], {})
+    with pytest.raises(SettingsError, match="cannot be loaded"):
+        auth_interceptor(settings)
+    keys.write_text('{"keys": []}')
+    assert auth_interceptor(settings) is not None

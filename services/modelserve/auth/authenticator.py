@@ -69,6 +69,13 @@ class Authenticator:
             )
         return cls(keys, jwts)
 
+    def check_files(self) -> None:
+        """Load every configured key file now; raises OSError/ValueError naming the problem."""
+        if self._keys is not None:
+            self._keys.check()
+        if self._jwts is not None:
+            self._jwts.check()
+
     def authenticate(
         self, metadata: Iterable[tuple[str, Any]] | None, context: Any = None
     ) -> Identity:

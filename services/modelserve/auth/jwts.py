@@ -83,6 +83,11 @@ class JwtVerifier:
         self._algorithms = tuple(algorithms)
         self._leeway = leeway_s
 
+    def check(self) -> None:
+        for source in (self._key, self._jwks):
+            if source is not None:
+                source.get()
+
     def _keys_for(self, token: str) -> list[_Key]:
         try:
             header = jwt.get_unverified_header(token)

@@ -76,6 +76,9 @@ class KeyStore:
     def __init__(self, path: str | Path) -> None:
         self._file = Reloading(path, parse_keys, "API keys")
 
+    def check(self) -> None:
+        self._file.get()
+
     def lookup(self, token: str) -> Identity | None:
         return self._file.get().get(hash_token(token))
 
