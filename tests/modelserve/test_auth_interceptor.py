@@ -19,6 +19,7 @@ from modelserve.auth.identity import Identity, current_identity
 from modelserve.auth.interceptor import AuthInterceptor
 from modelserve.auth.keys import KeyStore, new_key
 from modelserve.auth.limits import IdentityLimits
+from modelserve.errors import NotFoundError
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.proto.modelserve.v1 import registry_pb2
 
@@ -38,6 +39,8 @@ async def _slow(request: bytes, context: aio.ServicerContext) -> bytes:
 async def _set_label(
     request: registry_pb2.SetLabelRequest, context: aio.ServicerContext
 ) -> registry_pb2.Model:
+    if request.model == "missing":
+        raise NotFoundError("unknown model 'missing'")
     return registry_pb2.Model(name=request.model)
 
 
@@ -151,11 +154,22 @@ async def test_admin_writes_are_audited_with_target_and_outcome(
                 got = exc.code()
                 assert "needs role admin" in (exc.details() or "")
             assert got == code
+    async with aio.insecure_channel(address, interceptors=bearer_interceptors(tokens["ops"])) as ch:
+        call = ch.unary_unary(
+            "/modelserve.v1.Registry/SetLabel",
+            request_serializer=registry_pb2.SetLabelRequest.SerializeToString,
+            response_deserializer=registry_pb2.Model.FromString,
+        )
+        missing = registry_pb2.SetLabelRequest(model="missing", label="x", version=1)
+        with pytest.raises(grpc.RpcError):
+            await call(missing, timeout=5)
     lines = [r.getMessage() for r in caplog.records if r.name == "modelserve.audit"]
     assert lines == [
         "audit identity=ops method=/modelserve.v1.Registry/SetLabel target=fraud outcome=OK",
         "audit identity=alice method=/modelserve.v1.Registry/SetLabel target=fraud "
         "outcome=PERMISSION_DENIED",
+        "audit identity=ops method=/modelserve.v1.Registry/SetLabel target=missing "
+        "outcome=NOT_FOUND",
     ]
     assert not any(t in m for t in tokens.values() for m in caplog.messages)
 
