@@ -18,6 +18,7 @@ async def ready_suite(suite: Suite) -> Suite:
     tls = suite.client_tls
     for name in SERVICES:
         await wait_serving(suite.address(name), timeout=60, tls=tls)
-    names = await register_demo_models(suite.address("registry"), suite.data_dir, tls)
-    await wait_models_ready(suite.address("gateway"), names, timeout=120, tls=tls)
+    admin = suite.token("admin")
+    names = await register_demo_models(suite.address("registry"), suite.data_dir, tls, admin)
+    await wait_models_ready(suite.address("gateway"), names, timeout=120, tls=tls, token=admin)
     return suite

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from modelserve.auth.identity import CALLER_METADATA
 from modelserve.calls import Call
 from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
@@ -205,13 +206,16 @@ class RequestMerger:
             item.future.set_result(result)
 
 
+_MERGED_KEYS = ("x-request-id", CALLER_METADATA)
+
+
 def merged_call(batch: Sequence[_Item]) -> Call:
     """The call a merged request makes: the latest deadline and every member's request id
-    (routing keys stay behind: the version is decided already)."""
+    and caller identity, each once (routing keys stay behind: the version is decided)."""
     ends = [i.call.deadline.at for i in batch]
     deadline = Deadline(None if None in ends else max(e for e in ends if e is not None))
     forwarded = tuple(
-        dict.fromkeys(kv for i in batch for kv in i.call.forwarded if kv[0] == "x-request-id")
+        dict.fromkeys(kv for i in batch for kv in i.call.forwarded if kv[0] in _MERGED_KEYS)
     )
     return Call(deadline, forwarded).with_fallback(batch[0].call.fallback())  # one per lane
 

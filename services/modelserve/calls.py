@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from modelserve.auth.identity import CALLER_METADATA, current_identity
 from modelserve.channels import Endpoint, pick
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import ModelServeError, UnavailableError, from_rpc_error
@@ -33,7 +34,10 @@ T = TypeVar("T")
 # worker holds its version READY (written by the hop that decided; the gateway drops a
 # caller's own).
 FALLBACK_METADATA = "x-modelserve-fallback"
-FORWARDED_METADATA = ("x-request-id", "x-routing-key", FALLBACK_METADATA)
+# CALLER_METADATA (x-modelserve-caller): the identity the edge authenticated, for the logs of
+# the hops behind it; believed only from a service identity (never a credential: each hop
+# authenticates the service token it gets).
+FORWARDED_METADATA = ("x-request-id", "x-routing-key", FALLBACK_METADATA, CALLER_METADATA)
 MAX_FORWARDED_VALUE = 256
 Metadata = tuple[tuple[str, str], ...]
 NO_DEADLINE = Deadline()
@@ -51,7 +55,7 @@ class Call:
         """Read once from the servicer context: the deadline (clamped at the edge) and the
         metadata worth forwarding."""
         deadline = edge.admit(context) if edge is not None else Deadline.of(context)
-        return cls(deadline, forwarded_of(context.invocation_metadata()))
+        return cls(deadline, _with_caller(forwarded_of(context.invocation_metadata())))
 
     def with_deadline(self, deadline: Deadline) -> Call:
         return Call(deadline, self.forwarded)
@@ -79,6 +83,20 @@ def forwarded_of(metadata: Iterable[tuple[str, Any]] | None) -> Metadata:
         if key in FORWARDED_METADATA and isinstance(value, str):
             out.append((key, value[:MAX_FORWARDED_VALUE]))
     return tuple(out)
+
+
+def _with_caller(forwarded: Metadata) -> Metadata:
+    """``forwarded`` with the caller named as authenticated here: a service identity's
+    forwarded caller is kept, anyone else is named themselves (a caller's own header is
+    dropped); without auth no caller travels."""
+    identity = current_identity()
+    if identity is not None and identity.is_service:
+        return forwarded
+    if any(k == CALLER_METADATA for k, _ in forwarded):
+        forwarded = tuple(kv for kv in forwarded if kv[0] != CALLER_METADATA)
+    if identity is not None:
+        forwarded += ((CALLER_METADATA, identity.id[:MAX_FORWARDED_VALUE]),)
+    return forwarded
 
 
 Pick = Callable[[set[str]], Endpoint | None]

@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from modelserve import tracing
+from modelserve.auth.client import outbound_interceptors
 from modelserve.settings import MIB
 from modelserve.tls import ClientTLS, client_tls
 
@@ -63,9 +64,9 @@ def internal_channel(
     (mTLS). ``tls`` defaults to the process's (``modelserve.tls.configure_client_tls``)."""
     tls = tls if tls is not None else client_tls()
     options = channel_options(max_message_bytes)
-    # Client spans (and trace-context injection) only when tracing is on: no interceptor,
-    # no cost, otherwise.
-    interceptors = tracing.client_interceptors() or None
+    # The service token on every call (modelserve.auth.client), and client spans only when
+    # tracing is on: no interceptor, no cost, otherwise.
+    interceptors = [*(outbound_interceptors() or []), *tracing.client_interceptors()] or None
     if tls is None:
         return aio.insecure_channel(address, options=options, interceptors=interceptors)
     return aio.secure_channel(

@@ -7,7 +7,11 @@ a handler becomes INTERNAL with an opaque id; the stack goes to the log, never t
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+
+log = logging.getLogger(__name__)
 
 
 class ModelServeError(Exception):
@@ -111,6 +115,12 @@ def from_rpc_error(exc: grpc.RpcError, hop: str) -> ModelServeError:
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     if code == grpc.StatusCode.CANCELLED:
         details = details or "cancelled"
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # A peer refused *this service's* token (every caller's own credential was checked
+        # at the edge): a misconfiguration the caller cannot fix, and must not read as a
+        # problem with their token. Never UNAVAILABLE, which every client retries.
+        log.error("%s refused this service's credentials (%s): %s", hop, code.name, details)
+        return ModelServeError(f"{hop} refused this service's credentials ({code.name.lower()})")
     if any(marker in details for marker in _TRANSPORT_MARKERS) or code in (
         grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.INTERNAL,

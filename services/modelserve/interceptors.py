@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from modelserve.auth.identity import CALLER_METADATA, current_identity
 from modelserve.errors import ModelServeError
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,21 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
     if isinstance(exc, NotImplementedError):  # a generated base method nobody overrode
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
     ref = uuid.uuid4().hex[:12]
-    log.error("unexpected error in %s (ref %s)", method, ref, exc_info=exc)
+    log.error("unexpected error in %s (ref %s%s)", method, ref, _caller(context), exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
+
+
+def _caller(context: aio.ServicerContext) -> str:
+    """ ", caller X" for the log line of a failed call when auth knows who called: the
+    identity itself, or the caller a service identity forwarded (x-modelserve-caller)."""
+    identity = current_identity()
+    if identity is None:
+        return ""
+    if identity.is_service:
+        for key, value in context.invocation_metadata() or ():
+            if key == CALLER_METADATA and isinstance(value, str):
+                return f", caller {value[:128]} via {identity.id}"
+    return f", caller {identity.id}"
 
 
 class BehaviourInterceptor(aio.ServerInterceptor):

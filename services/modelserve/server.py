@@ -28,11 +28,15 @@ from grpc_reflection.v1alpha import reflection
 
 from modelserve import metrics, tracing
 from modelserve.admission import AdmissionInterceptor
+from modelserve.auth.authenticator import Authenticator
+from modelserve.auth.client import set_service_token_file
+from modelserve.auth.interceptor import AuthInterceptor
+from modelserve.auth.limits import IdentityLimits
 from modelserve.discovery import Discovery, Registration
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.logging import configure_logging
-from modelserve.settings import CommonSettings, describe, load_settings
+from modelserve.settings import CommonSettings, SettingsError, describe, load_settings
 from modelserve.tls import ReloadingCertificate, TLSConfig, configure_client_tls, server_credentials
 
 log = logging.getLogger(__name__)
@@ -313,6 +317,26 @@ def _write_port_file(path: Path, service: str, port: int, metrics_port: int | No
     os.replace(tmp, path)  # readers never see a half-written file
 
 
+def auth_interceptor(settings: CommonSettings) -> AuthInterceptor | None:
+    """The auth interceptor ``settings`` ask for (None when auth is off)."""
+    if not settings.auth:
+        return None
+    if not settings.service_token_file:
+        log.warning("auth is on but service_token_file is unset: calls to other services fail")
+    limits = IdentityLimits(
+        max_streams=settings.max_streams_per_identity,
+        rate_per_s=settings.identity_rate_limit,
+        burst=settings.identity_rate_burst,
+        max_concurrent=settings.identity_max_concurrent,
+    )
+    authenticator = Authenticator.from_settings(settings)
+    try:
+        authenticator.check_files()  # fail at start, not on every call
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"auth credentials cannot be loaded: {exc}") from None
+    return AuthInterceptor(authenticator, limits)
+
+
 async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:
     """Build and start one service in this event loop (``run_service`` and in-process tests)."""
     # Admission before the rest: a refused call costs no span, no decoding beyond gRPC's own.
@@ -323,6 +347,12 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
             max_unary=settings.max_concurrent_rpcs, max_streams=settings.max_concurrent_streams
         ),
     ]
+    # Then who is calling: every RPC but health and reflection needs its role (auth/roles.py).
+    auth = auth_interceptor(settings)
+    if auth is not None:
+        interceptors.append(auth)
+    # Every internal channel this service opens from here on sends the service token.
+    set_service_token_file(settings.service_token_file)
     if traced:
         interceptors.append(tracing.server_interceptor())
     interceptors.append(ErrorInterceptor())

@@ -121,6 +121,44 @@ class CommonSettings:
         "Name checked in the server certificates of the services this one calls, and the "
         "TLSServerName of its Consul check (empty: the host dialled).",
     )
+    auth: bool = setting(
+        False,
+        "Require 'authorization: Bearer <token>' on every RPC (health and reflection "
+        "excepted) and enforce the RPC role table (README 'Security').",
+    )
+    auth_keys_file: str = setting(
+        "",
+        "API keys file (JSON: id, sha256 hash, roles, optional model globs); reloaded on change.",
+    )
+    auth_jwt_key_file: str = setting(
+        "", "JWT verification key: a PEM public key/certificate (RS256, ES256) or an HS256 secret."
+    )
+    auth_jwks_file: str = setting("", "JWT verification keys as a JWKS file (chosen by kid).")
+    auth_jwt_issuer: str = setting("", "Required JWT iss claim (empty: not checked).")
+    auth_jwt_audience: str = setting("", "Required JWT aud claim (empty: not checked).")
+    auth_jwt_algorithms: str = setting(
+        "RS256,ES256,HS256",
+        "JWT algorithms accepted, comma-separated (a key only verifies tokens of its own kind).",
+    )
+    service_token_file: str = setting(
+        "", "Token this service sends on every call to another service (role service)."
+    )
+    max_streams_per_identity: int = setting(
+        64,
+        "With auth: most streams (watches, status streams, ModelStreamInfer) one identity may "
+        "hold open on this process, so one identity cannot take every watcher slot.",
+    )
+    identity_rate_limit: float = setting(
+        0.0,
+        "With auth: unary calls per second per identity (token bucket; 0 = off; meant for the "
+        "gateway; service identities exempt). Over it: RESOURCE_EXHAUSTED + pushback.",
+    )
+    identity_rate_burst: int = setting(
+        0, "Token-bucket size of identity_rate_limit (0 = one second's worth)."
+    )
+    identity_max_concurrent: int = setting(
+        0, "With auth: most unary calls one identity may have in flight (0 = off; gateway)."
+    )
 
     def resolved_metrics_port(self, bound_port: int) -> int | None:
         if self.metrics_port == -2:
@@ -142,6 +180,11 @@ class CommonSettings:
         tls_problems = _tls_problems(self)
         if tls_problems:
             raise SettingsError("; ".join(tls_problems))
+        if self.auth and not (self.auth_keys_file or self.auth_jwt_key_file or self.auth_jwks_file):
+            raise SettingsError(
+                "auth is on but no credentials can be checked: set auth_keys_file, "
+                "auth_jwt_key_file or auth_jwks_file"
+            )
         if not 0.0 <= self.trace_sample_ratio <= 1.0:
             raise SettingsError(
                 f"trace_sample_ratio must be in [0, 1], got {self.trace_sample_ratio}"

@@ -91,7 +91,8 @@ ALLOWED = {
 }
 # `python -m modelserve` has to reach the CLI from the floor's package: an entry point, no code.
 ENTRY_SHIMS = {ROOT / "services" / "modelserve" / "__main__.py"}
-CLIENT_ONLY = {"pyarrow", "tqdm", "pyspark", "cryptography"}
+# cryptography is not among them: services verify RS256/ES256 JWTs with it (pyjwt[crypto]).
+CLIENT_ONLY = {"pyarrow", "tqdm", "pyspark"}
 
 
 def layer_of(module: str) -> str | None:

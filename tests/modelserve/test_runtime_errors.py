@@ -84,8 +84,6 @@ CARRIED = [
     ("UNAVAILABLE", errors.UnavailableError, "worker draining"),
     ("RESOURCE_EXHAUSTED", errors.ResourceExhaustedError, "queue full (64)"),
     ("DEADLINE_EXCEEDED", errors.DeadlineExceededError, "deadline exceeded in queue"),
-    ("PERMISSION_DENIED", errors.PermissionDeniedError, "admin credential needed"),
-    ("UNAUTHENTICATED", errors.UnauthenticatedError, "no credentials"),
     ("UNIMPLEMENTED", errors.UnimplementedError, "not supported"),
 ]
 
@@ -99,6 +97,17 @@ async def test_codes_and_messages_are_carried_over(
     assert type(err) is cls
     assert err.code == grpc.StatusCode[code]
     assert err.message == details
+
+
+@pytest.mark.parametrize("code", ["PERMISSION_DENIED", "UNAUTHENTICATED"])
+async def test_a_peer_refusing_our_service_token_is_internal(
+    hops: tuple[str, str], code: str
+) -> None:
+    """The caller's own credential was checked at the edge: a peer refusing this service's
+    token is a misconfiguration, not the caller's problem (and never retryable UNAVAILABLE)."""
+    err = from_rpc_error(await rpc_error(hops[1], code, "needs role service"), "worker")
+    assert err.code == grpc.StatusCode.INTERNAL
+    assert err.message == f"worker refused this service's credentials ({code.lower()})"
 
 
 @pytest.mark.parametrize("code", ["ABORTED", "OUT_OF_RANGE", "DATA_LOSS"])

@@ -1,4 +1,5 @@
-"""Channels of the operator CLI and client tools to the suite: plaintext, or TLS.
+"""Channels of the operator CLI and client tools to the suite: plaintext, or TLS, carrying
+the operator's ``--token`` (or ``MODELSERVE_TOKEN``) as ``authorization: Bearer``.
 
 TLS comes from ``--tls-ca`` / ``--tls-cert`` / ``--tls-key`` (``modelserve --tls-ca ca.pem
 models list``) or ``MODELSERVE_TLS_CA`` / ``MODELSERVE_TLS_CERT`` / ``MODELSERVE_TLS_KEY``;
@@ -14,11 +15,27 @@ from collections.abc import Mapping
 
 from grpc import aio
 
+from modelserve.auth.client import bearer_interceptors
 from modelserve.tls import ClientTLS
 
 ENV_CA, ENV_CERT, ENV_KEY = "MODELSERVE_TLS_CA", "MODELSERVE_TLS_CERT", "MODELSERVE_TLS_KEY"
+TOKEN_ENV = "MODELSERVE_TOKEN"
 
 _configured: ClientTLS | None = None
+_token: str | None = None
+
+
+def set_token(token: str | None) -> None:
+    """The token every channel made by ``channel`` sends (None: ``MODELSERVE_TOKEN``)."""
+    global _token
+    _token = token
+
+
+def _current_token() -> str | None:
+    return _token if _token is not None else (os.environ.get(TOKEN_ENV) or None)
+
+
+token = _current_token  # the CLI's token (``--token`` or MODELSERVE_TOKEN)
 
 
 def tls_from(
@@ -49,9 +66,13 @@ def current() -> ClientTLS | None:
     return _configured if _configured is not None else tls_from()
 
 
-def channel(address: str, tls: ClientTLS | None = None) -> aio.Channel:
-    """A channel to ``address``: secure when ``tls`` (or the configured TLS) is set."""
+def channel(address: str, tls: ClientTLS | None = None, *, token: str | None = None) -> aio.Channel:
+    """A channel to ``address``: secure when ``tls`` (or the configured TLS) is set, sending
+    ``token`` (else the CLI's token), if any."""
     tls = tls if tls is not None else current()
+    interceptors = bearer_interceptors(token or _current_token())
     if tls is None:
-        return aio.insecure_channel(address)
-    return aio.secure_channel(address, tls.credentials(), options=tls.options())
+        return aio.insecure_channel(address, interceptors=interceptors)
+    return aio.secure_channel(
+        address, tls.credentials(), options=tls.options(), interceptors=interceptors
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from modelserve.cli import auth as auth_cli
 from modelserve.cli import canary as canary_cli
 from modelserve.cli import connect, output, push_flags
 from modelserve.cli import experiment as experiment_cli
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         help="client certificate, for internal services (MODELSERVE_TLS_CERT)",
     )
     tls.add_argument("--tls-key", default=None, help="its private key (MODELSERVE_TLS_KEY)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token sent to every service called (default $MODELSERVE_TOKEN); "
+        "may be given after any subcommand",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole suite on this machine until Ctrl-C")
@@ -60,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         "--secure",
         action="store_true",
         help="TLS on every listener, mTLS between services (certificates in DATA_DIR/tls)",
+    )
+    up.add_argument(
+        "--auth",
+        action="store_true",
+        help="require credentials: tokens/{admin,infer,service} and keys.json in the data dir",
     )
 
     serve = sub.add_parser("serve", help="run one service (flags after it go to the service)")
@@ -101,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         msub.add_parser(verb, help=what).add_argument("name")
     _add_optimize(msub)
     lookup_cli.add_parser(msub)
+
+    auth_cli.add_parser(sub)
 
     infer = sub.add_parser("infer", help="send one V2 inference to the gateway")
     infer.add_argument("model")
@@ -150,6 +164,27 @@ def _add_optimize(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     opt.add_argument("--force", action="store_true", help="push it even if it is bigger or slower")
 
 
+def hoist_token(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--token T`` (or ``--token=T``) moved before the subcommand, so every
+    command takes it wherever it is written."""
+    rest: list[str] = []
+    front: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "--token" and i + 1 < len(items):
+            front = ["--token", items[i + 1]]
+            i += 2
+            continue
+        if item.startswith("--token="):
+            front = [item]
+        else:
+            rest.append(item)
+        i += 1
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The one error handler: whatever goes wrong ends in one line on stderr and a non-zero
     exit code, never a traceback (MODELSERVE_DEBUG=1 shows it)."""
@@ -179,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
+    argv = hoist_token(sys.argv[1:] if argv is None else argv)
     args, extra = _parser().parse_known_args(argv)
+    connect.set_token(args.token)
     if args.command == "stream":  # unknown flags go to the streamer's settings
         return stream_cli.run(args, extra)
     if extra:
@@ -194,8 +231,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from modelserve.cli.up import run_up
 
         return run_up(
-            Path(args.data_dir), demo=not args.no_demo, workers=args.workers, secure=args.secure
+            Path(args.data_dir),
+            demo=not args.no_demo,
+            workers=args.workers,
+            secure=args.secure,
+            auth=args.auth,
         )
+    if args.command == "auth":
+        return auth_cli.run(args)
     try:
         connect.configure(connect.tls_from(args.tls_ca, args.tls_cert, args.tls_key))
     except ValueError as exc:

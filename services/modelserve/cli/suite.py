@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelserve.auth.keys import write_local_tokens
 from modelserve.cli import connect
 from modelserve.tls import ClientTLS
 
@@ -73,6 +74,14 @@ class Suite:
             return None
         pair = self.pki.pair("client")
         return ClientTLS(ca_file=str(self.pki.ca), cert_file=str(pair.cert), key_file=str(pair.key))
+
+    # With auth: paths of tokens/admin, tokens/infer, tokens/service and keys_file.
+    tokens: dict[str, Path] = field(default_factory=dict)
+
+    def token(self, role: str) -> str | None:
+        """The local token of ``role`` (admin, infer, service); None without auth."""
+        path = self.tokens.get(role)
+        return path.read_text().strip() if path is not None else None
 
     def address(self, name: str) -> str:
         return self.processes[name].address
@@ -136,12 +145,15 @@ def start_suite(
     workers: int = 1,
     timeout: float = 60.0,
     tls: bool = False,
+    auth: bool = False,
 ) -> Suite:
     """Start registry, featurestore, worker(s), router and gateway; return once all listen.
 
     ``tls``: certificates from ``data_dir/tls`` (made or reused, ``tls_material``), TLS on
     every listener, client certificates required everywhere but at the gateway, and mTLS on
     every channel between the services.
+    ``auth``: every service requires credentials; the keys file and the admin, infer and
+    service tokens are made in ``data_dir`` (``write_local_tokens``; ``suite.token(role)``).
     """
     ports = ports or {}
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +163,15 @@ def start_suite(
 
         pki = ensure_local_pki(data_dir, SERVICES)
     suite = Suite(data_dir, pki=pki)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    auth_env: dict[str, str] = {}
+    if auth:
+        suite.tokens = write_local_tokens(data_dir)
+        auth_env = {
+            "MODELSERVE_AUTH": "1",
+            "MODELSERVE_AUTH_KEYS_FILE": str(suite.tokens["keys_file"]),
+            "MODELSERVE_SERVICE_TOKEN_FILE": str(suite.tokens["service"]),
+        }
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **auth_env, **(extra_env or {})}
     addr: dict[str, str] = {}
     names = [
         "registry",

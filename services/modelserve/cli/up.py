@@ -37,10 +37,11 @@ from modelserve.tls import ClientTLS
 
 
 async def register_demo_models(
-    registry: str, data_dir: Path, tls: ClientTLS | None = None
+    registry: str, data_dir: Path, tls: ClientTLS | None = None, token: str | None = None
 ) -> list[str]:
-    """Push each demo model unless a version with the same sha256 exists; returns names."""
-    async with connect.channel(registry, tls) as channel:
+    """Push each demo model unless a version with the same sha256 exists; returns names.
+    ``token``: an admin token when auth is on."""
+    async with connect.channel(registry, tls, token=token) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         existing = await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
         have = {(m.name, v.sha256) for m in existing.models for v in m.versions}
@@ -57,9 +58,13 @@ async def register_demo_models(
 
 
 async def wait_models_ready(
-    gateway: str, names: list[str], timeout: float, tls: ClientTLS | None = None
+    gateway: str,
+    names: list[str],
+    timeout: float,
+    tls: ClientTLS | None = None,
+    token: str | None = None,
 ) -> None:
-    async with connect.channel(gateway, tls) as channel:
+    async with connect.channel(gateway, tls, token=token) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
@@ -80,10 +85,13 @@ async def prepare(suite: Suite, demo: bool) -> list[str]:
     tls = suite.client_tls
     for name in SERVICES:
         await wait_serving(suite.address(name), timeout=60, tls=tls)
+    admin = suite.token("admin")
     names = (
-        await register_demo_models(suite.address("registry"), suite.data_dir, tls) if demo else []
+        await register_demo_models(suite.address("registry"), suite.data_dir, tls, admin)
+        if demo
+        else []
     )
-    await wait_models_ready(suite.address("gateway"), names, timeout=120, tls=tls)
+    await wait_models_ready(suite.address("gateway"), names, timeout=120, tls=tls, token=admin)
     return names
 
 
@@ -100,14 +108,6 @@ GRPCURL = shutil.which("grpcurl") or (
 )
 
 
-def write_local_tokens_hook(data_dir: Path) -> list[str]:
-    """HOOK(auth): the authentication branch provides ``write_local_tokens(dir)``; call it
-    here (e.g. on ``data_dir / "tokens"``) and return the banner lines that say where the
-    tokens are and how a client sends them (tritonclient ``headers=``, grpcurl ``-H``). It runs
-    after the suite is up and before the banner is printed. Until then: no tokens, no lines."""
-    return []
-
-
 def banner(suite: Suite, names: list[str]) -> str:
     if suite.pki is not None:
         return secure_banner(suite, names)
@@ -120,6 +120,7 @@ def banner(suite: Suite, names: list[str]) -> str:
         )
     lines += [
         f"  models: {', '.join(names) or '(none)'}",
+        _auth_line(suite),
         "",
         "Try it (every line below pastes as is into a new shell):",
         f"{GRPCURL} -plaintext {gw} list",
@@ -141,6 +142,17 @@ def banner(suite: Suite, names: list[str]) -> str:
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _auth_line(suite: Suite) -> str:
+    if not suite.tokens:
+        return "  auth: off (any local process may call every RPC; README 'Security')"
+    tokens = suite.data_dir / "tokens"
+    return (
+        f"  auth: on; tokens in {tokens} (admin, infer, service): send "
+        f'-H "authorization: Bearer $(cat {tokens}/infer)" to grpcurl, '
+        f"MODELSERVE_TOKEN=$(cat {tokens}/admin) to modelserve"
+    )
 
 
 def secure_banner(suite: Suite, names: list[str]) -> str:
@@ -174,17 +186,24 @@ def secure_banner(suite: Suite, names: list[str]) -> str:
         f"export MODELSERVE_TLS_CA={ca} MODELSERVE_TLS_CERT={client.cert} "
         f"MODELSERVE_TLS_KEY={client.key}",
         f"{MODELSERVE} infer fraud --input 'transaction=[[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]]'",
-        *write_local_tokens_hook(suite.data_dir),  # HOOK(auth): where the tokens go
+        _auth_line(suite),
         "",
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
 
 
-def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1, secure: bool = False) -> int:
+def run_up(
+    data_dir: Path,
+    *,
+    demo: bool = True,
+    workers: int = 1,
+    secure: bool = False,
+    auth: bool = False,
+) -> int:
     data_dir = data_dir.resolve()
     print(f"starting modelserve in {data_dir}{' with TLS' if secure else ''} ...", flush=True)
-    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, tls=secure)
+    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, tls=secure, auth=auth)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
