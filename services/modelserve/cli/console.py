@@ -62,13 +62,13 @@ class State:
         }
 
 
-async def read_state(registry: str, routers: Sequence[str]) -> State:
+async def read_state(registry: str, routers: Sequence[str], token: str | None = None) -> State:
     errors: list[str] = []
     models: list[registry_pb2.Model] = []
     canaries: dict[str, canary_pb2.CanaryStatus] = {}
     experiments: list[tuple[experiments_pb2.Experiment, experiments_pb2.ExperimentReport]] = []
     shadows: dict[str, list[router_pb2.ShadowPair]] = {}
-    async with connect.channel(registry) as channel:
+    async with connect.channel(registry, token=token) as channel:
         reg = registry_pb2_grpc.RegistryStub(channel)
         try:
             listed = await reg.ListModels(registry_pb2.ListModelsRequest(), timeout=TIMEOUT_S)
@@ -98,7 +98,7 @@ async def read_state(registry: str, routers: Sequence[str]) -> State:
             errors.append(f"experiments: {exc.code().name}: {exc.details()}")
     shadowed = [m.name for m in models if m.policy.policy.HasField("shadow")]
     for address in routers:
-        async with connect.channel(address) as channel:
+        async with connect.channel(address, token=token) as channel:
             stub = router_pb2_grpc.RouterControlStub(channel)
             for name in shadowed:
                 try:
@@ -204,7 +204,14 @@ def render(state: State) -> str:
 class Console:
     """The console's HTTP server on its own thread; ``stop`` ends it."""
 
-    def __init__(self, host: str, port: int, registry: str, routers: Sequence[str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: str,
+        routers: Sequence[str],
+        token: str | None = None,
+    ) -> None:
         console = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -213,7 +220,9 @@ class Console:
                     self.send_error(404, "the console has / and /api/state")
                     return
                 try:
-                    state = asyncio.run(read_state(console.registry, console.routers))
+                    state = asyncio.run(
+                        read_state(console.registry, console.routers, console.token)
+                    )
                 except Exception as exc:  # the page says what failed, never a traceback
                     log.warning("console: reading the suite failed: %s", exc)
                     state = State([], {}, [], {}, [f"reading the suite failed: {exc}"])
@@ -233,6 +242,7 @@ class Console:
 
         self.registry = registry
         self.routers = list(routers)
+        self.token = token  # a read (or admin) token when the suite runs with auth
         self._server = ThreadingHTTPServer((host, port), Handler)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(

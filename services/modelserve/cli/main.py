@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true", help="do not register the demo models")
     up.add_argument("--workers", type=int, default=1, help="number of worker processes")
     up.add_argument(
+        "--console-port", type=int, default=8080, help="the read-only web console (-1: none)"
+    )
+    up.add_argument(
         "--secure",
         action="store_true",
         help="TLS on every listener, mTLS between services (certificates in DATA_DIR/tls)",
@@ -236,6 +239,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             secure=args.secure,
             auth=args.auth,
+            console_port=args.console_port,
         )
     if args.command == "auth":
         return auth_cli.run(args)

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from modelserve.cli import connect
+from modelserve.cli.console import Console
 from modelserve.cli.demo_models import write_demo_models
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import (
@@ -106,6 +107,26 @@ GRPCURL = shutil.which("grpcurl") or (
     if (Path(sys.executable).parent / "grpcurl").exists()
     else "grpcurl"
 )
+
+
+DEFAULT_CONSOLE_PORT = 8080
+
+
+def _start_console(suite: Suite, port: int) -> Console | None:
+    """The read-only web console on ``port`` (-1: none); a port in use is said, not fatal."""
+    if port < 0:
+        return None
+    try:
+        return Console(
+            "127.0.0.1",
+            port,
+            suite.address("registry"),
+            [suite.address("router")],
+            token=suite.token("admin"),
+        )
+    except OSError as exc:
+        print(f"console not started on :{port}: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 def banner(suite: Suite, names: list[str]) -> str:
@@ -200,21 +221,28 @@ def run_up(
     workers: int = 1,
     secure: bool = False,
     auth: bool = False,
+    console_port: int = DEFAULT_CONSOLE_PORT,
 ) -> int:
     data_dir = data_dir.resolve()
     print(f"starting modelserve in {data_dir}{' with TLS' if secure else ''} ...", flush=True)
     suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, tls=secure, auth=auth)
+    console: Console | None = None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         names = asyncio.run(prepare(suite, demo))
+        console = _start_console(suite, console_port)
         print(banner(suite, names), flush=True)
+        if console is not None:
+            print(f"Console (read-only): http://127.0.0.1:{console.port}/", flush=True)
         supervisor = Supervisor(suite, say=lambda line: print(line, file=sys.stderr, flush=True))
         while not stop.wait(0.5):
             supervisor.check()
     finally:
         print("stopping ...", flush=True)
+        if console is not None:
+            console.stop()
         codes = suite.stop()
         print("stopped: " + ", ".join(f"{n}={c}" for n, c in codes.items()), flush=True)
     return 0
