@@ -177,7 +177,21 @@ class GatewayDataPlane:
         version: registry_pb2.ModelVersion | None,
         call: Call,
     ) -> pb.ModelStatisticsResponse:
-        return await self._to_router(lambda s: s.ModelStatistics, request, call)
+        """The workers' statistics (through a router), with ``success`` and ``fail`` as the
+        gateway measured them: the whole path behind the edge (decode, validation, merging,
+        the router, the worker, the answer), what a caller sees; queue and compute_* stay the
+        workers' own. A version this gateway has not served keeps the workers' figures."""
+        answer = await self._to_router(lambda s: s.ModelStatistics, request, call)
+        for stats in answer.model_stats:
+            if not stats.version.isdigit():
+                continue
+            seen = self._model_metrics.durations.get((stats.name, int(stats.version)))
+            if seen is None:
+                continue
+            ok_count, ok_ns, fail_count, fail_ns = seen
+            stats.inference_stats.success.count, stats.inference_stats.success.ns = ok_count, ok_ns
+            stats.inference_stats.fail.count, stats.inference_stats.fail.ns = fail_count, fail_ns
+        return answer
 
     async def repository_unload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> None:
         """Mark the model unloaded in the registry; returns once this gateway's replica has

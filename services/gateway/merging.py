@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from modelserve.auth.identity import CALLER_METADATA
 from modelserve.calls import Call
 from modelserve.deadlines import Deadline
@@ -83,6 +85,18 @@ def lane_key(request: pb.ModelInferRequest, version: int, fallback: int = 0) -> 
     # The fallback is part of the key: a merged call carries one (``merged_call``).
     outputs = tuple(o.name for o in request.outputs)
     return (request.model_name, version, fallback, tuple(layout), outputs)
+
+
+MERGED_CALLS = Counter(
+    "modelserve_gateway_merged_calls_total",
+    "Calls the gateway sent carrying more than one caller's request",
+    ["model"],
+)
+MERGED_REQUESTS = Counter(
+    "modelserve_gateway_merged_requests_total",
+    "Callers' requests that travelled inside a merged call",
+    ["model"],
+)
 
 
 class RequestMerger:
@@ -175,6 +189,9 @@ class RequestMerger:
                 await self._settle_one(batch[0])
                 return
             self.merged_calls += 1
+            model = batch[0].request.model_name  # a lane is one catalog-known model version
+            MERGED_CALLS.labels(model).inc()
+            MERGED_REQUESTS.labels(model).inc(len(batch))
             try:
                 response = await self._forward(
                     merge_requests([i.request for i in batch]), merged_call(batch)

@@ -98,12 +98,16 @@ def status_name(exc: BaseException) -> str:
 
 class ModelMetrics:
     """Per (model, version) RED for one service; label children cached per pair, since
-    ``labels()`` takes a lock and a dict lookup per call."""
+    ``labels()`` takes a lock and a dict lookup per call. Also keeps, per pair, the count and
+    nanoseconds of successful and failed requests: what V2 ModelStatistics calls ``success``
+    and ``fail``, as seen by this service."""
 
     def __init__(self, service: str) -> None:
         self._service = service
         self._children: dict[tuple[str, int], tuple[Histogram, Gauge]] = {}
         self._counters: dict[tuple[str, int, str], Counter] = {}
+        # (model, version) -> [success count, success ns, fail count, fail ns]
+        self.durations: dict[tuple[str, int], list[int]] = {}
 
     def start(self, model: str, version: int) -> float:
         self._pair(model, version)[1].inc()
@@ -112,7 +116,14 @@ class ModelMetrics:
     def end(self, model: str, version: int, started: float, code: str) -> None:
         duration, in_flight = self._pair(model, version)
         in_flight.dec()
-        duration.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        duration.observe(seconds)
+        totals = self.durations.get((model, version))
+        if totals is None:
+            totals = self.durations[(model, version)] = [0, 0, 0, 0]
+        slot = 0 if code == "OK" else 2
+        totals[slot] += 1
+        totals[slot + 1] += int(seconds * 1e9)
         key = (model, version, code)
         counter = self._counters.get(key)
         if counter is None:

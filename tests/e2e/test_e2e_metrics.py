@@ -98,3 +98,29 @@ def test_every_services_metrics_pass_promtool(suite: Suite, name: str) -> None:
         [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True
     )
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+async def test_model_statistics_at_the_gateway_cover_the_whole_path(
+    suite: Suite, gateway: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """success/fail at the gateway are the gateway's own (what a caller sees); the worker's
+    are its part. So the gateway's mean success time is at least the worker's."""
+    request = pb.ModelInferRequest(model_name="fraud")
+    encode_inputs(request, {"transaction": np.zeros((1, 8), np.float32)})
+    for _ in range(20):
+        version = (await gateway.ModelInfer(request, timeout=10)).model_version
+    at_edge = await gateway.ModelStatistics(
+        pb.ModelStatisticsRequest(name="fraud", version=version), timeout=10
+    )
+    async with grpc.aio.insecure_channel(suite.address("worker")) as channel:
+        worker = pb_grpc.GRPCInferenceServiceStub(channel)
+        inside = await worker.ModelStatistics(
+            pb.ModelStatisticsRequest(name="fraud", version=version), timeout=10
+        )
+    (edge,), (work,) = at_edge.model_stats, inside.model_stats
+    assert edge.inference_stats.success.count >= 20
+    edge_mean = edge.inference_stats.success.ns / edge.inference_stats.success.count
+    work_mean = work.inference_stats.success.ns / work.inference_stats.success.count
+    assert edge_mean > work_mean, (edge_mean, work_mean)
+    # queue and compute are the workers' own, passed through
+    assert edge.inference_stats.compute_infer.count == work.inference_stats.compute_infer.count
