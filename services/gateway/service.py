@@ -9,6 +9,7 @@ from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow
 from modelserve.deadlines import EdgeDeadlines
 from modelserve.server import Runtime
+from modelserve.v2.http import serve_http
 from modelserve.v2.servicer import serve_v2
 
 
@@ -16,7 +17,7 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     catalog = Catalog(runtime.discovery)
     composites = CompositeCatalog(runtime.discovery, catalog)
     routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
-    serve_v2(
+    servicer = serve_v2(
         runtime,
         GatewayDataPlane(
             catalog=catalog,
@@ -31,6 +32,9 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
             merge_max_bytes=settings.merge_max_bytes,
         ),
     )
+    if settings.http_port:
+        # The REST face calls the same servicer: one data plane behind both ports.
+        serve_http(runtime, servicer, port=settings.http_port, server=settings.http_server)
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")
     runtime.background(follow(runtime.discovery, "router", routers), "router discovery")
