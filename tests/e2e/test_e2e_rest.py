@@ -16,7 +16,7 @@ import pytest
 from test_e2e_clients import CLIENTS, ort_run
 
 from modelserve.cli.suite import Suite
-from modelserve.cli.up import wait_models_ready
+from modelserve.cli.up import banner, wait_models_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "modelserve"
@@ -297,3 +297,15 @@ async def test_perf_analyzer_over_http(suite: Suite, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Throughput" in proc.stdout
+
+
+async def test_the_up_banner_curl_examples_work(suite: Suite) -> None:
+    """`modelserve up` prints curl lines for its REST port; run them as printed."""
+    lines = [line.strip() for line in banner(suite, ["fraud"]).splitlines()]
+    curls = [line for line in lines if line.startswith("curl ")]
+    assert len(curls) == 3, lines
+    ready, metadata, infer = [await run("bash", "-c", line) for line in curls]
+    assert ready.returncode == 0 and ready.stdout.strip() == "200"
+    assert json.loads(metadata.stdout)["name"] == "fraud"
+    answer = json.loads(infer.stdout)
+    assert answer["outputs"][0]["name"] == "fraud_probability", infer.stdout

@@ -21,6 +21,7 @@ import grpc
 from modelserve.cli.demo_models import write_demo_models
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import (
+    DEFAULT_HTTP_PORT,
     DEFAULT_PORTS,
     SERVICES,
     Suite,
@@ -77,18 +78,30 @@ async def prepare(suite: Suite, demo: bool) -> list[str]:
     return names
 
 
+CURL_INFER = (
+    '{"inputs":[{"name":"transaction","datatype":"FP32","shape":[1,8],'
+    '"data":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]}]}'
+)
+
+
 def banner(suite: Suite, names: list[str]) -> str:
     gw = suite.address("gateway")
     lines = ["", "modelserve is up:"]
     for name in SERVICES:
         p = suite.processes[name]
+        http = f"  http :{p.http_port}" if p.http_port else ""
         lines.append(
-            f"  {name:<13} grpc {p.address:<16} metrics :{p.metrics_port}  log {p.log_path}"
+            f"  {name:<13} grpc {p.address:<16} metrics :{p.metrics_port}{http}  log {p.log_path}"
         )
+    lines += [f"  models: {', '.join(names) or '(none)'}", "", "Try it:"]
+    if suite.processes["gateway"].http_port:
+        http = suite.http_address()
+        lines += [
+            f"  curl -s http://{http}/v2/health/ready -o /dev/null -w '%{{http_code}}\\n'",
+            f"  curl -s http://{http}/v2/models/fraud",
+            f"  curl -s -X POST http://{http}/v2/models/fraud/infer -d '{CURL_INFER}'",
+        ]
     lines += [
-        f"  models: {', '.join(names) or '(none)'}",
-        "",
-        "Try it:",
         f"  grpcurl -plaintext {gw} list",
         f'  grpcurl -plaintext -d \'{{"name":"fraud"}}\' {gw} inference.GRPCInferenceService/ModelMetadata',
         '  grpcurl -plaintext -d \'{"model_name":"fraud","inputs":[{"name":"transaction",'
@@ -110,7 +123,7 @@ def banner(suite: Suite, names: list[str]) -> str:
 def run_up(data_dir: Path, *, demo: bool = True, workers: int = 1) -> int:
     data_dir = data_dir.resolve()
     print(f"starting modelserve in {data_dir} ...", flush=True)
-    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers)
+    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, http_port=DEFAULT_HTTP_PORT)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
