@@ -18,8 +18,8 @@ class GatewaySettings(CommonSettings):
     )
     http_server: str = setting(
         "asyncio",
-        "HTTP server of the REST face: asyncio (httptools parser; the fastest measured) or "
-        "aiohttp (the benchmark's comparison).",
+        "HTTP server of the REST face: asyncio (httptools parser; the fastest measured), "
+        "aiohttp or uvicorn (the benchmark's comparisons, bench/http_bench.py).",
     )
     router_addr: str = dependency(
         "router", "127.0.0.1:8101", "Router address(es), comma-separated (static discovery)."

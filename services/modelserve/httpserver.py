@@ -12,8 +12,9 @@ scope dicts, no middleware, no per-request object graph. What it does and does n
   requests in progress finish for up to ``grace`` seconds, then closes the rest;
 - no TLS, no HTTP/2, no compression (clients that ask get identity).
 
-``start_aiohttp_server`` serves the same handler on aiohttp's low-level server: the candidate
-the benchmark compares against (``http_server = aiohttp``); it is imported only when chosen.
+``start_aiohttp_server`` (aiohttp's low-level server) and ``start_uvicorn_server`` (a minimal
+ASGI app on uvicorn + httptools) serve the same handler: the candidates the benchmark compares
+against (``http_server = aiohttp | uvicorn``); each is imported only when chosen.
 """
 
 from __future__ import annotations
@@ -310,7 +311,79 @@ async def start_aiohttp_server(
     return _AiohttpListener(runner, sockets[0].getsockname()[1])
 
 
+class _UvicornListener:
+    def __init__(self, server: Any, port: int) -> None:
+        self._server = server
+        self._port = port
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def close(self, grace: float) -> None:
+        self._server.should_exit = True
+        self._server.config.timeout_graceful_shutdown = grace
+        await self._server.shutdown()
+
+
+async def start_uvicorn_server(
+    handler: Handler, host: str, port: int, *, max_body_bytes: int
+) -> HttpListener:
+    """The same handler as a minimal ASGI app on uvicorn + httptools (benchmark candidate)."""
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= max_body_bytes:
+                parts.append(chunk)
+            if not message.get("more_body"):
+                break
+        if size > max_body_bytes:
+            reply = _error(413, f"request body over {max_body_bytes} bytes is not accepted")
+        else:
+            reply = await handler(
+                HttpRequest(
+                    scope["method"],
+                    scope["raw_path"].decode("latin-1"),
+                    scope["query_string"].decode("latin-1"),
+                    {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+                    b"".join(parts),
+                )
+            )
+        headers = [
+            (b"content-type", reply.content_type.encode()),
+            (b"content-length", str(len(reply.body)).encode()),
+        ]
+        headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        loop="none",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()  # not serve(): that would install its own signal handlers
+    return _UvicornListener(server, server.servers[0].sockets[0].getsockname()[1])
+
+
 SERVERS: dict[str, Callable[..., Awaitable[HttpListener]]] = {
     "asyncio": start_http_server,
     "aiohttp": start_aiohttp_server,
+    "uvicorn": start_uvicorn_server,
 }

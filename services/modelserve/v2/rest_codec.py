@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from modelserve.errors import InvalidArgumentError
@@ -38,15 +37,6 @@ BINARY_OUTPUT = "binary_data_output"
 BINARY = "binary_data"
 TIMEOUT = "timeout"  # tritonclient.http's per-request timeout, in microseconds
 NO_JSON = frozenset({"FP16", "BF16"})
-_INT64 = frozenset(
-    {
-        FieldDescriptor.TYPE_INT64,
-        FieldDescriptor.TYPE_UINT64,
-        FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_FIXED64,
-        FieldDescriptor.TYPE_SFIXED64,
-    }
-)
 
 
 # ---- generic: protobuf message -> Triton-style JSON value ------------------------------------
@@ -86,7 +76,7 @@ def _field_value(fd: Any, value: Any, defaults: bool) -> Any:
     if fd.enum_type is not None:
         named = fd.enum_type.values_by_number.get(value)
         return named.name if named is not None else value
-    if fd.type == FieldDescriptor.TYPE_BYTES:
+    if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value
 
