@@ -3,13 +3,15 @@
 ``configure_tracing`` installs a tracer provider from settings (exporter none/console/otlp,
 honouring OTEL_* variables); ``TracingInterceptor`` opens one SERVER span per RPC whose parent
 is the caller's ``traceparent``; ``outbound_metadata`` puts the current context on calls we
-make. Spans never carry tensors or feature values (RELIABILITY.md, Tracing).
+make; ``http_server_span`` is the REST face's SERVER span. Spans never carry tensors or
+feature values (RELIABILITY.md, Tracing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -87,6 +89,43 @@ def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [*extra, *carrier.items()]
+
+
+@contextlib.contextmanager
+def http_server_span(
+    service: str, method: str, route: str, headers: Mapping[str, str]
+) -> Iterator[Any]:
+    """The REST face's SERVER span (child of the request's ``traceparent`` header), current
+    while the request is served, so hops it calls are its children as under a gRPC span.
+    Yields the span (None when tracing is off: then this costs one truth test)."""
+    if not _enabled:
+        yield None
+        return
+    parent = propagate.extract(headers)
+    span = trace.get_tracer(f"modelserve.{service}").start_span(
+        f"{method} {route}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method, "http.route": route},
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    finally:
+        span.end()
+        try:
+            otel_context.detach(token)
+        except Exception:  # detaching in another context after a cancel is harmless
+            pass
+
+
+def set_http_status(span: Any, status: int) -> None:
+    """Record the REST answer's status on ``http_server_span``'s span (5xx is an error)."""
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR, str(status)))
 
 
 def current_trace_id() -> str:

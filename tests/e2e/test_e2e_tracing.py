@@ -4,6 +4,8 @@ every span; they are the same Runtime/build code the service processes run."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,7 +36,7 @@ FAST = {"port": 0, "metrics_port": -2, "drain_seconds": 0.0, "shutdown_grace_sec
 @pytest.fixture(scope="module")
 async def traced_suite(
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[str, str]]:
+) -> AsyncIterator[tuple[str, str, str]]:
     configure_tracing("modelserve-test", "none", span_exporter=EXPORTER)
     data = tmp_path_factory.mktemp("traced")
     runtimes: list[Runtime] = []
@@ -60,22 +62,22 @@ async def traced_suite(
     gw = await start_runtime(
         gateway.SPEC,
         gateway.GatewaySettings(
-            **FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}"
+            **FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}", http_port=-1
         ),
         traced=True,
     )
     runtimes.append(gw)
     try:
-        yield f"127.0.0.1:{gw.port}", reg_addr
+        yield f"127.0.0.1:{gw.port}", reg_addr, f"127.0.0.1:{gw.ports['http']}"
     finally:
         for runtime in reversed(runtimes):
             await runtime.shutdown()
 
 
 async def test_one_request_is_one_trace_across_gateway_router_worker(
-    traced_suite: tuple[str, str], demo_dir: Path
+    traced_suite: tuple[str, str, str], demo_dir: Path
 ) -> None:
-    gw_addr, reg_addr = traced_suite
+    gw_addr, reg_addr, _ = traced_suite
     async with grpc.aio.insecure_channel(reg_addr) as channel:
         await push_version(
             registry_pb2_grpc.RegistryStub(channel),
@@ -110,3 +112,59 @@ async def test_one_request_is_one_trace_across_gateway_router_worker(
     assert wk.parent is not None and wk.parent.span_id == rt.context.span_id
     for span in spans:  # no tensors or feature values in span attributes
         assert all("contents" not in k and "raw" not in k for k in span.attributes or {})
+
+
+async def test_a_rest_request_is_one_trace_from_the_callers_traceparent(
+    traced_suite: tuple[str, str, str], demo_dir: Path
+) -> None:
+    """The REST face opens the gateway's SERVER span, child of the traceparent header; the
+    router's and worker's ModelInfer spans hang under it as under a gRPC one."""
+    gw_addr, reg_addr, http_addr = traced_suite
+    async with grpc.aio.insecure_channel(reg_addr) as channel:
+        await push_version(
+            registry_pb2_grpc.RegistryStub(channel),
+            "fraud",
+            demo_dir / "fraud_v1.onnx",
+            labels=["production"],
+        )
+    async with grpc.aio.insecure_channel(gw_addr) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def ready() -> None:
+            assert (await stub.ModelReady(pb.ModelReadyRequest(name="fraud"), timeout=2)).ready
+
+        await eventually(ready)
+    EXPORTER.clear()
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    body = json.dumps(
+        {"inputs": [{"name": "transaction", "datatype": "FP32", "shape": [1, 8], "data": [1] * 8}]}
+    ).encode()
+    host, port = http_addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        (
+            f"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"traceparent: 00-{trace_id}-{caller_span}-01\r\n\r\n"
+        ).encode()
+        + body
+    )
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+    async def spans() -> dict[str, ReadableSpan]:
+        found = {
+            s.instrumentation_scope.name.rsplit(".", 1)[-1]: s
+            for s in EXPORTER.get_finished_spans()
+            if s.name.endswith("/ModelInfer") or s.name == "POST /v2/models/{model}/infer"
+        }
+        assert set(found) == {"gateway", "router", "worker"}, found
+        return found
+
+    by_service = await eventually(spans)
+    gw, rt, wk = by_service["gateway"], by_service["router"], by_service["worker"]
+    assert gw.name == "POST /v2/models/{model}/infer" and gw.kind == SpanKind.SERVER
+    assert {s.context.trace_id for s in by_service.values()} == {int(trace_id, 16)}
+    assert gw.parent is not None and gw.parent.span_id == int(caller_span, 16)
+    assert rt.parent is not None and rt.parent.span_id == gw.context.span_id
+    assert wk.parent is not None and wk.parent.span_id == rt.context.span_id
+    assert (gw.attributes or {})["http.response.status_code"] == 200

@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 import grpc
 
+from modelserve import tracing
 from modelserve.errors import InvalidArgumentError, ModelServeError, NotFoundError
 from modelserve.httpserver import SERVERS, HttpRequest, HttpResponse
 from modelserve.proto.inference import grpc_service_pb2 as pb
@@ -66,6 +67,24 @@ _MODEL = re.compile(
 _REPOSITORY = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)$")
 
 
+_ROUTES = ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index")
+
+
+def _route_of(path: str) -> str:
+    """``path`` with model names and versions as placeholders (span names stay few)."""
+    match = _MODEL.match(path)
+    if match is not None:
+        if path == "/v2/models/stats":
+            return path
+        version = "/versions/{version}" if match["version"] else ""
+        action = f"/{match['action']}" if match["action"] else ""
+        return "/v2/models/{model}" + version + action
+    match = _REPOSITORY.match(path)
+    if match is not None:
+        return "/v2/repository/models/{model}/" + match["action"]
+    return path if path in _ROUTES else "(unknown)"
+
+
 class _Context:
     """What the servicer reads of a gRPC context: the deadline and the invocation metadata."""
 
@@ -96,9 +115,15 @@ class HttpFace:
     are served at once (more: 503, as the gRPC port's admission)."""
 
     def __init__(
-        self, servicer: V2Servicer, *, ready: Callable[[], bool], max_in_flight: int = 1024
+        self,
+        servicer: V2Servicer,
+        *,
+        ready: Callable[[], bool],
+        max_in_flight: int = 1024,
+        service: str = "gateway",
     ) -> None:
         self._servicer = servicer
+        self._service = service
         self._ready = ready
         self._max_in_flight = max_in_flight
         self.in_flight = 0
@@ -113,6 +138,18 @@ class HttpFace:
             )
         self.in_flight += 1
         try:
+            route = _route_of(request.path)
+            with tracing.http_server_span(
+                self._service, request.method, route, request.headers
+            ) as span:
+                response = await self._answer(request)
+                tracing.set_http_status(span, response.status)
+                return response
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: HttpRequest) -> HttpResponse:
+        try:
             return await self._route(request)
         except ModelServeError as exc:
             status = STATUS.get(exc.code, 400)
@@ -122,8 +159,6 @@ class HttpFace:
             ref = uuid.uuid4().hex[:12]
             log.exception("unexpected error in %s %s (ref %s)", request.method, request.path, ref)
             return _error(500, f"internal error (ref {ref})")
-        finally:
-            self.in_flight -= 1
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path, method = request.path, request.method
@@ -281,6 +316,7 @@ def serve_http(runtime: Runtime, servicer: V2Servicer, *, port: int, server: str
         servicer,
         ready=lambda: runtime.serving and not runtime.stopping.is_set(),
         max_in_flight=settings.max_concurrent_rpcs,
+        service=runtime.spec.name,
     )
     start = SERVERS.get(server)
     if start is None:
