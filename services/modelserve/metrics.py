@@ -36,6 +36,11 @@ LATENCY_BUCKETS = (
 RPC_REQUESTS = Counter(
     "modelserve_rpc_requests_total", "RPCs handled, by method and status code", ["method", "code"]
 )
+HTTP_REQUESTS = Counter(
+    "modelserve_http_requests_total",
+    "V2 REST requests answered, by route template (/v2/models/{model}/infer) and HTTP status",
+    ["route", "code"],
+)
 READY = Gauge("modelserve_ready", "1 when this service reports SERVING")
 
 

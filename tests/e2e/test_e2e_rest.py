@@ -309,3 +309,20 @@ async def test_the_up_banner_curl_examples_work(suite: Suite) -> None:
     assert json.loads(metadata.stdout)["name"] == "fraud"
     answer = json.loads(infer.stdout)
     assert answer["outputs"][0]["name"] == "fraud_probability", infer.stdout
+
+
+async def test_rest_requests_are_counted_by_route_and_status(suite: Suite) -> None:
+    base = f"http://{suite.http_address()}"
+    await curl("-X", "POST", "-d", json.dumps(FRAUD_JSON), f"{base}/v2/models/fraud/infer")
+    await curl(f"{base}/v2/models/no-such-model")
+    status, text = await curl(f"http://127.0.0.1:{suite.processes['gateway'].metrics_port}/metrics")
+    assert status == 200
+    counts = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("modelserve_http_requests_total{")
+    }
+    assert (
+        counts['modelserve_http_requests_total{code="200",route="/v2/models/{model}/infer"}'] >= 1
+    )
+    assert counts['modelserve_http_requests_total{code="404",route="/v2/models/{model}"}'] >= 1

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import grpc
 
-from modelserve import tracing
+from modelserve import metrics, tracing
 from modelserve.errors import InvalidArgumentError, ModelServeError, NotFoundError
 from modelserve.httpserver import SERVERS, HttpRequest, HttpResponse
 from modelserve.proto.inference import grpc_service_pb2 as pb
@@ -129,6 +129,12 @@ class HttpFace:
         self.in_flight = 0
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        route = _route_of(request.path)
+        response = await self._handle(request, route)
+        metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+        return response
+
+    async def _handle(self, request: HttpRequest, route: str) -> HttpResponse:
         if self.in_flight >= self._max_in_flight:
             return _error(
                 503,
@@ -138,7 +144,6 @@ class HttpFace:
             )
         self.in_flight += 1
         try:
-            route = _route_of(request.path)
             with tracing.http_server_span(
                 self._service, request.method, route, request.headers
             ) as span:
