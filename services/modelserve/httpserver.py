@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -78,8 +79,7 @@ def _head(status: int, length: int, content_type: str, extra: list[tuple[str, st
 
 def _error(status: int, message: str) -> HttpResponse:
     # The same body Triton's EVBufferAddErrorJson writes.
-    body = ('{"error":"' + message.replace("\\", "\\\\").replace('"', '\\"') + '"}').encode()
-    return HttpResponse(status, body)
+    return HttpResponse(status, json.dumps({"error": message}, separators=(",", ":")).encode())
 
 
 class _Connection(asyncio.Protocol):

@@ -20,11 +20,12 @@ JSON with the protobuf field names and integers as numbers (Triton's JSON), not
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 from google.protobuf.message import Message
 
 from modelserve.errors import InvalidArgumentError
@@ -82,7 +83,8 @@ def _field_value(fd: Any, value: Any, defaults: bool) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    """Compact JSON; orjson (NaN and infinities as null, as JSON has no word for them)."""
+    return orjson.dumps(value)
 
 
 # ---- parameters -------------------------------------------------------------------------------
@@ -141,8 +143,8 @@ def split_body(body: bytes, headers: Mapping[str, str]) -> tuple[bytes, memoryvi
 
 def parse_json(data: bytes | memoryview, what: str = "request") -> Any:
     try:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise InvalidArgumentError(f"failed to parse the {what} JSON: {exc}") from None
 
 
@@ -209,7 +211,7 @@ def _kind_fits(got: str, want: str) -> bool:
 
 
 def _sample(arr: np.ndarray) -> str:
-    return json.dumps(arr.ravel()[:1].tolist()[0]) if arr.size else "nothing"
+    return orjson.dumps(arr.ravel()[:1].tolist()[0]).decode() if arr.size else "nothing"
 
 
 def _count_error(name: str, shape: list[int], count: int, got: int) -> InvalidArgumentError:
@@ -373,9 +375,11 @@ def infer_response(
             if raws[i]:
                 blobs.append(raws[i])
         else:
-            if arrays is None:
-                arrays = decode_outputs(response)  # checks sizes; typed contents too
-            arr = arrays[tensor.name]
+            arr = _numeric_view(tensor, raws[i]) if raws else None
+            if arr is None:
+                if arrays is None:
+                    arrays = decode_outputs(response)  # checks sizes; typed contents too
+                arr = arrays[tensor.name]
             if binary or tensor.datatype in NO_JSON:
                 any_binary = True
                 raw = _raw_of(tensor.datatype, arr)
@@ -392,6 +396,17 @@ def infer_response(
     if not any_binary:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def _numeric_view(tensor: Any, raw: bytes) -> np.ndarray | None:
+    """A raw numeric output read in place (the common case), None to take the checked path."""
+    dt = DTYPES.get(tensor.datatype)
+    if dt is None or dt.numpy is None or dt.v2 == "BYTES":
+        return None
+    count = math.prod(tensor.shape)
+    if count < 0 or count * dt.itemsize != len(raw):
+        return None  # decode_outputs says what is wrong with it
+    return np.frombuffer(raw, dtype=dt.numpy.newbyteorder("<"))
 
 
 def _raw_of(datatype: str, arr: np.ndarray) -> bytes:
