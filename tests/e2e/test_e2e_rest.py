@@ -119,6 +119,9 @@ async def test_tritonclient_http_answers_as_grpc_does(suite: Suite, demo_dir: Pa
     expected_v2 = ort_run(demo_dir / "fraud_v2.onnx", {"transaction": ROWS})["fraud_probability"]
     np.testing.assert_allclose(np.asarray(infer["http_v2"]["output"], np.float32), expected_v2)
     assert seen["infer_unnamed"] == infer["grpc"]["output"]
+    assert len(seen["compressed"]) == 4
+    for key, output in seen["compressed"].items():
+        assert output == infer["grpc"]["output"], key
 
     dtypes = seen["dtypes"]
     assert dtypes["json"] == dtypes["sent"]  # BYTES in and out as strings; FP16 binary
@@ -212,6 +215,11 @@ async def test_curl_errors_have_tritons_status_and_body(suite: Suite) -> None:
         '{"error":"Method Not Allowed"}',
     )
     assert await curl(f"{base}/v2/nowhere") == (404, '{"error":"Not Found"}')
+    status, body = await curl(
+        "-X", "POST", "-H", "Content-Encoding: br", "-d", json.dumps(FRAUD_JSON),
+        f"{base}/v2/models/fraud/infer",
+    )  # fmt: skip
+    assert status == 400 and "unsupported Content-Encoding 'br'" in json.loads(body)["error"]
     bad_class = {
         **FRAUD_JSON,
         "outputs": [{"name": "fraud_probability", "parameters": {"classification": 0}}],

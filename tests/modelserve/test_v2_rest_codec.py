@@ -185,3 +185,22 @@ def test_message_json_uses_field_names_and_numbers() -> None:
     stats.model_stats.add(name="m", version="1", inference_count=3)
     out = codec.message_json(stats, defaults=True)["model_stats"][0]
     assert out["inference_count"] == 3 and out["inference_stats"]["fail"] == {"count": 0, "ns": 0}
+
+
+def test_compressed_bodies_inflate_up_to_the_limit_only() -> None:
+    import gzip
+    import zlib
+
+    from modelserve.v2 import http
+
+    body = b"x" * 5000
+    assert http._inflate(gzip.compress(body), "gzip", 5000) == body
+    assert http._inflate(zlib.compress(body), "deflate", 5000) == body
+    assert http._inflate(zlib.compress(body), "deflate", 4999) is None  # stops at the limit
+    with pytest.raises(InvalidArgumentError, match="does not decompress"):
+        http._inflate(b"not gzip", "gzip", 5000)
+    with pytest.raises(InvalidArgumentError, match="unsupported Content-Encoding 'br'"):
+        http._inflate(body, "br", 5000)
+    assert http._accepted_encoding("br, gzip;q=0.8") == "gzip"
+    assert http._accepted_encoding("gzip;q=0, deflate") == "deflate"
+    assert http._accepted_encoding("identity") == ""

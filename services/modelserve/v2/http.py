@@ -17,9 +17,11 @@ like the gRPC metadata of the same names.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import uuid
+import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
@@ -121,7 +123,9 @@ class HttpFace:
         ready: Callable[[], bool],
         max_in_flight: int = 1024,
         service: str = "gateway",
+        max_body_bytes: int = 16 << 20,
     ) -> None:
+        self._max_body_bytes = max_body_bytes
         self._servicer = servicer
         self._service = service
         self._ready = ready
@@ -297,19 +301,64 @@ class HttpFace:
     async def _infer(self, request: HttpRequest, name: str, version: str) -> HttpResponse:
         if not name:
             raise NotFoundError("model name is required")
-        parsed = codec.infer_request(name, version, request.body, request.headers)
+        payload = request.body
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            inflated = _inflate(payload, encoding, self._max_body_bytes)
+            if inflated is None:
+                return _error(
+                    413, f"request body over {self._max_body_bytes} bytes once decompressed"
+                )
+            payload = inflated
+        parsed = codec.infer_request(name, version, payload, request.headers)
         answer = await self._servicer.ModelInfer(
             parsed.request, self._context(request, parsed.timeout_s)
         )
         body, header_length = codec.infer_response(answer, parsed)
-        if header_length is None:
-            return HttpResponse(200, body)
-        return HttpResponse(
-            200,
-            body,
-            "application/octet-stream",
-            [("Inference-Header-Content-Length", str(header_length))],
+        headers: list[tuple[str, str]] = []
+        if header_length is not None:  # the JSON's length before any compression, as Triton
+            headers.append(("Inference-Header-Content-Length", str(header_length)))
+        accepted = _accepted_encoding(request.headers.get("accept-encoding", ""))
+        if accepted == "gzip":
+            body = gzip.compress(body, compresslevel=6)
+        elif accepted == "deflate":
+            body = zlib.compress(body)
+        if accepted:
+            headers.append(("Content-Encoding", accepted))
+        content_type = "application/json" if header_length is None else "application/octet-stream"
+        return HttpResponse(200, body, content_type, headers)
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """A ``Content-Encoding: gzip | deflate`` (zlib, as tritonclient sends it) infer body,
+    decompressed; None when it would exceed ``limit`` (a zip bomb stops at the limit)."""
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise InvalidArgumentError(
+            f"unsupported Content-Encoding {encoding[:32]!r}: expected gzip, deflate or identity"
         )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidArgumentError(
+            f"the {encoding} request body does not decompress: {exc}"
+        ) from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        return None
+    return out
+
+
+def _accepted_encoding(header: str) -> str:
+    """The response compression a client asked for (Triton: gzip or deflate, else none)."""
+    for token in header.split(","):
+        name, _, quality = token.strip().lower().partition(";")
+        if name in ("gzip", "deflate") and quality.strip() not in ("q=0", "q=0.0"):
+            return name
+    return ""
 
 
 def serve_http(runtime: Runtime, servicer: V2Servicer, *, port: int, server: str) -> HttpFace:
@@ -322,6 +371,7 @@ def serve_http(runtime: Runtime, servicer: V2Servicer, *, port: int, server: str
         ready=lambda: runtime.serving and not runtime.stopping.is_set(),
         max_in_flight=settings.max_concurrent_rpcs,
         service=runtime.spec.name,
+        max_body_bytes=settings.max_receive_message_bytes,
     )
     start = SERVERS.get(server)
     if start is None:

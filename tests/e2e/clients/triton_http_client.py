@@ -116,6 +116,21 @@ def main() -> None:
             "response": _dict(grpc_result.get_response()),
         },
     }
+    # Compressed both ways (Content-Encoding on the request, Accept-Encoding for the answer).
+    compressed = {}
+    for there, back in (("gzip", "deflate"), ("deflate", "gzip")):
+        for binary in (False, True):
+            xc = th.InferInput("transaction", list(rows.shape), "FP32")
+            xc.set_data_from_numpy(rows, binary_data=binary)
+            result = h.infer(
+                "fraud",
+                [xc],
+                outputs=[th.InferRequestedOutput("fraud_probability", binary_data=binary)],
+                request_compression_algorithm=there,
+                response_compression_algorithm=back,
+            )
+            compressed[f"{there}-{back}-{binary}"] = result.as_numpy("fraud_probability").tolist()
+    out["compressed"] = compressed
     # No outputs named: tritonclient.http asks binary_data_output, so all come back binary.
     x_all = th.InferInput("transaction", list(rows.shape), "FP32")
     x_all.set_data_from_numpy(rows, binary_data=False)
