@@ -6,7 +6,8 @@ on the same router, so every candidate answers through the same router and worke
 runs can alternate without restarts. Then for each round, for each concurrency, for each
 target in an order that rotates every round: C keep-alive connections (or C tasks on one
 gRPC channel) send a JSON ``fraud`` infer ([1, 8] FP32, the same body every time) for
-``--seconds`` after a warmup; completions, req/s and p50/p99 latency are recorded. The
+``--seconds`` after a warmup; completions, req/s, p50/p99 latency and the serving gateway
+process's CPU time per answer (/proc, the figure other load moves least) are recorded. The
 report gives the median over rounds of each figure and the 1-minute load average before and
 after, because on a shared 2-core box the figures move with whatever else runs.
 
@@ -72,10 +73,16 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def drive_http(address: str, concurrency: int, warmup: float, seconds: float) -> list[int]:
+class Driven(list[int]):
+    """Latencies (ns) inside the window; ``total``: every answer, warmup included."""
+
+    total = 0
+
+
+async def drive_http(address: str, concurrency: int, warmup: float, seconds: float) -> Driven:
     host, port = address.rsplit(":", 1)
     payload = http_request(address)
-    latencies: list[int] = []
+    latencies = Driven()
     errors = 0
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -89,6 +96,7 @@ async def drive_http(address: str, concurrency: int, warmup: float, seconds: flo
                 sent = time.perf_counter_ns()
                 writer.write(payload)
                 status = await _read_response(reader)
+                latencies.total += 1
                 now = loop.time()
                 if now >= t1:
                     return
@@ -106,11 +114,11 @@ async def drive_http(address: str, concurrency: int, warmup: float, seconds: flo
     return latencies
 
 
-async def drive_grpc(address: str, concurrency: int, warmup: float, seconds: float) -> list[int]:
+async def drive_grpc(address: str, concurrency: int, warmup: float, seconds: float) -> Driven:
     request = pb.ModelInferRequest(model_name="fraud")
     encode_inputs(request, {"transaction": np.asarray([ROW], np.float32)})
     payload = request.SerializeToString()
-    latencies: list[int] = []
+    latencies = Driven()
     loop = asyncio.get_running_loop()
     start = loop.time()
     t0, t1 = start + warmup, start + warmup + seconds
@@ -121,6 +129,7 @@ async def drive_grpc(address: str, concurrency: int, warmup: float, seconds: flo
             while True:
                 sent = time.perf_counter_ns()
                 await call(payload, timeout=10)
+                latencies.total += 1
                 now = loop.time()
                 if now >= t1:
                     return
@@ -163,17 +172,29 @@ async def wait_http_ready(address: str, timeout: float = 60) -> None:
             await asyncio.sleep(0.2)
 
 
-def summary(latencies: list[int], seconds: float) -> dict[str, float]:
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def summary(latencies: Driven, seconds: float, cpu_s: float) -> dict[str, float]:
     ordered = sorted(latencies)
     return {
         "rps": len(ordered) / seconds,
         "p50_ms": ordered[len(ordered) // 2] / 1e6,
         "p99_ms": ordered[int(len(ordered) * 0.99)] / 1e6,
+        # The gateway's own CPU per answer: what the HTTP stack costs, and the figure least
+        # moved by other work on the box (it counts only that process's time).
+        "gateway_cpu_us": cpu_s / max(latencies.total, 1) * 1e6,
     }
 
 
 async def measure(
-    targets: dict[str, tuple[str, str]], rounds: int, seconds: float, warmup: float
+    targets: dict[str, tuple[str, str, int]], rounds: int, seconds: float, warmup: float
 ) -> dict[str, Any]:
     runs: dict[str, dict[int, list[dict[str, float]]]] = {t: {1: [], 16: []} for t in targets}
     names = list(targets)
@@ -181,19 +202,21 @@ async def measure(
         order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
         for concurrency in (1, 16):
             for name in order:
-                kind, address = targets[name]
+                kind, address, pid = targets[name]
                 drive = drive_grpc if kind == "grpc" else drive_http
+                cpu0 = cpu_seconds(pid)
                 latencies = await drive(address, concurrency, warmup, seconds)
-                point = summary(latencies, seconds)
+                point = summary(latencies, seconds, cpu_seconds(pid) - cpu0)
                 runs[name][concurrency].append(point)
                 print(
                     f"round {r + 1} c={concurrency:<2} {name:<14} {point['rps']:8.0f} req/s "
-                    f"p50 {point['p50_ms']:.2f} ms p99 {point['p99_ms']:.2f} ms",
+                    f"p50 {point['p50_ms']:.2f} ms p99 {point['p99_ms']:.2f} ms "
+                    f"gateway {point['gateway_cpu_us']:.0f} us CPU/req",
                     flush=True,
                 )
     medians = {
         name: {
-            c: {k: statistics.median(p[k] for p in points) for k in ("rps", "p50_ms", "p99_ms")}
+            c: {k: statistics.median(p[k] for p in points) for k in points[0]}
             for c, points in by_c.items()
         }
         for name, by_c in runs.items()
@@ -214,15 +237,16 @@ def main() -> None:
     extra: list[subprocess.Popen[bytes]] = []
     try:
         uvloop.run(prepare(suite, demo=True))
-        targets: dict[str, tuple[str, str]] = {
-            "grpc": ("grpc", suite.address("gateway")),
-            "http-asyncio": ("http", suite.http_address()),
+        gateway_pid = suite.processes["gateway"].process.pid
+        targets: dict[str, tuple[str, str, int]] = {
+            "grpc": ("grpc", suite.address("gateway"), gateway_pid),
+            "http-asyncio": ("http", suite.http_address(), gateway_pid),
         }
         for server in filter(None, args.candidates.split(",")):
             proc, port = start_extra_gateway(suite, server)
             extra.append(proc)
-            targets[f"http-{server}"] = ("http", f"127.0.0.1:{port}")
-        for _, address in (t for t in targets.values() if t[0] == "http"):
+            targets[f"http-{server}"] = ("http", f"127.0.0.1:{port}", proc.pid)
+        for _, address, _ in (t for t in targets.values() if t[0] == "http"):
             uvloop.run(wait_http_ready(address))
         load_before = os.getloadavg()[0]
         result = uvloop.run(measure(targets, args.rounds, args.seconds, args.warmup))
@@ -231,13 +255,17 @@ def main() -> None:
         print(f"\nmedians of {args.rounds} alternating rounds, {args.seconds:g} s each "
               f"(load average {load_before:.2f} -> {result['load_average_1m']['after']:.2f}, "
               f"{os.cpu_count()} CPUs):")  # fmt: skip
-        print("| target | c=1 req/s | c=1 p50 ms | c=16 req/s | c=16 p50 ms | c=16 p99 ms |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| target | c=1 req/s | c=1 p50 ms | c=1 gw CPU us/req | c=16 req/s | c=16 p50 ms "
+            "| c=16 p99 ms | c=16 gw CPU us/req |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for name, by_c in result["medians"].items():
             one, many = by_c[1], by_c[16]
             print(
-                f"| {name} | {one['rps']:.0f} | {one['p50_ms']:.2f} | {many['rps']:.0f} "
-                f"| {many['p50_ms']:.2f} | {many['p99_ms']:.2f} |"
+                f"| {name} | {one['rps']:.0f} | {one['p50_ms']:.2f} | {one['gateway_cpu_us']:.0f} "
+                f"| {many['rps']:.0f} | {many['p50_ms']:.2f} | {many['p99_ms']:.2f} "
+                f"| {many['gateway_cpu_us']:.0f} |"
             )
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
