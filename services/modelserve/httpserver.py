@@ -6,6 +6,8 @@ Chosen for speed over uvicorn and aiohttp (figures in ``docs/architecture.md`` a
 scope dicts, no middleware, no per-request object graph. What it does and does not do:
 
 - keep-alive and pipelining (answers in request order, one handler at a time per connection);
+  a connection idle for ``idle_timeout_s`` (300 s) is closed, and a request line plus headers
+  over 64 KiB is refused 400 (nothing grows without bound on a slow or hostile client);
 - ``Content-Length`` and chunked request bodies (httptools decodes chunks); bodies over
   ``max_body_bytes`` are refused 413 before they are buffered;
 - graceful stop: ``close(grace)`` stops accepting, closes idle connections at once, lets
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,6 +67,8 @@ class HttpListener(Protocol):
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+MAX_HEADER_BYTES = 64 << 10  # request line + headers; more is refused 400
+IDLE_TIMEOUT_S = 300.0  # a keep-alive connection with nothing in flight is closed after this
 
 
 def _head(status: int, length: int, content_type: str, extra: list[tuple[str, str]]) -> bytes:
@@ -95,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self._queue: deque[tuple[HttpRequest | HttpResponse, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
+        self._header_bytes = 0
+        self.last_active = time.monotonic()
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,6 +116,7 @@ class _Connection(asyncio.Protocol):
             self._worker.cancel()  # the caller left: its request stops (and its hops)
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -123,12 +131,23 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._size = 0
         self._too_large = False
+        self._header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES:
+            # Raised inside feed_data: data_received answers it and closes the connection.
+            raise httptools.HttpParserError(
+                f"request line and headers over {MAX_HEADER_BYTES} bytes"
+            )
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -207,6 +226,10 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def close_if_idle_since(self, before: float) -> None:
+        if not self.busy and self.last_active < before:
+            self._close()
+
     def close_when_idle(self) -> None:
         self._closing = True
         if not self.busy:
@@ -216,9 +239,13 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """The listening socket and its connections."""
 
-    def __init__(self, handler: Handler, max_body_bytes: int) -> None:
+    def __init__(
+        self, handler: Handler, max_body_bytes: int, idle_timeout_s: float = IDLE_TIMEOUT_S
+    ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[_Connection] = set()
         self.in_flight = 0
         self.stopping = False
@@ -235,11 +262,24 @@ class HttpServer:
             lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close keep-alive connections idle for ``idle_timeout_s`` (and half-sent requests
+        that stalled that long), as gRPC's max_connection_idle does on the other port."""
+        period = min(max(self.idle_timeout_s / 4, 0.01), 10.0)
+        while True:
+            await asyncio.sleep(period)
+            before = time.monotonic() - self.idle_timeout_s
+            for conn in list(self.connections):
+                conn.close_if_idle_since(before)
 
     async def close(self, grace: float) -> None:
         """Stop accepting; idle connections close now, busy ones after their answer or
         ``grace`` seconds."""
         self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -255,9 +295,14 @@ class HttpServer:
 
 
 async def start_http_server(
-    handler: Handler, host: str, port: int, *, max_body_bytes: int
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> HttpServer:
-    server = HttpServer(handler, max_body_bytes)
+    server = HttpServer(handler, max_body_bytes, idle_timeout_s)
     await server.start(host, port)
     return server
 

@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from modelserve.httpserver import SERVERS, HttpRequest, HttpResponse, start_http_server
+from modelserve.httpserver import (
+    MAX_HEADER_BYTES,
+    SERVERS,
+    HttpRequest,
+    HttpResponse,
+    start_http_server,
+)
 
 LIMIT = 1024
 
@@ -139,5 +145,31 @@ async def test_a_client_that_hangs_up_cancels_its_handler() -> None:
         await asyncio.wait_for(started.wait(), 5)
         writer.close()
         await asyncio.wait_for(cancelled.wait(), 5)
+    finally:
+        await server.close(1.0)
+
+
+async def test_headers_over_the_limit_are_refused() -> None:
+    server = await start_http_server(echo, "127.0.0.1", 0, max_body_bytes=LIMIT)
+    huge = "X-Junk: " + "j" * (MAX_HEADER_BYTES + 1)
+    try:
+        [(status, headers, body)] = await exchange(server.port, post("/x", b"", huge))
+        assert status == 400 and headers["connection"] == "close"
+        assert "malformed HTTP request" in json.loads(body)["error"]
+    finally:
+        await server.close(1.0)
+
+
+async def test_an_idle_keep_alive_connection_is_closed() -> None:
+    server = await start_http_server(echo, "127.0.0.1", 0, max_body_bytes=LIMIT, idle_timeout_s=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(post("/x", b"1"))
+        await reader.readuntil(b"\r\n\r\n")
+        # Then nothing: the server hangs up within a few sweep periods.
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest == b'{"method": "POST", "path": "/x", "query": "", "id": "", "body": "1"}'
+        assert reader.at_eof()
+        writer.close()
     finally:
         await server.close(1.0)
