@@ -224,6 +224,62 @@ async def measure(
     return {"runs": runs, "medians": medians}
 
 
+def run_perf_analyzer(
+    targets: dict[str, tuple[str, str, int]], rounds: int, seconds: float
+) -> dict[str, Any]:
+    """NVIDIA's client on the same targets: no Python client cost in the figure."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import perf_analyzer  # bench/perf_analyzer.py
+
+    tool = perf_analyzer.locate(install=False)
+    if tool.problem:
+        print(f"perf_analyzer skipped: {tool.problem}")
+        return {"status": "off", "reason": tool.problem}
+    points: dict[str, dict[int, list[dict[str, Any]]]] = {t: {1: [], 16: []} for t in targets}
+    names = list(targets)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for concurrency in (1, 16):
+                for name in order:
+                    kind, address, pid = targets[name]
+                    cpu0 = cpu_seconds(pid)
+                    point = perf_analyzer.run_point(
+                        tool, "fraud", address, concurrency, seconds,
+                        Path(tmp) / f"{name}-{concurrency}-{r}.csv", protocol=kind,
+                    )  # fmt: skip
+                    point["gateway_cpu_s"] = cpu_seconds(pid) - cpu0
+                    points[name][concurrency].append(point)
+                    print(
+                        f"perf_analyzer round {r + 1} c={concurrency:<2} {name:<14} "
+                        f"{point.get('infer_per_s', 0):8.0f} infer/s "
+                        f"p50 {point.get('p50_ms', 0):.2f} ms {point.get('status')}",
+                        flush=True,
+                    )
+    medians = {
+        name: {
+            c: {
+                k: statistics.median(p[k] for p in pts if p.get("status") == "ok")
+                for k in ("infer_per_s", "p50_ms", "p99_ms")
+                if any(p.get("status") == "ok" for p in pts)
+            }
+            for c, pts in by_c.items()
+        }
+        for name, by_c in points.items()
+    }
+    print("\nperf_analyzer medians:")
+    print("| target | c=1 infer/s | c=1 p50 ms | c=16 infer/s | c=16 p50 ms | c=16 p99 ms |")
+    print("|---|---|---|---|---|---|")
+    for name, by_c in medians.items():
+        one, many = by_c[1], by_c[16]
+        print(
+            f"| {name} | {one.get('infer_per_s', 0):.0f} | {one.get('p50_ms', 0):.2f} "
+            f"| {many.get('infer_per_s', 0):.0f} | {many.get('p50_ms', 0):.2f} "
+            f"| {many.get('p99_ms', 0):.2f} |"
+        )
+    return {"status": "ok", "points": points, "medians": medians}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -231,6 +287,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--candidates", default="aiohttp", help="other http_server values")
     parser.add_argument("--json", default="", help="also write the figures here")
+    parser.add_argument(
+        "--perf-analyzer",
+        action="store_true",
+        help="also drive each target with perf_analyzer -i grpc|http (C++ client, binary "
+        "tensors) at c=1 and 16, rounds alternating like ours",
+    )
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="http-bench-"))
     suite = start_suite(data_dir)
@@ -267,6 +329,8 @@ def main() -> None:
                 f"| {many['rps']:.0f} | {many['p50_ms']:.2f} | {many['p99_ms']:.2f} "
                 f"| {many['gateway_cpu_us']:.0f} |"
             )
+        if args.perf_analyzer:
+            result["perf_analyzer"] = run_perf_analyzer(targets, args.rounds, args.seconds)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
     finally:

@@ -305,6 +305,9 @@ async def test_perf_analyzer_over_http(suite: Suite, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Throughput" in proc.stdout
+    header, row = (tmp_path / "pa.csv").read_text().splitlines()[:2]
+    point = dict(zip(header.split(","), row.split(","), strict=True))
+    assert float(point["Inferences/Second"]) > 0, point
 
 
 async def test_the_up_banner_curl_examples_work(suite: Suite) -> None:
