@@ -173,3 +173,20 @@ async def test_an_idle_keep_alive_connection_is_closed() -> None:
         writer.close()
     finally:
         await server.close(1.0)
+
+
+async def test_expect_100_continue_is_answered_before_the_body() -> None:
+    server = await start_http_server(echo, "127.0.0.1", 0, max_body_bytes=LIMIT)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abc")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+    finally:
+        await server.close(1.0)
