@@ -114,6 +114,35 @@ async def test_the_timeout_parameter_is_the_deadline(
     assert status == 400 and "timeout" in json.loads(body)["error"]
 
 
+async def test_over_the_admission_limit_infer_is_503_but_health_answers(
+    services: tuple[Runtime, list[Runtime]],
+) -> None:
+    _, inner = services
+    reg, rtr = inner[0], inner[2]
+    full = await start_runtime(
+        gateway.SPEC,
+        gateway.GatewaySettings(
+            **FAST,
+            registry_addr=f"127.0.0.1:{reg.port}",
+            router_addr=f"127.0.0.1:{rtr.port}",
+            http_port=-1,
+            max_concurrent_rpcs=0,  # every counted request is over the limit
+        ),
+    )
+    try:
+        address = f"127.0.0.1:{full.ports['http']}"
+        assert await http(address, "GET", "/v2/health/live") == (200, "")
+        await eventually(lambda: _ready(address), timeout=10)
+        status, body = await http(address, "POST", "/v2/models/fraud/infer", BODY)
+        assert status == 503 and json.loads(body)["error"].startswith("server busy")
+    finally:
+        await full.shutdown()
+
+
+async def _ready(address: str) -> None:
+    assert await http(address, "GET", "/v2/health/ready") == (200, "")
+
+
 async def test_draining_says_not_ready_serves_on_then_closes(
     services: tuple[Runtime, list[Runtime]],
 ) -> None:

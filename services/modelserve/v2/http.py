@@ -69,7 +69,8 @@ _MODEL = re.compile(
 _REPOSITORY = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)$")
 
 
-_ROUTES = ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index")
+_HEALTH = ("/v2/health/live", "/v2/health/ready")
+_ROUTES = ("/v2", *_HEALTH, "/v2/repository/index")
 
 
 def _route_of(path: str) -> str:
@@ -114,7 +115,7 @@ def _json(value: Any) -> HttpResponse:
 class HttpFace:
     """Routes V2 REST requests to ``servicer``; ``ready()`` gates /v2/health/ready (the
     process's own readiness, e.g. not while draining); at most ``max_in_flight`` requests
-    are served at once (more: 503, as the gRPC port's admission)."""
+    other than health are served at once (more: 503, as the gRPC port's admission)."""
 
     def __init__(
         self,
@@ -139,7 +140,9 @@ class HttpFace:
         return response
 
     async def _handle(self, request: HttpRequest, route: str) -> HttpResponse:
-        if self.in_flight >= self._max_in_flight:
+        # Health is never counted or refused (as on the gRPC port): a busy gateway still
+        # answers its probes.
+        if self.in_flight >= self._max_in_flight and route not in _HEALTH:
             return _error(
                 503,
                 f"server busy: {self.in_flight} requests in progress (limit "
