@@ -91,9 +91,16 @@ def locate(install: bool = True) -> Tool:
 
 
 def run_point(
-    tool: Tool, model: str, address: str, concurrency: int, seconds: float, out_csv: Path
+    tool: Tool,
+    model: str,
+    address: str,
+    concurrency: int,
+    seconds: float,
+    out_csv: Path,
+    protocol: str = "grpc",
 ) -> dict[str, Any]:
-    """One perf_analyzer run at one concurrency, batch 1; its CSV and stdout parsed."""
+    """One perf_analyzer run at one concurrency, batch 1 (``protocol`` grpc, or http for the
+    REST face); its CSV and stdout parsed."""
     assert tool.path is not None
     interval_ms = max(int(seconds * 1000), 500)
     cmd = [
@@ -103,7 +110,7 @@ def run_point(
         "-u",
         address,
         "-i",
-        "grpc",
+        protocol,
         "-b",
         "1",
         "--concurrency-range",

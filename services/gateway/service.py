@@ -12,6 +12,7 @@ from modelserve.channels import EndpointSet, follow
 from modelserve.deadlines import EdgeDeadlines
 from modelserve.proto.modelserve.v1 import gateway_pb2, gateway_pb2_grpc
 from modelserve.server import Runtime
+from modelserve.v2.http import serve_http
 from modelserve.v2.servicer import serve_v2
 
 
@@ -20,7 +21,7 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     composites = CompositeCatalog(runtime.discovery, catalog)
     rejected = VersionStats("gateway")  # written by ModelInfer, read by GatewayControl (canaries)
     routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
-    serve_v2(
+    servicer = serve_v2(
         runtime,
         GatewayDataPlane(
             catalog=catalog,
@@ -43,6 +44,9 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
         gateway_pb2_grpc.add_GatewayControlServicer_to_server,
         GatewayControlServicer(catalog=catalog, rejected=rejected),
     )
+    if settings.http_port:
+        # The REST face calls the same servicer: one data plane behind both ports.
+        serve_http(runtime, servicer, port=settings.http_port, server=settings.http_server)
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")
     runtime.background(follow(runtime.discovery, "router", routers), "router discovery")

@@ -11,6 +11,16 @@ from modelserve.settings import CommonSettings, setting
 @dataclass
 class GatewaySettings(CommonSettings):
     port: int = setting(8001, "Public V2 gRPC port (where V2 clients look first).")
+    http_port: int = setting(
+        8000,
+        "V2 REST/HTTP port (Triton's HTTP binding, same data plane as gRPC); 0 = off, "
+        "-1 = any free port (tests).",
+    )
+    http_server: str = setting(
+        "asyncio",
+        "HTTP server of the REST face: asyncio (httptools parser; the fastest measured), "
+        "aiohttp or uvicorn (the benchmark's comparisons, bench/http_bench.py).",
+    )
     router_addr: str = dependency(
         "router", "127.0.0.1:8101", "Router address(es), comma-separated (static discovery)."
     )

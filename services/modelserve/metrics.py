@@ -79,6 +79,11 @@ MODEL_IN_FLIGHT = Gauge(
     "Inference requests in progress by service and model (an autoscaling signal)",
     ["service", "model"],
 )
+HTTP_REQUESTS = Counter(
+    "modelserve_http_requests_total",
+    "V2 REST requests answered, by route template (/v2/models/{model}/infer) and HTTP status",
+    ["route", "code"],
+)
 READY = Gauge("modelserve_ready", "1 when this service reports SERVING")
 
 

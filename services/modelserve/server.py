@@ -19,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -98,6 +98,15 @@ def make_discovery(settings: CommonSettings) -> Discovery:
     return StaticDiscovery(dependency_addresses(settings))
 
 
+class Listener(Protocol):
+    """A server of another protocol in this process (see ``Runtime.add_listener``)."""
+
+    @property
+    def port(self) -> int: ...
+
+    async def close(self, grace: float) -> None: ...
+
+
 class Runtime:
     """The running process of one service: server, health, discovery, background tasks."""
 
@@ -133,6 +142,10 @@ class Runtime:
         self._stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._before_stop_hooks: list[Callable[[], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[tuple[str, Callable[[], Awaitable[Listener]]]] = []
+        self._started_listeners: list[Listener] = []
+        # Ports of the extra listeners (e.g. "http"), written to the port file as <name>_port.
+        self.ports: dict[str, int] = {}
         self.meta: dict[str, str] = {}
         self.port = 0
         self.metrics_port: int | None = None
@@ -150,6 +163,12 @@ class Runtime:
     ) -> None:
         add_fn(servicer, self.server)
         self._service_names.append(full_name)
+
+    def add_listener(self, name: str, start: Callable[[], Awaitable[Listener]]) -> None:
+        """Another protocol served by this process (the V2 REST face): ``start`` runs once
+        the gRPC server listens and returns the listener; its port is ``ports[name]``. It is
+        closed with the gRPC server, with the same grace."""
+        self._listeners.append((name, start))
 
     def on_drain(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run when SIGTERM arrives, before the drain wait (e.g. tell routers we are leaving)."""
@@ -238,6 +257,10 @@ class Runtime:
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}")
         await self.server.start()
+        for name, start_listener in self._listeners:
+            listener = await start_listener()
+            self._started_listeners.append(listener)
+            self.ports[name] = listener.port
         self._started = True
         await self._apply_health()
         metrics_port = s.resolved_metrics_port(self.port)
@@ -259,7 +282,9 @@ class Runtime:
         )
         await self.discovery.register(self.registration)
         if s.port_file:
-            _write_port_file(Path(s.port_file), self.spec.name, self.port, self.metrics_port)
+            _write_port_file(
+                Path(s.port_file), self.spec.name, self.port, self.metrics_port, self.ports
+            )
         log.info(
             "%s listening on %s:%d (%s)",
             self.spec.name,
@@ -267,6 +292,8 @@ class Runtime:
             self.port,
             _describe_tls(self.tls),
         )
+        for name, port in self.ports.items():
+            log.info("%s %s listening on %s:%d", self.spec.name, name, s.host, port)
 
     async def shutdown(self) -> None:
         """Drain, then stop: NOT_SERVING, deregister, wait, stop with grace, run stop hooks."""
@@ -288,7 +315,10 @@ class Runtime:
         for hook in self._before_stop_hooks:
             with contextlib.suppress(Exception):
                 await hook()
-        await self.server.stop(s.shutdown_grace_seconds)
+        await asyncio.gather(
+            self.server.stop(s.shutdown_grace_seconds),
+            *(listener.close(s.shutdown_grace_seconds) for listener in self._started_listeners),
+        )
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -310,9 +340,21 @@ def _describe_tls(tls: TLSConfig) -> str:
     return "TLS, client certificate " + ("required" if tls.require_client_cert else "not required")
 
 
-def _write_port_file(path: Path, service: str, port: int, metrics_port: int | None) -> None:
+def _write_port_file(
+    path: Path,
+    service: str,
+    port: int,
+    metrics_port: int | None,
+    ports: Mapping[str, int] | None = None,
+) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    payload = {"service": service, "port": port, "metrics_port": metrics_port, "pid": os.getpid()}
+    payload: dict[str, Any] = {
+        "service": service,
+        "port": port,
+        "metrics_port": metrics_port,
+        "pid": os.getpid(),
+    }
+    payload.update({f"{name}_port": p for name, p in (ports or {}).items()})
     tmp.write_text(json.dumps(payload))
     os.replace(tmp, path)  # readers never see a half-written file
 

@@ -6,20 +6,23 @@ OpenTelemetry gRPC instrumentation (semantic conventions, maintained upstream): 
 interceptor opens a SERVER span per RPC whose parent is the caller's ``traceparent``, and its
 client interceptors (on every channel ``modelserve.channels`` makes) a CLIENT span per call,
 injecting the context. The worker adds queue-wait and model-run spans (``stage_spans``) and
-Redis calls are traced by the Redis instrumentation. With the exporter ``none`` nothing is
+Redis calls are traced by the Redis instrumentation; ``http_server_span`` is the REST face's
+SERVER span. With the exporter ``none`` nothing is
 installed: no interceptor runs, so tracing off costs nothing. Spans never carry tensors or
 feature values (RELIABILITY.md, Tracing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from grpc import aio
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import (
     aio_client_interceptors,
     aio_server_interceptor,
@@ -34,6 +37,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +155,43 @@ def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
     """Metadata for an outbound call. The trace context is added by the client interceptor
     of the channel (with its CLIENT span as the parent), not here."""
     return list(extra)
+
+
+@contextlib.contextmanager
+def http_server_span(
+    service: str, method: str, route: str, headers: Mapping[str, str]
+) -> Iterator[Any]:
+    """The REST face's SERVER span (child of the request's ``traceparent`` header), current
+    while the request is served, so hops it calls are its children as under a gRPC span.
+    Yields the span (None when tracing is off: then this costs one truth test)."""
+    if not _enabled:
+        yield None
+        return
+    parent = propagate.extract(headers)
+    span = trace.get_tracer(f"modelserve.{service}").start_span(
+        f"{method} {route}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": method, "http.route": route},
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    finally:
+        span.end()
+        try:
+            otel_context.detach(token)
+        except Exception:  # detaching in another context after a cancel is harmless
+            pass
+
+
+def set_http_status(span: Any, status: int) -> None:
+    """Record the REST answer's status on ``http_server_span``'s span (5xx is an error)."""
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR, str(status)))
 
 
 def current_trace_id() -> str:

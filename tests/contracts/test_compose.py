@@ -132,13 +132,15 @@ def test_environment_loads_into_container_settings(name: str) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_container_ports_are_the_grpc_and_metrics_ports(name: str) -> None:
+    """And the gateway's REST port (``http_port``), the only other listener a service has."""
     settings = settings_of(name)
     metrics = settings.resolved_metrics_port(settings.port)
     assert metrics == settings.port + 1, f"{name} metrics on {metrics}, not port + 1"
     default = next(f for f in dataclasses.fields(settings) if f.name == "port").default
     if "MODELSERVE_PORT" not in environment(service(name)):
         assert settings.port == default
-    assert container_ports(service(name)) == {settings.port, metrics}
+    http = getattr(settings, "http_port", 0)
+    assert container_ports(service(name)) == {settings.port, metrics} | ({http} if http else set())
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -6,6 +6,8 @@ processes run."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,7 +38,7 @@ FAST = {"port": 0, "metrics_port": -2, "drain_seconds": 0.0, "shutdown_grace_sec
 @pytest.fixture(scope="module")
 async def traced_suite(
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[str, str]]:
+) -> AsyncIterator[tuple[str, str, str]]:
     configure_tracing("modelserve-test", "none", span_exporter=EXPORTER)
     data = tmp_path_factory.mktemp("traced")
     runtimes: list[Runtime] = []
@@ -62,24 +64,24 @@ async def traced_suite(
     gw = await start_runtime(
         gateway.SPEC,
         gateway.GatewaySettings(
-            **FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}"
+            **FAST, registry_addr=reg_addr, router_addr=f"127.0.0.1:{rtr.port}", http_port=-1
         ),
         traced=True,
     )
     runtimes.append(gw)
     try:
-        yield f"127.0.0.1:{gw.port}", reg_addr
+        yield f"127.0.0.1:{gw.port}", reg_addr, f"127.0.0.1:{gw.ports['http']}"
     finally:
         for runtime in reversed(runtimes):
             await runtime.shutdown()
 
 
 async def test_client_and_server_spans_for_every_hop_and_the_workers_stages(
-    traced_suite: tuple[str, str], demo_dir: Path
+    traced_suite: tuple[str, str, str], demo_dir: Path
 ) -> None:
     """gateway SERVER -> gateway CLIENT -> router SERVER -> router CLIENT -> worker SERVER ->
     queue wait, model run: the instrumentation's spans with their semantic conventions."""
-    gw_addr, reg_addr = traced_suite
+    gw_addr, reg_addr, _ = traced_suite
     async with grpc.aio.insecure_channel(reg_addr) as channel:
         await push_version(
             registry_pb2_grpc.RegistryStub(channel),
@@ -130,3 +132,69 @@ async def test_client_and_server_spans_for_every_hop_and_the_workers_stages(
     attrs = root.attributes or {}
     assert attrs.get("rpc.system") == "grpc" and attrs.get("rpc.method") == "ModelInfer"
     assert attrs.get("rpc.grpc.status_code") == grpc.StatusCode.OK.value[0]
+
+
+async def test_a_rest_request_is_one_trace_from_the_callers_traceparent(
+    traced_suite: tuple[str, str, str], demo_dir: Path
+) -> None:
+    """The REST face opens the gateway's SERVER span, child of the traceparent header; the
+    router's and worker's ModelInfer spans hang under it as under a gRPC one."""
+    gw_addr, reg_addr, http_addr = traced_suite
+    async with grpc.aio.insecure_channel(reg_addr) as channel:
+        await push_version(
+            registry_pb2_grpc.RegistryStub(channel),
+            "fraud",
+            demo_dir / "fraud_v1.onnx",
+            labels=["production"],
+        )
+    async with grpc.aio.insecure_channel(gw_addr) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def ready() -> None:
+            assert (await stub.ModelReady(pb.ModelReadyRequest(name="fraud"), timeout=2)).ready
+
+        await eventually(ready)
+    EXPORTER.clear()
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    body = json.dumps(
+        {"inputs": [{"name": "transaction", "datatype": "FP32", "shape": [1, 8], "data": [1] * 8}]}
+    ).encode()
+    host, port = http_addr.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        (
+            f"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"traceparent: 00-{trace_id}-{caller_span}-01\r\n\r\n"
+        ).encode()
+        + body
+    )
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+    async def chain() -> list[ReadableSpan]:
+        found = list(EXPORTER.get_finished_spans())
+        names = [s.name for s in found]
+        assert "POST /v2/models/{model}/infer" in names, names
+        assert sum(n.endswith("/ModelInfer") for n in names) == 4, names
+        return found
+
+    found = await eventually(chain)
+    (rest_span,) = [s for s in found if s.name == "POST /v2/models/{model}/infer"]
+    assert rest_span.kind == SpanKind.SERVER
+    assert rest_span.context.trace_id == int(trace_id, 16)
+    assert rest_span.parent is not None and rest_span.parent.span_id == int(caller_span, 16)
+    kinds, span = [], rest_span
+    while True:
+        children = [
+            s
+            for s in found
+            if s.parent is not None
+            and s.parent.span_id == span.context.span_id
+            and s.name.endswith("/ModelInfer")
+        ]
+        if not children:
+            break
+        (span,) = children
+        kinds.append(span.kind)
+    # REST SERVER -> gateway CLIENT -> router SERVER -> router CLIENT -> worker SERVER
+    assert kinds == [SpanKind.CLIENT, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.SERVER]

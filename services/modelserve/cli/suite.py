@@ -41,6 +41,7 @@ DEFAULT_PORTS = {
     "registry": 8301,
     "featurestore": 8401,
 }
+DEFAULT_HTTP_PORT = 8000  # the gateway's V2 REST face (Triton's HTTP port)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    http_port: int | None = None  # the gateway's V2 REST port, when it serves one
 
     @property
     def address(self) -> str:
@@ -85,6 +87,13 @@ class Suite:
 
     def address(self, name: str) -> str:
         return self.processes[name].address
+
+    def http_address(self, name: str = "gateway") -> str:
+        """host:port of ``name``'s V2 REST face (the gateway's, on ``http_port``)."""
+        port = self.processes[name].http_port
+        if port is None:
+            raise LookupError(f"{name} serves no HTTP port")
+        return f"127.0.0.1:{port}"
 
     def stop(self, timeout: float = 40.0) -> dict[str, int | None]:
         """SIGTERM every process, edge first, so in-flight requests drain inward."""
@@ -146,6 +155,7 @@ def start_suite(
     timeout: float = 60.0,
     tls: bool = False,
     auth: bool = False,
+    http_port: int = -1,
 ) -> Suite:
     """Start registry, featurestore, worker(s), router and gateway; return once all listen.
 
@@ -154,6 +164,7 @@ def start_suite(
     every channel between the services.
     ``auth``: every service requires credentials; the keys file and the admin, infer and
     service tokens are made in ``data_dir`` (``write_local_tokens``; ``suite.token(role)``).
+    ``http_port``: the gateway's V2 REST port (-1 any free one, 0 off).
     """
     ports = ports or {}
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -184,15 +195,22 @@ def start_suite(
     # registry (started first) knows them: it asks routers which versions are READY, and
     # canaries read both (the gateway counts the requests it rejects per version).
     chosen = dict(ports)
+    picked: set[str] = set()  # ports chosen here: their metrics port is any free one
     for later in ("router", "gateway"):  # the registry starts first and must know them
-        chosen[later] = chosen.get(later) or free_port()
+        if not chosen.get(later):
+            chosen[later] = free_port()
+            picked.add(later)
         addr[later] = f"127.0.0.1:{chosen[later]}"
     ports = chosen
     try:
         for name in names:
             service = "worker" if name.startswith("worker") else name
             args = _args(service, name, data_dir, ports.get(name, 0), addr, suite)
+            if name in picked:  # port+1 (the default) may be anyone's: let the OS choose
+                args += ["--metrics-port", "0"]
             args += _tls_args(service, suite.pki)
+            if service == "gateway":
+                args += ["--http-port", str(http_port)]
             args += list((extra_args or {}).get(name, ()))
             log_path = data_dir / f"{name}.log"
             command = [sys.executable, "-m", service, *args]
@@ -200,6 +218,7 @@ def start_suite(
             suite.processes[name] = ServiceProcess(
                 name, proc, info["port"], info.get("metrics_port"), log_path, command, env
             )
+            suite.processes[name].http_port = info.get("http_port")
             addr[name] = f"127.0.0.1:{info['port']}"
     except BaseException:
         suite.stop(timeout=5)
@@ -274,7 +293,7 @@ class Supervisor:
         return restarted
 
     def _restart(self, proc: ServiceProcess) -> bool:
-        command = _with_port(proc.command, proc.port)
+        command = _with_port(proc.command, proc.port, proc.http_port)
         try:
             process, info = _spawn(proc.name, command, proc.env, self._suite.data_dir, 60.0)
         except (RuntimeError, TimeoutError) as exc:
@@ -282,14 +301,18 @@ class Supervisor:
             return False
         proc.process, proc.restarts, proc.started_at = process, proc.restarts + 1, time.monotonic()
         proc.metrics_port = info.get("metrics_port", proc.metrics_port)
+        proc.http_port = info.get("http_port", proc.http_port)
         self._say(f"{proc.name} restarted on {proc.address} (restart {proc.restarts})")
         return True
 
 
-def _with_port(command: list[str], port: int) -> list[str]:
-    """``command`` with ``--port`` set to ``port``: a restarted service keeps its address."""
+def _with_port(command: list[str], port: int, http_port: int | None = None) -> list[str]:
+    """``command`` with ``--port`` set to ``port`` (and ``--http-port`` to ``http_port``): a
+    restarted service keeps its addresses."""
     out = list(command)
     out[out.index("--port") + 1] = str(port)
+    if http_port and "--http-port" in out:
+        out[out.index("--http-port") + 1] = str(http_port)
     return out
 
 

@@ -24,6 +24,7 @@ from modelserve.cli.console import Console
 from modelserve.cli.demo_models import write_demo_models
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import (
+    DEFAULT_HTTP_PORT,
     DEFAULT_PORTS,
     SERVICES,
     Suite,
@@ -129,6 +130,12 @@ def _start_console(suite: Suite, port: int) -> Console | None:
         return None
 
 
+CURL_INFER = (
+    '{"inputs":[{"name":"transaction","datatype":"FP32","shape":[1,8],'
+    '"data":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]}]}'
+)
+
+
 def banner(suite: Suite, names: list[str]) -> str:
     if suite.pki is not None:
         return secure_banner(suite, names)
@@ -136,14 +143,24 @@ def banner(suite: Suite, names: list[str]) -> str:
     lines = ["", "modelserve is up (TLS off: plaintext on loopback; `up --secure` for TLS):"]
     for name in SERVICES:
         p = suite.processes[name]
+        http = f"  http :{p.http_port}" if p.http_port else ""
         lines.append(
-            f"  {name:<13} grpc {p.address:<16} metrics :{p.metrics_port}  log {p.log_path}"
+            f"  {name:<13} grpc {p.address:<16} metrics :{p.metrics_port}{http}  log {p.log_path}"
         )
+    curls = []
+    if suite.processes["gateway"].http_port:
+        http = suite.http_address()
+        curls = [
+            f"curl -s http://{http}/v2/health/ready -o /dev/null -w '%{{http_code}}\\n'",
+            f"curl -s http://{http}/v2/models/fraud",
+            f"curl -s -X POST http://{http}/v2/models/fraud/infer -d '{CURL_INFER}'",
+        ]
     lines += [
         f"  models: {', '.join(names) or '(none)'}",
         _auth_line(suite),
         "",
         "Try it (every line below pastes as is into a new shell):",
+        *curls,
         f"{GRPCURL} -plaintext {gw} list",
         f'{GRPCURL} -plaintext -d \'{{"name":"fraud"}}\' {gw} inference.GRPCInferenceService/ModelMetadata',
         f'{GRPCURL} -plaintext -d \'{{"model_name":"fraud","inputs":[{{"name":"transaction",'
@@ -225,7 +242,14 @@ def run_up(
 ) -> int:
     data_dir = data_dir.resolve()
     print(f"starting modelserve in {data_dir}{' with TLS' if secure else ''} ...", flush=True)
-    suite = start_suite(data_dir, ports=DEFAULT_PORTS, workers=workers, tls=secure, auth=auth)
+    suite = start_suite(
+        data_dir,
+        ports=DEFAULT_PORTS,
+        workers=workers,
+        tls=secure,
+        auth=auth,
+        http_port=DEFAULT_HTTP_PORT,
+    )
     console: Console | None = None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
