@@ -135,3 +135,13 @@ def from_rpc_error(exc: grpc.RpcError, hop: str) -> ModelServeError:
     if cls is None:
         err.code = code
     return err
+
+
+def error_for(code: grpc.StatusCode, details: str) -> ModelServeError:
+    """The domain error that stands for ``code`` (a plain ModelServeError carrying it when no
+    class does)."""
+    cls = _BY_CODE.get(code)
+    err = cls(details) if cls is not None else ModelServeError(details)
+    if cls is None:
+        err.code = code
+    return err

@@ -149,6 +149,7 @@ class Runtime:
         self.meta: dict[str, str] = {}
         self.port = 0
         self.metrics_port: int | None = None
+        self.auth: Any = None  # the auth interceptor when auth is on (start_runtime sets it)
         self._metrics_server: Any = None
         self.registration: Registration | None = None
         self.stopping = asyncio.Event()
@@ -402,6 +403,7 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
     # its listener uses TLS: the service's own certificate is its client certificate.
     configure_client_tls(TLSConfig.from_settings(settings).client())
     runtime = Runtime(spec, settings, make_discovery(settings), interceptors)
+    runtime.auth = auth  # faces that are not gRPC (the REST face) enforce the same rules
     await spec.build(runtime, settings)
     await runtime.start()
     return runtime

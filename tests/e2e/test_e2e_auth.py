@@ -463,3 +463,36 @@ async def test_a_policy_goes_in_force_once_the_registry_reads_routers_with_its_t
     assert "pending" not in shown.stdout and "50" in shown.stdout, shown.stdout
     cleared = await asyncio.to_thread(policy, "clear", "fraud")
     assert cleared.returncode == 0, cleared.stderr
+
+
+def test_the_rest_face_enforces_the_same_roles(auth_suite: Suite) -> None:
+    """REST requests pass through the same auth interceptor as gRPC ones: no token 401,
+    an infer token infers but cannot unload (403 naming admin), health needs none."""
+    import httpx
+
+    base = f"http://{auth_suite.http_address()}"
+    body = {
+        "inputs": [{"name": "transaction", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]
+    }
+    infer, admin = auth_suite.token("infer"), auth_suite.token("admin")
+    assert httpx.get(f"{base}/v2/health/ready", timeout=10).status_code == 200  # no token
+    refused = httpx.post(f"{base}/v2/models/fraud/infer", json=body, timeout=10)
+    assert refused.status_code == 401, refused.text
+    assert infer is not None and infer not in refused.text
+    answered = httpx.post(
+        f"{base}/v2/models/fraud/infer",
+        json=body,
+        headers={"authorization": f"Bearer {infer}"},
+        timeout=10,
+    )
+    assert answered.status_code == 200, answered.text
+    denied = httpx.post(
+        f"{base}/v2/repository/models/fraud/unload",
+        headers={"authorization": f"Bearer {infer}"},
+        timeout=10,
+    )
+    assert denied.status_code == 403 and "admin" in denied.json()["error"], denied.text
+    metadata = httpx.get(
+        f"{base}/v2/models/fraud", headers={"authorization": f"Bearer {admin}"}, timeout=10
+    )
+    assert metadata.status_code == 200, metadata.text

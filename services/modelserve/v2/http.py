@@ -29,7 +29,7 @@ from urllib.parse import unquote
 import grpc
 
 from modelserve import metrics, tracing
-from modelserve.errors import InvalidArgumentError, ModelServeError, NotFoundError
+from modelserve.errors import InvalidArgumentError, ModelServeError, NotFoundError, error_for
 from modelserve.httpserver import SERVERS, HttpRequest, HttpResponse
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.server import Runtime
@@ -103,6 +103,37 @@ class _Context:
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
+    def code(self) -> grpc.StatusCode | None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        """What the auth interceptor calls to refuse: the domain error of ``code``, which
+        ``HttpFace`` answers with its HTTP status (401, 403, 503...)."""
+        raise error_for(code, details)
+
+
+# What the auth interceptor reads besides the forwarded headers (never forwarded onward:
+# Call keeps only FORWARDED_METADATA).
+AUTH_HEADERS = ("authorization",)
+V2_SERVICE = "/inference.GRPCInferenceService/"
+
+
+class _Authorized:
+    """``servicer`` with every method passed through the process's auth interceptor, so REST
+    requests meet the same role table, model patterns, limits and audit as gRPC ones."""
+
+    def __init__(self, servicer: V2Servicer, auth: Any) -> None:
+        self._servicer = servicer
+        self._auth = auth
+        self._wrapped: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        found = self._wrapped.get(name)
+        if found is None:
+            method = getattr(self._servicer, name)
+            found = self._wrapped[name] = self._auth.wrap(V2_SERVICE + name, method, False)
+        return found
+
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> HttpResponse:
     return HttpResponse(status, codec.dumps({"error": message}), headers=headers or [])
@@ -125,9 +156,14 @@ class HttpFace:
         max_in_flight: int = 1024,
         service: str = "gateway",
         max_body_bytes: int = 16 << 20,
+        auth: Any = None,
     ) -> None:
         self._max_body_bytes = max_body_bytes
-        self._servicer = servicer
+        # With auth on, every servicer call goes through the same interceptor as gRPC's, but
+        # /v2/health/live|ready: load balancers' probes carry no credentials and learn only
+        # what grpc.health.v1 (never authenticated) tells anyone.
+        self._servicer: Any = servicer if auth is None else _Authorized(servicer, auth)
+        self._health: Any = servicer
         self._service = service
         self._ready = ready
         self._max_in_flight = max_in_flight
@@ -219,18 +255,20 @@ class HttpFace:
     @staticmethod
     def _context(request: HttpRequest, timeout_s: float | None = None) -> Any:
         headers = request.headers
-        metadata = tuple((k, headers[k]) for k in FORWARDED_HEADERS if k in headers)
+        metadata = tuple(
+            (k, headers[k]) for k in (*FORWARDED_HEADERS, *AUTH_HEADERS) if k in headers
+        )
         return _Context(timeout_s, metadata)
 
     # --- health and metadata ---
     async def _live(self, request: HttpRequest) -> HttpResponse:
-        answer = await self._servicer.ServerLive(pb.ServerLiveRequest(), self._context(request))
+        answer = await self._health.ServerLive(pb.ServerLiveRequest(), self._context(request))
         return _OK if answer.live else _NOT_READY
 
     async def _server_ready(self, request: HttpRequest) -> HttpResponse:
         if not self._ready():
             return _NOT_READY
-        answer = await self._servicer.ServerReady(pb.ServerReadyRequest(), self._context(request))
+        answer = await self._health.ServerReady(pb.ServerReadyRequest(), self._context(request))
         return _OK if answer.ready else _NOT_READY
 
     async def _server_metadata(self, request: HttpRequest) -> HttpResponse:
@@ -375,6 +413,7 @@ def serve_http(runtime: Runtime, servicer: V2Servicer, *, port: int, server: str
         max_in_flight=settings.max_concurrent_rpcs,
         service=runtime.spec.name,
         max_body_bytes=settings.max_receive_message_bytes,
+        auth=runtime.auth,
     )
     start = SERVERS.get(server)
     if start is None:
