@@ -31,3 +31,9 @@ class RegistrySettings(CommonSettings):
         "Routers to ask which versions workers hold READY (static discovery; comma-separated). "
         "With none known, policy writes are not readiness-gated.",
     )
+    gateway_addrs: str = dependency(
+        "gateway",
+        "",
+        "Gateways whose rejections canaries count (static/dns discovery; comma-separated). "
+        "With none known, only the routers' counts gate a canary.",
+    )

@@ -203,3 +203,15 @@ def test_names_need_a_port(bad: str) -> None:
 
 async def _assert(condition: bool) -> None:
     assert condition
+
+
+async def test_the_registry_finds_gateways_for_canaries_by_its_gateway_addrs() -> None:
+    """Consul lists every gateway; with static or dns discovery the registry's canary reader
+    resolves "gateway" from gateway_addrs (a headless Service name in Kubernetes)."""
+    from registry.settings import RegistrySettings
+
+    env = {"MODELSERVE_DISCOVERY": "dns", "MODELSERVE_GATEWAY_ADDRS": "10.0.0.5:8001"}
+    discovery = make_discovery(load_settings(RegistrySettings, [], env))
+    assert addresses(await discovery.resolve("gateway")) == ["10.0.0.5:8001"]
+    unset = make_discovery(load_settings(RegistrySettings, [], {}))
+    assert await unset.resolve("gateway") == []
