@@ -1,9 +1,11 @@
 """A real router process with ``--discovery dns`` finds its workers by a name.
 
 The suite's router is pointed at ``worker.modelserve.svc.cluster.local:<port>``, which only the
-test's DNS server (tests/fakes/dns_server.py, real UDP) answers: first with the loopback address
-the worker listens on, so requests through the gateway are routed to it; then with nothing
-(NXDOMAIN, as for a headless Service with no ready pods), so the router drops the worker.
+test's DNS server (tests/fakes/dns_server.py, real UDP) answers. Two workers listen on that one
+port on two loopback addresses (127.0.0.1 and 127.0.0.2), like two pods behind a headless
+Service: the name first resolves to the first only, so requests through the gateway are routed
+to it; then to both, and the router follows each with its own status stream; then to the
+second only, then to nothing (NXDOMAIN, no ready pods), and the router drops them in turn.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ async def dns_server() -> AsyncIterator[DNSServer]:
 def dns_suite(tmp_path: Path, dns_server: DNSServer) -> Iterator[Suite]:
     worker_port = free_port()
     dns_server.records[NAME] = ["127.0.0.1"]
+    second = ["--host", "127.0.0.2", "--metrics-host", "127.0.0.2", "--port", str(worker_port)]
     router_args = [
         "--discovery", "dns",
         "--dns-server", dns_server.address,
@@ -46,7 +49,10 @@ def dns_suite(tmp_path: Path, dns_server: DNSServer) -> Iterator[Suite]:
         "--worker-addrs", f"{NAME}:{worker_port}",
     ]  # fmt: skip
     suite = start_suite(
-        tmp_path / "suite", ports={"worker": worker_port}, extra_args={"router": router_args}
+        tmp_path / "suite",
+        workers=2,
+        ports={"worker": worker_port},
+        extra_args={"router": router_args, "worker1": second},
     )
     try:
         yield suite
@@ -77,11 +83,22 @@ async def test_router_routes_to_the_workers_its_dns_name_resolves_to(
             reply = await router.ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
             return sorted(w.address for w in reply.workers)
 
-        assert await workers() == [f"127.0.0.1:{worker.port}"]
+        first, second = f"127.0.0.1:{worker.port}", f"127.0.0.2:{worker.port}"
+        assert await workers() == [first]
         assert dns_server.queries > 0
+
+        async def expect(addresses: list[str], serving: int) -> None:
+            reply = await router.ListWorkers(router_pb2.ListWorkersRequest(), timeout=5)
+            assert sorted(w.address for w in reply.workers) == addresses
+            assert sum(w.serving for w in reply.workers) == serving
+
+        dns_server.records[NAME] = ["127.0.0.1", "127.0.0.2"]  # scaled out: a second pod
+        await eventually(lambda: expect([first, second], serving=2), timeout=20)
+        dns_server.records[NAME] = ["127.0.0.2"]  # the first pod went away
+        await eventually(lambda: expect([second], serving=1), timeout=10)
+        answer = await gateway.ModelInfer(request, timeout=10)  # routed to the second
+        assert decode_outputs(answer)["fraud_probability"].shape == (1, 1)
         del dns_server.records[NAME]  # no ready pods behind the name any more
-
-        async def gone() -> None:
-            assert await workers() == []
-
-        await eventually(gone, timeout=10)
+        await eventually(lambda: expect([], serving=0), timeout=10)
+    router_log = dns_suite.processes["router"].log_path.read_text()
+    assert "Traceback" not in router_log and " ERROR " not in router_log
