@@ -10,6 +10,7 @@ all-bad still gets traffic (panic threshold).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -97,6 +98,8 @@ class Endpoint:
     ejections: int = 0
     ejected_until: float = 0.0
     stubs: dict[Any, Any] = field(default_factory=dict)
+    # Told the address when this endpoint is ejected (DNS discovery re-resolves early).
+    on_eject: Callable[[str], None] | None = None
 
     def stub(self, stub_cls: Callable[[aio.Channel], Any]) -> Any:
         """A cached stub of ``stub_cls`` on this endpoint's channel."""
@@ -120,6 +123,8 @@ class Endpoint:
         self.ejections += 1
         self.ejected_until = time.monotonic() + min(EJECT_BASE_S * self.ejections, EJECT_MAX_S)
         self.consecutive_failures = 0
+        if self.on_eject is not None:
+            self.on_eject(self.address)
         return True
 
     async def close(self) -> None:
@@ -149,16 +154,21 @@ def pick(candidates: Sequence[Endpoint], exclude: Iterable[str] = ()) -> Endpoin
 class EndpointSet:
     """Channels to the instances of one service, kept in step with discovery."""
 
-    def __init__(self, max_message_bytes: int = 64 * MIB) -> None:
+    def __init__(
+        self, max_message_bytes: int = 64 * MIB, *, on_eject: Callable[[str], None] | None = None
+    ) -> None:
         self._max_message_bytes = max_message_bytes
         self.endpoints: dict[str, Endpoint] = {}
+        self.on_eject = on_eject  # given to every endpoint opened from now on
 
     async def update(self, addresses: Iterable[str]) -> tuple[list[Endpoint], list[Endpoint]]:
         """Open channels to new addresses, close removed ones; returns (added, removed)."""
         wanted = set(addresses)
         added = []
         for address in sorted(wanted - self.endpoints.keys()):
-            endpoint = Endpoint(address, internal_channel(address, self._max_message_bytes))
+            endpoint = Endpoint(
+                address, internal_channel(address, self._max_message_bytes), on_eject=self.on_eject
+            )
             self.endpoints[address] = endpoint
             added.append(endpoint)
         removed = [self.endpoints.pop(a) for a in sorted(self.endpoints.keys() - wanted)]
@@ -176,7 +186,9 @@ class EndpointSet:
 
 
 async def follow(discovery: Any, service: str, endpoints: EndpointSet) -> None:
-    """Keep ``endpoints`` equal to the passing instances of ``service``, forever."""
+    """Keep ``endpoints`` equal to the passing instances of ``service``, forever; an endpoint
+    ejected for failing asks discovery to look again early (``Discovery.suspect``)."""
+    endpoints.on_eject = functools.partial(discovery.suspect, service)
     async for instances in discovery.watch(service):
         await endpoints.update(i.address for i in instances)
 
@@ -194,6 +206,7 @@ async def follow_stream(
     of ``service``, open the stream, and on any failure reconnect with jittered backoff."""
     delay = 0.05
     while True:
+        endpoint: Endpoint | None = None
         try:
             instances = await discovery.resolve(service)
             await endpoints.update(i.address for i in instances)
@@ -207,6 +220,8 @@ async def follow_stream(
             raise
         except (grpc.RpcError, ConnectionError, OSError) as exc:
             log.warning("%s interrupted (%s); retrying in %.2fs", what, _describe(exc), delay)
+            if endpoint is not None:
+                discovery.suspect(service, endpoint.address)
         await asyncio.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 2.0)
 

@@ -95,6 +95,14 @@ def make_discovery(settings: CommonSettings) -> Discovery:
         from modelserve.discovery.consul import ConsulDiscovery
 
         return ConsulDiscovery(settings.consul_addr, settings.consul_token)
+    if settings.discovery == "dns":
+        from modelserve.discovery.dns import DNSDiscovery
+
+        return DNSDiscovery(
+            dependency_addresses(settings),
+            refresh_s=settings.dns_refresh_seconds,
+            server=settings.dns_server,
+        )
     return StaticDiscovery(dependency_addresses(settings))
 
 

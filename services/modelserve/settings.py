@@ -51,7 +51,21 @@ class CommonSettings:
     instance_id: str = setting(
         "", "Unique id of this instance in discovery (default: name-host-port)."
     )
-    discovery: str = setting("static", "Discovery backend: static or consul.")
+    discovery: str = setting(
+        "static",
+        "Discovery backend: static, consul, or dns (the A/AAAA records of each <svc>_addr "
+        "name:port, e.g. a Kubernetes headless Service; one instance per record).",
+    )
+    dns_refresh_seconds: float = setting(
+        5.0,
+        "With dns discovery: seconds between re-resolutions of every name (earlier, at most "
+        "every 0.5 s, after a caller reports an address failing).",
+    )
+    dns_server: str = setting(
+        "",
+        "With dns discovery: query this DNS server (ip or ip:port) directly instead of the "
+        "system resolver (getaddrinfo: /etc/hosts, resolv.conf).",
+    )
     consul_addr: str = setting(
         "http://127.0.0.1:8500", "Consul agent HTTP address.", env=("CONSUL_HTTP_ADDR",)
     )
@@ -96,7 +110,8 @@ class CommonSettings:
     drain_seconds: float = setting(
         -1.0,
         "After SIGTERM, seconds NOT_SERVING before the server stops taking RPCs; "
-        "-1 = 11 with consul (check interval x failures + 1), 0.2 with static.",
+        "-1 = 11 with consul (check interval x failures + 1), 2 x dns_refresh_seconds + 1 "
+        "with dns (cluster DNS TTL + our refresh), 0.2 with static.",
     )
     shutdown_grace_seconds: float = setting(30.0, "Grace for in-flight RPCs when stopping.")
     tls_cert_file: str = setting(
@@ -170,11 +185,21 @@ class CommonSettings:
     def resolved_drain_seconds(self) -> float:
         if self.drain_seconds >= 0:
             return self.drain_seconds
-        return 11.0 if self.discovery == "consul" else 0.2
+        if self.discovery == "consul":
+            return 11.0
+        if self.discovery == "dns":
+            # Kubernetes unpublishes a terminating pod at once; callers see it gone after the
+            # cluster DNS TTL (CoreDNS: 5 s) plus their own refresh period.
+            return 2 * self.dns_refresh_seconds + 1
+        return 0.2
 
     def validate(self) -> None:
         """Fail fast on impossible values; subclasses extend."""
-        _one_of("discovery", self.discovery, ("static", "consul"))
+        _one_of("discovery", self.discovery, ("static", "consul", "dns"))
+        if self.dns_refresh_seconds <= 0:
+            raise SettingsError(
+                f"dns_refresh_seconds must be positive, got {self.dns_refresh_seconds}"
+            )
         _one_of("trace_exporter", self.trace_exporter, ("none", "console", "otlp"))
         _one_of("log_format", self.log_format, ("text", "json"))
         tls_problems = _tls_problems(self)

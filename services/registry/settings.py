@@ -34,6 +34,6 @@ class RegistrySettings(CommonSettings):
     gateway_addrs: str = dependency(
         "gateway",
         "",
-        "Gateways whose rejections canaries count against a version (static discovery; "
-        "comma-separated).",
+        "Gateways whose rejections canaries count (static/dns discovery; comma-separated). "
+        "With none known, only the routers' counts gate a canary.",
     )

@@ -37,7 +37,7 @@ class WorkerPool:
     def __init__(self, discovery: Discovery, *, service: str = "worker") -> None:
         self._discovery = discovery
         self._service = service
-        self._endpoints = EndpointSet()
+        self._endpoints = EndpointSet(on_eject=self._suspect)
         self.workers: dict[str, WorkerState] = {}
         self.changed = asyncio.Event()
 
@@ -103,6 +103,7 @@ class WorkerPool:
                 continue
             if state.serving:
                 log.warning("worker %s lost; not routing to it", state.endpoint.address)
+                self._suspect(state.endpoint.address)
             state.serving = False
             self._notify()
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -123,6 +124,10 @@ class WorkerPool:
             if v.state == worker_pb2.LoadedVersion.FAILED
         }
         self._notify()
+
+    def _suspect(self, address: str) -> None:
+        """Ask discovery to look again early: a pod replaced under a DNS name is found sooner."""
+        self._discovery.suspect(self._service, address)
 
     def _notify(self) -> None:
         self.changed.set()

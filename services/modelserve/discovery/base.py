@@ -1,6 +1,8 @@
 """Service discovery: one small interface, two backends (static, consul).
 
 Service names are the logical ones: "gateway", "router", "worker", "registry", "featurestore".
+Backends: static (configured addresses), consul (the agent's catalog and checks), dns (the A/AAAA
+records of configured names, e.g. Kubernetes headless Services).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Discovery(abc.ABC):
     @abc.abstractmethod
     def watch(self, service: str) -> AsyncIterator[list[Instance]]:
         """Yield the passing instances now and again every time the set changes."""
+
+    def suspect(self, service: str, address: str) -> None:  # noqa: B027 - optional hook
+        """A caller saw ``address`` of ``service`` fail (ejected, stream lost): a backend that
+        polls may look again early. Consul pushes changes and static never changes: no-op."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
