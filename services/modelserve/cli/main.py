@@ -141,6 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_AS_COMMAND = False
+
+
+def command() -> int:
+    """The ``modelserve`` console script."""
+    global _AS_COMMAND
+    _AS_COMMAND = True
+    return main()
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -253,7 +263,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.command == "batch":
         return batch_cli.run(args)
     # Client commands only (never a server): `modelserve models list | head` ends quietly.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Only as the command itself: main() called in a longer-lived process (tests) must not
+    # make a later write to a closed pipe kill that process.
+    if _AS_COMMAND:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _check_args(args)
     try:
         return asyncio.run(_client_command(args))
@@ -443,4 +456,4 @@ async def _infer(stub: pb_grpc.GRPCInferenceServiceStub, args: argparse.Namespac
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())
