@@ -58,3 +58,29 @@ def test_bench_smoke_writes_a_report(tmp_path: Path) -> None:
     assert model["perf_analyzer"]["status"] == "off"
     assert [t["concurrency"] for t in model["targets"]] == [1, 64]
     assert model["targets"][0]["value"] is not None  # c=1 measured; pass/fail not asserted
+
+
+PERFREF = ROOT.parent / "shared" / "perfref"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    not (PERFREF / "start.sh").exists(), reason=f"no perfref at {PERFREF} (the shared folder)"
+)
+def test_reference_smoke_prints_the_side_by_side_table() -> None:
+    """`./dev bench --reference --smoke`: perfref and the suite started, both driven, the table
+    printed with a ratio and a verdict (never asserted: speed lives in the figures)."""
+    done = subprocess.run(
+        [sys.executable, "bench/reference.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    if done.returncode == 2 and "perf_analyzer not runnable" in done.stderr:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = done.stdout
+    assert "suite vs perfref" in table and "load average" in table
+    row = next(line for line in table.splitlines() if line.startswith("tabular"))
+    assert row.split()[-1] in ("met", "missed"), row
