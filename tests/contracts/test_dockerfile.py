@@ -4,6 +4,7 @@ onnxruntime-gpu instead of onnxruntime. No Docker engine is needed."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 
@@ -88,7 +89,10 @@ def test_entrypoint_is_modelserve_serve_in_exec_form(target: str) -> None:
 
 def test_modelserve_console_script_exists() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["modelserve"] == "modelserve.cli:main"
+    target = project["scripts"]["modelserve"]
+    assert target == "modelserve.cli.main:command"
+    module, _, name = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), name))
 
 
 @pytest.mark.parametrize("target", final_targets())
