@@ -140,7 +140,9 @@ async def test_tritonclient_http_answers_as_grpc_does(suite: Suite, demo_dir: Pa
 
     stats = seen["statistics"]
     assert _no_zeros(_ints(stats["http"])) == _no_zeros(_ints(stats["grpc"]))
-    assert stats["http"]["model_stats"][0]["inference_stats"]["fail"] == {"count": 0, "ns": 0}
+    # success/fail are the gateway's own view (the whole path; other tests' rejected requests
+    # for fraud count as failures there): compared above between the two faces, and present.
+    assert int(stats["http"]["model_stats"][0]["inference_stats"]["success"]["count"]) > 0
     assert seen["index"]["http"] == seen["index"]["grpc"]
 
     errors = seen["errors"]
