@@ -393,11 +393,12 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
     # Admission before the rest: a refused call costs no span, no decoding beyond gRPC's own.
     # RED metrics before admission: a refused call is counted with its status too.
     interceptors: list[aio.ServerInterceptor] = [
-        metrics.RpcMetricsInterceptor(spec.name),
         AdmissionInterceptor(
             max_unary=settings.max_concurrent_rpcs, max_streams=settings.max_concurrent_streams
         ),
     ]
+    if settings.rpc_metrics:
+        interceptors.insert(0, metrics.RpcMetricsInterceptor(spec.name))
     # Then who is calling: every RPC but health and reflection needs its role (auth/roles.py).
     auth = auth_interceptor(settings)
     if auth is not None:
