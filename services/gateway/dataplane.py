@@ -302,11 +302,7 @@ def _with_fallback(
     """``call`` carrying where the router may send this request when no worker holds
     ``version`` READY: the policy's fallback, for a request the policy routed (a caller that
     named a version or label gets that or an error, never another one)."""
-    fallback = 0
-    if by_policy:
-        model = catalog.models.get(version.model)
-        if model is not None and model.HasField("policy"):
-            fallback = model.policy.policy.fallback_version
+    fallback = catalog.policy_fallback(version.model) if by_policy else 0
     if fallback == version.version:
         fallback = 0
     if not fallback and not call.forwarded:

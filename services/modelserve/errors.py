@@ -130,11 +130,7 @@ def from_rpc_error(exc: grpc.RpcError, hop: str) -> ModelServeError:
             if code != grpc.StatusCode.UNAVAILABLE
             else (f"{hop} unavailable")
         )
-    cls = _BY_CODE.get(code)
-    err = cls(details) if cls is not None else ModelServeError(details)
-    if cls is None:
-        err.code = code
-    return err
+    return error_for(code, details)
 
 
 def error_for(code: grpc.StatusCode, details: str) -> ModelServeError:

@@ -111,9 +111,7 @@ class RouterDataPlane:
         forwarding then answers UNAVAILABLE."""
         fallback = call.fallback()
         if not fallback and by_policy:  # decided here, by the policy
-            model = self.catalog.models.get(version.model)
-            if model is not None and model.HasField("policy"):
-                fallback = model.policy.policy.fallback_version
+            fallback = self.catalog.policy_fallback(version.model)
         if not fallback or fallback == version.version:
             return version
         if not self._pool.candidates(version.model, fallback):

@@ -142,6 +142,13 @@ class Catalog:
         model = self.get_model(name)
         return _resolve(model, version, label, routing_key, self._versions.get(name))
 
+    def policy_fallback(self, name: str) -> int:
+        """The version ``name``'s policy in force falls back to (0: none or no policy)."""
+        model = self.models.get(name)
+        if model is None or not model.HasField("policy"):
+            return 0
+        return model.policy.policy.fallback_version
+
     def versions_of(self, name: str) -> dict[int, registry_pb2.ModelVersion]:
         """``name``'s versions by number ({} for an unknown model)."""
         return self._versions.get(name, {})
