@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def run_point(
     seconds: float,
     out_csv: Path,
     protocol: str = "grpc",
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One perf_analyzer run at one concurrency, batch 1 (``protocol`` grpc, or http for the
     REST face); its CSV and stdout parsed."""
@@ -124,6 +126,7 @@ def run_point(
         "6",
         "-f",
         str(out_csv),
+        *extra_args,
     ]
     shown = " ".join(["perf_analyzer", *cmd[1:]])
     started, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -44,6 +44,7 @@ PERFREF = Path(os.environ.get("PERFREF_DIR", ROOT.parent / "shared" / "perfref")
 REFERENCE = "127.0.0.1:9101"
 # Targets (issue 14): c=64 throughput >= 1.0x perfref; c=1 p50 <= 1.1x perfref.
 THROUGHPUT_TARGET, LATENCY_TARGET = 1.0, 1.1
+HOPS = ("gateway", "router", "worker")  # perfref's start.sh prints its PIDs in this order
 
 
 def start_reference(models: Path) -> list[int]:
@@ -99,6 +100,13 @@ def main() -> int:
     p.add_argument("--models", default="tabular,wide")
     p.add_argument("--smoke", action="store_true", help="1 s points, one round, tabular, c=1")
     p.add_argument("--json", default="", help="write the results here too")
+    p.add_argument(
+        "--suite-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment of the suite's processes (repeatable), e.g. MODELSERVE_RPC_METRICS=false",
+    )
     args = p.parse_args()
     if args.smoke:
         args.rounds, args.seconds, args.concurrency, args.models = 1, 1.0, "1", "tabular"
@@ -112,15 +120,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="modelserve-reference-"))
     models = work / "models"
     ref_pids = start_reference(models)
-    suite = start_suite(work / "suite", workers=1)
+    suite_env = dict(item.split("=", 1) for item in args.suite_env)
+    suite = start_suite(work / "suite", workers=1, extra_env=suite_env)
     try:
         for name in ("registry", "featurestore", "worker", "router", "gateway"):
             asyncio.run(wait_serving(suite.address(name), timeout=60))
         asyncio.run(push_models(suite.address("registry"), suite.address("gateway"), models))
-        suite_pids = [s.process.pid for s in suite.processes.values()]
+        # Per hop, in chain order; the suite's registry and featurestore count in its chain total.
+        suite_hops = {n: suite.processes[n].process.pid for n in HOPS}
+        suite_rest = [s.process.pid for n, s in suite.processes.items() if n not in HOPS]
         targets = {
-            "suite": (suite.address("gateway"), suite_pids),
-            "perfref": (REFERENCE, ref_pids),
+            "suite": (suite.address("gateway"), suite_hops, suite_rest),
+            "perfref": (REFERENCE, dict(zip(HOPS, ref_pids, strict=True)), []),
         }
         results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         order = ["suite", "perfref"]
@@ -128,7 +139,9 @@ def main() -> int:
             for model in args.models.split(","):
                 for c in (int(x) for x in args.concurrency.split(",")):
                     for name in order if round_no % 2 == 0 else list(reversed(order)):
-                        address, pids = targets[name]
+                        address, hops, rest = targets[name]
+                        pids = [*hops.values(), *rest]
+                        hop0 = {h: cpu_of([pid]) for h, pid in hops.items()}
                         cpu0, wall0 = cpu_of(pids), time.perf_counter()
                         point = run_point(
                             tool, model, address, c, args.seconds, work / f"{name}-{model}-{c}.csv"
@@ -137,6 +150,9 @@ def main() -> int:
                         # perf_analyzer keeps the load on for its whole run: requests ~ rate x wall
                         count = (point.get("infer_per_s") or 0) * wall
                         point["cpu_us_per_request"] = used / count * 1e6 if count else None
+                        for h, pid in hops.items():
+                            hop_used = cpu_of([pid]) - hop0[h]
+                            point[f"cpu_us_{h}"] = hop_used / count * 1e6 if count else None
                         results.setdefault((name, model, c), []).append(point)
         load = os.getloadavg()
     finally:
@@ -190,6 +206,15 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], args: Any,
         "targets: c>1 throughput >= 1.0x perfref, c=1 p50 <= 1.1x perfref (issue 14); cpu is "
         "all processes of each chain together"
     )
+    lines.append("CPU us per request by hop, suite/perfref (medians):")
+    for model in models:
+        for c in concurrencies:
+            s, r = results.get(("suite", model, c), []), results.get(("perfref", model, c), [])
+            cells = [
+                f"{hop} {_f(_median(s, f'cpu_us_{hop}'), 0)}/{_f(_median(r, f'cpu_us_{hop}'), 0)}"
+                for hop in HOPS
+            ]
+            lines.append(f"  {model:<8} {c:>3}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
