@@ -30,7 +30,7 @@ def metric(suite: Suite, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") and f'model="{MODEL}"' in line:
+        if line.startswith(name if "{" in name else name + "{") and f'model="{MODEL}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -71,6 +71,9 @@ async def test_a_cancel_mid_run_stops_it_and_one_cancelled_while_queued_never_ru
 ) -> None:
     before = metric(suite, "modelserve_stopped_runs_total")
     runs_before = metric(suite, "modelserve_batch_size_count")
+    dropped_before = metric(
+        suite, 'modelserve_queue_refused_total{model="slow_loop",reason="cancelled"'
+    )
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         running = asyncio.ensure_future(stub.ModelInfer(request(), timeout=60))
@@ -108,6 +111,9 @@ async def test_a_cancel_mid_run_stops_it_and_one_cancelled_while_queued_never_ru
     # completed runs): the queued call never ran.
     assert metric(suite, "modelserve_stopped_runs_total") == before + 1
     assert metric(suite, "modelserve_batch_size_count") == runs_before
+    # The queued one is counted as dropped before its run (T12's "cancelled" metric, queued).
+    dropped = metric(suite, 'modelserve_queue_refused_total{model="slow_loop",reason="cancelled"')
+    assert dropped == dropped_before + 1
     await idle(suite)
 
 
