@@ -26,7 +26,7 @@ from modelserve.auth.identity import CALLER_METADATA, current_identity
 from modelserve.channels import Endpoint, pick
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import ModelServeError, UnavailableError, from_rpc_error
-from modelserve.tracing import outbound_metadata
+from modelserve.tracing import note, outbound_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +62,9 @@ class Call:
         """Read once from the servicer context: the deadline (clamped at the edge) and the
         metadata worth forwarding."""
         deadline = edge.admit(context) if edge is not None else Deadline.of(context)
+        remaining = deadline.remaining()
+        if remaining is not None:
+            note("modelserve.deadline_remaining_ms", remaining * 1000)
         return cls(deadline, _with_caller(forwarded_of(context.invocation_metadata())))
 
     def with_deadline(self, deadline: Deadline) -> Call:
@@ -180,6 +183,8 @@ class Hop:
             hop_timeout = (
                 timeout if timeout is not None else call.deadline.for_hop(self.default_timeout)
             )
+            if hop_timeout is not None:
+                note(f"modelserve.hop_timeout_ms.{self.peer}", hop_timeout * 1000)
             endpoint.outstanding += 1
             outstanding.inc()
             try:
