@@ -28,6 +28,7 @@ from modelserve.channels import Endpoint, EndpointSet
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     ModelServeError,
     UnavailableError,
     UnimplementedError,
@@ -254,7 +255,10 @@ class GatewayDataPlane:
             if polls % 10 == 0:
                 failed = await self._version_reason(name, version.version, call)
                 if failed.startswith("load failed"):
-                    raise UnavailableError(
+                    # RELIABILITY.md: a failed model load is FAILED_PRECONDITION on the admin
+                    # API (never retried: loading it again fails again). tritonclient's
+                    # load_model raises the same InferenceServerException for any code.
+                    raise FailedPreconditionError(
                         f"model '{name}' version {version.version} did not load ({failed})"
                     )
             remaining = call.deadline.remaining()

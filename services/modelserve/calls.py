@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from prometheus_client import Gauge
 
 from modelserve.auth.identity import CALLER_METADATA, current_identity
 from modelserve.channels import Endpoint, pick
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import ModelServeError, UnavailableError, from_rpc_error
-from modelserve.tracing import outbound_metadata
+from modelserve.tracing import note, outbound_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +42,12 @@ FORWARDED_METADATA = ("x-request-id", "x-routing-key", FALLBACK_METADATA, CALLER
 MAX_FORWARDED_VALUE = 256
 Metadata = tuple[tuple[str, str], ...]
 NO_DEADLINE = Deadline()
+# Calls this process has out to a peer service right now, by peer. Every call made through
+# Hop.unary or fan_out is counted here as well as on its endpoint (power of two choices), so a
+# test or an operator can see that a finished request left nothing outstanding (T13).
+OUTSTANDING = Gauge(
+    "modelserve_calls_outstanding", "Outbound calls in progress to a peer service", ["peer"]
+)
 
 
 @dataclass(slots=True)  # built per request: slots, not frozen; treat it as immutable
@@ -55,6 +62,9 @@ class Call:
         """Read once from the servicer context: the deadline (clamped at the edge) and the
         metadata worth forwarding."""
         deadline = edge.admit(context) if edge is not None else Deadline.of(context)
+        remaining = deadline.remaining()
+        if remaining is not None:
+            note("modelserve.deadline_remaining_ms", remaining * 1000)
         return cls(deadline, _with_caller(forwarded_of(context.invocation_metadata())))
 
     def with_deadline(self, deadline: Deadline) -> Call:
@@ -161,6 +171,7 @@ class Hop:
         tried: set[str] = set()
         last: grpc.RpcError | None = None
         metadata = outbound_metadata(call.forwarded)
+        outstanding = OUTSTANDING.labels(self.peer)
         self.budget.earn()
         for attempt in range(max(1, self.attempts)):
             if attempt and not self.budget.spend():
@@ -172,7 +183,10 @@ class Hop:
             hop_timeout = (
                 timeout if timeout is not None else call.deadline.for_hop(self.default_timeout)
             )
+            if hop_timeout is not None:
+                note(f"modelserve.hop_timeout_ms.{self.peer}", hop_timeout * 1000)
             endpoint.outstanding += 1
+            outstanding.inc()
             try:
                 result = await method(endpoint)(request, timeout=hop_timeout, metadata=metadata)
             except grpc.RpcError as exc:
@@ -185,6 +199,7 @@ class Hop:
                 continue
             finally:
                 endpoint.outstanding -= 1
+                outstanding.dec()
             endpoint.record_success()
             return result
         if last is not None:
@@ -207,17 +222,21 @@ async def fan_out(
     call: Call,
     *,
     default_timeout: float,
+    peer: str = "workers",
 ) -> list[T | BaseException]:
     """``method(endpoint)(request)`` on every endpoint at once (statistics from each worker);
     each result or the error it raised, in ``endpoints`` order."""
     timeout = call.deadline.for_hop(default_timeout)
     metadata = outbound_metadata(call.forwarded)
+    outstanding = OUTSTANDING.labels(peer)
 
     async def one(endpoint: Endpoint) -> T:
         endpoint.outstanding += 1
+        outstanding.inc()
         try:
             return await method(endpoint)(request, timeout=timeout, metadata=metadata)
         finally:
             endpoint.outstanding -= 1
+            outstanding.dec()
 
     return await asyncio.gather(*(one(e) for e in endpoints), return_exceptions=True)

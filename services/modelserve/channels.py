@@ -46,7 +46,11 @@ RECONNECT_BACKOFF = [
 ]
 
 
-def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
+# What internal channels send and internal servers accept at least (above the gateway's 16 MiB).
+INTERNAL_MESSAGE_BYTES = 64 * MIB
+
+
+def channel_options(max_message_bytes: int = INTERNAL_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     """Options for internal channels: internal hops accept at least what the gateway does."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -58,7 +62,7 @@ def channel_options(max_message_bytes: int = 64 * MIB) -> list[tuple[str, Any]]:
 
 
 def internal_channel(
-    address: str, max_message_bytes: int = 64 * MIB, *, tls: ClientTLS | None = None
+    address: str, max_message_bytes: int = INTERNAL_MESSAGE_BYTES, *, tls: ClientTLS | None = None
 ) -> aio.Channel:
     """The one way a service opens a channel to another: plaintext while TLS is off, else a
     secure channel verifying the peer with the CA and showing this service's certificate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -54,15 +55,38 @@ def _rewrap(handler: grpc.RpcMethodHandler, method: str, wrap: Wrapper) -> grpc.
     )
 
 
+# A caller's x-request-id is echoed in INTERNAL errors only when it is this plain: it goes back
+# into a status message and a log line, so no control character or markup rides along.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
 async def abort_for(exc: BaseException, context: aio.ServicerContext, method: str) -> None:
-    """Abort ``context`` with the status that ``exc`` stands for (never returns)."""
+    """Abort ``context`` with the status that ``exc`` stands for (never returns).
+
+    INTERNAL and UNKNOWN carry a generic text and the caller's request id (RELIABILITY.md
+    rule 10, T39): "internal error (request-id R, ref X)" for an unexpected exception here
+    (the stack is logged under the ref), "router failed (internal) (request-id R)" for one
+    relayed from a hop behind. Nothing else of the failure reaches the caller."""
+    rid = _request_id(context)
     if isinstance(exc, ModelServeError):
-        await context.abort(exc.code, exc.message)
+        message = exc.message
+        if rid and exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            message = f"{message} (request-id {rid})"
+        await context.abort(exc.code, message)
     if isinstance(exc, NotImplementedError):  # a generated base method nobody overrode
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
     ref = uuid.uuid4().hex[:12]
-    log.error("unexpected error in %s (ref %s%s)", method, ref, _caller(context), exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
+    tag = f"request-id {rid}, ref {ref}" if rid else f"ref {ref}"
+    log.error("unexpected error in %s (%s%s)", method, tag, _caller(context), exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({tag})")
+
+
+def _request_id(context: aio.ServicerContext) -> str:
+    """The caller's x-request-id if it is a plain token (see _REQUEST_ID), else ""."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return ""
 
 
 def _caller(context: aio.ServicerContext) -> str:

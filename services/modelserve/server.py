@@ -32,6 +32,7 @@ from modelserve.auth.authenticator import Authenticator
 from modelserve.auth.client import set_service_token_file
 from modelserve.auth.interceptor import AuthInterceptor
 from modelserve.auth.limits import IdentityLimits
+from modelserve.channels import INTERNAL_MESSAGE_BYTES
 from modelserve.discovery import Discovery, Registration
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.interceptors import ErrorInterceptor
@@ -128,9 +129,15 @@ class Runtime:
         self.spec = spec
         self.settings = settings
         self.discovery = discovery
+        receive, send = settings.max_receive_message_bytes, settings.max_send_message_bytes
+        if not spec.public:
+            # Internal hops take at least what internal channels send (64 MiB), so a request
+            # the gateway accepted, plus whatever a hop adds to it, is never refused inside
+            # (RELIABILITY.md: internal hops >= gateway; T07).
+            receive, send = max(receive, INTERNAL_MESSAGE_BYTES), max(send, INTERNAL_MESSAGE_BYTES)
         options: list[tuple[str, Any]] = [
-            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.max_receive_message_length", receive),
+            ("grpc.max_send_message_length", send),
             ("grpc.so_reuseport", 0),
         ]
         if not spec.public:

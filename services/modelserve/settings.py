@@ -96,8 +96,15 @@ class CommonSettings:
     )
     log_level: str = setting("INFO", "Log level.")
     log_format: str = setting("text", "Log format: text or json.")
-    max_receive_message_bytes: int = setting(16 * MIB, "Largest gRPC message accepted.")
-    max_send_message_bytes: int = setting(16 * MIB, "Largest gRPC message sent.")
+    max_receive_message_bytes: int = setting(
+        16 * MIB,
+        "Largest gRPC message accepted. Internal services (registry, featurestore, router, "
+        "worker) accept at least 64 MiB whatever this says, so nothing the gateway accepts is "
+        "refused behind it.",
+    )
+    max_send_message_bytes: int = setting(
+        16 * MIB, "Largest gRPC message sent (internal services: at least 64 MiB)."
+    )
     reflection_enabled: bool = setting(True, "Serve gRPC server reflection (grpcurl list).")
     max_concurrent_rpcs: int = setting(
         1024,

@@ -151,6 +151,13 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
+def note(name: str, value: float) -> None:
+    """Set ``name`` on the current span when tracing is on (the deadline each hop saw and the
+    timeout it sent on, so one trace shows the budget shrinking hop by hop: T10)."""
+    if _enabled:
+        trace.get_current_span().set_attribute(name, round(value, 3))
+
+
 def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
     """Metadata for an outbound call. The trace context is added by the client interceptor
     of the channel (with its CLIENT span as the parent), not here."""

@@ -87,9 +87,13 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         request_iterator: AsyncIterator[registry_pb2.PushVersionRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> registry_pb2.ModelVersion:
+        messages = aiter(request_iterator)
+        # The header (names, labels, config) is checked before anything touches the disk: a
+        # refused push creates no upload dir (T36: names refused before any filesystem access).
+        header = _header_of(await anext(messages, None))
         new_upload = partial(TempUpload, self._store.new_upload_path, self._max_artifact_bytes)
         async with temp_upload(new_upload, self._io_executor, self._cleanups) as upload:
-            header = await self._receive(request_iterator, upload)
+            await self._receive(messages, header, upload)
             if self._is_composite is not None and self._is_composite(header.model):
                 raise FailedPreconditionError(
                     f"'{header.model}' is a composite model; a model needs its own name"
@@ -205,40 +209,30 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
     async def _receive(
         self,
         request_iterator: AsyncIterator[registry_pb2.PushVersionRequest],
+        header: convert.PushHeader,
         upload: TempUpload,
-    ) -> convert.PushHeader:
-        """Read the header then every chunk into ``upload``; the decoded header."""
-        header: convert.PushHeader | None = None
-        index = 0
+    ) -> None:
+        """Read every chunk after the header into ``upload``."""
+        index = 1
         async for message in request_iterator:
             part = message.WhichOneof("part")
-            if header is None:
-                if part != "header":
-                    raise InvalidArgumentError(
-                        f"the first PushVersion message must carry the header; got {_what(part)}"
-                    )
-                header = convert.header_from_proto(message.header)
-            elif header.config is not None and header.config.lookup is not None:
+            if header.config is not None and header.config.lookup is not None:
                 raise InvalidArgumentError(
                     f"model {header.model!r} is a lookup (config.lookup is set): its push "
                     "carries the header only, no artifact chunks"
                 )
-            elif part != "chunk" or not message.chunk:
+            if part != "chunk" or not message.chunk:
                 raise InvalidArgumentError(
                     f"message {index} must be a non-empty chunk; got {_what(part)}"
                 )
-            else:
-                upload.check_room(len(message.chunk))  # refuse before queueing the write
-                await self._in_io(upload.write, message.chunk)
+            upload.check_room(len(message.chunk))  # refuse before queueing the write
+            await self._in_io(upload.write, message.chunk)
             index += 1
-        if header is None:
-            raise InvalidArgumentError("empty upload: expected a header message, then chunks")
         if upload.size == 0 and (header.config is None or header.config.lookup is None):
             raise InvalidArgumentError(
                 f"upload for model {header.model!r} carried no artifact bytes: send the ONNX "
                 "file in chunk messages after the header"
             )
-        return header
 
     def _own(self, executor: ThreadPoolExecutor) -> ThreadPoolExecutor:
         self._owned.append(executor)
@@ -249,6 +243,18 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io_executor, fn, *args)
+
+
+def _header_of(first: registry_pb2.PushVersionRequest | None) -> convert.PushHeader:
+    """The decoded and checked header the first PushVersion message must carry."""
+    if first is None:
+        raise InvalidArgumentError("empty upload: expected a header message, then chunks")
+    part = first.WhichOneof("part")
+    if part != "header":
+        raise InvalidArgumentError(
+            f"the first PushVersion message must carry the header; got {_what(part)}"
+        )
+    return convert.header_from_proto(first.header)
 
 
 def _what(part: str | None) -> str:

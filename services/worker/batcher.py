@@ -47,6 +47,7 @@ from worker.metrics import (
     BATCHES_RUNNING,
     QUEUE_CAPACITY,
     QUEUE_DEPTH,
+    QUEUE_REFUSED,
     QUEUE_SECONDS,
 )
 from worker.sessions import ModelSession
@@ -173,8 +174,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if deadline.expired():
+            self._refused("deadline")
             raise DeadlineExceededError(f"the deadline passed before {self._label} queued it")
         if self._waiting >= self._max_queue:
+            self._refused("queue_full")
             raise UnavailableError(
                 f"{self._label} queue full ({self._waiting} waiting, limit {self._max_queue}); "
                 "retry on another replica"
@@ -200,6 +203,8 @@ class DynamicBatcher:
         try:
             return await item.future
         except asyncio.CancelledError:
+            if item.queued:
+                self._refused("cancelled")
             self._withdraw(item)  # a caller that gave up must not cost a model run
             if item.batch is not None:
                 item.batch.abandon_if_orphaned()  # nor keep one running that nobody reads
@@ -219,6 +224,7 @@ class DynamicBatcher:
         for queue in list(self._queues.values()):
             for item in list(queue):
                 self._withdraw(item)
+                self._refused("unloaded")
                 _fail(item, UnavailableError(f"{self._label} was unloaded while queued"))
 
     def _rows_of(self, inputs: Mapping[str, np.ndarray]) -> int:
@@ -239,10 +245,15 @@ class DynamicBatcher:
             )
         return count
 
+    def _refused(self, reason: str) -> None:
+        """Count an item turned away or dropped before its run (T12, T15)."""
+        QUEUE_REFUSED.labels(*self._series, reason).inc()
+
     def _expire(self, item: _Item) -> None:
         item.expiry = None
         if item.queued:
             self._withdraw(item)
+            self._refused("deadline")
             _fail(
                 item,
                 DeadlineExceededError(
@@ -254,6 +265,7 @@ class DynamicBatcher:
         item.expiry = None
         if item.queued:
             self._withdraw(item)
+            self._refused("queue_wait")
             _fail(
                 item,
                 UnavailableError(

@@ -42,6 +42,14 @@ STOPPED_RUNS = Counter(
     ["model", "version"],
 )
 
+QUEUE_REFUSED = Counter(
+    "modelserve_queue_refused_total",
+    "Requests the worker's batch queue turned away or dropped before their model run, by "
+    "reason: queue_full (UNAVAILABLE at once), queue_wait (waited past the policy), deadline, "
+    "cancelled (the caller left while queued), unloaded",
+    ["model", "version", "reason"],
+)
+
 # Read at scrape time from the batcher (set_function): the autoscaling signal costs the request
 # path nothing. Removed when the version is unloaded.
 QUEUE_DEPTH = Gauge(

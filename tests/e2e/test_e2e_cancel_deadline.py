@@ -13,73 +13,16 @@ import time
 import grpc
 import httpx
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from slowmodel import WIDTH, push_slow, slow_model
 from testsupport import eventually
 
-from modelserve.cli.demo_models import IR_VERSION, OPSET
-from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
-from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from modelserve.tensors import encode_inputs
 
 MODEL = "slow_loop"
-WIDTH = 256
-
-
-def slow_model(iterations: int) -> onnx.ModelProto:
-    """y = x; repeat ``iterations`` times: y = tanh(tile(y) @ W)[:rows]: a few ms a turn on a
-    wide matrix, so one run lasts seconds and ORT's terminate (checked between nodes) bites."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Tile", ["y_in", "reps"], ["wide"]),
-            helper.make_node("MatMul", ["wide", "w"], ["m"]),
-            helper.make_node("Tanh", ["m"], ["t"]),
-            helper.make_node("Slice", ["t", "zero", "rows", "zero"], ["y_out"]),
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("y_in", TensorProto.FLOAT, ["batch", WIDTH]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("y_out", TensorProto.FLOAT, ["batch", WIDTH]),
-        ],
-        [
-            numpy_helper.from_array(np.array([512, 1], np.int64), "reps"),
-            numpy_helper.from_array(np.array([0], np.int64), "zero"),
-            numpy_helper.from_array(
-                np.random.default_rng(0).standard_normal((WIDTH, WIDTH)).astype(np.float32) / 16,
-                "w",
-            ),
-        ],
-    )
-    graph = helper.make_graph(
-        [
-            helper.make_node("Shape", ["x"], ["shape"]),
-            helper.make_node("Slice", ["shape", "zero", "one"], ["rows"]),
-            helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body),
-        ],
-        "slow_loop",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
-        [
-            numpy_helper.from_array(np.array(iterations, np.int64), "trips"),
-            numpy_helper.from_array(np.array(True), "true"),
-            numpy_helper.from_array(np.array([0], np.int64), "zero"),
-            numpy_helper.from_array(np.array([1], np.int64), "one"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
 
 
 def metric(suite: Suite, name: str) -> float:
@@ -87,35 +30,14 @@ def metric(suite: Suite, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") and f'model="{MODEL}"' in line:
+        if line.startswith(name if "{" in name else name + "{") and f'model="{MODEL}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
 @pytest.fixture(scope="module")
 async def slow(suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("slow") / "slow.onnx"
-    onnx.save(slow_model(2000), path)
-    async with grpc.aio.insecure_channel(suite.address("registry")) as channel:
-        await push_version(
-            registry_pb2_grpc.RegistryStub(channel),
-            MODEL,
-            path,
-            labels=["production"],
-            # One instance, one warm batch size: the load stays short, and a second call
-            # waits in the queue behind a running one.
-            config=registry_pb2.ServingConfig(
-                max_batch_size=1, instance_count=1, warmup_iterations=1, max_queue_size=8
-            ),
-        )
-    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-
-        async def ready() -> None:
-            assert (await stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=5)).ready
-
-        await eventually(ready, timeout=180)
-    return MODEL
+    return await push_slow(suite, MODEL, tmp_path_factory.mktemp("slow") / "slow.onnx")
 
 
 def request() -> pb.ModelInferRequest:
@@ -149,6 +71,9 @@ async def test_a_cancel_mid_run_stops_it_and_one_cancelled_while_queued_never_ru
 ) -> None:
     before = metric(suite, "modelserve_stopped_runs_total")
     runs_before = metric(suite, "modelserve_batch_size_count")
+    dropped_before = metric(
+        suite, 'modelserve_queue_refused_total{model="slow_loop",reason="cancelled"'
+    )
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         running = asyncio.ensure_future(stub.ModelInfer(request(), timeout=60))
@@ -186,6 +111,9 @@ async def test_a_cancel_mid_run_stops_it_and_one_cancelled_while_queued_never_ru
     # completed runs): the queued call never ran.
     assert metric(suite, "modelserve_stopped_runs_total") == before + 1
     assert metric(suite, "modelserve_batch_size_count") == runs_before
+    # The queued one is counted as dropped before its run (T12's "cancelled" metric, queued).
+    dropped = metric(suite, 'modelserve_queue_refused_total{model="slow_loop",reason="cancelled"')
+    assert dropped == dropped_before + 1
     await idle(suite)
 
 

@@ -120,3 +120,45 @@ async def test_stream_infer_reports_errors_in_band_and_continues(
     replies = [r async for r in gateway.ModelStreamInfer(iter(requests), timeout=10)]
     assert [bool(r.error_message) for r in replies] == [False, True, False]
     assert "NOT_FOUND" in replies[1].error_message
+
+
+async def test_nan_and_inf_reach_the_model_as_data(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """T06: NaN and +-Inf are data, not errors: the worker runs them through ONNX Runtime and
+    answers OK (whatever the model makes of them), never UNKNOWN or INTERNAL."""
+    rows = np.array(
+        [[np.nan] * 8, [np.inf] * 8, [-np.inf] * 8, [np.nan, np.inf, -np.inf, 0, 1, -1, 2, 3]],
+        dtype=np.float32,
+    )
+    request = pb.ModelInferRequest(model_name="fraud")
+    encode_inputs(request, {"transaction": rows})
+    response = await gateway.ModelInfer(request, timeout=10)
+    assert decode_outputs(response)["fraud_probability"].shape == (4, 1)
+    await assert_still_serving(gateway)
+
+
+@pytest.mark.parametrize(
+    ("what", "request_", "codes"),
+    [
+        ("zero rows", {"shape": [0, 8], "raw": b""}, (grpc.StatusCode.OK,)),
+        ("zero columns", {"shape": [1, 0], "raw": b""}, (grpc.StatusCode.INVALID_ARGUMENT,)),
+        ("empty model name", {"model": ""}, (grpc.StatusCode.INVALID_ARGUMENT,)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+async def test_edge_values_get_a_defined_answer_through_the_suite(
+    gateway: pb_grpc.GRPCInferenceServiceStub,
+    what: str,
+    request_: dict[str, object],
+    codes: tuple[grpc.StatusCode, ...],
+) -> None:
+    """T06 end to end: a zero-size tensor and an empty model name get OK or INVALID_ARGUMENT
+    (the documented one for each), never UNKNOWN/INTERNAL, and the suite serves on."""
+    try:
+        await gateway.ModelInfer(request_with(**request_), timeout=10)
+        code = grpc.StatusCode.OK
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    assert code in codes, f"{what}: {code}"
+    await assert_still_serving(gateway)

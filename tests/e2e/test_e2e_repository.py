@@ -94,8 +94,9 @@ async def test_cli_unload_and_load(suite: Suite, demo_dir: Path) -> None:
 async def test_load_reports_the_workers_load_error(
     suite: Suite, demo_dir: Path, gateway: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
-    """A version no worker can load (cuda required, none here): load answers UNAVAILABLE with
-    the worker's reason, well before its deadline."""
+    """T21: a version no worker can load (cuda required, none here): load answers
+    FAILED_PRECONDITION (RELIABILITY.md's code for a failed load) with the worker's reason,
+    well before its deadline."""
     pushed = await run(
         str(CLI), "models", "--registry", suite.address("registry"),
         "push", "repo_cuda", str(demo_dir / "tabular.onnx"), "--execution-provider", "cuda",
@@ -108,7 +109,7 @@ async def test_load_reports_the_workers_load_error(
             pb.RepositoryModelLoadRequest(model_name="repo_cuda"), timeout=30
         )
     assert time.monotonic() - started < 20
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
     details = info.value.details() or ""
     assert "'repo_cuda' version 1 did not load (load failed:" in details
     assert "cuda" in details

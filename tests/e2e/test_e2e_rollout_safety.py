@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from testsupport import eventually
 
-from modelserve.cli.demo_models import IR_VERSION, OPSET
+from modelserve.cli.demo_models import IR_VERSION, OPSET, _mlp
 from modelserve.cli.registry_client import push_version
 from modelserve.cli.suite import Suite
 from modelserve.proto.inference import grpc_service_pb2 as pb
@@ -304,3 +304,71 @@ async def test_a_canary_reads_routers_and_gateways_without_being_told_where(
     assert status.state == "promoted", status
     judged = [d for d in status.decisions if d.action == "promote"]
     assert judged and judged[0].candidate.requests >= 10 and judged[0].baseline.requests >= 10
+
+
+def slow_to_warm() -> onnx.ModelProto:
+    """fraud's signature with two 2048-wide layers: a millisecond a row, so serving batch 1 is
+    quick, while warming batch 64 a hundred times takes seconds (a slow-loading v2)."""
+    return _mlp("slow_to_warm", "transaction", "fraud_probability", [8, 2048, 2048, 1], 7, True)
+
+
+async def test_a_swap_to_a_slowly_loading_version_under_load_fails_nothing(
+    suite: Suite, demo_dir: Path, tmp_path: Path
+) -> None:
+    """T22 (trimmed): v1 serves 4 busy callers; v2 is pushed with a warm-up of seconds and a
+    split sends it 100 % at once. The split waits pending until v2 is READY, v1 answers
+    meanwhile, then v2 takes the traffic: not one caller fails. (The p99 during the swap is a
+    speed: ./dev resilience territory, not asserted here.)"""
+    model = "swap_slow"
+    v2 = tmp_path / "v2.onnx"
+    onnx.save(slow_to_warm(), v2)
+    async with grpc.aio.insecure_channel(suite.address("registry")) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        await push_version(stub, model, demo_dir / "fraud_v1.onnx", labels=["production"])
+    await wait_ready(suite, model, 1)
+    request = pb.ModelInferRequest(model_name=model)
+    encode_inputs(request, {"transaction": ROW})
+    served: list[str] = []
+    outcomes: Counter[str] = Counter()
+
+    async def caller(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+        while True:
+            try:
+                reply = await stub.ModelInfer(request, timeout=5)
+                outcomes["OK"] += 1
+                served.append(reply.model_version)
+            except grpc.aio.AioRpcError as exc:
+                outcomes[exc.code().name] += 1
+            await asyncio.sleep(0.002)
+
+    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+        gateway = pb_grpc.GRPCInferenceServiceStub(channel)
+        tasks = [asyncio.create_task(caller(gateway)) for _ in range(4)]
+        try:
+            async with grpc.aio.insecure_channel(suite.address("registry")) as reg:
+                await push_version(
+                    registry_pb2_grpc.RegistryStub(reg),
+                    model,
+                    v2,
+                    config=registry_pb2.ServingConfig(max_batch_size=64, warmup_iterations=100),
+                )
+            before_split = len(served)
+            written = await modelserve(
+                "policy", "--registry", suite.address("registry"),
+                "split", model, "2=100", "--wait", "120",
+            )  # fmt: skip
+            at_apply = len(served)
+            await asyncio.sleep(1.0)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert set(outcomes) == {"OK"}, outcomes
+    assert "applied" in written.stdout, written.stdout  # it waited pending, then went in force
+    swap = served[before_split:at_apply]
+    first_v2 = swap.index("2")
+    # v1 kept answering while v2 warmed up (seconds: hundreds of answers), then v2 took over;
+    # after v2's first answer only calls already on their way to v1 (one per caller) end there.
+    assert first_v2 >= 20 and set(swap[:first_v2]) == {"1"}, swap[:40]
+    assert swap[first_v2:].count("1") <= 4, swap[first_v2:][:40]
+    assert served[-20:] == ["2"] * 20, served[-20:]

@@ -198,3 +198,56 @@ async def test_a_rest_request_is_one_trace_from_the_callers_traceparent(
         kinds.append(span.kind)
     # REST SERVER -> gateway CLIENT -> router SERVER -> router CLIENT -> worker SERVER
     assert kinds == [SpanKind.CLIENT, SpanKind.SERVER, SpanKind.CLIENT, SpanKind.SERVER]
+
+
+async def test_the_deadline_shrinks_hop_by_hop_in_one_trace(
+    traced_suite: tuple[str, str, str], demo_dir: Path
+) -> None:
+    """T10's probe: a client's 2 s deadline, as each hop saw it (``deadline_remaining_ms`` on
+    its SERVER span) and as it sent it on (``hop_timeout_ms.<peer>``): strictly decreasing along
+    gateway -> router -> worker, each outgoing timeout at most the hop's remaining time less
+    the margin max(2 ms, 5 %), and each hop's remaining at most what the hop before sent."""
+    gw_addr, reg_addr, _ = traced_suite
+    async with grpc.aio.insecure_channel(reg_addr) as channel:
+        await push_version(
+            registry_pb2_grpc.RegistryStub(channel),
+            "fraud",
+            demo_dir / "fraud_v1.onnx",
+            labels=["production"],
+        )
+    async with grpc.aio.insecure_channel(gw_addr) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+        async def ready() -> None:
+            assert (await stub.ModelReady(pb.ModelReadyRequest(name="fraud"), timeout=2)).ready
+
+        await eventually(ready)
+        EXPORTER.clear()
+        request = pb.ModelInferRequest(model_name="fraud")
+        encode_inputs(request, {"transaction": np.ones((1, 8), np.float32)})
+        await stub.ModelInfer(request, timeout=2)
+
+    async def servers() -> list[ReadableSpan]:
+        found = [
+            s
+            for s in EXPORTER.get_finished_spans()
+            if s.kind == SpanKind.SERVER and s.name.endswith("/ModelInfer")
+        ]
+        assert len(found) == 3, [s.name for s in found]
+        return found
+
+    spans = await eventually(servers)
+    assert len({s.context.trace_id for s in spans}) == 1
+    spans.sort(key=lambda s: s.start_time or 0)  # gateway, router, worker
+    seen = [float((s.attributes or {})["modelserve.deadline_remaining_ms"]) for s in spans]
+    sent = [
+        float((span.attributes or {})[f"modelserve.hop_timeout_ms.{peer}"])
+        for span, peer in zip(spans[:2], ("router", "worker"), strict=True)
+    ]
+    # grpc-timeout is sent rounded up (below), so the edge may see a hair over 2 s.
+    assert 0 < seen[2] < seen[1] < seen[0] <= 2050, seen
+    for remaining, timeout in zip(seen, sent, strict=False):
+        assert timeout <= remaining - max(2.0, 0.05 * remaining) + 0.01, (remaining, timeout)
+    # grpc-core rounds the grpc-timeout header up (to 10 ms at these values), so a hop may
+    # see up to 10 ms more than the one before sent; the margin (>= 90 ms here) dwarfs it.
+    assert seen[1] <= sent[0] + 10 and seen[2] <= sent[1] + 10, (seen, sent)

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from modelserve.errors import ModelServeError, NotFoundError, UnavailableError
+from modelserve.errors import ModelServeError, NotFoundError, UnavailableError, error_for
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.logging import GoneCallerFilter
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -29,6 +29,7 @@ def failure_for(kind: str) -> BaseException | None:
         "unavailable": UnavailableError("worker draining"),
         "bug": RuntimeError(SECRET),
         "keyerror": KeyError(SECRET),
+        "relayed": error_for(grpc.StatusCode.INTERNAL, "worker failed (internal)"),
     }[kind]
 
 
@@ -210,3 +211,48 @@ def test_responses_to_gone_callers_log_one_warning_per_interval() -> None:
     assert gone.filter(later) and later.getMessage().startswith("51 responses not sent")
     other = record("something else broke")
     assert gone.filter(other) and other.levelno == logging.ERROR and other.exc_info is not None
+
+
+@pytest.mark.parametrize("kind", ["bug", "keyerror"])
+async def test_an_internal_error_names_the_callers_request_id_and_nothing_else(
+    server: tuple[Status, aio.Channel], kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """T39: INTERNAL carries "internal error" and the caller's request id (plus the ref the
+    stack is logged under), no path, host or exception; an id that is not a plain token (a
+    newline, markup) is not echoed."""
+    stub = router_pb2_grpc.RouterControlStub(server[1])
+    with caplog.at_level(logging.ERROR, logger="modelserve.interceptors"):
+        with pytest.raises(aio.AioRpcError) as info:
+            await stub.Resolve(
+                router_pb2.ResolveRequest(model=kind),
+                metadata=(("x-request-id", "req-42.a"),),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    details = info.value.details() or ""
+    match = re.fullmatch(r"internal error \(request-id req-42\.a, ref ([0-9a-f]{12})\)", details)
+    assert match, details
+    for leaked in ("/srv", "db.internal", "RuntimeError", "KeyError", "Traceback"):
+        assert leaked not in details
+    assert [r for r in caplog.records if "request-id req-42.a" in r.getMessage()]
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.Resolve(
+            router_pb2.ResolveRequest(model=kind),
+            metadata=(("x-request-id", "evil <b>x</b>"),),
+            timeout=10,
+        )
+    assert REF.match(info.value.details() or ""), info.value.details()
+
+
+async def test_an_internal_error_relayed_from_a_hop_gets_the_request_id_too(
+    server: tuple[Status, aio.Channel],
+) -> None:
+    stub = router_pb2_grpc.RouterControlStub(server[1])
+    with pytest.raises(aio.AioRpcError) as info:
+        await stub.Resolve(
+            router_pb2.ResolveRequest(model="relayed"),
+            metadata=(("x-request-id", "req-7"),),
+            timeout=10,
+        )
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "worker failed (internal) (request-id req-7)"

@@ -9,7 +9,9 @@ from modelserve.errors import InvalidArgumentError
 from modelserve.names import validate_name
 
 
-@pytest.mark.parametrize("name", ["fraud", "a", "model-1.2_x", "9lives", "x" * 128])
+@pytest.mark.parametrize(
+    "name", ["fraud", "a", "model-1.2_x", "9lives", "x" * 128, "model..1", "v1.2.3"]
+)
 def test_identifiers_pass(name: str) -> None:
     assert validate_name(name) == name
 
@@ -31,6 +33,22 @@ def test_identifiers_pass(name: str) -> None:
         "x" * 129,
         "ünïcode",
         "space name",
+        # RELIABILITY-CASES T36's list
+        "%2e%2e%2f",  # URL-encoded ../
+        "%2e%2e",
+        "model/",
+        "/etc/passwd",
+        "a/../b",
+        "a\\b",
+        " ..",
+        ".. ",
+        "x" * 300,
+        "fr\u0430ud",  # Cyrillic a, looks like "fraud"
+        "\uff46raud",  # fullwidth f
+        "fraud\u200b",  # zero-width space
+        "fraud\u00a0",  # no-break space
+        # Deliberate deviation: "..." is refused (names start with a letter or digit, rule 4).
+        "...",
     ],
 )
 def test_anything_else_is_refused(name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -532,3 +533,36 @@ def test_empty_fp16_needs_no_payload() -> None:
     request.inputs.add(name="h", datatype="FP16", shape=[0, 3])
     got = decode_inputs(request)["h"]
     assert got.shape == (0, 3) and got.dtype == np.float16
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape"),
+    [
+        ("FP32", [2**40, 4]),  # 2^42 elements declared with a tiny payload
+        ("FP32", [2**62, 2**62]),  # a product past int64
+        ("FP16", [2**62, 2**62, 0]),
+        ("FP32", [-1, 4]),
+        ("BYTES", [2**40]),
+        ("INT64", [2**31, 2**31, 2**31, 2**31]),
+    ],
+)
+def test_hostile_dims_are_refused_in_constant_memory(datatype: str, shape: list[int]) -> None:
+    """T04's memory half: refusing a hostile shape allocates (almost) nothing, whatever it
+    declares (the case's "RSS unchanged" as traced Python allocations; the < 10 ms half is a
+    speed and is not asserted here)."""
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="h", datatype=datatype, shape=shape)
+    request.raw_input_contents.append(b"\x00" * 16)
+    spec = [TensorSpec("h", datatype, tuple(-1 for _ in shape))]
+    tracemalloc.start()
+    try:
+        for check in (
+            lambda: validate_infer_request(request, spec, [], 0),
+            lambda: decode_inputs(request),
+        ):
+            with pytest.raises(InvalidArgumentError):
+                check()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, f"refusing {shape} allocated {peak} bytes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -94,10 +95,72 @@ async def test_a_model_with_external_data_is_refused_and_nothing_is_stored(
     await assert_nothing_stored(registry)
 
 
-@pytest.mark.parametrize("name", ["../x", "", "a" * 200])
+# Every filesystem event (open, mkdir, rename, remove, listdir, ...) this process makes while
+# ``_spying`` is on, by path: the T36 spy. Audit hooks cannot be removed, so one is added once.
+_fs_events: list[tuple[str, str]] = []
+_spying = False
+_FS_EVENTS = {
+    "open",
+    "os.mkdir",
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "os.listdir",
+    "os.scandir",
+    "os.chmod",
+    "os.truncate",
+    "os.link",
+    "os.symlink",
+    "shutil.rmtree",
+}
+
+
+def _spy(event: str, args: tuple[object, ...]) -> None:
+    if _spying and event in _FS_EVENTS and args and isinstance(args[0], (str, bytes, Path)):
+        _fs_events.append((event, str(args[0])))
+
+
+sys.addaudithook(_spy)
+T36_NAMES = [
+    "../x",
+    "",
+    "a" * 200,
+    "%2e%2e%2f",
+    "model/",
+    "/etc/passwd",
+    "a/../b",
+    " ..",
+    ".. ",
+    "x" * 300,
+    "fr\u0430ud",
+    "nul\x00",
+    "...",
+]
+
+
+@pytest.mark.parametrize("name", T36_NAMES)
 async def test_bad_model_names_are_invalid_argument_on_every_rpc(
     registry: Registry, name: str
 ) -> None:
+    global _spying
+    _fs_events.clear()
+    _spying = True
+    try:
+        await _every_rpc_with(registry, name)
+    finally:
+        _spying = False
+    # Refused before any filesystem access (the data dir, or anywhere else).
+    assert not _fs_events, _fs_events
+    await assert_nothing_stored(registry)
+
+
+async def test_an_odd_but_valid_name_is_looked_up_and_not_found(registry: Registry) -> None:
+    await expect_status(
+        registry.stub.GetModel(registry_pb2.GetModelRequest(name="model..1")), NOT_FOUND
+    )
+
+
+async def _every_rpc_with(registry: Registry, name: str) -> None:
     stub = registry.stub
     await expect_status(registry.push(name, FRAUD_V1), INVALID, "invalid model name")
     await expect_status(stub.GetModel(registry_pb2.GetModelRequest(name=name)), INVALID)
@@ -110,7 +173,6 @@ async def test_bad_model_names_are_invalid_argument_on_every_rpc(
     )
     await expect_status(registry.fetch(name), INVALID)
     await expect_status(registry.push("fraud", FRAUD_V1, labels=[name]), INVALID, "invalid label")
-    await assert_nothing_stored(registry)
 
 
 async def test_malformed_uploads_are_invalid_argument(start_registry: StartRegistry) -> None:

@@ -69,6 +69,12 @@ def identity_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return identity_model(tmp_path_factory.mktemp("identity"))
 
 
+def refused(reason: str) -> float:
+    """modelserve_queue_refused_total for make_batcher's model m v1 and ``reason``."""
+    labels = {"model": "m", "version": "1", "reason": reason}
+    return REGISTRY.get_sample_value("modelserve_queue_refused_total", labels) or 0.0
+
+
 def make_batcher(session: ModelSession, **overrides: Any) -> tuple[DynamicBatcher, VersionStats]:
     stats = VersionStats("m", 1)
     options: dict[str, Any] = {
@@ -221,13 +227,18 @@ async def test_a_batch_never_exceeds_max_batch_size_nor_splits_an_item(
 async def test_full_queue_answers_unavailable_at_once_and_then_serves(
     fraud: GatedSession,
 ) -> None:
+    """T15: C + Q + k at once: exactly k refused UNAVAILABLE "queue full" and counted as
+    reason="queue_full" (how fast is measured by bench/queue_full.py, not asserted here)."""
     batcher, stats = make_batcher(fraud, max_queue_size=3)
     x = np.ones((1, 8), np.float32)
+    before = refused("queue_full")
     fraud.gate.clear()
     tasks = await started(*(batcher.submit({"transaction": x}) for _ in range(4)))
     assert batcher.queued == 3  # one running, three waiting
-    with pytest.raises(UnavailableError, match=r"queue full \(3 waiting"):
-        await batcher.submit({"transaction": x})
+    for _ in range(2):  # k = 2
+        with pytest.raises(UnavailableError, match=r"queue full \(3 waiting"):
+            await batcher.submit({"transaction": x})
+    assert refused("queue_full") == before + 2
     fraud.gate.set()
     assert len(await asyncio.gather(*tasks)) == 4
     result = await batcher.submit({"transaction": x})
@@ -263,12 +274,14 @@ async def test_queue_wait_policy_answers_unavailable_with_deadline_to_spare(
     retries elsewhere) when the caller's own deadline has not run out."""
     batcher, stats = make_batcher(fraud, max_queue_wait_s=0.05)
     marker = np.full((1, 8), 9.0, np.float32)
+    waited, expired = refused("queue_wait"), refused("deadline")
     fraud.gate.clear()
     (first,) = await started(batcher.submit({"transaction": np.ones((1, 8), np.float32)}))
     with pytest.raises(UnavailableError, match="queue wait exceeded"):
         await batcher.submit({"transaction": marker}, deadline=Deadline.after(30))
     with pytest.raises(DeadlineExceededError):  # a deadline inside the wait stays a deadline
         await batcher.submit({"transaction": marker}, deadline=Deadline.after(0.01))
+    assert (refused("queue_wait"), refused("deadline")) == (waited + 1, expired + 1)
     fraud.gate.set()
     await first
     assert all(not np.any(b["transaction"] == 9.0) for b in fraud.seen)
@@ -278,6 +291,7 @@ async def test_queue_wait_policy_answers_unavailable_with_deadline_to_spare(
 async def test_cancelled_caller_is_dropped_before_it_runs(fraud: GatedSession) -> None:
     batcher, stats = make_batcher(fraud)
     marker = np.full((1, 8), 7.0, np.float32)
+    before = refused("cancelled")
     fraud.gate.clear()
     first, doomed, kept = await started(
         batcher.submit({"transaction": np.ones((1, 8), np.float32)}),
@@ -288,8 +302,10 @@ async def test_cancelled_caller_is_dropped_before_it_runs(fraud: GatedSession) -
     with pytest.raises(asyncio.CancelledError):
         await doomed
     assert batcher.queued == 1
+    assert refused("cancelled") == before + 1  # T12 (a): the queued cancel is counted
     fraud.gate.set()
     await asyncio.gather(first, kept)
+    assert refused("cancelled") == before + 1  # the ones that ran are not
     assert [len(b["transaction"]) for b in fraud.seen] == [1, 2]
     assert stats.execution_count == 2
 
@@ -318,9 +334,11 @@ async def test_close_answers_queued_items_unavailable(fraud: GatedSession) -> No
     first, queued = await started(
         batcher.submit({"transaction": x}), batcher.submit({"transaction": x})
     )
+    before = refused("unloaded")
     batcher.close()
     with pytest.raises(UnavailableError, match="unloaded while queued"):
         await queued
+    assert refused("unloaded") == before + 1
     with pytest.raises(UnavailableError, match="not loaded"):
         await batcher.submit({"transaction": x})
     fraud.gate.set()

@@ -10,8 +10,10 @@ worker) also want a client certificate. Services themselves use
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from grpc import aio
 
@@ -20,6 +22,26 @@ from modelserve.tls import ClientTLS
 
 ENV_CA, ENV_CERT, ENV_KEY = "MODELSERVE_TLS_CA", "MODELSERVE_TLS_CERT", "MODELSERVE_TLS_KEY"
 TOKEN_ENV = "MODELSERVE_TOKEN"
+
+# RELIABILITY.md's client retry policy, for inference only (admin and registry writes are never
+# retried): 3 attempts on UNAVAILABLE with 50 ms -> 0.5 s backoff, and retry throttling (10
+# tokens, ratio 0.1) so a fleet that is down is not hammered. gRPC waits at least a server's
+# ``grpc-retry-pushback-ms`` before the next attempt; RESOURCE_EXHAUSTED (gateway overload, a
+# rate limit) is not retryable, so a refused caller is never retried behind its back (T17).
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "0.5s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+SERVICE_CONFIG: dict[str, Any] = {
+    "methodConfig": [
+        {"name": [{"service": "inference.GRPCInferenceService"}], "retryPolicy": RETRY_POLICY}
+    ],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
+CLIENT_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(SERVICE_CONFIG))]
 
 _configured: ClientTLS | None = None
 _token: str | None = None
@@ -68,11 +90,14 @@ def current() -> ClientTLS | None:
 
 def channel(address: str, tls: ClientTLS | None = None, *, token: str | None = None) -> aio.Channel:
     """A channel to ``address``: secure when ``tls`` (or the configured TLS) is set, sending
-    ``token`` (else the CLI's token), if any."""
+    ``token`` (else the CLI's token), if any, with the client retry policy above."""
     tls = tls if tls is not None else current()
     interceptors = bearer_interceptors(token or _current_token())
     if tls is None:
-        return aio.insecure_channel(address, interceptors=interceptors)
+        return aio.insecure_channel(address, options=CLIENT_OPTIONS, interceptors=interceptors)
     return aio.secure_channel(
-        address, tls.credentials(), options=tls.options(), interceptors=interceptors
+        address,
+        tls.credentials(),
+        options=[*tls.options(), *CLIENT_OPTIONS],
+        interceptors=interceptors,
     )
