@@ -11,8 +11,8 @@ import pytest
 from modelserve.cli.lookup import parse_output
 from modelserve.cli.options import Args, BadValue
 from modelserve.cli.push_flags import (
-    config_options,
     config_from_args,
+    config_options,
     parse_feature_input,
     parse_output_labels,
 )
