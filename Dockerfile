@@ -43,6 +43,9 @@ RUN ver="${ORT_VERSION:-$(python -c 'import importlib.metadata as m; print(m.ver
  && pip uninstall -y onnxruntime \
  && pip install "onnxruntime-gpu[${ORT_GPU_EXTRAS}]==${ver}" \
  && python -c 'import onnxruntime as o; assert "CUDAExecutionProvider" in o.get_available_providers()'
+# NVML's bindings for the worker's GPU series: the `gpu` extra of pyproject.toml, named here
+# because `pip install .[gpu]` would resolve modelserve's onnxruntime requirement again.
+RUN pip install "nvidia-ml-py>=12"
 # ORT dlopen()s libcudart/libcublas/libcudnn by soname when the CUDA provider loads; glibc
 # fixes LD_LIBRARY_PATH at process start, so register the wheels' lib folders with ldconfig.
 RUN find /opt/venv/lib/python3.11/site-packages/nvidia -maxdepth 3 -type d -name lib \

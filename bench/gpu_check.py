@@ -4,7 +4,8 @@ Run there as: python bench/gpu_check.py --out $OUT (needs onnxruntime-gpu instal
 and writes JSON: whether the CUDA execution provider really loads (not the silent CPU
 fallback), the worker's ModelSession on CUDA with IO binding against a plain CPU session
 (largest output difference), and rows/s for the `wide` model at batch 1..64 on CUDA with and
-without IO binding, plus two models sharing one GPU under a per-version memory limit.
+without IO binding, plus two models sharing one GPU under a per-version memory limit, and
+the worker's GPU series (worker/gpu_metrics.py, needs nvidia-ml-py) as scraped after the runs.
 Nothing here runs in CI: there is no GPU there.
 """
 
@@ -21,8 +22,10 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from prometheus_client import CollectorRegistry, generate_latest
 
 from modelserve.cli.demo_models import tabular, wide
+from worker import gpu_metrics
 from worker.sessions import ModelSession
 
 
@@ -74,9 +77,19 @@ async def main() -> dict[str, Any]:
         }
         tab = np.ones((8, 32), np.float32)
         report["second_model_on_same_gpu"] = (await other.run({"INPUT0": tab}))["OUTPUT0"].shape
+        report["gpu_series"] = gpu_series()  # while the sessions still hold their memory
         for s in (cuda, plain, cpu, other):
             s.close()
     return report
+
+
+def gpu_series() -> list[str]:
+    """The worker's GPU series as a scrape shows them (empty: NVML absent or no GPU)."""
+    registry = CollectorRegistry()
+    if not gpu_metrics.install(registry):
+        return []
+    text = generate_latest(registry).decode()
+    return [line for line in text.splitlines() if line.startswith("modelserve_gpu_")]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from modelserve.channels import EndpointSet, follow
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 from modelserve.server import Runtime
 from modelserve.v2.servicer import serve_v2
+from worker import gpu_metrics
 from worker.artifacts import ArtifactCache
 from worker.control_servicer import WorkerControlServicer
 from worker.dataplane import WorkerDataPlane
@@ -21,6 +22,7 @@ META_VALUE_LIMIT = 512  # Consul's limit on one meta value
 
 
 async def build(runtime: Runtime, settings: WorkerSettings) -> None:
+    gpu_metrics.install()  # GPU series when NVML finds a GPU; else one INFO line
     catalog = Catalog(runtime.discovery)
     composites = CompositeCatalog(runtime.discovery, catalog)
     registries = EndpointSet()

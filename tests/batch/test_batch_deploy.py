@@ -7,18 +7,31 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import yaml
 
-from modelserve.cli.main import _parser
+from modelserve.cli.batch import cli as batch_cli
+from modelserve.cli.main import main
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "batch"
 
 
-def _parse(command: str) -> object:
+def _parse(command: str) -> Any:
+    """What the real CLI hands ``batch run`` for ``command`` (the job itself is not run)."""
     words = shlex.split(command)
     assert words[:3] == ["modelserve", "batch", "run"], words[:3]
-    return _parser().parse_args(words[1:])
+    parsed: list[Any] = []
+
+    def capture(args: Any) -> int:
+        parsed.append(args)
+        return 0
+
+    with patch.object(batch_cli, "run", capture):
+        assert main(words[1:]) == 0
+    (args,) = parsed
+    return args
 
 
 def test_cronjob_runs_a_valid_resumable_batch_command() -> None:

@@ -4,6 +4,7 @@ the model commands push --wait, show and unlabel work through the running suite 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,37 @@ def test_push_wait_fails_clearly_for_a_version_that_never_loads(
     )  # fmt: skip
     assert done.returncode != 0
     assert done.stderr.strip().startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_global_options_anywhere_and_json_on_every_read_command(suite: Suite) -> None:
+    reg = suite.address("registry")
+    before = json.loads(ok("-o", "json", "--registry", reg, "models", "list"))
+    after = json.loads(ok("models", "list", "--registry", reg, "-o", "json"))
+    middle = json.loads(ok("models", "-o", "json", "--registry", reg, "list"))
+    assert before == after == middle and any(m["name"] == "fraud" for m in before["models"])
+    views = json.loads(ok("features", "list", "-o", "json", "--featurestore",
+                          suite.address("featurestore")))  # fmt: skip
+    assert isinstance(views.get("views", []), list)
+    report = json.loads(ok("shadow", "report", "fraud", "--router", suite.address("router"),
+                           "-o", "json"))  # fmt: skip
+    assert report["model"] == "fraud" and isinstance(report["pairs"], list)
+    assert json.loads(ok("policy", "show", "fraud", "-o", "json", "--registry", reg))["owner"] == ""
+
+
+def test_model_names_complete_from_the_registry(suite: Suite) -> None:
+    done = subprocess.run(
+        [str(CLI)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "_MODELSERVE_COMPLETE": "bash_complete",
+            "COMP_WORDS": f"modelserve infer --registry {suite.address('registry')} fr",
+            "COMP_CWORD": "4",
+            "MODELSERVE_COMPLETE_TIMEOUT": "5",
+        },
+    )
+    assert done.returncode == 0 and not done.stderr, done
+    names = [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+    assert "fraud" in names and all(n.startswith("fr") for n in names), names

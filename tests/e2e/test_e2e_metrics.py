@@ -89,6 +89,18 @@ async def test_rejections_and_answers_appear_in_every_hops_series(
     await eventually(check, timeout=10)
 
 
+def test_a_worker_without_a_gpu_exports_no_gpu_series_and_says_so_once(suite: Suite) -> None:
+    """No GPU here (with or without nvidia-ml-py installed): the series are absent, the scrape
+    works, and the worker's log has one INFO line saying why, no error (fake NVML with the
+    series: tests/worker/test_worker_gpu_metrics.py)."""
+    text = scrape(suite, "worker")
+    assert "modelserve_queue_depth" in text or "modelserve_rpc_requests_total" in text
+    assert "modelserve_gpu_" not in text
+    log = suite.processes["worker"].log_path.read_text(errors="replace")
+    said = [line for line in log.splitlines() if "no GPU metrics" in line]
+    assert len(said) == 1 and "INFO" in said[0] and "ERROR" not in said[0], said
+
+
 @pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtool not installed (./dev does)")
 @pytest.mark.parametrize("name", ["gateway", "router", "worker", "registry", "featurestore"])
 def test_every_services_metrics_pass_promtool(suite: Suite, name: str) -> None:

@@ -190,11 +190,24 @@ def test_cli_new_key_prints_the_token_once_and_adds_its_hash(
     assert main([*args, "--keys-file", str(keys)]) == 2  # the same id twice is refused
 
 
-def test_token_flag_is_taken_anywhere_on_the_command_line() -> None:
-    from modelserve.cli.main import hoist_token
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "list", "--token", "T"],
+        ["--token=T", "models", "list"],
+        ["models", "--token", "T", "list"],
+    ],
+)
+def test_token_flag_is_taken_anywhere_on_the_command_line(argv: list[str]) -> None:
+    from modelserve.cli import connect
+    from modelserve.cli.main import main
 
-    assert hoist_token(["models", "list", "--token", "T"]) == ["--token", "T", "models", "list"]
-    assert hoist_token(["--token=T", "infer", "m"]) == ["--token=T", "infer", "m"]
+    connect.set_token(None)
+    try:  # nothing listens on port 1: the command fails, after taking the token
+        assert main([*argv, "--registry", "127.0.0.1:1"]) == 1
+        assert connect.token() == "T"
+    finally:
+        connect.set_token(None)
 
 
 def test_a_service_with_auth_on_and_an_unreadable_keys_file_does_not_start(

@@ -3,15 +3,16 @@ the registry), and workers leaving lookup versions alone."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+import click
 import pytest
 
 from modelserve.cli.lookup import parse_output
+from modelserve.cli.options import Args, BadValue
 from modelserve.cli.push_flags import (
-    add_config_flags,
     config_from_args,
+    config_options,
     parse_feature_input,
     parse_output_labels,
 )
@@ -19,10 +20,16 @@ from modelserve.proto.modelserve.v1 import registry_pb2
 from worker.loader import deployed_versions
 
 
-def push_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_config_flags(parser)
-    return parser.parse_args(list(argv))
+def push_args(*argv: str) -> Args:
+    """What ``models push`` hands ``config_from_args`` for these flags (click parses them)."""
+
+    @click.command()
+    @config_options
+    def push(**given: object) -> Args:
+        return Args(**given)
+
+    parsed: Args = push.main(list(argv), standalone_mode=False)
+    return parsed
 
 
 def test_no_flag_sends_no_config() -> None:
@@ -54,7 +61,7 @@ def test_flags_fill_the_serving_config() -> None:
 
 @pytest.mark.parametrize("text", ["x=v@user", "x=v:@user", "=v:a@user", "x:v:a"])
 def test_malformed_feature_inputs_are_refused(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
+    with pytest.raises(BadValue):
         parse_feature_input(text)
 
 
@@ -65,7 +72,7 @@ def test_lookup_outputs_parse_with_an_optional_feature() -> None:
     assert parse_output("probs:p=FP64[2, 3]") == registry_pb2.LookupOutput(
         name="probs", feature="p", datatype="FP64", shape=[2, 3]
     )
-    with pytest.raises(argparse.ArgumentTypeError):
+    with pytest.raises(BadValue):
         parse_output("score=FP32")
 
 
@@ -92,5 +99,5 @@ def test_class_labels_flag_reads_one_label_per_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["OUTPUT0", "=x.txt", "OUTPUT0=/no/such/file"])
 def test_a_bad_class_labels_flag_is_refused(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
+    with pytest.raises(BadValue):
         parse_output_labels(text)

@@ -3,36 +3,44 @@ the local tokens of a suite on this machine."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import click
+
 from modelserve.auth.identity import ROLES
 from modelserve.auth.keys import new_key, parse_keys, write_local_tokens
+from modelserve.cli.options import Args
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    auth = sub.add_parser("auth", help="API keys and local tokens")
-    asub = auth.add_subparsers(dest="auth_command", required=True)
-    key = asub.add_parser(
-        "new-key", help="make an API key: prints the token once and its keys-file entry"
-    )
-    key.add_argument("--id", required=True, help="the identity's name (audit logs show it)")
-    key.add_argument("--role", action="append", required=True, choices=ROLES)
-    key.add_argument(
-        "--models", action="append", default=[], help="model glob the infer role is limited to"
-    )
-    key.add_argument(
-        "--keys-file", type=Path, help="also add the entry to this keys file (services reload it)"
-    )
-    local = asub.add_parser(
-        "local-tokens", help="write tokens/{admin,infer,service} and keys.json under DIR"
-    )
-    local.add_argument("dir", type=Path)
+@click.group("auth", help="API keys and local tokens")
+def group() -> None:
+    pass
 
 
-def run(args: argparse.Namespace) -> int:
+@group.command("new-key", help="make an API key: prints the token once and its keys-file entry")
+@click.option("--id", "key_id", required=True, help="the identity's name (audit logs show it)")
+@click.option("--role", multiple=True, required=True, type=click.Choice(ROLES))
+@click.option("--models", multiple=True, help="model glob the infer role is limited to")
+@click.option(
+    "--keys-file",
+    type=click.Path(path_type=Path),
+    help="also add the entry to this keys file (services reload it)",
+)
+def new_key_command(key_id: str, role: tuple[str, ...], models: tuple[str, ...],
+                    keys_file: Path | None) -> int:  # fmt: skip
+    return run(Args(auth_command="new-key", id=key_id, role=list(role), models=list(models),
+                    keys_file=keys_file))  # fmt: skip
+
+
+@group.command("local-tokens", help="write tokens/{admin,infer,service} and keys.json under DIR")
+@click.argument("dir", type=click.Path(path_type=Path))
+def local_tokens(dir: Path) -> int:
+    return run(Args(auth_command="local-tokens", dir=dir))
+
+
+def run(args: Args) -> int:
     if args.auth_command == "local-tokens":
         paths = write_local_tokens(args.dir)
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))

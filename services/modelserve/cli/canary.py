@@ -11,74 +11,108 @@ modelserve canary outcome MODEL --version 2 --metric ctr --value 1   # or --rout
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import time
+from typing import Any
 
-from modelserve.cli import connect, output
+import click
+
+from modelserve.cli import completion, connect, output
+from modelserve.cli.options import Args, address, client, output_format, read_command
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc
 
-SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+MODEL = click.argument("model", shell_complete=completion.model_names)
 
 
-def add_parser(sub: SubParsers, default_registry: str) -> None:
-    canary = sub.add_parser("canary", help="canary releases with automatic promotion/rollback")
-    canary.add_argument("--registry", default=default_registry, help="registry address")
-    csub = canary.add_subparsers(dest="canary_command", required=True)
-    start = csub.add_parser("start", help="move MODEL's traffic to CANDIDATE in gated steps")
-    start.add_argument("model")
-    start.add_argument("--baseline", type=int, required=True)
-    start.add_argument("--candidate", type=int, required=True)
-    start.add_argument("--steps", default="5,25,50,100", help="candidate percents, ending in 100")
-    start.add_argument("--min-requests", type=int, default=0, help="per version per step (100)")
-    start.add_argument("--min-seconds", type=float, default=0.0, help="per step (60)")
-    start.add_argument("--max-error-rate-delta", type=float, default=0.0, help="(0.01)")
-    start.add_argument("--max-p99-ratio", type=float, default=0.0, help="(1.5)")
-    start.add_argument("--ready-timeout", type=float, default=0.0, help="seconds (120)")
-    start.add_argument(
-        "--max-step-seconds",
-        type=float,
-        default=0.0,
-        help="longest a step waits for enough calls before rolling back (600)",
-    )
-    start.add_argument("--router", default="", help="router addresses, comma-separated")
-    start.add_argument("--force", action="store_true", help="take over from a running experiment")
-    start.add_argument(
-        "--allow-signature-change",
-        action="store_true",
-        help="accept a candidate whose inputs/outputs differ from the baseline's",
-    )
-    start.add_argument(
-        "--gateway",
-        default="",
-        help="gateway addresses, comma-separated (their rejections count against a version)",
-    )
-    start.add_argument(
-        "--business-metric",
-        default="",
-        help="a metric the candidate must not lose on (outcomes: canary outcome)",
-    )
-    start.add_argument(
-        "--lower-is-better", action="store_true", help="the business metric is a cost"
-    )
-    start.add_argument(
-        "--business-alpha", type=float, default=0.0, help="of the sequential test (0.05)"
-    )
-    status = csub.add_parser("status", help="a model's latest canary and its decisions")
-    status.add_argument("model")
-    status.add_argument("--limit", type=int, default=20, help="latest decisions shown (0 = all)")
-    output.add_output_flag(status)
-    abort = csub.add_parser("abort", help="stop MODEL's canary; all traffic to the baseline")
-    abort.add_argument("model")
-    outcome = csub.add_parser("outcome", help="post one business outcome of MODEL's canary")
-    outcome.add_argument("model")
-    arm = outcome.add_mutually_exclusive_group(required=True)
-    arm.add_argument("--version", type=int, default=0, help="the answer's model_version")
-    arm.add_argument("--routing-key", default="", help="or the request's routing key")
-    outcome.add_argument("--metric", required=True)
-    outcome.add_argument("--value", type=float, required=True, help="e.g. 1 click, 0 none")
+@click.group("canary", help="canary releases with automatic promotion/rollback")
+def group() -> None:
+    pass
 
 
-async def run(args: argparse.Namespace) -> int:
+def _run(ctx: click.Context, args: Args) -> int:
+    client(ctx)
+    args.registry = address(ctx, "registry")
+    args.output = output_format(ctx)
+    return asyncio.run(run(args))
+
+
+@group.command("start", help="move MODEL's traffic to CANDIDATE in gated steps")
+@MODEL
+@click.option("--baseline", type=int, required=True)
+@click.option("--candidate", type=int, required=True)
+@click.option(
+    "--steps", default="5,25,50,100", show_default=True, help="candidate percents, ending in 100"
+)
+@click.option("--min-requests", type=int, default=0, help="per version per step (100)")
+@click.option("--min-seconds", type=float, default=0.0, help="per step (60)")
+@click.option("--max-error-rate-delta", type=float, default=0.0, help="(0.01)")
+@click.option("--max-p99-ratio", type=float, default=0.0, help="(1.5)")
+@click.option("--ready-timeout", type=float, default=0.0, help="seconds (120)")
+@click.option(
+    "--max-step-seconds",
+    type=float,
+    default=0.0,
+    help="longest a step waits for enough calls before rolling back (600)",
+)
+@click.option("--router", default="", help="router addresses, comma-separated")
+@click.option("--force", is_flag=True, help="take over from a running experiment")
+@click.option(
+    "--allow-signature-change",
+    is_flag=True,
+    help="accept a candidate whose inputs/outputs differ from the baseline's",
+)
+@click.option(
+    "--gateway",
+    default="",
+    help="gateway addresses, comma-separated (their rejections count against a version)",
+)
+@click.option(
+    "--business-metric",
+    default="",
+    help="a metric the candidate must not lose on (outcomes: canary outcome)",
+)
+@click.option("--lower-is-better", is_flag=True, help="the business metric is a cost")
+@click.option("--business-alpha", type=float, default=0.0, help="of the sequential test (0.05)")
+@click.pass_context
+def start(ctx: click.Context, **given: Any) -> int:
+    return _run(ctx, Args(canary_command="start", **given))
+
+
+@group.command("status", help="a model's latest canary and its decisions")
+@MODEL
+@click.option(
+    "--limit", type=int, default=20, show_default=True, help="latest decisions shown (0 = all)"
+)
+@click.pass_context
+@read_command
+def status(ctx: click.Context, model: str, limit: int) -> int:
+    return _run(ctx, Args(canary_command="status", model=model, limit=limit))
+
+
+@group.command("abort", help="stop MODEL's canary; all traffic to the baseline")
+@MODEL
+@click.pass_context
+def abort(ctx: click.Context, model: str) -> int:
+    return _run(ctx, Args(canary_command="abort", model=model))
+
+
+@group.command("outcome", help="post one business outcome of MODEL's canary")
+@MODEL
+@click.option("--version", type=int, default=0, help="the answer's model_version")
+@click.option("--routing-key", default="", help="or the request's routing key")
+@click.option("--metric", required=True)
+@click.option("--value", type=float, required=True, help="e.g. 1 click, 0 none")
+@click.pass_context
+def outcome(ctx: click.Context, model: str, version: int, routing_key: str, metric: str,
+            value: float) -> int:  # fmt: skip
+    if bool(version) == bool(routing_key):
+        raise click.UsageError("give one of --version or --routing-key")
+    args = Args(canary_command="outcome", model=model, version=version,
+                routing_key=routing_key, metric=metric, value=value)  # fmt: skip
+    return _run(ctx, args)
+
+
+async def run(args: Args) -> int:
     async with connect.channel(args.registry) as channel:
         stub = canary_pb2_grpc.CanaryStub(channel)
         if args.canary_command == "start":
@@ -106,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
         elif args.canary_command == "status":
             get = canary_pb2.GetCanaryRequest(model=args.model, limit=args.limit)
             found = await stub.GetCanary(get, timeout=10)
-            output.emit(args, found, lambda: describe(found))
+            output.emit(args.output, found, lambda: describe(found))
         elif args.canary_command == "outcome":
             posted = canary_pb2.RecordCanaryOutcomeRequest(
                 model=args.model,

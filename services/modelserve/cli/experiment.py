@@ -8,69 +8,118 @@ modelserve experiment report|show|stop NAME            modelserve experiment lis
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import re
 
-from modelserve.cli import connect, output
+import click
+
+from modelserve.cli import completion, connect, output
+from modelserve.cli.options import (
+    Args,
+    BadValue,
+    Parsed,
+    address,
+    client,
+    output_format,
+    read_command,
+)
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc
 
-SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
 ARM_RE = re.compile(r"^([^=]+)=([^:]+):([0-9.]+)$")
 GUARD_RE = re.compile(r"^([^<>=]+)(<=|>=)(-?[0-9.eE+-]+)$")
 
 
-def add_parser(sub: SubParsers, default_registry: str) -> None:
-    exp = sub.add_parser("experiment", help="A/B experiments: arms, outcomes, sequential tests")
-    exp.add_argument("--registry", default=default_registry, help="registry address")
-    esub = exp.add_subparsers(dest="experiment_command", required=True)
-
-    start = esub.add_parser("start", help="split MODEL's traffic between arms and start")
-    start.add_argument("name")
-    start.add_argument("--model", required=True)
-    start.add_argument(
-        "--arm",
-        action="append",
-        type=_arm,
-        required=True,
-        metavar="NAME=TARGET:PERCENT",
-        help="TARGET a version number or a label; the first arm is the control",
-    )
-    start.add_argument(
-        "--guard",
-        action="append",
-        type=_guard,
-        default=[],
-        metavar="METRIC<=VALUE|METRIC>=VALUE",
-        help="stop when a treatment's mean of METRIC is surely past VALUE",
-    )
-    start.add_argument("--alpha", type=float, default=0.0, help="significance level (0.05)")
-    start.add_argument("--force", action="store_true", help="take over from a running canary")
-    start.add_argument(
-        "--allow-signature-change",
-        action="store_true",
-        help="accept arms whose inputs/outputs differ from the control arm's",
-    )
-
-    outcome = esub.add_parser("outcome", help="record one outcome (a click, a conversion)")
-    outcome.add_argument("name")
-    which = outcome.add_mutually_exclusive_group(required=True)
-    which.add_argument("--key", default="", help="the request's routing key")
-    which.add_argument("--arm", default="", help="the arm, when the caller knows it")
-    outcome.add_argument("--metric", required=True)
-    outcome.add_argument("--value", type=float, required=True)
-
-    for name, text in (("report", "per-arm counts, means, tests"), ("show", "the definition")):
-        read = esub.add_parser(name, help=text)
-        read.add_argument("name")
-        output.add_output_flag(read)
-    stop = esub.add_parser("stop", help="stop NAME: all traffic to the control arm")
-    stop.add_argument("name")
-    stop.add_argument("--reason", default="")
-    output.add_output_flag(esub.add_parser("list", help="every experiment"))
+@click.group("experiment", help="A/B experiments: arms, outcomes, sequential tests")
+def group() -> None:
+    pass
 
 
-async def run(args: argparse.Namespace) -> int:
+def _run(ctx: click.Context, args: Args) -> int:
+    client(ctx)
+    args.registry = address(ctx, "registry")
+    args.output = output_format(ctx)
+    return asyncio.run(run(args))
+
+
+@group.command("start", help="split MODEL's traffic between arms and start")
+@click.argument("name")
+@click.option("--model", required=True, shell_complete=completion.model_names)
+@click.option(
+    "--arm",
+    "arms",
+    multiple=True,
+    required=True,
+    type=Parsed(lambda t: _arm(t), "NAME=TARGET:PERCENT"),
+    help="TARGET a version number or a label; the first arm is the control",
+)
+@click.option(
+    "--guard",
+    multiple=True,
+    type=Parsed(lambda t: _guard(t), "METRIC<=VALUE|METRIC>=VALUE"),
+    help="stop when a treatment's mean of METRIC is surely past VALUE",
+)
+@click.option("--alpha", type=float, default=0.0, help="significance level (0.05)")
+@click.option("--force", is_flag=True, help="take over from a running canary")
+@click.option(
+    "--allow-signature-change",
+    is_flag=True,
+    help="accept arms whose inputs/outputs differ from the control arm's",
+)
+@click.pass_context
+def start(ctx: click.Context, name: str, model: str, arms: tuple[xpb.ExperimentArm, ...],
+          guard: tuple[xpb.GuardRail, ...], alpha: float, force: bool,
+          allow_signature_change: bool) -> int:  # fmt: skip
+    args = Args(experiment_command="start", name=name, model=model, arm=list(arms),
+                guard=list(guard), alpha=alpha, force=force,
+                allow_signature_change=allow_signature_change)  # fmt: skip
+    return _run(ctx, args)
+
+
+@group.command("outcome", help="record one outcome (a click, a conversion)")
+@click.argument("name")
+@click.option("--key", default="", help="the request's routing key")
+@click.option("--arm", default="", help="the arm, when the caller knows it")
+@click.option("--metric", required=True)
+@click.option("--value", type=float, required=True)
+@click.pass_context
+def outcome(ctx: click.Context, name: str, key: str, arm: str, metric: str, value: float) -> int:
+    if bool(key) == bool(arm):
+        raise click.UsageError("give one of --key or --arm")
+    args = Args(experiment_command="outcome", name=name, key=key, arm=arm, metric=metric,
+                value=value)  # fmt: skip
+    return _run(ctx, args)
+
+
+def _read(command: str, text: str) -> None:
+    @group.command(command, help=text)
+    @click.argument("name")
+    @click.pass_context
+    @read_command
+    def read(ctx: click.Context, name: str) -> int:
+        return _run(ctx, Args(experiment_command=command, name=name))
+
+
+_read("report", "per-arm counts, means, tests")
+_read("show", "the definition")
+
+
+@group.command("stop", help="stop NAME: all traffic to the control arm")
+@click.argument("name")
+@click.option("--reason", default="")
+@click.pass_context
+def stop(ctx: click.Context, name: str, reason: str) -> int:
+    return _run(ctx, Args(experiment_command="stop", name=name, reason=reason))
+
+
+@group.command("list", help="every experiment")
+@click.pass_context
+@read_command
+def list_experiments(ctx: click.Context) -> int:
+    return _run(ctx, Args(experiment_command="list"))
+
+
+async def run(args: Args) -> int:
     async with connect.channel(args.registry) as channel:
         stub = experiments_pb2_grpc.ExperimentsStub(channel)
         command = args.experiment_command
@@ -105,16 +154,18 @@ async def run(args: argparse.Namespace) -> int:
                 print(describe(recorded.experiment))
         elif command == "report":
             report = await stub.GetReport(xpb.GetReportRequest(name=args.name), timeout=10)
-            output.emit(args, report, lambda: format_report(report))
+            output.emit(args.output, report, lambda: format_report(report))
         elif command == "show":
             found = await stub.GetExperiment(xpb.GetExperimentRequest(name=args.name), timeout=10)
-            output.emit(args, found, lambda: describe(found))
+            output.emit(args.output, found, lambda: describe(found))
         elif command == "stop":
             stop = xpb.StopExperimentRequest(name=args.name, reason=args.reason)
             print(describe(await stub.StopExperiment(stop, timeout=10)))
         else:
             listed = await stub.ListExperiments(xpb.ListExperimentsRequest(), timeout=10)
-            output.emit(args, listed, lambda: "\n".join(describe(e) for e in listed.experiments))
+            output.emit(
+                args.output, listed, lambda: "\n".join(describe(e) for e in listed.experiments)
+            )
     return 0
 
 
@@ -146,7 +197,7 @@ def format_report(report: xpb.ExperimentReport) -> str:
 def _arm(text: str) -> xpb.ExperimentArm:
     found = ARM_RE.fullmatch(text)
     if not found:
-        raise argparse.ArgumentTypeError(f"expected NAME=TARGET:PERCENT; got {text!r}")
+        raise BadValue(f"expected NAME=TARGET:PERCENT; got {text!r}")
     name, target, percent = found.groups()
     arm = xpb.ExperimentArm(name=name, percent=float(percent))
     if target.isdigit():
@@ -159,7 +210,7 @@ def _arm(text: str) -> xpb.ExperimentArm:
 def _guard(text: str) -> xpb.GuardRail:
     found = GUARD_RE.fullmatch(text.replace(" ", ""))
     if not found:
-        raise argparse.ArgumentTypeError(f"expected METRIC<=VALUE or METRIC>=VALUE; got {text!r}")
+        raise BadValue(f"expected METRIC<=VALUE or METRIC>=VALUE; got {text!r}")
     metric, op, value = found.groups()
     guard = xpb.GuardRail(metric=metric)
     if op == "<=":

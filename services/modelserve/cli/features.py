@@ -16,65 +16,108 @@ Exit codes: 0 done, 1 the feature store refused or failed, 2 bad input (file, fl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
 import math
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import click
 import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from modelserve.cli import connect
+from modelserve.cli import connect, output
+from modelserve.cli.options import (
+    Args,
+    BadValue,
+    Parsed,
+    address,
+    client,
+    globals_of,
+    output_format,
+    read_command,
+)
 from modelserve.proto.modelserve.v1 import featurestore_pb2 as fs
 from modelserve.proto.modelserve.v1 import featurestore_pb2_grpc
 from modelserve.tensors import DTYPES, from_proto_tensor, serialize_bytes_tensor
 
-DEFAULT_FEATURESTORE = "127.0.0.1:8401"
-ADDR_ENV = "MODELSERVE_FEATURESTORE_ADDR"
 TIMEOUT_S = 10.0
 Stub = Any  # featurestore_pb2_grpc.FeatureStoreStub on an aio channel
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``features`` and its subcommands to the ``modelserve`` parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--featurestore",
-        default=os.environ.get(ADDR_ENV, DEFAULT_FEATURESTORE),
-        help=f"feature store address (default: ${ADDR_ENV} or {DEFAULT_FEATURESTORE})",
-    )
-    features = sub.add_parser("features", help="feature views: apply, list, get, materialize")
-    fsub = features.add_subparsers(dest="features_command", required=True)
-    apply = fsub.add_parser("apply", parents=[common], help="create or evolve a view (JSON)")
-    apply.add_argument("file", type=Path)
-    fsub.add_parser("list", parents=[common], help="views, their sources and watermarks")
-    get = fsub.add_parser("get", parents=[common], help="online features of KEYs, as JSON")
-    get.add_argument("view")
-    get.add_argument("keys", nargs="+", metavar="KEY")
-    get.add_argument("--feature", action="append", default=[], help="only these feature(s)")
-    mat = fsub.add_parser(
-        "materialize", parents=[common], help="load the newest rows of VIEW's source file"
-    )
-    mat.add_argument("view")
-    mat.add_argument("--start", type=parse_time, default=0, help="ISO 8601 (default: 1970)")
-    mat.add_argument("--end", type=parse_time, help="ISO 8601, exclusive (default: now)")
-    mat.add_argument("--source", type=Path, help="the file (default: the view's source path)")
-    mat.add_argument(
-        "--full",
-        action="store_true",
-        help="ignore the watermark and rewrite [start, end) (safe: older never beats newer)",
-    )
-    mat.add_argument("--batch-rows", type=int, help="rows per write (default 1000)")
-    mat.add_argument("--json", action="store_true", help="print the report as JSON")
-    mat.add_argument("--no-progress", action="store_true", help="no progress bar")
+@click.group("features", help="feature views: apply, list, get, materialize")
+def group() -> None:
+    pass
+
+
+def _invoke(ctx: click.Context, args: Args) -> int:
+    client(ctx)
+    args.featurestore = address(ctx, "featurestore")
+    args.output = output_format(ctx)
+    return run(args)
+
+
+@group.command("apply", help="create or evolve a view (JSON)")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.pass_context
+def apply(ctx: click.Context, file: Path) -> int:
+    return _invoke(ctx, Args(features_command="apply", file=file))
+
+
+@group.command("list", help="views, their sources and watermarks")
+@click.pass_context
+@read_command
+def list_views(ctx: click.Context) -> int:
+    return _invoke(ctx, Args(features_command="list"))
+
+
+@group.command("get", help="online features of KEYs (JSON; -o table for a table)")
+@click.argument("view")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@click.option("--feature", multiple=True, help="only these feature(s)")
+@click.pass_context
+@read_command
+def get(ctx: click.Context, view: str, keys: tuple[str, ...], feature: tuple[str, ...]) -> int:
+    args = Args(features_command="get", view=view, keys=list(keys), feature=list(feature))
+    # `get` printed JSON before -o existed: JSON stays its default, -o table asks for rows.
+    client(ctx)
+    args.featurestore = address(ctx, "featurestore")
+    args.output = globals_of(ctx).output or "json"
+    return run(args)
+
+
+@group.command("materialize", help="load the newest rows of VIEW's source file")
+@click.argument("view")
+@click.option(
+    "--start",
+    type=Parsed(lambda t: parse_time(t), "ISO8601"),
+    default="1970-01-01",
+    help="ISO 8601 (default: 1970)",
+)
+@click.option(
+    "--end",
+    type=Parsed(lambda t: parse_time(t), "ISO8601"),
+    help="ISO 8601, exclusive (default: now)",
+)
+@click.option(
+    "--source", type=click.Path(path_type=Path), help="the file (default: the view's source path)"
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="ignore the watermark and rewrite [start, end) (safe: older never beats newer)",
+)
+@click.option("--batch-rows", type=int, help="rows per write (default 1000)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.pass_context
+def materialize_command(ctx: click.Context, as_json: bool, **given: Any) -> int:
+    return _invoke(ctx, Args(features_command="materialize", json=as_json, **given))
 
 
 def _iso(unix_ms: int) -> str:
@@ -86,13 +129,13 @@ def parse_time(text: str) -> int:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+        raise BadValue(f"not an ISO 8601 time: {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     try:
         return asyncio.run(_run(args))
     except grpc.RpcError as exc:
@@ -105,22 +148,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: Args) -> int:
     async with connect.channel(args.featurestore) as channel:
         stub = featurestore_pb2_grpc.FeatureStoreStub(channel)
         command = args.features_command
         if command == "apply":
             await _apply(stub, args.file)
         elif command == "list":
-            await _list(stub)
+            await _list(stub, args.output)
         elif command == "get":
-            await _get(stub, args.view, args.keys, args.feature)
+            await _get(stub, args.view, args.keys, args.feature, args.output)
         else:
             await _materialize(stub, args)
     return 0
 
 
-async def _materialize(stub: Stub, args: argparse.Namespace) -> None:
+async def _materialize(stub: Stub, args: Args) -> None:
     # Imported here: pyarrow and tqdm take a while to load, and only this command needs them.
     try:
         from modelserve.cli.materialize import materialize
@@ -201,11 +244,23 @@ def default_raw(feature: fs.Feature, value: Any) -> bytes:
     return array.astype(dtype.numpy.newbyteorder("<")).tobytes()
 
 
-async def _list(stub: Stub) -> None:
+async def _list(stub: Stub, fmt: str = "table") -> None:
     reply = await stub.ListFeatureViews(fs.ListFeatureViewsRequest(), timeout=TIMEOUT_S)
+    states = []
     for v in reply.views:
         request = fs.GetMaterializationStateRequest(view=v.name)
-        state = await stub.GetMaterializationState(request, timeout=TIMEOUT_S)
+        states.append(await stub.GetMaterializationState(request, timeout=TIMEOUT_S))
+    if fmt == "json":
+        output.print_json(
+            {
+                "views": [
+                    {**output.as_json(v), "materialization": output.as_json(state)}
+                    for v, state in zip(reply.views, states, strict=True)
+                ]
+            }
+        )
+        return
+    for v, state in zip(reply.views, states, strict=True):
         ttl = f"{v.ttl_seconds}s" if v.ttl_seconds else "none"
         print(f"{v.name}  entity: {v.entity_key} {v.entity_type}  ttl: {ttl}")
         print("  features:", ", ".join(f"{f.name}:{f.datatype}{list(f.shape)}" for f in v.features))
@@ -221,12 +276,14 @@ async def _list(stub: Stub) -> None:
             print("  source: none (pushed only)")
 
 
-async def _get(stub: Stub, view_name: str, keys: list[str], features: list[str]) -> None:
+async def _get(
+    stub: Stub, view_name: str, keys: list[str], features: list[str], fmt: str = "json"
+) -> None:
     view = await stub.GetFeatureView(fs.GetFeatureViewRequest(name=view_name), timeout=TIMEOUT_S)
     request = fs.GetOnlineFeaturesRequest(view=view_name, features=features, entity_keys=keys)
     reply = await stub.GetOnlineFeatures(request, timeout=TIMEOUT_S)
     columns = [(r.values.name, from_proto_tensor(r.values), r.status) for r in reply.results]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             view.entity_key: key,
             "status": {name: fs.ValueStatus.Name(status[i]) for name, _, status in columns},
@@ -234,7 +291,16 @@ async def _get(stub: Stub, view_name: str, keys: list[str], features: list[str])
         }
         for i, key in enumerate(keys)
     ]
-    print(json.dumps({"view": view.name, "rows": rows}, indent=2))
+    if fmt == "json":
+        print(json.dumps({"view": view.name, "rows": rows}, indent=2))
+        return
+    for row in rows:  # one line per key: each feature's value, its status when not PRESENT
+        cells = [
+            f"{name}={json.dumps(value)}"
+            + ("" if row["status"][name] == "PRESENT" else f" ({row['status'][name]})")
+            for name, value in row["values"].items()
+        ]
+        print(f"{row[view.entity_key]}  " + "  ".join(cells))
 
 
 def _json_value(value: Any) -> Any:

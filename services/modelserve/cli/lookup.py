@@ -9,53 +9,31 @@ The version has no ONNX file: one PushVersion header whose config carries ``look
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import AsyncIterator
 
+from modelserve.cli.options import Args, BadValue, Parsed
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
 # NAME[:FEATURE]=DATATYPE[d1,d2,...]
 _OUTPUT = re.compile(r"^([^:=]+)(?::([^=]+))?=([A-Za-z0-9]+)\[([0-9,\s]*)\]$")
 
 
-def add_parser(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = msub.add_parser(
-        "push-lookup", help="push a lookup table of predictions (a feature view) as NAME"
-    )
-    p.add_argument("name")
-    p.add_argument("--view", required=True, help="the feature view holding the predictions")
-    p.add_argument("--entity-input", required=True, help="the input holding one key per row")
-    p.add_argument("--entity-datatype", default="BYTES", choices=("BYTES", "INT64"))
-    p.add_argument(
-        "--output",
-        action="append",
-        required=True,
-        type=parse_output,
-        metavar="NAME[:FEATURE]=DATATYPE[SHAPE]",
-        help="a V2 output from the view's feature (default: NAME), e.g. score=FP32[1]",
-    )
-    p.add_argument("--label", action="append", default=[], help="label(s) for the new version")
-    p.add_argument("--description", default="")
-
-
 def parse_output(text: str) -> registry_pb2.LookupOutput:
     match = _OUTPUT.match(text.strip())
     if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME[:FEATURE]=DATATYPE[SHAPE], e.g. score=FP32[1]; got {text!r}"
-        )
+        raise BadValue(f"expected NAME[:FEATURE]=DATATYPE[SHAPE], e.g. score=FP32[1]; got {text!r}")
     name, feature, datatype, dims = match.groups()
     try:
         shape = [int(d) for d in dims.split(",") if d.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad shape in {text!r}") from None
+        raise BadValue(f"bad shape in {text!r}") from None
     return registry_pb2.LookupOutput(
         name=name.strip(), feature=(feature or "").strip(), datatype=datatype, shape=shape
     )
 
 
-def header_of(args: argparse.Namespace) -> registry_pb2.PushVersionRequest.Header:
+def header_of(args: Args) -> registry_pb2.PushVersionRequest.Header:
     header = registry_pb2.PushVersionRequest.Header(
         model=args.name, labels=args.label, description=args.description
     )
@@ -71,10 +49,13 @@ def header_of(args: argparse.Namespace) -> registry_pb2.PushVersionRequest.Heade
 
 
 async def push_lookup(
-    stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
+    stub: registry_pb2_grpc.RegistryStub, args: Args
 ) -> registry_pb2.ModelVersion:
     async def one_header() -> AsyncIterator[registry_pb2.PushVersionRequest]:
         yield registry_pb2.PushVersionRequest(header=header_of(args))
 
     version: registry_pb2.ModelVersion = await stub.PushVersion(one_header(), timeout=30)
     return version
+
+
+OUTPUT_TYPE = Parsed(parse_output, "NAME[:FEATURE]=DATATYPE[SHAPE]")

@@ -1,9 +1,9 @@
 """``-o json|table`` for the CLI's read commands: a table for people, JSON (the RPC answer as
-protobuf's JSON mapping, field names as in the .proto) for scripts."""
+protobuf's JSON mapping, field names as in the .proto) for scripts. The flag itself is one of
+the global options (modelserve.cli.options)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from typing import Any
@@ -12,22 +12,16 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 
-def add_output_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=("table", "json"),
-        default="table",
-        help="table (default) or json (the answer in protobuf's JSON mapping)",
-    )
-
-
-def emit(args: argparse.Namespace, answer: Message, table: Callable[[], str]) -> None:
-    """Print ``answer`` as JSON when asked, else ``table()``."""
-    if getattr(args, "output", "table") == "json":
-        print(json.dumps(as_json(answer), indent=2, sort_keys=True))
+def emit(fmt: str, answer: Message, table: Callable[[], str]) -> None:
+    """Print ``answer`` as JSON when ``fmt`` is json, else ``table()``."""
+    if fmt == "json":
+        print_json(as_json(answer))
     else:
         print(table())
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
 
 
 def as_json(answer: Message) -> dict[str, Any]:

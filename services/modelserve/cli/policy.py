@@ -13,69 +13,133 @@ modelserve policy shadow MODEL 2 --fraction 0.1   # and shadow-off, shadow-repor
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from modelserve.cli import connect, output, shadow_report
+import click
+
+from modelserve.cli import completion, connect, output, shadow_report
+from modelserve.cli.options import (
+    Args,
+    BadValue,
+    Parsed,
+    address,
+    client,
+    output_format,
+    read_command,
+)
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
-SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+F = TypeVar("F", bound=Callable[..., Any])
+
+Runner = Callable[[click.Context, Args], int]
 
 
-def add_parser(sub: SubParsers, default_registry: str) -> None:
-    policy = sub.add_parser("policy", help="routing policies: weighted splits, blue-green")
-    policy.add_argument("--registry", default=default_registry, help="registry address")
-    psub = policy.add_subparsers(dest="policy_command", required=True)
-
-    split = psub.add_parser("split", help="split MODEL's traffic by percent")
-    split.add_argument("model")
-    split.add_argument(
-        "targets",
-        nargs="+",
-        type=_split_target,
-        metavar="TARGET=PERCENT",
-        help="a version number or a label, and its share; shares sum to 100",
-    )
-    split.add_argument("--note", default="", help="why (kept in the history)")
-    _write_flags(split)
-
-    switch = psub.add_parser("switch", help="send all of MODEL's traffic to LABEL")
-    switch.add_argument("model")
-    switch.add_argument("label")
-    switch.add_argument("--note", default="")
-    _write_flags(switch)
-
-    rollback = psub.add_parser("rollback", help="restore the policy before the last change")
-    rollback.add_argument("model")
-    rollback.add_argument("--to", type=int, default=0, metavar="REVISION", help="this one instead")
-    _write_flags(rollback)
-
-    clear = psub.add_parser("clear", help="no policy: production label, else newest version")
-    clear.add_argument("model")
-    clear.add_argument("--note", default="")
-    clear.add_argument("--force", action="store_true", help="take over from a canary/experiment")
-
-    show = psub.add_parser("show", help="the policy in force")
-    show.add_argument("model")
-    output.add_output_flag(show)
-
-    history = psub.add_parser("history", help="every revision of MODEL's policy, oldest first")
-    history.add_argument("model")
-    history.add_argument("--limit", type=int, default=0, help="newest N (default 100)")
-    output.add_output_flag(history)
-
-    shadow_report.add_parsers(psub)
+@click.group("policy", help="routing policies: weighted splits, blue-green")
+def group() -> None:
+    pass
 
 
-async def run(args: argparse.Namespace) -> int:
+def _run(ctx: click.Context, args: Args) -> int:
+    client(ctx)
+    args.registry = address(ctx, "registry")
+    args.output = output_format(ctx)
+    return asyncio.run(run(args))
+
+
+def _write_flags(f: F) -> F:
+    f = click.option("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="if the policy is pending, wait this long for it to apply "
+                     "(exit 1 if it fails)")(f)  # fmt: skip
+    f = click.option(
+        "--allow-signature-change",
+        is_flag=True,
+        help="accept versions whose inputs/outputs differ from the version served now",
+    )(f)
+    return click.option(
+        "--force", is_flag=True, help="take over from a running canary or experiment"
+    )(f)
+
+
+MODEL = click.argument("model", shell_complete=completion.model_names)
+
+
+@group.command("split", help="split MODEL's traffic by percent")
+@MODEL
+@click.argument(
+    "targets",
+    nargs=-1,
+    required=True,
+    metavar="TARGET=PERCENT...",
+    type=Parsed(lambda t: _split_target(t), "TARGET=PERCENT"),
+)
+@click.option("--note", default="", help="why (kept in the history)")
+@_write_flags
+@click.pass_context
+def split(ctx: click.Context, model: str, targets: tuple[registry_pb2.SplitTarget, ...],
+          **flags: Any) -> int:  # fmt: skip
+    """TARGET is a version number or a label, PERCENT its share; shares sum to 100."""
+    return _run(ctx, Args(policy_command="split", model=model, targets=list(targets), **flags))
+
+
+@group.command("switch", help="send all of MODEL's traffic to LABEL")
+@MODEL
+@click.argument("label")
+@click.option("--note", default="")
+@_write_flags
+@click.pass_context
+def switch(ctx: click.Context, model: str, label: str, **flags: Any) -> int:
+    return _run(ctx, Args(policy_command="switch", model=model, label=label, **flags))
+
+
+@group.command("rollback", help="restore the policy before the last change")
+@MODEL
+@click.option("--to", type=int, default=0, metavar="REVISION", help="this one instead")
+@_write_flags
+@click.pass_context
+def rollback(ctx: click.Context, model: str, to: int, **flags: Any) -> int:
+    return _run(ctx, Args(policy_command="rollback", model=model, to=to, **flags))
+
+
+@group.command("clear", help="no policy: production label, else newest version")
+@MODEL
+@click.option("--note", default="")
+@click.option("--force", is_flag=True, help="take over from a canary/experiment")
+@click.pass_context
+def clear(ctx: click.Context, model: str, note: str, force: bool) -> int:
+    return _run(ctx, Args(policy_command="clear", model=model, note=note, force=force))
+
+
+@group.command("show", help="the policy in force")
+@MODEL
+@click.pass_context
+@read_command
+def show(ctx: click.Context, model: str) -> int:
+    return _run(ctx, Args(policy_command="show", model=model))
+
+
+@group.command("history", help="every revision of MODEL's policy, oldest first")
+@MODEL
+@click.option("--limit", type=int, default=0, help="newest N (default 100)")
+@click.pass_context
+@read_command
+def history(ctx: click.Context, model: str, limit: int) -> int:
+    return _run(ctx, Args(policy_command="history", model=model, limit=limit))
+
+
+shadow_report.add_commands(group, _run)
+
+
+async def run(args: Args) -> int:
     async with connect.channel(args.registry) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         command = args.policy_command
         if command in shadow_report.COMMANDS:
-            print(await shadow_report.run(stub, args))
+            return await shadow_report.run(stub, args)
         elif command in ("split", "switch"):
             policy = registry_pb2.RoutingPolicy(
                 split=args.targets if command == "split" else [],
@@ -138,27 +202,9 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--force", action="store_true", help="take over from a running canary or experiment"
-    )
-    parser.add_argument(
-        "--allow-signature-change",
-        action="store_true",
-        help="accept versions whose inputs/outputs differ from the version served now",
-    )
-    parser.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="if the policy is pending, wait this long for it to apply (exit 1 if it fails)",
-    )
-
-
 async def _written(
     stub: registry_pb2_grpc.RegistryStub,
-    args: argparse.Namespace,
+    args: Args,
     answer: registry_pb2.PolicyRevision,
 ) -> int:
     if not answer.pending:
@@ -214,9 +260,7 @@ def _split_target(text: str) -> registry_pb2.SplitTarget:
     except ValueError:
         share = None
     if not sep or not target or share is None:
-        raise argparse.ArgumentTypeError(
-            f"expected TARGET=PERCENT (e.g. 2=10 or canary=10); got {text!r}"
-        )
+        raise BadValue(f"expected TARGET=PERCENT (e.g. 2=10 or canary=10); got {text!r}")
     if target.isascii() and target.isdigit():
         return registry_pb2.SplitTarget(version=int(target), percent=share)
     return registry_pb2.SplitTarget(label=target, percent=share)

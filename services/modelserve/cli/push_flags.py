@@ -7,65 +7,58 @@ module only parses what a person typed into the message.
 
 from __future__ import annotations
 
-import argparse
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+import click
+
+from modelserve.cli.options import Args, BadValue, Parsed
 from modelserve.proto.modelserve.v1 import registry_pb2
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 # MODEL_INPUT=VIEW:f1,f2,f3@ENTITY_INPUT
 _FEATURE_INPUT = re.compile(r"^([^=]+)=([^:]+):([^@]+)@(.+)$")
 
 
-def add_config_flags(push: argparse.ArgumentParser) -> None:
-    group = push.add_argument_group("serving config (unset flags take the registry's defaults)")
-    group.add_argument("--max-batch-size", type=int, help="largest batch the worker forms")
-    group.add_argument("--max-queue-delay-us", type=int, help="batcher wait for more rows")
-    group.add_argument(
-        "--preferred-batch-size",
-        type=int,
-        action="append",
-        default=[],
-        help="a batch size the batcher prefers (repeatable)",
-    )
-    group.add_argument("--max-queue-size", type=int, help="rows queued before RESOURCE_EXHAUSTED")
-    group.add_argument("--instances", type=int, help="ONNX Runtime sessions per worker")
-    group.add_argument("--execution-provider", choices=("auto", "cpu", "cuda"))
-    group.add_argument(
-        "--prediction-cache-ttl",
-        type=int,
-        metavar="SECONDS",
-        help="enable the router's prediction cache with this TTL",
-    )
-    group.add_argument(
-        "--feature-input",
-        action="append",
-        default=[],
-        type=parse_feature_input,
-        metavar="MODEL_INPUT=VIEW:F1,F2@ENTITY_INPUT",
-        help="fill MODEL_INPUT from VIEW's features keyed by ENTITY_INPUT (repeatable)",
-    )
-    group.add_argument(
-        "--class-labels",
-        action="append",
-        default=[],
-        type=parse_output_labels,
-        metavar="OUTPUT=FILE",
-        help="class labels of OUTPUT for classification answers, one per line like Triton's "
-        "label_filename (line i names class index i; repeatable)",
-    )
+def config_options(command: F) -> F:
+    """The serving-config options of ``models push`` (unset ones take the registry's
+    defaults); the command receives them as keyword arguments for ``config_from_args``."""
+    options = [
+        click.option("--max-batch-size", type=int, help="largest batch the worker forms"),
+        click.option("--max-queue-delay-us", type=int, help="batcher wait for more rows"),
+        click.option("--preferred-batch-size", type=int, multiple=True,
+                     help="a batch size the batcher prefers (repeatable)"),
+        click.option("--max-queue-size", type=int,
+                     help="rows queued before RESOURCE_EXHAUSTED"),
+        click.option("--instances", type=int, help="ONNX Runtime sessions per worker"),
+        click.option("--execution-provider", type=click.Choice(("auto", "cpu", "cuda"))),
+        click.option("--prediction-cache-ttl", type=int, metavar="SECONDS",
+                     help="enable the router's prediction cache with this TTL"),
+        click.option("--feature-input", multiple=True,
+                     type=Parsed(parse_feature_input, "MODEL_INPUT=VIEW:F1,F2@ENTITY_INPUT"),
+                     help="fill MODEL_INPUT from VIEW's features keyed by ENTITY_INPUT "
+                     "(repeatable)"),
+        click.option("--class-labels", multiple=True,
+                     type=Parsed(parse_output_labels, "OUTPUT=FILE"),
+                     help="class labels of OUTPUT for classification answers, one per line like "
+                     "Triton's label_filename (line i names class index i; repeatable)"),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def parse_feature_input(text: str) -> registry_pb2.FeatureInput:
     match = _FEATURE_INPUT.match(text.strip())
     if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected MODEL_INPUT=VIEW:f1,f2@ENTITY_INPUT; got {text!r}"
-        )
+        raise BadValue(f"expected MODEL_INPUT=VIEW:f1,f2@ENTITY_INPUT; got {text!r}")
     model_input, view, features, entity = (g.strip() for g in match.groups())
     names = [f.strip() for f in features.split(",") if f.strip()]
     if not names:
-        raise argparse.ArgumentTypeError(f"no features listed in {text!r}")
+        raise BadValue(f"no features listed in {text!r}")
     return registry_pb2.FeatureInput(
         model_input=model_input, view=view, features=names, entity_input=entity
     )
@@ -74,30 +67,30 @@ def parse_feature_input(text: str) -> registry_pb2.FeatureInput:
 def parse_output_labels(text: str) -> registry_pb2.OutputLabels:
     output, sep, file = text.partition("=")
     if not sep or not output.strip() or not file.strip():
-        raise argparse.ArgumentTypeError(f"expected OUTPUT=FILE; got {text!r}")
+        raise BadValue(f"expected OUTPUT=FILE; got {text!r}")
     try:
         lines = Path(file.strip()).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise argparse.ArgumentTypeError(f"cannot read labels file {file!r}: {exc}") from exc
+        raise BadValue(f"cannot read labels file {file!r}: {exc}") from exc
     # Triton reads one label per line; trailing blank lines are not classes.
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise argparse.ArgumentTypeError(f"labels file {file!r} holds no labels")
+        raise BadValue(f"labels file {file!r} holds no labels")
     return registry_pb2.OutputLabels(output=output.strip(), labels=lines)
 
 
-def config_from_args(args: argparse.Namespace) -> registry_pb2.ServingConfig | None:
+def config_from_args(args: Args) -> registry_pb2.ServingConfig | None:
     """The ServingConfig the flags describe; None when no flag was given."""
     config = registry_pb2.ServingConfig(
         max_batch_size=args.max_batch_size or 0,
         max_queue_delay_us=args.max_queue_delay_us or 0,
-        preferred_batch_sizes=args.preferred_batch_size,
+        preferred_batch_sizes=list(args.preferred_batch_size),
         max_queue_size=args.max_queue_size or 0,
         instance_count=args.instances or 0,
         execution_provider=args.execution_provider or "",
-        feature_inputs=args.feature_input,
-        output_labels=getattr(args, "class_labels", []),
+        feature_inputs=list(args.feature_input),
+        output_labels=list(getattr(args, "class_labels", ())),
     )
     if args.prediction_cache_ttl is not None:
         config.prediction_cache.enabled = True

@@ -12,48 +12,62 @@ each a comma-separated list.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import click
 from google.protobuf.json_format import MessageToDict
 
-from modelserve.cli import connect, shadow_report
+from modelserve.cli import completion, connect, shadow_report
+from modelserve.cli.options import client, output_format, read_command
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 
-SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+routers_of = shadow_report.routers_of
 
 
-def add_parser(sub: SubParsers) -> None:
-    shadow = sub.add_parser("shadow", help="what routers recorded of shadow traffic")
-    ssub = shadow.add_subparsers(dest="shadow_command", required=True)
-    for name, text in (
-        ("disagreements", "kept shadow pairs that disagreed, and shadow failures"),
-        ("report", "agreement and latency of shadow traffic (as policy shadow-report)"),
-    ):
-        command = ssub.add_parser(name, help=text)
-        command.add_argument("model")
-        command.add_argument(
-            "--router",
-            action="append",
-            default=[],
-            metavar="ADDR",
-            help=f"router address(es), repeatable or comma-separated "
-            f"(default {shadow_report.DEFAULT_ROUTER})",
-        )
-        if name == "disagreements":
-            command.add_argument(
-                "--limit", type=int, default=20, help="newest N over all routers (0: all)"
-            )
-            command.add_argument("--json", action="store_true", help="print JSON")
+@click.group("shadow", help="what routers recorded of shadow traffic")
+def group() -> None:
+    pass
 
 
-def routers_of(values: Sequence[str]) -> list[str]:
-    found = [a.strip() for value in values for a in value.split(",") if a.strip()]
-    return list(dict.fromkeys(found)) or [shadow_report.DEFAULT_ROUTER]
+@group.command("disagreements", help="kept shadow pairs that disagreed, and shadow failures")
+@click.argument("model", shell_complete=completion.model_names)
+@shadow_report.router_option
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="newest N over all routers (0: all)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print JSON (as -o json)")
+@click.pass_context
+@read_command
+def disagreements(ctx: click.Context, model: str, router: tuple[str, ...], limit: int,
+                  as_json: bool) -> int:  # fmt: skip
+    client(ctx)
+    json_wanted = as_json or output_format(ctx) == "json"
+    answers = asyncio.run(fetch(model, routers_of(router), limit))
+    print(
+        as_json_text(model, answers, limit)
+        if json_wanted
+        else "\n".join(render(model, answers, limit))
+    )
+    return 0
+
+
+@group.command("report", help="agreement and latency of shadow traffic (as policy shadow-report)")
+@click.argument("model", shell_complete=completion.model_names)
+@shadow_report.router_option
+@click.pass_context
+@read_command
+def report(ctx: click.Context, model: str, router: tuple[str, ...]) -> int:
+    client(ctx)
+    asyncio.run(shadow_report.print_report(model, routers_of(router), output_format(ctx)))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -82,7 +96,7 @@ def merged(
     return entries[:limit] if limit > 0 else entries
 
 
-def as_json(model: str, answers: Sequence[RouterAnswer], limit: int) -> str:
+def as_json_text(model: str, answers: Sequence[RouterAnswer], limit: int) -> str:
     return json.dumps(
         {
             "model": model,
@@ -164,22 +178,3 @@ def render(model: str, answers: Sequence[RouterAnswer], limit: int) -> list[str]
         if e.outputs_truncated:
             lines.append("    (more outputs than an entry keeps: the rest left out)")
     return lines
-
-
-async def run(args: argparse.Namespace) -> int:
-    routers = routers_of(args.router)
-    if args.shadow_command == "report":
-        pairs, dropped = shadow_report.summarise(
-            await shadow_report.fetch_reports(args.model, routers)
-        )
-        print("\n".join(shadow_report.render(args.model, pairs, dropped)))
-        return 0
-    if args.limit < 0:
-        raise SystemExit("error: --limit must be 0 or more")
-    answers = await fetch(args.model, routers, args.limit)
-    print(
-        as_json(args.model, answers, args.limit)
-        if args.json
-        else "\n".join(render(args.model, answers, args.limit))
-    )
-    return 0

@@ -10,12 +10,16 @@ label in force (read, changed, written back as a new revision), and so does remo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from modelserve.cli import connect
+import click
+
+from modelserve.cli import completion, connect, output
+from modelserve.cli.options import Args, read_command
 from modelserve.proto.modelserve.v1 import (
     registry_pb2,
     registry_pb2_grpc,
@@ -23,33 +27,67 @@ from modelserve.proto.modelserve.v1 import (
     router_pb2_grpc,
 )
 
-SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+F = TypeVar("F", bound=Callable[..., Any])
 COMMANDS = ("shadow", "shadow-off", "shadow-report")
 DEFAULT_ROUTER = "127.0.0.1:8101"
+ROUTER_ENV = "MODELSERVE_ROUTER"
 
 
-def add_parsers(psub: SubParsers) -> None:
-    shadow = psub.add_parser("shadow", help="mirror a fraction of MODEL's calls to TARGET")
-    shadow.add_argument("model")
-    shadow.add_argument("target", help="a version number or a label")
-    shadow.add_argument("--fraction", type=float, required=True, help="share mirrored, (0, 1]")
-    shadow.add_argument(
+def routers_of(values: Sequence[str]) -> list[str]:
+    """Router addresses from ``--router`` (repeatable, each comma-separated), else
+    $MODELSERVE_ROUTER (comma-separated), else the local default."""
+    given = list(values) or [os.environ.get(ROUTER_ENV, "")]
+    found = [a.strip() for value in given for a in value.split(",") if a.strip()]
+    return list(dict.fromkeys(found)) or [DEFAULT_ROUTER]
+
+
+def router_option(f: F) -> F:
+    return click.option(
+        "--router",
+        multiple=True,
+        metavar="ADDR",
+        help=f"router address(es), repeatable or comma-separated (env {ROUTER_ENV}, "
+        f"default {DEFAULT_ROUTER})",
+    )(f)
+
+
+def add_commands(group: click.Group, runner: Callable[[click.Context, Args], int]) -> None:
+    """``policy shadow|shadow-off|shadow-report``; ``runner`` connects and runs ``run``."""
+    model = click.argument("model", shell_complete=completion.model_names)
+
+    @group.command("shadow", help="mirror a fraction of MODEL's calls to TARGET")
+    @model
+    @click.argument("target")
+    @click.option("--fraction", type=float, required=True, help="share mirrored, (0, 1]")
+    @click.option(
         "--tolerance",
         type=float,
         default=0.0,
         help="largest absolute difference counted as agreement (default 1e-6)",
     )
-    shadow.add_argument("--note", default="")
+    @click.option("--note", default="")
+    @click.pass_context
+    def shadow(ctx: click.Context, model: str, target: str, fraction: float, tolerance: float,
+               note: str) -> int:  # fmt: skip
+        """TARGET is a version number or a label."""
+        args = Args(policy_command="shadow", model=model, target=target, fraction=fraction,
+                    tolerance=tolerance, note=note)  # fmt: skip
+        return runner(ctx, args)
 
-    off = psub.add_parser("shadow-off", help="stop mirroring MODEL's calls")
-    off.add_argument("model")
-    off.add_argument("--note", default="")
+    @group.command("shadow-off", help="stop mirroring MODEL's calls")
+    @model
+    @click.option("--note", default="")
+    @click.pass_context
+    def shadow_off(ctx: click.Context, model: str, note: str) -> int:
+        return runner(ctx, Args(policy_command="shadow-off", model=model, note=note))
 
-    report = psub.add_parser("shadow-report", help="agreement and latency of shadow traffic")
-    report.add_argument("model")
-    report.add_argument(
-        "--router", default=DEFAULT_ROUTER, help="router address(es), comma-separated"
-    )
+    @group.command("shadow-report", help="agreement and latency of shadow traffic")
+    @model
+    @router_option
+    @click.pass_context
+    @read_command
+    def report(ctx: click.Context, model: str, router: tuple[str, ...]) -> int:
+        return runner(ctx, Args(policy_command="shadow-report", model=model, router=router))
 
 
 async def current_policy(
@@ -60,7 +98,7 @@ async def current_policy(
 
 
 async def set_shadow(
-    stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace
+    stub: registry_pb2_grpc.RegistryStub, args: Args
 ) -> registry_pb2.PolicyRevision:
     """``shadow`` and ``shadow-off``: the current policy with its shadow replaced or gone."""
     policy = registry_pb2.RoutingPolicy()
@@ -172,11 +210,44 @@ async def fetch_reports(
     return list(await asyncio.gather(*(one(a) for a in routers)))
 
 
-async def run(stub: registry_pb2_grpc.RegistryStub, args: argparse.Namespace) -> str:
-    """One of ``COMMANDS``; what to print."""
+async def run(stub: registry_pb2_grpc.RegistryStub, args: Args) -> int:
+    """One of ``COMMANDS``, printed."""
     if args.policy_command == "shadow-report":
-        routers = [a.strip() for a in args.router.split(",") if a.strip()]
-        pairs, dropped = summarise(await fetch_reports(args.model, routers))
-        return "\n".join(render(args.model, pairs, dropped))
+        await print_report(args.model, routers_of(args.router), args.output)
+        return 0
     revision = await set_shadow(stub, args)
-    return f"{revision.model}: policy revision {revision.revision}"
+    print(f"{revision.model}: policy revision {revision.revision}")
+    return 0
+
+
+async def print_report(model: str, routers: Sequence[str], fmt: str) -> None:
+    pairs, dropped = summarise(await fetch_reports(model, routers))
+    if fmt == "json":
+        output.print_json(report_json(model, pairs, dropped))
+    else:
+        print("\n".join(render(model, pairs, dropped)))
+
+
+def report_json(model: str, pairs: dict[tuple[int, int], Summed], dropped: int) -> dict[str, Any]:
+    """What ``render`` shows, as numbers (latencies in seconds; null when not sampled)."""
+    return {
+        "model": model,
+        "dropped": dropped,
+        "pairs": [
+            {
+                "primary_version": primary,
+                "shadow_version": shadow,
+                "pairs": s.pairs,
+                "agreements": s.agreements,
+                "max_abs_diff": s.max_abs_diff,
+                "shadow_errors": s.errors,
+                "shadow_timeouts": s.timeouts,
+                **{
+                    f"{side}_{name}_s": quantile(samples, q)
+                    for side, samples in (("primary", s.primary), ("shadow", s.shadow))
+                    for q, name in ((0.5, "p50"), (0.99, "p99"))
+                },
+            }
+            for (primary, shadow), s in sorted(pairs.items())
+        ],
+    }

@@ -8,10 +8,16 @@ metrics) port unless ``--port`` is given.
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import os
 from collections.abc import Sequence
+from typing import Any
 
+import click
+
+from modelserve.cli.options import ADDRESSES, Args, globals_of
+
+GATEWAY_ENV = ADDRESSES["gateway"][0]
 FLAGS = {
     "source": "--stream-source",
     "sink": "--stream-sink",
@@ -26,31 +32,42 @@ FLAGS = {
 }
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    stream = sub.add_parser("stream", help="streaming inference: event stream -> model -> results")
-    ssub = stream.add_subparsers(dest="stream_command", required=True)
-    run = ssub.add_parser(
-        "run",
-        help="consume an event stream, score through the gateway, write results",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("model", help="MODEL, MODEL:VERSION or MODEL@LABEL")
-    run.add_argument(
-        "--source", required=True, help="redis://H:P/DB?stream=S or nats://H:P?stream=S&subject=X"
-    )
-    run.add_argument("--sink", required=True, help="result stream URL (same forms)")
-    run.add_argument("--group", required=True, help="consumer group / durable consumer name")
-    run.add_argument("--consumer", help="this consumer's name (default hostname-pid)")
-    run.add_argument("--max-batch", type=int, help="events per micro-batch (32)")
-    run.add_argument("--max-wait-ms", type=int, help="wait for a batch to fill (5)")
-    run.add_argument("--max-in-flight", type=int, help="batches scored at once (4)")
-    run.add_argument("--dead-letter", help="dead-letter stream URL (default: sink stream + .dlq)")
-    run.add_argument("--max-attempts", type=int, help="attempts before dead-lettering (3)")
-    run.add_argument("--gateway", help="gateway address (127.0.0.1:8001)")
+@click.group("stream", help="streaming inference: event stream -> model -> results")
+def group() -> None:
+    pass
 
 
-def service_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+@group.command(
+    "run",
+    help=__doc__,
+    short_help="consume an event stream, score through the gateway, write results",
+    context_settings={"ignore_unknown_options": True},
+)
+@click.argument("model")
+@click.option(
+    "--source", required=True, help="redis://H:P/DB?stream=S or nats://H:P?stream=S&subject=X"
+)
+@click.option("--sink", required=True, help="result stream URL (same forms)")
+@click.option("--group", required=True, help="consumer group / durable consumer name")
+@click.option("--consumer", help="this consumer's name (default hostname-pid)")
+@click.option("--max-batch", type=int, help="events per micro-batch (32)")
+@click.option("--max-wait-ms", type=int, help="wait for a batch to fill (5)")
+@click.option("--max-in-flight", type=int, help="batches scored at once (4)")
+@click.option("--dead-letter", help="dead-letter stream URL (default: sink stream + .dlq)")
+@click.option("--max-attempts", type=int, help="attempts before dead-lettering (3)")
+@click.option("--gateway", help="gateway address (env MODELSERVE_GATEWAY, default 127.0.0.1:8001)")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run_command(ctx: click.Context, extra: tuple[str, ...], **given: Any) -> int:
+    """MODEL is MODEL, MODEL:VERSION or MODEL@LABEL."""
+    args = Args(**given)
+    # The gateway from the global flag or the environment when not given here (else the
+    # streamer's own default and MODELSERVE_GATEWAY_ADDR apply).
+    args.gateway = args.gateway or globals_of(ctx).gateway or os.environ.get(GATEWAY_ENV)
+    return run(args, extra)
+
+
+def service_argv(args: Args, extra: Sequence[str]) -> list[str]:
     """The streamer's own flags for what ``stream run`` was given."""
     argv = ["--stream-model", args.model]
     for name, flag in FLAGS.items():
@@ -62,7 +79,7 @@ def service_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     return [*argv, *extra]
 
 
-def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+def run(args: Args, extra: Sequence[str]) -> int:
     from modelserve.server import serve
 
     spec = importlib.import_module("streamer").SPEC  # found by name, like `serve`

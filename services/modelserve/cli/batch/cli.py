@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import click
 import grpc
+
+from modelserve.cli.options import Args, address, client
 
 if TYPE_CHECKING:
     from modelserve.cli.batch.job import RunOptions
@@ -19,45 +21,59 @@ FORMATS = ("parquet", "csv")
 NAN_POLICIES = ("error", "pass")
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_PART_ROWS = 262_144
-DEFAULT_REGISTRY = "127.0.0.1:8301"
-DEFAULT_FEATURESTORE = "127.0.0.1:8401"
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    batch = sub.add_parser(
-        "batch", help="batch inference: data lake -> model -> Parquet (-> lookup)"
-    )
-    bsub = batch.add_subparsers(dest="batch_command", required=True)
-    run = bsub.add_parser("run", help="score a Parquet/CSV dataset with MODEL[:VERSION|@LABEL]")
-    run.add_argument("model", help="MODEL, MODEL:VERSION or MODEL@LABEL, resolved as online")
-    run.add_argument("--input", required=True, help="Parquet/CSV file, directory or glob")
-    run.add_argument("--output", required=True, help="the Parquet dataset directory to create")
-    run.add_argument("--engine", choices=ENGINES, default="local")
-    run.add_argument("--master", default="local[*]", help="Spark master (spark://, yarn, k8s://)")
-    run.add_argument("--key-column", action="append", default=[], help="copied to the output")
-    run.add_argument(
-        "--input-map", action="append", default=[], metavar="INPUT=col1,col2|INPUT=array_col"
-    )
-    run.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS)
-    run.add_argument("--part-rows", type=int, default=DEFAULT_PART_ROWS, help="rows per part")
-    run.add_argument("--run-id", default="", help="re-run an unfinished run by its id")
-    run.add_argument("--publish-lookup", default="", metavar="NAME")
-    run.add_argument("--input-format", choices=FORMATS, default=None)
-    run.add_argument("--nan-policy", choices=NAN_POLICIES, default="error")
-    run.add_argument("--workers", type=int, default=0, help="local engine processes (0: cores)")
-    run.add_argument("--cache-dir", default="", help="artifact cache (MODELSERVE_BATCH_CACHE_DIR)")
-    run.add_argument("--registry", default=DEFAULT_REGISTRY)
-    run.add_argument("--featurestore", default=DEFAULT_FEATURESTORE)
-    run.add_argument("--json", action="store_true", help="print the summary as JSON")
-    run.add_argument("--no-progress", action="store_true")
-    rb = bsub.add_parser("rollback", help="point lookup model NAME at its previous generation")
-    rb.add_argument("name")
-    rb.add_argument("--registry", default=DEFAULT_REGISTRY)
-    rb.add_argument("--featurestore", default=DEFAULT_FEATURESTORE)
-    rb.add_argument("--json", action="store_true")
+@click.group("batch", help="batch inference: data lake -> model -> Parquet (-> lookup)")
+def group() -> None:
+    pass
 
 
-def run(args: argparse.Namespace) -> int:
+def _addresses(ctx: click.Context, args: Args) -> Args:
+    client(ctx)
+    args.registry = address(ctx, "registry")
+    args.featurestore = address(ctx, "featurestore")
+    return args
+
+
+@group.command("run", help="score a Parquet/CSV dataset with MODEL[:VERSION|@LABEL]")
+@click.argument("model")
+@click.option("--input", required=True, help="Parquet/CSV file, directory or glob")
+@click.option("--output", required=True, help="the Parquet dataset directory to create")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
+@click.option(
+    "--master", default="local[*]", show_default=True, help="Spark master (spark://, yarn, k8s://)"
+)
+@click.option("--key-column", multiple=True, help="copied to the output")
+@click.option("--input-map", multiple=True, metavar="INPUT=col1,col2|INPUT=array_col")
+@click.option("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, show_default=True)
+@click.option(
+    "--part-rows", type=int, default=DEFAULT_PART_ROWS, show_default=True, help="rows per part"
+)
+@click.option("--run-id", default="", help="re-run an unfinished run by its id")
+@click.option("--publish-lookup", default="", metavar="NAME")
+@click.option("--input-format", type=click.Choice(FORMATS), default=None)
+@click.option("--nan-policy", type=click.Choice(NAN_POLICIES), default="error", show_default=True)
+@click.option("--workers", type=int, default=0, help="local engine processes (0: cores)")
+@click.option("--cache-dir", default="", help="artifact cache (MODELSERVE_BATCH_CACHE_DIR)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@click.option("--no-progress", is_flag=True)
+@click.pass_context
+def run_command(ctx: click.Context, as_json: bool, key_column: tuple[str, ...],
+                input_map: tuple[str, ...], **given: Any) -> int:  # fmt: skip
+    args = Args(batch_command="run", json=as_json, key_column=list(key_column),
+                input_map=list(input_map), **given)  # fmt: skip
+    return run(_addresses(ctx, args))
+
+
+@group.command("rollback", help="point lookup model NAME at its previous generation")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rollback_command(ctx: click.Context, name: str, as_json: bool) -> int:
+    return run(_addresses(ctx, Args(batch_command="rollback", name=name, json=as_json)))
+
+
+def run(args: Args) -> int:
     from modelserve.cli.batch.columns import BatchInputError
     from modelserve.cli.batch.job import run_batch, summary_line
 
@@ -84,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(args: argparse.Namespace) -> RunOptions:
+def _options(args: Args) -> RunOptions:
     from modelserve.cli.batch.job import RunOptions
 
     return RunOptions(
