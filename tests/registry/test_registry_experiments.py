@@ -19,6 +19,8 @@ from modelserve.proto.modelserve.v1 import experiments_pb2_grpc, registry_pb2
 from registry.experiments.servicer import ExperimentServicer
 from registry.experiments.store import ExperimentStore
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 MODEL = "exp_model"
 Stub = experiments_pb2_grpc.ExperimentsStub
 
