@@ -82,7 +82,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     push_direct(store, "fraud", FRAUD_V1, labels=["production"])
     push_direct(store, "fraud", FRAUD_V2)
     executor = ThreadPoolExecutor(1)
-    canaries = CanaryStore(tmp_path / "canaries.sqlite3")
+    canaries = CanaryStore(tmp_path / "canaries.sqlite3", database_url=store.database_url)
     router = FakeRouter()
     controller = CanaryController(
         store=store, canaries=canaries, store_executor=executor, read=router
