@@ -1,4 +1,5 @@
-"""RegistryStore: model versions, labels and a global revision in SQLite, artifacts on disk.
+"""RegistryStore: model versions, labels and a global revision in SQLite or PostgreSQL
+(``registry.db``), artifacts on disk.
 
 Every method is synchronous and blocking; the servicer calls them from one dedicated thread.
 A lock still serialises them, so a second caller (a seeding script, a test) cannot interleave.
@@ -6,7 +7,8 @@ A lock still serialises them, so a second caller (a seeding script, a test) cann
 Crash safety: an artifact is durable at its content address before the row that names it is
 committed, so a row never lacks its file; a crash in between leaves only an unreferenced file,
 removed on the next start. One process owns a data directory at a time (an flock), so SQLite
-always has one writer.
+always has one writer; on PostgreSQL several replicas (each its own data dir) share the
+database, and ``_transaction`` makes their writers take turns.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Canaries and their decisions in SQLite (``canaries.sqlite3`` in the registry's data dir).
+"""Canaries and their decisions in SQLite (``canaries.sqlite3`` in the registry's data dir), or
+in the registry's PostgreSQL database (``registry_database_url``).
 
 Kept apart from the model tables so canaries can evolve without a model-schema migration.
 Business outcomes are sufficient statistics per (canary, version, metric): count, sum, sum of
