@@ -26,7 +26,8 @@ WORKDIR /src
 # Generated protobuf code is checked in under services/modelserve/proto, so no protoc here.
 COPY pyproject.toml ./
 COPY services ./services
-RUN pip install .
+# [postgres]: psycopg, so a registry can run on PostgreSQL (registry_database_url).
+RUN pip install ".[postgres]"
 
 # --- build-gpu: the same environment with onnxruntime swapped for onnxruntime-gpu ------------
 FROM build AS build-gpu

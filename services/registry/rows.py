@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from modelserve.tensors import TensorSpec
 from registry import lookup_models
 from registry.config import OutputLabels, ServingConfig
+from registry.db import Row
 from registry.enrichment_config import FeatureInput, PredictionCacheConfig
 from registry.records import VersionRecord
 
@@ -60,7 +60,7 @@ def config_from_json(text: str) -> ServingConfig:
     return ServingConfig(**data)
 
 
-def version_from_row(row: sqlite3.Row, labels: Sequence[str]) -> VersionRecord:
+def version_from_row(row: Row, labels: Sequence[str]) -> VersionRecord:
     return VersionRecord(
         model=row["model"],
         version=row["version"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from registry.composites.servicer import CompositeServicer
 from registry.composites.store import CompositeHub, CompositeStore
 from registry.experiments.servicer import ExperimentServicer
 from registry.experiments.store import ExperimentStore
+from registry.leases import ControllerLease, default_replica_id
 from registry.ownership import TrafficOwners
 from registry.policies.readiness import FleetReader
 from registry.registry_servicer import RegistryServicer
@@ -26,12 +28,24 @@ from registry.settings import RegistrySettings
 from registry.store import RegistryStore
 from registry.watch import WatchHub
 
+log = logging.getLogger(__name__)
+
 
 async def build(runtime: Runtime, settings: RegistrySettings) -> None:
     hub = WatchHub()
-    store = RegistryStore(Path(settings.data_dir), on_change=hub.publish_threadsafe)
-    composites = CompositeStore(Path(settings.data_dir) / "composites.sqlite3", store)
+    url = settings.registry_database_url
+    data_dir = Path(settings.data_dir)
+    store = RegistryStore(data_dir, database_url=url, on_change=hub.publish_threadsafe)
+    store.follow()  # on PostgreSQL: other replicas' writes reach this one's watchers too
+    composites = CompositeStore(data_dir / "composites.sqlite3", store, database_url=url)
     store_thread = ThreadPoolExecutor(1, "registry-db")  # shared with canaries (their writes)
+    replica = settings.replica_id or default_replica_id()
+    # A lease outlives a few controller rounds, so a busy round never loses it by accident.
+    ttl_s = max(settings.lease_seconds, 3 * settings.canary_interval_seconds)
+
+    def lease(name: str) -> ControllerLease:
+        return ControllerLease(store, store_thread, name, replica, ttl_s)
+
     owners = TrafficOwners()
     servicer = RegistryServicer(
         store=store,
@@ -43,7 +57,11 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
         fleet=FleetReader(runtime.discovery),
         policy_ready_timeout_s=settings.policy_ready_timeout_seconds,
     )
-    canaries = canary_service.install(runtime, settings, store, store_thread, servicer.gate)
+    servicer.gate.lease = gate_lease = lease("policy-gate")
+    canary_lease = lease("canary-controller")
+    canaries = canary_service.install(
+        runtime, settings, store, store_thread, servicer.gate, canary_lease
+    )
     runtime.add_service(
         registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
         registry_pb2_grpc.add_RegistryServicer_to_server,
@@ -55,7 +73,7 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
         composite_pb2_grpc.add_CompositeRegistryServicer_to_server,
         CompositeServicer(store=composites, hub=composite_hub),
     )
-    experiments = ExperimentStore(Path(settings.data_dir) / "experiments.sqlite3", store)
+    experiments = ExperimentStore(data_dir / "experiments.sqlite3", store, database_url=url)
     experiment_servicer = ExperimentServicer(store=experiments, gate=servicer.gate)
     runtime.add_service(
         experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name,
@@ -71,6 +89,11 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
         composite_hub.close()
 
     async def close() -> None:
+        for held in (gate_lease, canary_lease):  # the other replicas need not wait them out
+            try:
+                held.release()
+            except Exception:
+                log.warning("could not release lease %s", held.name, exc_info=True)
         await servicer.gate.close()
         servicer.close()
         composites.close()

@@ -14,6 +14,22 @@ class RegistrySettings(CommonSettings):
     data_dir: str = setting(
         ".modelserve-data/registry", "SQLite metadata and content-addressed artifacts."
     )
+    registry_database_url: str = setting(
+        "",
+        "Where the registry keeps its metadata: empty = SQLite files in data_dir (one replica); "
+        "postgresql://user:pass@host:5432/db = that PostgreSQL database, which several "
+        "replicas can share (needs the `postgres` extra).",
+        secret=True,
+    )
+    replica_id: str = setting(
+        "",
+        "This replica's name in controller leases and canary decisions (default: host-pid).",
+    )
+    lease_seconds: float = setting(
+        10.0,
+        "How long a controller lease (canaries, pending policies) lasts unrenewed: how soon "
+        "another replica takes over from one that died.",
+    )
     max_artifact_bytes: int = setting(2 << 30, "Largest ONNX file a push may upload.")
     max_receive_message_bytes: int = setting(
         8 << 20, "Largest gRPC message accepted (pushes stream 1 MiB chunks)."

@@ -1,4 +1,5 @@
-"""RegistryStore: model versions, labels and a global revision in SQLite, artifacts on disk.
+"""RegistryStore: model versions, labels and a global revision in SQLite or PostgreSQL
+(``registry.db``), artifacts on disk.
 
 Every method is synchronous and blocking; the servicer calls them from one dedicated thread.
 A lock still serialises them, so a second caller (a seeding script, a test) cannot interleave.
@@ -6,7 +7,8 @@ A lock still serialises them, so a second caller (a seeding script, a test) cann
 Crash safety: an artifact is durable at its content address before the row that names it is
 committed, so a row never lacks its file; a crash in between leaves only an unreferenced file,
 removed on the next start. One process owns a data directory at a time (an flock), so SQLite
-always has one writer.
+always has one writer; on PostgreSQL several replicas (each its own data dir) share the
+database, and ``_transaction`` makes their writers take turns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -24,20 +25,26 @@ from pathlib import Path
 
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
-from modelserve.storage import write_transaction
+from registry import schema
 from registry.artifacts import ArtifactStore, check_sha256
 from registry.config import ConfigOverrides, resolve_config
+from registry.db import Database, open_database
+from registry.db.follow import CHANNEL as CHANGES_CHANNEL
+from registry.db.follow import ChangeFollower
+from registry.db.lease import release_lease, take_lease
 from registry.onnx_inspect import ModelSignature
 from registry.policies.store import PolicyStoreMethods
 from registry.records import PRODUCTION, ChangeEvent, ModelRecord, Snapshot, VersionRecord
 from registry.rows import config_to_json, specs_to_json, version_from_row
-from registry.schema import open_database
 
 log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION_CHARS = 1024
 MAX_LABELS_PER_PUSH = 16
 _LISTED = 20  # how many names a NOT_FOUND message lists before "..."
+
+KEPT_CHANGES = 10_000  # revisions whose touched models stay in ``changes``
+
 
 ChangeListener = Callable[[ChangeEvent], None]
 
@@ -49,14 +56,24 @@ class RegistryStore(PolicyStoreMethods):
     made it (keep it non-blocking: ``WatchHub.publish_threadsafe`` is meant for it).
     """
 
-    def __init__(self, data_dir: Path, *, on_change: ChangeListener | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        database_url: str = "",
+        on_change: ChangeListener | None = None,
+    ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
+        self.database_url = database_url
         self._on_change = on_change
         self._lock = threading.RLock()
         self._lock_fd = _lock_data_dir(data_dir / "registry.lock")
+        self._follower: ChangeFollower | None = None
         try:
-            self._conn = open_database(data_dir / "registry.sqlite3")
+            self._db = open_database(database_url, data_dir / "registry.sqlite3")
+            schema.migrate(self._db)
+            self._announced = _revision(self._db)
             self._artifacts = ArtifactStore(data_dir / "artifacts", data_dir / "tmp")
             self._artifacts.clear_temp()
             self._artifacts.remove_unreferenced(self._all_sha256())
@@ -65,9 +82,34 @@ class RegistryStore(PolicyStoreMethods):
             raise
 
     def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
         with self._lock:
-            self._conn.close()
+            self._db.close()
             os.close(self._lock_fd)
+
+    @property
+    def shared(self) -> bool:
+        """True on PostgreSQL, where other replicas may write the same database."""
+        return self._db.dialect != "sqlite"
+
+    def follow(self, poll_s: float = 1.0) -> None:
+        """Announce other replicas' writes too: a thread wakes on PostgreSQL's NOTIFY (or
+        every ``poll_s``, should a notification be lost) and runs ``catch_up``. Nothing to do
+        on SQLite, which has no other writer."""
+        if self.shared and self._follower is None:
+            self._follower = ChangeFollower(self.database_url, self.catch_up, poll_s)
+            self._follower.start()
+
+    # ---- leases (registry.db.lease) ------------------------------------------------------
+
+    def take_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._lock:
+            return take_lease(self._db, name, holder, ttl_s)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            release_lease(self._db, name, holder)
 
     # ---- uploads -------------------------------------------------------------------------
 
@@ -102,10 +144,11 @@ class RegistryStore(PolicyStoreMethods):
             if parent_version:
                 self._require_version(model, parent_version)
             self._artifacts.ingest(artifact, sha256, size_bytes)
-            with self._transaction() as conn:
+            with self._transaction(model) as conn:
                 now = int(time.time() * 1000)
                 conn.execute(
-                    "INSERT OR IGNORE INTO models (name, created_unix_ms) VALUES (?, ?)",
+                    "INSERT INTO models (name, created_unix_ms) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO NOTHING",
                     (model, now),
                 )
                 row = conn.execute(
@@ -129,7 +172,7 @@ class RegistryStore(PolicyStoreMethods):
 
     def revision(self) -> int:
         with self._lock:
-            return _revision(self._conn)
+            return _revision(self._db)
 
     def list_models(self) -> tuple[ModelRecord, ...]:
         return self.snapshot().models
@@ -137,12 +180,9 @@ class RegistryStore(PolicyStoreMethods):
     def snapshot(self) -> Snapshot:
         """Every model and the revision they are at, read in one transaction."""
         with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                revision = _revision(self._conn)
+            with self._db.snapshot():
+                revision = _revision(self._db)
                 models = self._read_models(None)
-            finally:
-                self._conn.execute("COMMIT")
             return Snapshot(revision=revision, models=models)
 
     def get_model(self, name: str) -> ModelRecord:
@@ -173,8 +213,8 @@ class RegistryStore(PolicyStoreMethods):
             else:
                 version = (
                     self._policy_default(model)
-                    or _label_version(self._conn, model, PRODUCTION)
-                    or _newest(self._conn, model)
+                    or _label_version(self._db, model, PRODUCTION)
+                    or _newest(self._db, model)
                 )
             return self._read_version(model, version)
 
@@ -203,9 +243,9 @@ class RegistryStore(PolicyStoreMethods):
             if version <= 0:
                 raise InvalidArgumentError(f"version must be >= 1; got {version}")
             self._require_version(model, version)
-            if _label_version(self._conn, model, label) == version:
+            if _label_version(self._db, model, label) == version:
                 return self.get_model(model)  # already so: not a change, no new revision
-            with self._transaction() as conn:
+            with self._transaction(model) as conn:
                 _upsert_label(conn, model, label, version)
             return self.get_model(model)
 
@@ -221,7 +261,7 @@ class RegistryStore(PolicyStoreMethods):
                     f"label {label!r} is in the routing policy of model {model!r} (policy "
                     f"revision {now.revision}); change or clear the policy first"
                 )
-            with self._transaction() as conn:
+            with self._transaction(model) as conn:
                 conn.execute("DELETE FROM labels WHERE model = ? AND label = ?", (model, label))
             return self.get_model(model)
 
@@ -233,10 +273,10 @@ class RegistryStore(PolicyStoreMethods):
         validate_name(model, "model name")
         with self._lock:
             self._require_model(model)
-            row = self._conn.execute("SELECT unloaded FROM models WHERE name = ?", (model,))
+            row = self._db.execute("SELECT unloaded FROM models WHERE name = ?", (model,))
             if bool(row.fetchone()[0]) == (not loaded):
                 return self.get_model(model)
-            with self._transaction() as conn:
+            with self._transaction(model) as conn:
                 conn.execute(
                     "UPDATE models SET unloaded = ? WHERE name = ?", (0 if loaded else 1, model)
                 )
@@ -245,37 +285,64 @@ class RegistryStore(PolicyStoreMethods):
     # ---- internals -----------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction that bumps the revision; the change is announced after the
-        commit, with the full state of every model it touched."""
-        conn = self._conn
-        with write_transaction(conn):
-            yield conn
-            row = conn.execute(
+    def _transaction(self, model: str) -> Iterator[Database]:
+        """One write transaction that changes ``model`` and bumps the revision.
+
+        The revision is bumped first: its row lock (PostgreSQL; SQLite's write lock does the
+        same) makes writers of every replica take turns, so revisions commit in order and
+        each writer's reads see every earlier commit. The touched model is recorded in
+        ``changes`` under the revision, which is how any replica learns what changed; the
+        change is announced after the commit (``catch_up``)."""
+        with self._db.transaction() as db:
+            row = db.execute(
                 "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value"
             ).fetchone()
-            touched = [r[0] for r in conn.execute("SELECT name FROM temp_touched ORDER BY name")]
-            conn.execute("DELETE FROM temp_touched")
-        self._announce(int(row[0]), touched)
+            revision = int(row[0])
+            yield db
+            db.execute("INSERT INTO changes (revision, model) VALUES (?, ?)", (revision, model))
+            db.execute("DELETE FROM changes WHERE revision <= ?", (revision - KEPT_CHANGES,))
+            db.notify(CHANGES_CHANNEL)
+        self.catch_up()
 
-    def _announce(self, revision: int, touched: Iterable[str]) -> None:
-        if self._on_change is None:
-            return
-        models = tuple(m for name in touched for m in self._read_models(name))
-        try:
-            self._on_change(ChangeEvent(revision=revision, models=models))
-        except Exception:  # committed already: a failing listener must not fail the caller
-            log.exception("change listener failed at revision %d", revision)
+    def catch_up(self) -> int:
+        """Announce every revision committed since the last announcement (by this process or,
+        on a shared database, another replica) as one ChangeEvent with the current state of
+        each model they touched; the revision announced."""
+        with self._lock:
+            revision = _revision(self._db)
+            if revision <= self._announced:
+                return self._announced
+            since, self._announced = self._announced, revision
+            if self._on_change is None:
+                return revision
+            oldest = self._db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
+            if oldest is None or oldest > since + 1:  # trimmed away: send every model
+                names = [r[0] for r in self._db.execute("SELECT name FROM models ORDER BY name")]
+            else:
+                names = [
+                    r[0]
+                    for r in self._db.execute(
+                        "SELECT DISTINCT model FROM changes WHERE revision > ? AND revision <= ? "
+                        "ORDER BY model",
+                        (since, revision),
+                    )
+                ]
+            models = tuple(m for name in names for m in self._read_models(name))
+            try:
+                self._on_change(ChangeEvent(revision=revision, models=models))
+            except Exception:  # committed already: a failing listener must not fail the caller
+                log.exception("change listener failed at revision %d", revision)
+            return revision
 
     def _read_models(self, name: str | None) -> tuple[ModelRecord, ...]:
         where, args = ("WHERE model = ?", (name,)) if name is not None else ("", ())
         labels: dict[str, dict[str, int]] = defaultdict(dict)
         by_version: dict[tuple[str, int], list[str]] = defaultdict(list)
-        for row in self._conn.execute(f"SELECT * FROM labels {where}", args):
+        for row in self._db.execute(f"SELECT * FROM labels {where}", args):
             labels[row["model"]][row["label"]] = row["version"]
             by_version[(row["model"], row["version"])].append(row["label"])
         versions: dict[str, list[VersionRecord]] = defaultdict(list)
-        rows = self._conn.execute(f"SELECT * FROM versions {where} ORDER BY model, version", args)
+        rows = self._db.execute(f"SELECT * FROM versions {where} ORDER BY model, version", args)
         for row in rows:
             key = (row["model"], row["version"])
             versions[row["model"]].append(version_from_row(row, by_version[key]))
@@ -284,7 +351,7 @@ class RegistryStore(PolicyStoreMethods):
         only = "AND name = ?" if name is not None else ""
         unloaded = {
             r[0]
-            for r in self._conn.execute(f"SELECT name FROM models WHERE unloaded != 0 {only}", args)
+            for r in self._db.execute(f"SELECT name FROM models WHERE unloaded != 0 {only}", args)
         }
         return tuple(
             ModelRecord(
@@ -299,24 +366,24 @@ class RegistryStore(PolicyStoreMethods):
         )
 
     def _read_version(self, model: str, version: int) -> VersionRecord:
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT * FROM versions WHERE model = ? AND version = ?", (model, version)
         ).fetchone()
         labels = [
             r[0]
-            for r in self._conn.execute(
+            for r in self._db.execute(
                 "SELECT label FROM labels WHERE model = ? AND version = ?", (model, version)
             )
         ]
         return version_from_row(row, labels)
 
     def _require_model(self, model: str) -> None:
-        if self._conn.execute("SELECT 1 FROM models WHERE name = ?", (model,)).fetchone() is None:
+        if self._db.execute("SELECT 1 FROM models WHERE name = ?", (model,)).fetchone() is None:
             raise NotFoundError(self._unknown_model(model))
 
     def _require_version(self, model: str, version: int) -> None:
         self._require_model(model)
-        rows = self._conn.execute(
+        rows = self._db.execute(
             "SELECT version FROM versions WHERE model = ? ORDER BY version", (model,)
         ).fetchall()
         known = [r[0] for r in rows]
@@ -326,9 +393,9 @@ class RegistryStore(PolicyStoreMethods):
             )
 
     def _require_label(self, model: str, label: str) -> int:
-        found = _label_version(self._conn, model, label)
+        found = _label_version(self._db, model, label)
         if found is None:
-            rows = self._conn.execute(
+            rows = self._db.execute(
                 "SELECT label FROM labels WHERE model = ? ORDER BY label", (model,)
             ).fetchall()
             raise NotFoundError(
@@ -337,11 +404,11 @@ class RegistryStore(PolicyStoreMethods):
         return found
 
     def _unknown_model(self, model: str) -> str:
-        rows = self._conn.execute("SELECT name FROM models ORDER BY name").fetchall()
+        rows = self._db.execute("SELECT name FROM models ORDER BY name").fetchall()
         return f"unknown model {model!r} (models: {_listing(r[0] for r in rows)})"
 
     def _all_sha256(self) -> list[str]:
-        return [r[0] for r in self._conn.execute("SELECT DISTINCT sha256 FROM versions")]
+        return [r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM versions")]
 
 
 def check_push(model: str, labels: Sequence[str], description: str, parent_version: int) -> None:
@@ -375,27 +442,24 @@ def _lock_data_dir(path: Path) -> int:
     return fd
 
 
-def _revision(conn: sqlite3.Connection) -> int:
+def _revision(conn: Database) -> int:
     return int(conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
 
 
-def _label_version(conn: sqlite3.Connection, model: str, label: str) -> int | None:
+def _label_version(conn: Database, model: str, label: str) -> int | None:
     row = conn.execute(
         "SELECT version FROM labels WHERE model = ? AND label = ?", (model, label)
     ).fetchone()
     return None if row is None else int(row[0])
 
 
-def _newest(conn: sqlite3.Connection, model: str) -> int:
+def _newest(conn: Database, model: str) -> int:
     return int(
         conn.execute("SELECT MAX(version) FROM versions WHERE model = ?", (model,)).fetchone()[0]
     )
 
 
-def _upsert_label(conn: sqlite3.Connection, model: str, label: str, version: int) -> None:
-    # UPDATE, then INSERT: not an UPSERT, whose conflict handling overrides the triggers'
-    # INSERT OR IGNORE, so moving an existing label in the same transaction as a new
-    # version (push --label L, L already set) failed on temp_touched's primary key.
+def _upsert_label(conn: Database, model: str, label: str, version: int) -> None:
     moved = conn.execute(
         "UPDATE labels SET version = ? WHERE model = ? AND label = ?", (version, model, label)
     )

@@ -106,9 +106,10 @@ def test_image_installs_the_project_from_pyproject(target: str) -> None:
         for word in i.args.split()[:-1]
     }
     assert {"pyproject.toml", "services"} <= copied, f"{target} copies only {sorted(copied)}"
-    assert re.search(r"pip install (?:[^\n]* )?\.(?:\s|$)", run_text(stages)), (
-        f"{target} never runs `pip install .`"
-    )
+    # `.` or `".[extras]"` (the image adds the postgres extra for the registry).
+    assert re.search(
+        r"pip install (?:[^\n]* )?\"?\.(?:\[[\w,-]+\])?\"?(?:\s|$)", run_text(stages)
+    ), f"{target} never runs `pip install .`"
 
 
 def test_worker_image_installs_onnxruntime_gpu_instead_of_onnxruntime() -> None:

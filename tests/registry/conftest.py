@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import registry_testkit
+from pgsupport import fresh_database, reset_database
 from registry_testkit import Registry
 
 
@@ -33,3 +35,26 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitabl
 @pytest.fixture
 async def registry(start_registry: Callable[..., Awaitable[Registry]]) -> Registry:
     return await start_registry()
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend a test's stores use (registry_testkit.database_url): SQLite in tmp_path,
+    or the module's PostgreSQL database emptied before each test. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("database_url")``; then every store they open
+    through the test kit (``open_store``, ``Registry``) is on that backend."""
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        reset_database(url)
+    registry_testkit.DATABASE_URL = url
+    try:
+        yield url
+    finally:
+        registry_testkit.DATABASE_URL = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,32 @@ from registry.store import RegistryStore
 from registry.watch import WatchHub
 
 Predicate = Callable[[], bool | Awaitable[bool]]
+
+# The backend stores opened through this kit use: "" (SQLite in their data dir) unless the
+# ``database_url`` fixture (conftest.py) set a PostgreSQL URL for the test.
+DATABASE_URL = ""
+
+
+def open_store(data_dir: Path, **kwargs: Any) -> RegistryStore:
+    """A RegistryStore on the test's backend (see ``DATABASE_URL``)."""
+    return RegistryStore(data_dir, database_url=DATABASE_URL, **kwargs)
+
+
+def make_legacy_sqlite(path: Path, user_version: int) -> None:
+    """Turn a current registry file into what a build before migrations left at
+    ``user_version`` (1-3): the later tables and column gone, no migration ledger."""
+    later = {
+        1: "DROP TABLE policies; DROP TABLE pending_policies; "
+        "ALTER TABLE models DROP COLUMN unloaded;",
+        2: "DROP TABLE pending_policies; ALTER TABLE models DROP COLUMN unloaded;",
+        3: "",
+    }[user_version]
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        f"{later} DROP TABLE schema_migrations; DROP TABLE changes; DROP TABLE leases; "
+        f"PRAGMA user_version = {user_version};"
+    )
+    conn.close()
 
 
 async def eventually(predicate: Predicate, within: float = 5.0, interval: float = 0.01) -> None:
@@ -62,7 +89,7 @@ class Registry:
 
     async def start(self) -> Registry:
         self.hub = WatchHub(queue_size=self.hub_queue_size)
-        self.store = RegistryStore(self.data_dir, on_change=self.hub.publish_threadsafe)
+        self.store = open_store(self.data_dir, on_change=self.hub.publish_threadsafe)
         # Our own store thread (as the composition root would pass), so tests can queue work
         # on it to order a race deterministically.
         self.store_executor = ThreadPoolExecutor(1, "test-registry-db")

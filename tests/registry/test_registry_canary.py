@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
+from registry_testkit import FRAUD_V1, FRAUD_V2, open_store, push_direct
 
 from modelserve.catalog import routing
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -34,6 +34,8 @@ from registry.canary.servicer import spec_from_proto
 from registry.canary.store import CanaryStore, arm_of_key
 from registry.experiments import sequential_test as st
 from registry.store import RegistryStore
+
+pytestmark = pytest.mark.usefixtures("database_url")
 
 
 @dataclass
@@ -76,11 +78,11 @@ Parts = tuple[CanaryController, RegistryStore, FakeRouter]
 
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     push_direct(store, "fraud", FRAUD_V1, labels=["production"])
     push_direct(store, "fraud", FRAUD_V2)
     executor = ThreadPoolExecutor(1)
-    canaries = CanaryStore(tmp_path / "canaries.sqlite3")
+    canaries = CanaryStore(tmp_path / "canaries.sqlite3", database_url=store.database_url)
     router = FakeRouter()
     controller = CanaryController(
         store=store, canaries=canaries, store_executor=executor, read=router

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from onnx import TensorProto, helper
-from registry_testkit import FRAUD_V1, Registry, expect_status, model_bytes, push_direct
+from registry_testkit import FRAUD_V1, Registry, expect_status, model_bytes, open_store, push_direct
 
 from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -22,10 +22,12 @@ from registry.enrichment_config import FeatureInput, PredictionCacheConfig
 from registry.rows import config_from_json
 from registry.store import RegistryStore
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[RegistryStore]:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     yield store
     store.close()
 
@@ -60,7 +62,7 @@ def users(**changes: object) -> FeatureInput:
 
 
 def test_feature_inputs_and_the_cache_are_stored_and_survive_a_restart(tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     overrides = ConfigOverrides(
         feature_inputs=(users(),), prediction_cache=PredictionCacheConfig(True, 30)
     )
@@ -68,7 +70,7 @@ def test_feature_inputs_and_the_cache_are_stored_and_survive_a_restart(tmp_path:
     assert record.config.feature_inputs == (users(),)
     assert record.config.prediction_cache == PredictionCacheConfig(enabled=True, ttl_seconds=30)
     store.close()
-    reopened = RegistryStore(tmp_path / "data")
+    reopened = open_store(tmp_path / "data")
     try:
         assert reopened.resolve("scorer").config == record.config
     finally:

@@ -19,6 +19,8 @@ from modelserve.proto.modelserve.v1 import experiments_pb2_grpc, registry_pb2
 from registry.experiments.servicer import ExperimentServicer
 from registry.experiments.store import ExperimentStore
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 MODEL = "exp_model"
 Stub = experiments_pb2_grpc.ExperimentsStub
 
@@ -27,7 +29,11 @@ Stub = experiments_pb2_grpc.ExperimentsStub
 async def stub(registry: Registry) -> AsyncIterator[Stub]:
     await registry.push(MODEL, FRAUD_V1, labels=["production"])
     await registry.push(MODEL, FRAUD_V2, labels=["candidate"])
-    store = ExperimentStore(registry.data_dir / "experiments.sqlite3", registry.store)
+    store = ExperimentStore(
+        registry.data_dir / "experiments.sqlite3",
+        registry.store,
+        database_url=registry.store.database_url,
+    )
     server = aio.server(interceptors=[ErrorInterceptor()])
     experiments_pb2_grpc.add_ExperimentsServicer_to_server(ExperimentServicer(store=store), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -175,7 +181,11 @@ async def test_outcomes_survive_a_restart_as_aggregates(stub: Stub, registry: Re
                 experiment="ab-restart", arm="control", metric="click", value=value
             )
         )
-    reopened = ExperimentStore(registry.data_dir / "experiments.sqlite3", registry.store)
+    reopened = ExperimentStore(
+        registry.data_dir / "experiments.sqlite3",
+        registry.store,
+        database_url=registry.store.database_url,
+    )
     try:
         control = row(reopened.report("ab-restart"), "control")
         assert (control.count, control.mean) == (3, pytest.approx(2 / 3))

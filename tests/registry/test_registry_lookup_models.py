@@ -14,6 +14,8 @@ from registry_testkit import Registry, expect_status
 from modelserve.proto.modelserve.v1 import registry_pb2
 from registry.lookup_models import LookupConfig, LookupOutput, from_json, to_json
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 
 def lookup_config(**changes: object) -> registry_pb2.ServingConfig:
     lookup = registry_pb2.LookupConfig(

@@ -3,12 +3,11 @@ revisions and history, rollback, validation that leaves the policy in force unto
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
+from registry_testkit import FRAUD_V1, FRAUD_V2, make_legacy_sqlite, open_store, push_direct
 
 from modelserve.errors import (
     FailedPreconditionError,
@@ -18,6 +17,8 @@ from modelserve.errors import (
 )
 from registry.records import ChangeEvent, RoutingPolicy, SplitShare
 from registry.store import RegistryStore
+
+pytestmark = pytest.mark.usefixtures("database_url")
 
 
 def split(*shares: tuple[int | str, int]) -> RoutingPolicy:
@@ -45,7 +46,7 @@ def seeded(store: RegistryStore) -> RegistryStore:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[RegistryStore]:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     yield seeded(store)
     store.close()
 
@@ -63,13 +64,13 @@ def test_a_policy_is_a_new_revision_carried_by_the_model(store: RegistryStore) -
 
 
 def test_policies_survive_a_restart(tmp_path: Path) -> None:
-    store = seeded(RegistryStore(tmp_path / "data"))
+    store = seeded(open_store(tmp_path / "data"))
     store.set_policy("fraud", split((1, 50), (2, 50)))
     store.set_policy("fraud", target("green"), note="cut over")
     before = store.get_model("fraud").policy, store.policy_history("fraud")
     store.close()
 
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     try:
         assert (store.get_model("fraud").policy, store.policy_history("fraud")) == before
         assert store.rollback_policy("fraud").revision == 3  # numbering continues
@@ -214,7 +215,7 @@ def test_clearing_a_model_that_never_had_a_policy_changes_nothing(store: Registr
 
 def test_policy_changes_are_announced_with_the_model(tmp_path: Path) -> None:
     events: list[ChangeEvent] = []
-    store = seeded(RegistryStore(tmp_path / "data", on_change=events.append))
+    store = seeded(open_store(tmp_path / "data", on_change=events.append))
     try:
         store.set_policy("fraud", target("green"))
         with pytest.raises(FailedPreconditionError):
@@ -230,9 +231,7 @@ def test_policy_changes_are_announced_with_the_model(tmp_path: Path) -> None:
 
 def test_a_schema_1_database_gains_the_policies_table(tmp_path: Path) -> None:
     seeded(RegistryStore(tmp_path / "data")).close()
-    conn = sqlite3.connect(tmp_path / "data" / "registry.sqlite3")
-    conn.executescript("DROP TABLE policies; PRAGMA user_version = 1;")
-    conn.close()
+    make_legacy_sqlite(tmp_path / "data" / "registry.sqlite3", 1)
     store = RegistryStore(tmp_path / "data")
     try:
         assert [v.version for v in store.get_model("fraud").versions] == [1, 2]

@@ -12,6 +12,8 @@ from registry_testkit import FRAUD_V1, FRAUD_V2, Registry, expect_status
 
 from modelserve.proto.modelserve.v1 import registry_pb2
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

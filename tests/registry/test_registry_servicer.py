@@ -23,6 +23,8 @@ from registry_testkit import (
 from modelserve.cli import demo_models
 from modelserve.proto.modelserve.v1 import registry_pb2
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 StartRegistry = Callable[..., Awaitable[Registry]]
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND

@@ -8,13 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_testkit import FRAUD_V1, FRAUD_V2, push_direct
+from registry_testkit import FRAUD_V1, FRAUD_V2, open_store, push_direct
 
 from modelserve.catalog.routing import referenced_versions
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from registry import convert
 from registry.records import RoutingPolicy, ShadowTarget, SplitShare
 from registry.store import RegistryStore
+
+pytestmark = pytest.mark.usefixtures("database_url")
 
 
 def shadow(target: str, fraction: float = 0.5, tolerance: float = 0.0) -> ShadowTarget:
@@ -23,7 +25,7 @@ def shadow(target: str, fraction: float = 0.5, tolerance: float = 0.0) -> Shadow
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[RegistryStore]:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     push_direct(store, "fraud", FRAUD_V1, labels=["production"])
     push_direct(store, "fraud", FRAUD_V2, labels=["staging"])
     push_direct(store, "fraud", FRAUD_V2)
@@ -44,12 +46,12 @@ def test_a_shadow_alone_is_a_policy_revision_on_top_of_the_default(store: Regist
 
 
 def test_shadows_survive_a_restart_and_travel_in_the_model(tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     push_direct(store, "fraud", FRAUD_V1)
     push_direct(store, "fraud", FRAUD_V2)
     store.set_policy("fraud", RoutingPolicy(shadow=shadow("1", 0.25, 1e-3)))
     store.close()
-    again = RegistryStore(tmp_path / "data")
+    again = open_store(tmp_path / "data")
     try:
         record = again.get_model("fraud")
         assert record.policy is not None and record.policy.policy.shadow == shadow("1", 0.25, 1e-3)

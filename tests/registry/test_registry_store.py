@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from onnx import TensorProto, helper
-from registry_testkit import FRAUD_V1, FRAUD_V2, model_bytes, push_direct, stage
+from registry_testkit import FRAUD_V1, FRAUD_V2, model_bytes, open_store, push_direct, stage
 
 from modelserve.cli import demo_models
 from modelserve.errors import (
@@ -20,10 +20,12 @@ from registry.config import ConfigOverrides, OutputLabels, ServingConfig
 from registry.records import ChangeEvent
 from registry.store import RegistryStore
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[RegistryStore]:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     yield store
     store.close()
 
@@ -118,7 +120,7 @@ def test_push_with_a_label_the_model_already_has_moves_it(store: RegistryStore) 
 
 def test_changes_are_announced_in_order_with_the_full_model(tmp_path: Path) -> None:
     events: list[ChangeEvent] = []
-    store = RegistryStore(tmp_path / "data", on_change=events.append)
+    store = open_store(tmp_path / "data", on_change=events.append)
     try:
         push_direct(store, "fraud", FRAUD_V1, labels=["production", "staging"])
         store.set_label("fraud", "staging", 1)  # no-op: not announced
@@ -185,14 +187,14 @@ def test_bad_names_are_refused_before_anything_is_written(
 
 
 def test_everything_survives_a_restart(tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     push_direct(store, "fraud", FRAUD_V1, labels=["production"])
     push_direct(store, "fraud", FRAUD_V2, labels=["staging"])
     push_direct(store, "tabular", model_bytes(demo_models.tabular()))
     before = store.list_models(), store.revision()
     store.close()
 
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     try:
         assert (store.list_models(), store.revision()) == before
         assert store.artifact_path("fraud", 2).read_bytes() == FRAUD_V2
@@ -203,7 +205,7 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_leftovers_of_a_crash_are_cleaned_on_start(tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     kept = push_direct(store, "fraud", FRAUD_V1)
     # A crash mid-upload, and one between the artifact rename and the row commit.
     upload, _, _ = stage(store, FRAUD_V2)
@@ -212,7 +214,7 @@ def test_leftovers_of_a_crash_are_cleaned_on_start(tmp_path: Path) -> None:
     orphan.write_bytes(FRAUD_V2)
     store.close()
 
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     try:
         assert not upload.exists() and list((tmp_path / "data" / "tmp").iterdir()) == []
         assert not orphan.exists()
@@ -224,7 +226,7 @@ def test_leftovers_of_a_crash_are_cleaned_on_start(tmp_path: Path) -> None:
 
 def test_one_process_owns_a_data_dir(store: RegistryStore, tmp_path: Path) -> None:
     with pytest.raises(FailedPreconditionError, match="another registry process"):
-        RegistryStore(tmp_path / "data")
+        open_store(tmp_path / "data")
 
 
 def test_a_missing_artifact_file_is_reported_without_its_path(
@@ -239,7 +241,7 @@ def test_a_missing_artifact_file_is_reported_without_its_path(
 
 def test_output_labels_are_stored_and_must_name_an_output(tmp_path: Path) -> None:
     labels = (OutputLabels(output="fraud_probability", labels=("legit", "fraud")),)
-    store = RegistryStore(tmp_path / "data")
+    store = open_store(tmp_path / "data")
     try:
         record = push_direct(store, "fraud", FRAUD_V1, config=ConfigOverrides(output_labels=labels))
         assert record.config.output_labels == labels
@@ -254,7 +256,7 @@ def test_output_labels_are_stored_and_must_name_an_output(tmp_path: Path) -> Non
             ConfigOverrides(output_labels=(OutputLabels("fraud_probability", ()),))
     finally:
         store.close()
-    reopened = RegistryStore(tmp_path / "data")  # read back from the stored JSON
+    reopened = open_store(tmp_path / "data")  # read back from the stored JSON
     try:
         assert reopened.resolve("fraud", 1).config.output_labels == labels
     finally:

@@ -3,22 +3,30 @@ revision for a no-op, and a schema-2 database gains the column."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import grpc
 import pytest
-from registry_testkit import FRAUD_V1, Registry, expect_status, push_direct
+from registry_testkit import (
+    FRAUD_V1,
+    Registry,
+    expect_status,
+    make_legacy_sqlite,
+    open_store,
+    push_direct,
+)
 
 from modelserve.errors import NotFoundError
 from modelserve.proto.modelserve.v1 import registry_pb2
 from registry.records import ChangeEvent
 from registry.store import RegistryStore
 
+pytestmark = pytest.mark.usefixtures("database_url")
+
 
 def test_unload_is_persisted_announced_and_idempotent(tmp_path: Path) -> None:
     events: list[ChangeEvent] = []
-    store = RegistryStore(tmp_path / "data", on_change=events.append)
+    store = open_store(tmp_path / "data", on_change=events.append)
     try:
         push_direct(store, "fraud", FRAUD_V1)
         assert not store.get_model("fraud").unloaded
@@ -32,7 +40,7 @@ def test_unload_is_persisted_announced_and_idempotent(tmp_path: Path) -> None:
             store.set_model_loaded("nope", False)
     finally:
         store.close()
-    reopened = RegistryStore(tmp_path / "data")
+    reopened = open_store(tmp_path / "data")
     try:
         assert reopened.get_model("fraud").unloaded
         assert [m.unloaded for m in reopened.snapshot().models] == [True]
@@ -45,9 +53,7 @@ def test_a_schema_2_database_gains_the_unloaded_column(tmp_path: Path) -> None:
     store = RegistryStore(tmp_path / "data")
     push_direct(store, "fraud", FRAUD_V1)
     store.close()
-    conn = sqlite3.connect(tmp_path / "data" / "registry.sqlite3")
-    conn.executescript("ALTER TABLE models DROP COLUMN unloaded; PRAGMA user_version = 2;")
-    conn.close()
+    make_legacy_sqlite(tmp_path / "data" / "registry.sqlite3", 2)
     store = RegistryStore(tmp_path / "data")
     try:
         assert not store.get_model("fraud").unloaded

@@ -7,9 +7,12 @@ import threading
 from typing import Any
 
 import grpc
+import pytest
 from registry_testkit import FRAUD_V1, FRAUD_V2, Registry, eventually
 
 from modelserve.proto.modelserve.v1 import registry_pb2
+
+pytestmark = pytest.mark.usefixtures("database_url")
 
 
 async def next_event(call: Any) -> registry_pb2.WatchEvent:

@@ -5,8 +5,11 @@ step in force (``registry.canary.gates.evaluate``), records the decision with it
 and moves the model's split through the policy store, so each step is a policy revision that
 Watch pushes to gateways and routers like any other.
 
-One registry runs the controller (SQLite has one writer); its windows (the routers' counters
-when a step began) live in memory, so after a restart the step in force starts counting again.
+Every registry replica runs the controller, but a round acts only while its replica holds the
+``canary-controller`` lease (``registry.leases``), so on a shared database exactly one replica
+judges canaries; each decision records the replica that made it. Its windows (the routers'
+counters when a step began) live in memory, so after a restart or a hand-over the step in
+force starts counting again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from registry.canary.gates import (
 )
 from registry.canary.reader import Reading
 from registry.canary.store import CanaryStore
+from registry.leases import ControllerLease
 from registry.policies.gate import PolicyGate
 from registry.records import FAILED, RoutingPolicy, SplitShare
 from registry.store import RegistryStore
@@ -67,8 +71,11 @@ class CanaryController:
         read: Reader,
         interval_s: float = 2.0,
         gate: PolicyGate | None = None,
+        lease: ControllerLease | None = None,
     ) -> None:
         self._store = store
+        self._lease = lease
+        self.replica = lease.holder if lease is not None else ""
         self._canaries = canaries
         self._executor = store_executor  # the registry's single store thread
         self._read = read
@@ -131,6 +138,9 @@ class CanaryController:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
+                if self._lease is not None and not await self._lease.held():
+                    self._windows.clear()  # should it hold the lease again, count anew
+                    continue
                 await self.tick()
             except Exception:  # a bad round must not end canaries for good
                 log.exception("canary round failed")
@@ -191,7 +201,7 @@ class CanaryController:
             # The next step counts from this reading (the split moves with this write).
             self._windows[canary_id] = _new_window(step, reading, ready=True)
         else:
-            await self._in_store(self._canaries.record, canary_id, _stamped(decision))
+            await self._in_store(self._canaries.record, canary_id, self._stamped(decision))
 
     async def _finish(
         self, canary_id: int, spec: CanarySpec, decision: Decision, state: str, percent: float
@@ -212,7 +222,7 @@ class CanaryController:
             Arm(spec.baseline),
             Arm(spec.candidate),
         )
-        canary_id = self._canaries.start(spec, _stamped(first))
+        canary_id = self._canaries.start(spec, self._stamped(first))
         try:
             # Pending until a worker holds the candidate READY (registry.policies.gate):
             # before that, the candidate's share would only be errors for callers.
@@ -225,7 +235,7 @@ class CanaryController:
                 Arm(spec.baseline),
                 Arm(spec.candidate),
             )
-            self._canaries.record(canary_id, _stamped(failed), state=ABORTED)
+            self._canaries.record(canary_id, self._stamped(failed), state=ABORTED)
             raise
 
     def _move(
@@ -239,7 +249,9 @@ class CanaryController:
     ) -> None:
         target = decision.percent if percent is None else percent
         self._write_split(spec, target, f"canary {decision.action}: {decision.reason}")
-        self._canaries.record(canary_id, _stamped(decision), state=state, step_index=step_index)
+        self._canaries.record(
+            canary_id, self._stamped(decision), state=state, step_index=step_index
+        )
 
     def _failed_pending(self, model: str) -> str:
         """Why the model's pending policy failed ("" unless it did): the candidate's load
@@ -266,6 +278,9 @@ class CanaryController:
             self._store.stage_policy(spec.model, policy, note[:200], deadline)
         else:
             self._store.set_policy(spec.model, policy, note[:200])
+
+    def _stamped(self, decision: Decision) -> Decision:
+        return dataclasses.replace(decision, unix_ms=int(time.time() * 1000), replica=self.replica)
 
     async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -301,7 +316,3 @@ def _arms(spec: CanarySpec, window: _Window, reading: Reading) -> tuple[Arm, Arm
         return Arm(version, requests, errors, p99(latencies))
 
     return arm(spec.baseline, window.base), arm(spec.candidate, window.cand)
-
-
-def _stamped(decision: Decision) -> Decision:
-    return dataclasses.replace(decision, unix_ms=int(time.time() * 1000))

@@ -120,6 +120,7 @@ class Decision:
     step_seconds: float = 0.0
     unix_ms: int = 0
     metric: MetricFigures | None = None
+    replica: str = ""  # the registry replica whose controller decided (registry.leases)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Canaries and their decisions in SQLite (``canaries.sqlite3`` in the registry's data dir).
+"""Canaries and their decisions in SQLite (``canaries.sqlite3`` in the registry's data dir), or
+in the registry's PostgreSQL database (``registry_database_url``).
 
 Kept apart from the model tables so canaries can evolve without a model-schema migration.
 Business outcomes are sufficient statistics per (canary, version, metric): count, sum, sum of
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -30,53 +30,46 @@ from registry.canary.gates import (
     MetricFigures,
     metric_figures,
 )
+from registry.db import Migration, Row, apply_migrations, open_database
 from registry.experiments import sequential_test as st
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS canaries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    state TEXT NOT NULL,
-    step_index INTEGER NOT NULL,
-    started_unix_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS canaries_model ON canaries (model, id);
-CREATE TABLE IF NOT EXISTS canary_decisions (
-    canary_id INTEGER NOT NULL,
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    decision TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS canary_decisions_by ON canary_decisions (canary_id, seq);
-CREATE TABLE IF NOT EXISTS canary_outcomes (
-    canary_id INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    metric TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    total REAL NOT NULL,
-    total_sq REAL NOT NULL,
-    min_p REAL NOT NULL,
-    PRIMARY KEY (canary_id, version, metric)
-);
-"""
+COMPONENT = "canaries"
+MIGRATIONS = (
+    Migration(
+        1,
+        "canaries, decisions, outcomes",
+        (
+            "CREATE TABLE IF NOT EXISTS canaries (id {serial}, model TEXT NOT NULL,"
+            " spec TEXT NOT NULL, state TEXT NOT NULL, step_index INTEGER NOT NULL,"
+            " started_unix_ms BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS canaries_model ON canaries (model, id)",
+            "CREATE TABLE IF NOT EXISTS canary_decisions (canary_id BIGINT NOT NULL,"
+            " seq {serial}, decision TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS canary_decisions_by ON canary_decisions (canary_id, seq)",
+            "CREATE TABLE IF NOT EXISTS canary_outcomes (canary_id BIGINT NOT NULL,"
+            " version INTEGER NOT NULL, metric TEXT NOT NULL, count BIGINT NOT NULL,"
+            " total {float} NOT NULL, total_sq {float} NOT NULL, min_p {float} NOT NULL,"
+            " PRIMARY KEY (canary_id, version, metric))",
+        ),
+    ),
+)
 
 
 class CanaryStore:
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        # One commit per business outcome: WAL without a sync per commit keeps that cheap (as
-        # for experiments); a crash may lose the last outcomes, never the file.
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+    def __init__(self, path: Path, *, database_url: str = "") -> None:
+        """SQLite at ``path`` unless ``database_url`` names the shared PostgreSQL database.
+
+        One commit per business outcome: on SQLite, WAL without a sync per commit keeps that
+        cheap (as for experiments); a crash may lose the last outcomes, never the file."""
+        self._conn = open_database(database_url, path, synchronous="NORMAL")
+        apply_migrations(self._conn, COMPONENT, MIGRATIONS)
 
     def close(self) -> None:
         self._conn.close()
 
     def start(self, spec: CanarySpec, first: Decision) -> int:
         """A new running canary of ``spec.model`` (FAILED_PRECONDITION if one runs)."""
-        with self._conn:
+        with self._conn.transaction():
             running = self._conn.execute(
                 "SELECT id FROM canaries WHERE model = ? AND state = ?", (spec.model, RUNNING)
             ).fetchone()
@@ -85,12 +78,12 @@ class CanaryStore:
                     f"model {spec.model!r} already has a running canary; abort it first "
                     "(modelserve canary abort MODEL)"
                 )
-            cursor = self._conn.execute(
+            row = self._conn.execute(
                 "INSERT INTO canaries (model, spec, state, step_index, started_unix_ms) "
-                "VALUES (?, ?, ?, 0, ?)",
+                "VALUES (?, ?, ?, 0, ?) RETURNING id",
                 (spec.model, json.dumps(dataclasses.asdict(spec)), RUNNING, _now_ms()),
-            )
-            canary_id = int(cursor.lastrowid or 0)
+            ).fetchone()
+            canary_id = int(row[0])
             self._insert_decision(canary_id, first)
         return canary_id
 
@@ -98,7 +91,7 @@ class CanaryStore:
         self, canary_id: int, decision: Decision, *, state: str = "", step_index: int = -1
     ) -> None:
         """Store a decision and, when given, the canary's new state and step."""
-        with self._conn:
+        with self._conn.transaction():
             self._insert_decision(canary_id, decision)
             if state:
                 self._conn.execute("UPDATE canaries SET state = ? WHERE id = ?", (state, canary_id))
@@ -120,9 +113,10 @@ class CanaryStore:
         ).fetchone()
         if row is None:
             raise NotFoundError(f"model {model!r} has had no canary")
+        last = f"LIMIT {int(limit)}" if limit > 0 else ""  # SQLite's "LIMIT -1" is not portable
         decisions = self._conn.execute(
-            "SELECT decision FROM canary_decisions WHERE canary_id = ? ORDER BY seq DESC LIMIT ?",
-            (row["id"], limit if limit > 0 else -1),
+            f"SELECT decision FROM canary_decisions WHERE canary_id = ? ORDER BY seq DESC {last}",
+            (row["id"],),
         ).fetchall()
         return int(row["id"]), _state(row, [_decision(d["decision"]) for d in reversed(decisions)])
 
@@ -136,7 +130,7 @@ class CanaryStore:
             raise InvalidArgumentError(f"outcome value must be a finite number; got {value}")
         if bool(version) == bool(routing_key):
             raise InvalidArgumentError("an outcome needs a version or a routing key, not both")
-        with self._conn:
+        with self._conn.transaction():
             canary_id, state = self.latest(model, 1)
             spec = state.spec
             if state.state != RUNNING:
@@ -163,9 +157,9 @@ class CanaryStore:
             if base is not None and cand is not None:  # the running minimum of every look
                 p = metric_figures(spec, base, cand).p_value
                 self._conn.execute(
-                    "UPDATE canary_outcomes SET min_p = MIN(min_p, ?) "
+                    "UPDATE canary_outcomes SET min_p = CASE WHEN min_p < ? THEN min_p ELSE ? END "
                     "WHERE canary_id = ? AND version = ? AND metric = ?",
-                    (p, canary_id, spec.candidate, metric),
+                    (p, p, canary_id, spec.candidate, metric),
                 )
             return version, moments[version].count
 
@@ -213,7 +207,7 @@ class CanaryStore:
         )
 
 
-def _state(row: sqlite3.Row, decisions: list[Decision]) -> CanaryState:
+def _state(row: Row, decisions: list[Decision]) -> CanaryState:
     data: dict[str, Any] = json.loads(row["spec"])
     # JSON has no tuples; fields added since a row was written take their defaults.
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

@@ -13,6 +13,7 @@ from registry.canary.controller import CanaryController
 from registry.canary.reader import RouterReader
 from registry.canary.servicer import CanaryServicer
 from registry.canary.store import CanaryStore
+from registry.leases import ControllerLease
 from registry.policies.gate import PolicyGate
 from registry.settings import RegistrySettings
 from registry.store import RegistryStore
@@ -24,10 +25,13 @@ def install(
     store: RegistryStore,
     store_executor: ThreadPoolExecutor,
     gate: PolicyGate | None = None,
+    lease: ControllerLease | None = None,
 ) -> CanaryController:
     """``store_executor`` is the registry servicer's single store thread: canary steps are
     policy writes and must take their turn with every other write."""
-    canaries = CanaryStore(Path(settings.data_dir) / "canaries.sqlite3")
+    canaries = CanaryStore(
+        Path(settings.data_dir) / "canaries.sqlite3", database_url=settings.registry_database_url
+    )
     reader = RouterReader(runtime.discovery)
     controller = CanaryController(
         store=store,
@@ -36,6 +40,7 @@ def install(
         read=reader,
         interval_s=settings.canary_interval_seconds,
         gate=gate,
+        lease=lease,
     )
     runtime.add_service(
         canary_pb2.DESCRIPTOR.services_by_name["Canary"].full_name,

@@ -11,7 +11,6 @@ readers (gateway, router) resolve members at request time.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -28,13 +27,20 @@ from modelserve.errors import (
 )
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
-from modelserve.storage import write_transaction
 from registry import convert
+from registry.db import Database, Migration, apply_migrations, open_database
 
 if TYPE_CHECKING:
     from registry.store import RegistryStore
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS composites (name TEXT PRIMARY KEY, body BLOB NOT NULL)"
+COMPONENT = "composites"
+MIGRATIONS = (
+    Migration(
+        1,
+        "composites",
+        ("CREATE TABLE IF NOT EXISTS composites (name TEXT PRIMARY KEY, body {blob} NOT NULL)",),
+    ),
+)
 QUEUE_SIZE = 1024
 
 
@@ -55,14 +61,17 @@ class _Members:
 class CompositeStore:
     """Composites by name; every method blocks (SQLite): call them off the event loop."""
 
-    def __init__(self, path: Path, models: RegistryStore) -> None:
+    def __init__(self, path: Path, models: RegistryStore, *, database_url: str = "") -> None:
+        """SQLite at ``path`` unless ``database_url`` names the shared PostgreSQL database
+        (where composites are read once at start: a replica does not yet see another's
+        composite writes until it restarts)."""
         self._models = models
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute(SCHEMA)
+        self._conn = open_database(database_url, path)
+        apply_migrations(self._conn, COMPONENT, MIGRATIONS)
         self._items: dict[str, composite_pb2.Composite] = {}
         for name, body in self._conn.execute("SELECT name, body FROM composites"):
-            self._items[name] = composite_pb2.Composite.FromString(body)
+            self._items[name] = composite_pb2.Composite.FromString(bytes(body))
 
     def close(self) -> None:
         self._conn.close()
@@ -108,7 +117,8 @@ class CompositeStore:
                     )
             with self._transaction() as conn:
                 conn.execute(
-                    "INSERT OR REPLACE INTO composites (name, body) VALUES (?, ?)",
+                    "INSERT INTO composites (name, body) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET body = excluded.body",
                     (new.name, new.SerializeToString(deterministic=True)),
                 )
             self._items = items
@@ -139,8 +149,8 @@ class CompositeStore:
             return False
         return True
 
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return write_transaction(self._conn)
+    def _transaction(self) -> AbstractContextManager[Database]:
+        return self._conn.transaction()
 
 
 def _checked(what: str, check: Callable[[], object]) -> None:

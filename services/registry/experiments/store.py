@@ -12,7 +12,6 @@ experiment, which ``policy clear`` or a new start repairs.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -27,7 +26,7 @@ from modelserve.errors import (
 )
 from modelserve.names import validate_name
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
-from modelserve.storage import write_transaction
+from registry.db import Database, Migration, apply_migrations, open_database
 from registry.experiments import rules
 from registry.experiments import sequential_test as st
 
@@ -36,11 +35,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, body BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS outcomes (experiment TEXT NOT NULL, arm TEXT NOT NULL,"
-    " metric TEXT NOT NULL, count INTEGER NOT NULL, total REAL NOT NULL,"
-    " total_sq REAL NOT NULL, min_p REAL NOT NULL, PRIMARY KEY (experiment, arm, metric))",
+COMPONENT = "experiments"
+MIGRATIONS = (
+    Migration(
+        1,
+        "experiments, outcomes",
+        (
+            "CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, body {blob} NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS outcomes (experiment TEXT NOT NULL, arm TEXT NOT NULL,"
+            " metric TEXT NOT NULL, count BIGINT NOT NULL, total {float} NOT NULL,"
+            " total_sq {float} NOT NULL, min_p {float} NOT NULL,"
+            " PRIMARY KEY (experiment, arm, metric))",
+        ),
+    ),
 )
 MAX_METRICS = 32  # per experiment: metrics are names chosen by callers, so bound them
 Stats = dict[tuple[str, str], tuple[st.Moments, float]]  # (arm, metric) -> moments, min p
@@ -49,16 +56,15 @@ Stats = dict[tuple[str, str], tuple[st.Moments, float]]  # (arm, metric) -> mome
 class ExperimentStore:
     """Experiments by name; every method blocks (SQLite): call them off the event loop."""
 
-    def __init__(self, path: Path, models: RegistryStore) -> None:
+    def __init__(self, path: Path, models: RegistryStore, *, database_url: str = "") -> None:
+        """SQLite at ``path`` unless ``database_url`` names the shared PostgreSQL database.
+
+        One commit per outcome: on SQLite, WAL without a sync per commit keeps that cheap; a
+        crash may lose the last outcomes, never the file, which is fine for aggregates."""
         self._models = models
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # One commit per outcome: WAL without a sync per commit keeps that cheap; a crash
-        # may lose the last outcomes, never the file, which is fine for aggregates.
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        for statement in SCHEMA:
-            self._conn.execute(statement)
+        self._conn = open_database(database_url, path, synchronous="NORMAL")
+        apply_migrations(self._conn, COMPONENT, MIGRATIONS)
 
     @property
     def models(self) -> RegistryStore:
@@ -223,16 +229,17 @@ class ExperimentStore:
 
     def _find(self, name: str) -> xpb.Experiment | None:
         row = self._conn.execute("SELECT body FROM experiments WHERE name = ?", (name,)).fetchone()
-        return xpb.Experiment.FromString(row[0]) if row else None
+        return xpb.Experiment.FromString(bytes(row[0])) if row else None
 
     def _all(self) -> list[xpb.Experiment]:
         rows = self._conn.execute("SELECT body FROM experiments ORDER BY name")
-        return [xpb.Experiment.FromString(r[0]) for r in rows]
+        return [xpb.Experiment.FromString(bytes(r[0])) for r in rows]
 
     def _save(self, experiment: xpb.Experiment) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO experiments (name, body) VALUES (?, ?)",
+                "INSERT INTO experiments (name, body) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET body = excluded.body",
                 (experiment.name, experiment.SerializeToString(deterministic=True)),
             )
 
@@ -249,12 +256,14 @@ class ExperimentStore:
                 if m != metric:
                     continue
                 conn.execute(
-                    "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (experiment, arm, metric) DO UPDATE SET count = excluded.count, "
+                    "total = excluded.total, total_sq = excluded.total_sq, min_p = excluded.min_p",
                     (name, arm, m, moments.count, moments.total, moments.total_sq, min_p),
                 )
 
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return write_transaction(self._conn)
+    def _transaction(self) -> AbstractContextManager[Database]:
+        return self._conn.transaction()
 
 
 def _guard_breach(experiment: xpb.Experiment, stats: Stats, arm: str, metric: str) -> str:

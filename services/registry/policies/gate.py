@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from modelserve.errors import FailedPreconditionError
 from registry import convert
+from registry.leases import ControllerLease
 from registry.ownership import TrafficOwners
 from registry.policies import compat
 from registry.policies.readiness import Fleet, FleetReader
@@ -60,6 +61,9 @@ class PolicyGate:
         self._ready_timeout_s = ready_timeout_s
         self._interval_s = interval_s
         self._wake = asyncio.Event()
+        # Set by the composition root: with replicas on one database, only the holder of the
+        # ``policy-gate`` lease applies pending policies (registry.leases).
+        self.lease: ControllerLease | None = None
 
     async def write(
         self,
@@ -151,6 +155,8 @@ class PolicyGate:
                 pass
             self._wake.clear()
             try:
+                if self.lease is not None and not await self.lease.held():
+                    continue
                 await self.tick()
             except Exception:  # a bad round must not stop the gate for good
                 log.exception("pending policy round failed")

@@ -9,13 +9,13 @@ append-only: every change, rollback included, is a new revision of the model's h
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from modelserve.catalog.routing import BUCKETS, Share, primary
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.names import validate_name
+from registry.db import Database, Row
 from registry.records import PolicyRevision, RoutingPolicy, ShadowTarget, SplitShare
 
 MAX_SPLIT_TARGETS = 16
@@ -185,7 +185,7 @@ def _shadow_from(data: dict[str, Any] | None) -> ShadowTarget | None:
     )
 
 
-def _from_row(row: sqlite3.Row) -> PolicyRevision:
+def _from_row(row: Row) -> PolicyRevision:
     return PolicyRevision(
         model=row["model"],
         revision=row["revision"],
@@ -195,7 +195,7 @@ def _from_row(row: sqlite3.Row) -> PolicyRevision:
     )
 
 
-def current(conn: sqlite3.Connection, model: str | None) -> dict[str, PolicyRevision]:
+def current(conn: Database, model: str | None) -> dict[str, PolicyRevision]:
     """The current revision of ``model``'s policy (of every model when None), by model."""
     where, args = ("AND p.model = ?", (model,)) if model is not None else ("", ())
     rows = conn.execute(
@@ -206,14 +206,14 @@ def current(conn: sqlite3.Connection, model: str | None) -> dict[str, PolicyRevi
     return {row["model"]: _from_row(row) for row in rows}
 
 
-def at_revision(conn: sqlite3.Connection, model: str, revision: int) -> PolicyRevision | None:
+def at_revision(conn: Database, model: str, revision: int) -> PolicyRevision | None:
     row = conn.execute(
         "SELECT * FROM policies WHERE model = ? AND revision = ?", (model, revision)
     ).fetchone()
     return None if row is None else _from_row(row)
 
 
-def history(conn: sqlite3.Connection, model: str, limit: int) -> tuple[PolicyRevision, ...]:
+def history(conn: Database, model: str, limit: int) -> tuple[PolicyRevision, ...]:
     """The newest ``limit`` revisions, oldest first."""
     rows = conn.execute(
         "SELECT * FROM policies WHERE model = ? ORDER BY revision DESC LIMIT ?", (model, limit)
@@ -221,9 +221,7 @@ def history(conn: sqlite3.Connection, model: str, limit: int) -> tuple[PolicyRev
     return tuple(_from_row(row) for row in reversed(rows))
 
 
-def insert(
-    conn: sqlite3.Connection, model: str, policy: RoutingPolicy, note: str, now_ms: int
-) -> int:
+def insert(conn: Database, model: str, policy: RoutingPolicy, note: str, now_ms: int) -> int:
     """Append ``policy`` as the model's next revision; the revision number."""
     row = conn.execute(
         "SELECT COALESCE(MAX(revision), 0) + 1 FROM policies WHERE model = ?", (model,)

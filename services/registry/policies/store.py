@@ -1,13 +1,12 @@
 """RegistryStore's routing-policy methods, kept beside it as a mixin: they use the store's
 lock, connection and transaction, so a policy change is one more committed registry change,
-announced to watchers with the model it touched (the ``policies`` insert trigger). The rules a
+announced to watchers with the model it touched (``_transaction(model)``). The rules a
 policy follows and its rows are in ``registry.policies.rules``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from modelserve.catalog.lookups import PLATFORM as LOOKUP_PLATFORM
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from modelserve.names import validate_name
+from registry.db import Database, Row
 from registry.policies import rules as policies
 from registry.records import (
     FAILED,
@@ -30,10 +30,10 @@ from registry.records import (
 class PolicyStoreMethods:
     if TYPE_CHECKING:  # provided by RegistryStore
         _lock: threading.RLock
-        _conn: sqlite3.Connection
+        _db: Database
 
         def _require_model(self, model: str) -> None: ...
-        def _transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _transaction(self, model: str) -> AbstractContextManager[Database]: ...
 
     def set_policy(self, model: str, policy: RoutingPolicy, note: str = "") -> PolicyRevision:
         """Make ``policy`` the model's policy as a new revision (unless it already is)."""
@@ -74,7 +74,7 @@ class PolicyStoreMethods:
                 raise NotFoundError(
                     f"model {model!r} has no policy revision {target} (revisions: 1-{now.revision})"
                 )
-            found = policies.at_revision(self._conn, model, target) if target else None
+            found = policies.at_revision(self._db, model, target) if target else None
             restored = found.policy if found is not None else RoutingPolicy()
             return restored, f"rollback to revision {target}"
 
@@ -84,7 +84,7 @@ class PolicyStoreMethods:
         limit = policies.check_history_limit(limit)
         with self._lock:
             self._require_model(model)
-            return policies.history(self._conn, model, limit)
+            return policies.history(self._db, model, limit)
 
     def validate_policy(self, model: str, policy: RoutingPolicy, note: str = "") -> None:
         """Every check ``set_policy`` makes, writing nothing (a gate runs them first)."""
@@ -109,9 +109,13 @@ class PolicyStoreMethods:
             self._require_model(model)
             self._check_references(model, policy)
             now_ms = int(time.time() * 1000)
-            with self._transaction() as conn:
+            with self._transaction(model) as conn:
                 conn.execute(
-                    "INSERT OR REPLACE INTO pending_policies VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO pending_policies VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (model) DO UPDATE SET policy_json = excluded.policy_json, "
+                    "note = excluded.note, state = excluded.state, reason = excluded.reason, "
+                    "created_unix_ms = excluded.created_unix_ms, "
+                    "deadline_unix_ms = excluded.deadline_unix_ms",
                     (model, policies.to_json(policy), note, WAITING, "", now_ms, deadline_unix_ms),
                 )
             found = self._pending_of(model)
@@ -120,7 +124,7 @@ class PolicyStoreMethods:
 
     def waiting_policies(self) -> list[PendingPolicy]:
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._db.execute(
                 "SELECT * FROM pending_policies WHERE state = ? ORDER BY model", (WAITING,)
             ).fetchall()
             return [_pending_from_row(r) for r in rows]
@@ -139,7 +143,7 @@ class PolicyStoreMethods:
             found = self._pending_of(model)
             if found is None or found.state != WAITING or found.created_unix_ms != created_unix_ms:
                 return
-            with self._transaction() as conn:
+            with self._transaction(model) as conn:
                 conn.execute(
                     "UPDATE pending_policies SET state = ?, reason = ? WHERE model = ?",
                     (FAILED, reason[:1000], model),
@@ -153,7 +157,7 @@ class PolicyStoreMethods:
             # A lookup version has no worker: routers answer it from the feature store.
             lookups = {
                 r[0]
-                for r in self._conn.execute(
+                for r in self._db.execute(
                     "SELECT version FROM versions WHERE model = ? AND platform = ?",
                     (model, LOOKUP_PLATFORM),
                 )
@@ -165,20 +169,19 @@ class PolicyStoreMethods:
         return found - lookups
 
     def _pending_of(self, model: str) -> PendingPolicy | None:
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT * FROM pending_policies WHERE model = ?", (model,)
         ).fetchone()
         return None if row is None else _pending_from_row(row)
 
     def _pending_policies(self, model: str | None) -> dict[str, PendingPolicy]:
         where, args = ("WHERE model = ?", (model,)) if model is not None else ("", ())
-        rows = self._conn.execute(f"SELECT * FROM pending_policies {where}", args)
+        rows = self._db.execute(f"SELECT * FROM pending_policies {where}", args)
         return {r["model"]: _pending_from_row(r) for r in rows}
 
     def _check_references(self, model: str, policy: RoutingPolicy) -> None:
         versions = {
-            r[0]
-            for r in self._conn.execute("SELECT version FROM versions WHERE model = ?", (model,))
+            r[0] for r in self._db.execute("SELECT version FROM versions WHERE model = ?", (model,))
         }
         policies.check_references(model, policy, versions, self._labels_of(model))
 
@@ -194,13 +197,13 @@ class PolicyStoreMethods:
         self._check_references(model, policy)
         if policy.routes:
             policy = dataclasses.replace(policy, fallback_version=self._served_now(model))
-        with self._transaction() as conn:
+        with self._transaction(model) as conn:
             conn.execute("DELETE FROM pending_policies WHERE model = ?", (model,))
             if now is None or now.policy != policy or now.policy.empty:
                 revision = policies.insert(conn, model, policy, note, int(time.time() * 1000))
             else:
                 revision = now.revision
-        written = policies.at_revision(self._conn, model, revision)
+        written = policies.at_revision(self._db, model, revision)
         assert written is not None
         return written
 
@@ -210,21 +213,21 @@ class PolicyStoreMethods:
         found = self._policy_default(model)
         if found:
             return found
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT version FROM labels WHERE model = ? AND label = ?", (model, PRODUCTION)
         ).fetchone()
         if row is not None:
             return int(row[0])
-        row = self._conn.execute(
+        row = self._db.execute(
             "SELECT MAX(version) FROM versions WHERE model = ?", (model,)
         ).fetchone()
         return int(row[0] or 0)
 
     def _current_policy(self, model: str) -> PolicyRevision | None:
-        return policies.current(self._conn, model).get(model)
+        return policies.current(self._db, model).get(model)
 
     def _current_policies(self, model: str | None) -> dict[str, PolicyRevision]:
-        return policies.current(self._conn, model)
+        return policies.current(self._db, model)
 
     def _policy_default(self, model: str) -> int | None:
         """The version the policy in force gives a lookup by neither version nor label (its
@@ -235,11 +238,11 @@ class PolicyStoreMethods:
         return policies.default_version(now.policy, self._labels_of(model))
 
     def _labels_of(self, model: str) -> dict[str, int]:
-        rows = self._conn.execute("SELECT label, version FROM labels WHERE model = ?", (model,))
+        rows = self._db.execute("SELECT label, version FROM labels WHERE model = ?", (model,))
         return {r[0]: r[1] for r in rows}
 
 
-def _pending_from_row(row: sqlite3.Row) -> PendingPolicy:
+def _pending_from_row(row: Row) -> PendingPolicy:
     return PendingPolicy(
         model=row["model"],
         policy=policies.from_json(row["policy_json"]),

@@ -1,0 +1,64 @@
+"""ChangeFollower: wakes a replica when another replica commits to the shared database.
+
+A thread with its own PostgreSQL connection LISTENs on the registry's channel (writers NOTIFY
+in the committing transaction, so a notification means "committed") and calls ``wake`` on
+each, and every ``poll_s`` regardless: a notification lost while the connection was down
+still gets caught up within a poll. ``wake`` (``RegistryStore.catch_up``) reads what changed
+from the database, so a spurious wake costs one small query and a missed one only latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "modelserve_registry_changes"
+
+
+class ChangeFollower:
+    def __init__(self, url: str, wake: Callable[[], object], poll_s: float = 1.0) -> None:
+        self._url = url
+        self._wake = wake
+        self._poll_s = poll_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registry-follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=self._poll_s + 5)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+            except Exception:  # the server restarted or is unreachable: poll, then reconnect
+                log.warning("change listener lost its connection; retrying", exc_info=True)
+                self._stopping.wait(self._poll_s)
+                self._safe_wake()
+
+    def _listen(self) -> None:
+        import psycopg
+
+        conn: Any = psycopg.connect(self._url, autocommit=True)
+        with conn:
+            conn.execute(f"LISTEN {CHANNEL}")
+            self._safe_wake()  # whatever committed before the LISTEN took effect
+            while not self._stopping.is_set():
+                for _ in conn.notifies(timeout=self._poll_s, stop_after=1):
+                    pass
+                self._safe_wake()
+
+    def _safe_wake(self) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            self._wake()
+        except Exception:
+            log.warning("catching up with other replicas failed; retrying", exc_info=True)
