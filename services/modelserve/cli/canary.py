@@ -11,14 +11,17 @@ modelserve canary outcome MODEL --version 2 --metric ctr --value 1   # or --rout
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import click
 
 from modelserve.cli import completion, connect, output
-from modelserve.cli.options import Args, address, client, output_format, read_command
+from modelserve.cli.options import (
+    Args,
+    read_command,
+    run_against_registry,
+)
 from modelserve.proto.modelserve.v1 import canary_pb2, canary_pb2_grpc
 
 MODEL = click.argument("model", shell_complete=completion.model_names)
@@ -30,10 +33,7 @@ def group() -> None:
 
 
 def _run(ctx: click.Context, args: Args) -> int:
-    client(ctx)
-    args.registry = address(ctx, "registry")
-    args.output = output_format(ctx)
-    return asyncio.run(run(args))
+    return run_against_registry(ctx, args, run)
 
 
 @group.command("start", help="move MODEL's traffic to CANDIDATE in gated steps")

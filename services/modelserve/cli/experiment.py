@@ -8,7 +8,6 @@ modelserve experiment report|show|stop NAME            modelserve experiment lis
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import click
@@ -18,10 +17,8 @@ from modelserve.cli.options import (
     Args,
     BadValue,
     Parsed,
-    address,
-    client,
-    output_format,
     read_command,
+    run_against_registry,
 )
 from modelserve.proto.modelserve.v1 import experiments_pb2 as xpb
 from modelserve.proto.modelserve.v1 import experiments_pb2_grpc
@@ -36,10 +33,7 @@ def group() -> None:
 
 
 def _run(ctx: click.Context, args: Args) -> int:
-    client(ctx)
-    args.registry = address(ctx, "registry")
-    args.output = output_format(ctx)
-    return asyncio.run(run(args))
+    return run_against_registry(ctx, args, run)
 
 
 @group.command("start", help="split MODEL's traffic between arms and start")

@@ -14,9 +14,10 @@ variables are read only when no flag was given, so a flag always beats the envir
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -176,3 +177,14 @@ class Parsed(click.ParamType):
 
 class BadValue(ValueError):
     """A value on the command line that cannot be parsed; its message is the whole story."""
+
+
+def run_against_registry(
+    ctx: click.Context, args: Args, run: Callable[[Args], Coroutine[Any, Any, int]]
+) -> int:
+    """Run a registry command (policy, canary, experiment): client credentials, the
+    registry's address and the output format from the global options, then ``run(args)``."""
+    client(ctx)
+    args.registry = address(ctx, "registry")
+    args.output = output_format(ctx)
+    return asyncio.run(run(args))

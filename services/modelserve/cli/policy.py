@@ -27,10 +27,8 @@ from modelserve.cli.options import (
     Args,
     BadValue,
     Parsed,
-    address,
-    client,
-    output_format,
     read_command,
+    run_against_registry,
 )
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 
@@ -45,10 +43,7 @@ def group() -> None:
 
 
 def _run(ctx: click.Context, args: Args) -> int:
-    client(ctx)
-    args.registry = address(ctx, "registry")
-    args.output = output_format(ctx)
-    return asyncio.run(run(args))
+    return run_against_registry(ctx, args, run)
 
 
 def _write_flags(f: F) -> F:
