@@ -3,6 +3,8 @@ fixture helper that pushes it to a running suite and waits until the gateway say
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import grpc
@@ -73,10 +75,30 @@ def slow_model(iterations: int) -> onnx.ModelProto:
     return model
 
 
-async def push_slow(suite: Suite, name: str, path: Path, iterations: int = 2000) -> str:
-    """Push ``slow_model(iterations)`` as ``name`` with one instance and batch size 1 (a second
-    call waits in the queue behind a running one) and wait until the gateway says READY."""
-    onnx.save(slow_model(iterations), path)
+@functools.cache
+def iterations_for(seconds: float) -> int:
+    """How many turns make one run last about ``seconds`` on this machine: CI boxes differ by
+    more than 2x from this one (2,000 turns took 0.74 s there and 2.5 s here), so the count is
+    measured, not fixed. Measured once per process on a 200-turn model, best of three."""
+    import onnxruntime as ort
+
+    probe = ort.InferenceSession(
+        slow_model(200).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feed = {"x": np.ones((1, WIDTH), np.float32)}
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        probe.run(None, feed)
+        best = min(best, time.perf_counter() - started)
+    return max(200, int(200 * seconds / max(best, 1e-6)))
+
+
+async def push_slow(suite: Suite, name: str, path: Path, seconds: float = 3.0) -> str:
+    """Push a model whose one run lasts about ``seconds`` as ``name`` with one instance and
+    batch size 1 (a second call waits in the queue behind a running one) and wait until the
+    gateway says READY."""
+    onnx.save(slow_model(iterations_for(seconds)), path)
     async with grpc.aio.insecure_channel(suite.address("registry")) as channel:
         await push_version(
             registry_pb2_grpc.RegistryStub(channel),
