@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from gateway.direct import DirectLane
 from gateway.merging import RequestMerger
 from gateway.signatures import SignatureCache
 from modelserve.calls import Call, Hop
@@ -37,7 +38,7 @@ from modelserve.metrics import ModelMetrics, status_name
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2, registry_pb2_grpc
-from modelserve.tensors import validate_infer_request
+from modelserve.tensors import raw_layout, validate_infer_request
 from modelserve.v2 import classification, repository
 
 T = TypeVar("T")
@@ -63,10 +64,13 @@ class GatewayDataPlane:
         merge_max_in_flight: int,
         merge_max_bytes: int = 8 << 20,
         rejected: VersionStats | None = None,
+        direct: DirectLane | None = None,
     ) -> None:
         self.catalog = catalog
-        # Requests refused after their version was decided, per version (GatewayControl).
+        # Per version (GatewayControl, for canaries): requests refused after their version
+        # was decided, and the calls the direct lane served (no router saw either).
         self.rejected = rejected or VersionStats()
+        self._direct = direct
         self._model_metrics = ModelMetrics("gateway")
         self.composites = composites
         self.edge = edge
@@ -112,16 +116,22 @@ class GatewayDataPlane:
             if request.outputs and classification.wants_classification(request)
             else None
         )
+        layout = raw_layout(request)  # read once: validation and the merge lane both use it
         try:
             validate_infer_request(
-                request, signature.inputs, signature.outputs, signature.max_batch_size
+                request,
+                signature.inputs,
+                signature.outputs,
+                signature.max_batch_size,
+                layout=layout,
+                passed=signature.passed,
             )
         except Exception as exc:
             self.rejected.record(version.model, version.version, 0.0, status_of(exc))
             raise
         # max_rows 0 sends the request alone: see Signature.mergeable.
         max_rows = signature.max_batch_size if signature.mergeable else 0
-        response = await self._merger.infer(request, version.version, max_rows, call)
+        response = await self._merger.infer(request, version.version, max_rows, call, layout)
         if counts:
             classification.apply(
                 response, counts, signature.labels, batched=signature.max_batch_size > 0
@@ -286,6 +296,12 @@ class GatewayDataPlane:
     async def _forward_infer(
         self, request: pb.ModelInferRequest, call: Call
     ) -> pb.ModelInferResponse:
+        """A decided (maybe merged) request on to a worker directly when its version needs
+        no router (``gateway/direct.py``), else to a router."""
+        if self._direct is not None:
+            version = self._direct.version_for(request)
+            if version is not None:
+                return await self._direct.infer(request, version, call)
         return await self._hop.unary(
             self._routers.pick, _model_infer, request, call, none_left="no router available"
         )

@@ -34,21 +34,21 @@ from modelserve.calls import Call
 from modelserve.deadlines import Deadline
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, ModelServeError
 from modelserve.proto.inference import grpc_service_pb2 as pb
-from modelserve.tensors import MERGED_REQUESTS_PARAMETER
+from modelserve.tensors import MERGED_REQUESTS_PARAMETER, Layout, raw_layout
 
 DEFAULT_MAX_BYTES = 8 << 20  # half the default 16 MiB receive limit: room for framing
 Forward = Callable[[pb.ModelInferRequest, Call], Awaitable[pb.ModelInferResponse]]
 LaneKey = tuple[object, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     request: pb.ModelInferRequest
     rows: int
     call: Call
     future: asyncio.Future[pb.ModelInferResponse]
     context: contextvars.Context  # the caller's (its trace span), for a call made on its behalf
-    size: int  # tensor bytes
+    size: int  # serialized bytes
     call_task: asyncio.Task[None] | None = None  # the merged call it left in
     batch: list[_Item] | None = None
 
@@ -64,27 +64,40 @@ class _Lane:
 INERT_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
 
 
-def lane_key(request: pb.ModelInferRequest, version: int, fallback: int = 0) -> LaneKey | None:
-    """The merge key of ``request``, or None when it must travel alone."""
-    if any(name not in INERT_PARAMETERS for name in request.parameters):
-        return None  # a parameter may change the computation: never mix it with others
-    if len(request.raw_input_contents) != len(request.inputs):
-        return None  # typed tensors: not merged
-    layout = []
+def lane_key(
+    request: pb.ModelInferRequest, version: int, fallback: int = 0, layout: Layout | None = None
+) -> LaneKey | None:
+    """The merge key of ``request``, or None when it must travel alone. ``layout`` is
+    ``raw_layout(request)`` when the caller has it already. (Loops, not generators: this runs
+    per request, and most requests have no outputs named and one parameter at most.)"""
+    for name in request.parameters:
+        if name not in INERT_PARAMETERS:
+            return None  # a parameter may change the computation: never mix it with others
+    if layout is None:
+        layout = raw_layout(request)
+        if layout is None:
+            return None  # typed tensors or tensor parameters: not merged
+    lane = []
     rows = -1
-    for tensor in request.inputs:
-        if tensor.parameters or not tensor.shape:
+    for name, datatype, shape in layout:
+        if not shape:
             return None
         if rows < 0:
-            rows = tensor.shape[0]
-        elif tensor.shape[0] != rows:
+            rows = shape[0]
+        elif shape[0] != rows:
             return None
-        layout.append((tensor.name, tensor.datatype, tuple(tensor.shape[1:])))
-    if rows <= 0 or any(o.parameters for o in request.outputs):
+        lane.append((name, datatype, shape[1:]))
+    if rows <= 0:
         return None
+    outputs: tuple[str, ...] = ()
+    requested = request.outputs
+    if requested:
+        for o in requested:
+            if o.parameters:
+                return None
+        outputs = tuple(o.name for o in requested)
     # The fallback is part of the key: a merged call carries one (``merged_call``).
-    outputs = tuple(o.name for o in request.outputs)
-    return (request.model_name, version, fallback, tuple(layout), outputs)
+    return (request.model_name, version, fallback, tuple(lane), outputs)
 
 
 MERGED_CALLS = Counter(
@@ -112,12 +125,19 @@ class RequestMerger:
         self.merged_calls = 0  # calls that carried more than one request (for tests/metrics)
 
     async def infer(
-        self, request: pb.ModelInferRequest, version: int, max_rows: int, call: Call
+        self,
+        request: pb.ModelInferRequest,
+        version: int,
+        max_rows: int,
+        call: Call,
+        layout: Layout | None = None,
     ) -> pb.ModelInferResponse:
-        key = lane_key(request, version, call.fallback()) if max_rows > 0 else None
+        key = lane_key(request, version, call.fallback(), layout) if max_rows > 0 else None
         if key is None:
             return await self._forward(request, call)
-        lane = self._lanes.setdefault(key, _Lane())
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
         if lane.in_flight < self._max_in_flight and not lane.pending:
             lane.in_flight += 1
             try:
@@ -132,7 +152,8 @@ class RequestMerger:
             call,
             loop.create_future(),
             contextvars.copy_context(),
-            sum(len(raw) for raw in request.raw_input_contents),
+            # Its size on the wire (tensors and all), without copying a payload out of upb.
+            request.ByteSize(),
         )
         lane.pending.append(item)
         if lane.in_flight < self._max_in_flight:
@@ -256,21 +277,40 @@ def merge_requests(requests: Sequence[pb.ModelInferRequest]) -> pb.ModelInferReq
 def split_response(
     response: pb.ModelInferResponse, batch: Sequence[_Item]
 ) -> list[pb.ModelInferResponse]:
-    """Cut a merged response back into one response per request, by rows."""
-    parts = [
-        pb.ModelInferResponse(
-            model_name=response.model_name, model_version=response.model_version, id=i.request.id
-        )
-        for i in batch
-    ]
-    for index, tensor in enumerate(response.outputs):
-        raw = response.raw_output_contents[index]
+    """Cut a merged response back into one response per request, by rows.
+
+    Each part starts as a copy of a header built once per row count (name, version, output
+    tensors and shapes): CopyFrom of a template is ~4x cheaper in upb than building the same
+    message field by field (0.7 vs 3.0 us a part, the gateway's biggest per-request cost)."""
+    outputs = response.outputs
+    raws = [response.raw_output_contents[i] for i in range(len(outputs))]  # each copied once
+    rows = [i.rows for i in batch]
+    cuts = []  # per output tensor: (start, end) per request
+    inner_shapes = []
+    for index, tensor in enumerate(outputs):
         inner = list(tensor.shape[1:])
-        per_row = math.prod(inner)
-        offsets = _row_offsets(raw, tensor.datatype, [i.rows for i in batch], per_row)
-        for part, item, (start, end) in zip(parts, batch, offsets, strict=True):
-            part.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=[item.rows, *inner])
+        inner_shapes.append(inner)
+        cuts.append(_row_offsets(raws[index], tensor.datatype, rows, math.prod(inner)))
+    templates: dict[int, pb.ModelInferResponse] = {}
+    parts = []
+    for position, item in enumerate(batch):
+        template = templates.get(item.rows)
+        if template is None:
+            template = templates[item.rows] = pb.ModelInferResponse(
+                model_name=response.model_name, model_version=response.model_version
+            )
+            for tensor, inner in zip(outputs, inner_shapes, strict=True):
+                template.outputs.add(
+                    name=tensor.name, datatype=tensor.datatype, shape=[item.rows, *inner]
+                )
+        part = pb.ModelInferResponse()
+        part.CopyFrom(template)
+        if item.request.id:
+            part.id = item.request.id
+        for raw, offsets in zip(raws, cuts, strict=True):
+            start, end = offsets[position]
             part.raw_output_contents.append(raw[start:end])
+        parts.append(part)
     return parts
 
 

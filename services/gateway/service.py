@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.control_servicer import GatewayControlServicer
 from gateway.dataplane import GatewayDataPlane
+from gateway.direct import DirectLane
 from gateway.settings import GatewaySettings
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
@@ -14,13 +15,29 @@ from modelserve.proto.modelserve.v1 import gateway_pb2, gateway_pb2_grpc
 from modelserve.server import Runtime
 from modelserve.v2.http import serve_http
 from modelserve.v2.servicer import serve_v2
+from modelserve.workers import WorkerPool
 
 
 async def build(runtime: Runtime, settings: GatewaySettings) -> None:
     catalog = Catalog(runtime.discovery)
     composites = CompositeCatalog(runtime.discovery, catalog)
-    rejected = VersionStats("gateway")  # written by ModelInfer, read by GatewayControl (canaries)
+    # Written by ModelInfer (rejections, direct-lane calls), read by GatewayControl (canaries).
+    rejected = VersionStats("gateway")
     routers = EndpointSet(max_message_bytes=max(settings.max_receive_message_bytes, 64 << 20))
+    direct = None
+    if settings.direct_worker_lane_enabled:
+        # The workers' status streams, as a router keeps them, for versions that need no
+        # router (gateway/direct.py).
+        pool = WorkerPool(runtime.discovery)
+        direct = DirectLane(
+            catalog=catalog,
+            pool=pool,
+            stats=rejected,
+            retry_attempts=settings.worker_retry_attempts,
+            default_timeout=settings.default_deadline_seconds,
+        )
+        runtime.background(pool.run(), "worker discovery")
+        runtime.on_stop(pool.close)
     servicer = serve_v2(
         runtime,
         GatewayDataPlane(
@@ -35,6 +52,7 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
             merge_max_in_flight=settings.merge_max_in_flight if settings.merge_enabled else 1 << 30,
             merge_max_bytes=settings.merge_max_bytes,
             rejected=rejected,
+            direct=direct,
         ),
     )
     # Registered in discovery as "gateway" (Runtime.start, under the spec's name), where the

@@ -27,6 +27,19 @@ class GatewaySettings(CommonSettings):
     registry_addr: str = dependency(
         "registry", "127.0.0.1:8301", "Registry address(es) for model metadata (static discovery)."
     )
+    worker_addrs: str = dependency(
+        "worker",
+        "127.0.0.1:8201",
+        "Worker addresses, comma-separated (static discovery), for the direct lane.",
+    )
+    direct_worker_lane_enabled: bool = setting(
+        True,
+        "Send requests for versions that need no router (no features, prediction cache, "
+        "shadow or lookup) straight to a worker holding them READY: one hop instead of two.",
+    )
+    worker_retry_attempts: int = setting(
+        1, "Direct lane: retries on another worker after UNAVAILABLE (as the router's)."
+    )
     tls_require_client_cert: bool = setting(
         False,
         "The public edge: with TLS on, clients need no certificate (set true to require one "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from modelserve.catalog.signatures import caller_inputs
 from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.tensors import TensorSpec
+from modelserve.tensors import PassedLayouts, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class Signature:
     mergeable: bool = True
     # Output name -> class labels (ServingConfig.output_labels), for classification answers.
     labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Request layouts this signature has passed (validate_infer_request's memo): a request
+    # shaped like one before is checked by its payload sizes alone.
+    passed: PassedLayouts = field(default_factory=dict, compare=False)
 
 
 class SignatureCache:

@@ -35,7 +35,7 @@ from modelserve.auth.limits import IdentityLimits
 from modelserve.channels import INTERNAL_MESSAGE_BYTES
 from modelserve.discovery import Discovery, Registration
 from modelserve.discovery.static import StaticDiscovery
-from modelserve.interceptors import ErrorInterceptor
+from modelserve.interceptors import BehaviourInterceptor, ErrorInterceptor, WrappingRegistrar
 from modelserve.logging import configure_logging
 from modelserve.settings import CommonSettings, SettingsError, describe, load_settings
 from modelserve.tls import ReloadingCertificate, TLSConfig, configure_client_tls, server_credentials
@@ -125,8 +125,12 @@ class Runtime:
         settings: CommonSettings,
         discovery: Discovery,
         interceptors: Sequence[aio.ServerInterceptor],
+        behaviours: Sequence[BehaviourInterceptor] = (),
     ) -> None:
         self.spec = spec
+        # Wrapped around every handler at registration (add_service): no per-RPC interceptor
+        # chain for them (modelserve.interceptors, WrappingRegistrar).
+        self.behaviours = tuple(behaviours)
         self.settings = settings
         self.discovery = discovery
         receive, send = settings.max_receive_message_bytes, settings.max_send_message_bytes
@@ -144,10 +148,7 @@ class Runtime:
             options += INTERNAL_SERVER_OPTIONS
         if spec.connection_age_limited:
             options += CONNECTION_AGE_OPTIONS
-        self.server = aio.server(
-            interceptors=list(interceptors),
-            options=options,
-        )
+        self.server = aio.server(interceptors=list(interceptors) or None, options=options)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._service_names: list[str] = [
@@ -177,7 +178,9 @@ class Runtime:
     def add_service(
         self, full_name: str, add_fn: Callable[[Any, aio.Server], None], servicer: Any
     ) -> None:
-        add_fn(servicer, self.server)
+        registrar = WrappingRegistrar(self.server, self.behaviours)
+        add_fn(servicer, registrar)  # stands in for the server
+        registrar.finish()
         self._service_names.append(full_name)
 
     def add_listener(self, name: str, start: Callable[[], Awaitable[Listener]]) -> None:
@@ -397,28 +400,31 @@ def auth_interceptor(settings: CommonSettings) -> AuthInterceptor | None:
 
 async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = False) -> Runtime:
     """Build and start one service in this event loop (``run_service`` and in-process tests)."""
-    # Admission before the rest: a refused call costs no span, no decoding beyond gRPC's own.
-    # RED metrics before admission: a refused call is counted with its status too.
-    interceptors: list[aio.ServerInterceptor] = [
+    # Behaviours wrapped around every handler, outermost first. Admission before the rest: a
+    # refused call costs no decoding beyond gRPC's own. RED metrics before admission: a
+    # refused call is counted with its status too.
+    behaviours: list[BehaviourInterceptor] = [
         AdmissionInterceptor(
             max_unary=settings.max_concurrent_rpcs, max_streams=settings.max_concurrent_streams
         ),
     ]
     if settings.rpc_metrics:
-        interceptors.insert(0, metrics.RpcMetricsInterceptor(spec.name))
+        behaviours.insert(0, metrics.RpcMetricsInterceptor(spec.name))
     # Then who is calling: every RPC but health and reflection needs its role (auth/roles.py).
     auth = auth_interceptor(settings)
     if auth is not None:
-        interceptors.append(auth)
+        behaviours.append(auth)
     # Every internal channel this service opens from here on sends the service token.
     set_service_token_file(settings.service_token_file)
-    if traced:
-        interceptors.append(tracing.server_interceptor())
-    interceptors.append(ErrorInterceptor())
+    behaviours.append(ErrorInterceptor())
+    # The OpenTelemetry SERVER-span interceptor stays a gRPC interceptor (it is not ours to
+    # wrap), so only a traced service pays an interceptor chain; it runs outermost, so a
+    # refused call has its span too.
+    interceptors = [tracing.server_interceptor()] if traced else []
     # Every internal channel this process opens (channels.internal_channel) uses mTLS when
     # its listener uses TLS: the service's own certificate is its client certificate.
     configure_client_tls(TLSConfig.from_settings(settings).client())
-    runtime = Runtime(spec, settings, make_discovery(settings), interceptors)
+    runtime = Runtime(spec, settings, make_discovery(settings), interceptors, behaviours)
     runtime.auth = auth  # faces that are not gRPC (the REST face) enforce the same rules
     await spec.build(runtime, settings)
     await runtime.start()

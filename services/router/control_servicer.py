@@ -11,9 +11,9 @@ from modelserve.catalog.replica import DEFAULT_LABEL, Catalog
 from modelserve.catalog.version_stats import VersionStats
 from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
+from modelserve.workers import WorkerPool
 from router.shadow_samples import ShadowSamples
 from router.shadow_stats import ShadowStats
-from router.workers import WorkerPool
 
 
 class RouterControlServicer(router_pb2_grpc.RouterControlServicer):

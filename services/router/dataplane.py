@@ -29,6 +29,7 @@ from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import composite_pb2, registry_pb2
 from modelserve.v2 import metadata, repository
 from modelserve.v2.statistics import merge_statistics
+from modelserve.workers import WorkerPool
 from router.composite_executor import CompositeExecutor
 from router.enrichment import Enricher
 from router.fallbacks import note_fallback
@@ -36,7 +37,6 @@ from router.forwarding import Forwarder
 from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.shadow import ShadowMirror
-from router.workers import WorkerPool
 
 STATISTICS_TIMEOUT_S = 2.0
 

@@ -15,7 +15,7 @@ from modelserve.channels import Endpoint
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
-from router.workers import WorkerPool
+from modelserve.workers import WorkerPool
 
 # Everything in the router that sends a request on to a version (the forwarder, the prediction
 # cache in front of it, lookups, composite members, shadow calls) has this shape.

@@ -9,6 +9,7 @@ from modelserve.channels import EndpointSet
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.server import Runtime
 from modelserve.v2.servicer import serve_v2
+from modelserve.workers import WorkerPool
 from router.cache_backends import CacheBackend, LocalBackend, RedisBackend
 from router.composite_executor import CompositeExecutor
 from router.control_servicer import RouterControlServicer
@@ -21,7 +22,6 @@ from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.settings import RouterSettings
 from router.shadow import ShadowMirror
-from router.workers import WorkerPool
 
 
 def _prediction_cache(settings: RouterSettings) -> PredictionCache:

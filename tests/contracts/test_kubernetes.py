@@ -36,7 +36,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu", "secure")
 # The modelserve workloads: the first container argument is the service's package.
 SERVICES = ("gateway", "router", "worker", "registry", "featurestore", "streamer")
-DATA_PLANE = {"gateway": "modelserve_model_in_flight", "router": "modelserve_model_in_flight"}
+DATA_PLANE = {"gateway": "modelserve_model_in_flight", "router": "modelserve_rpcs_in_flight"}
 DATA_PLANE["worker"] = "modelserve_queue_depth"
 # Environment variables the batch CLI reads (not service settings): modelserve.cli.*.
 CLI_ENV = {"MODELSERVE_BATCH_CACHE_DIR", "MODELSERVE_TLS_CA", "MODELSERVE_TLS_CERT"}

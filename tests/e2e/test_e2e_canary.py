@@ -286,7 +286,10 @@ async def test_a_candidate_whose_signature_the_callers_miss_is_rolled_back(
             router_pb2.VersionStatsRequest(model=model), timeout=5
         )
     counts = {v.version: (v.requests, v.errors) for v in rejected.versions}
-    assert counts[2][0] == counts[2][1] >= last.candidate.requests and 1 not in counts, counts
+    # The gateway counted every candidate call as a rejection; the baseline's calls it served
+    # itself (the direct lane, gateway/direct.py) count there too, all OK.
+    assert counts[2][0] == counts[2][1] >= last.candidate.requests, counts
+    assert 1 not in counts or counts[1][1] == 0, counts
     shown = await modelserve("policy", "--registry", suite.address("registry"), "show", model)
     assert "split 1=100%" in shown, shown
 

@@ -1,7 +1,8 @@
 """The trimmed fault run of `./dev resilience` (bench/resilience.py), in the default suite:
 kill -9 of the registry costs no request (the data plane serves from its replicas), kill -9 of
-the single router is ridden out once the supervisor restarts it (failures stop well within the
-window), and 50 ms deadlines only ever see OK or DEADLINE_EXCEEDED."""
+the single router is ridden out (the gateway's direct lane serves the demo models without it;
+any failure is UNAVAILABLE and stops well within the window while the supervisor restarts it),
+and 50 ms deadlines only ever see OK or DEADLINE_EXCEEDED."""
 
 from __future__ import annotations
 
@@ -24,6 +25,6 @@ async def test_trimmed_fault_run() -> None:
     assert registry.sent > 100 and registry.failed == {}, registry
     router = outcomes["kill9-router"]
     assert router.ok > 100 and set(router.failed) <= {"UNAVAILABLE"}, router
-    assert 0 < router.recovery_s < SECONDS - 2, router  # back long before the load ends
+    assert router.recovery_s < SECONDS - 2, router  # back long before the load ends
     deadlines = outcomes["deadline-50ms"]
     assert set(deadlines.failed) <= {"DEADLINE_EXCEEDED"} and deadlines.ok > 0, deadlines

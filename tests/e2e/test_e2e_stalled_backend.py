@@ -1,5 +1,6 @@
 """T14: non-inference RPCs with 100 ms deadlines while the backend behind the gateway is
-stalled (router and registry SIGSTOPped: alive, connected, answering nothing). Every RPC ends
+stalled (router, registry and worker SIGSTOPped: alive, connected, answering nothing; the
+worker too, since the gateway's direct lane reaches it without the router). Every RPC ends
 with OK (answered from the gateway's own replica) or DEADLINE_EXCEEDED / UNAVAILABLE, and none
 hangs on the gateway's side: its in-flight RPCs go back to 0 while the backend is still
 stopped, and calls sent with no deadline at all end by the edge's default one. After SIGCONT
@@ -28,7 +29,7 @@ from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.tensors import encode_inputs
 
 ENDED = {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE}
-STALLED = ("router", "registry")
+STALLED = ("router", "registry", "worker")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ async def test_non_inference_rpcs_end_within_their_deadline_against_a_stalled_ba
             assert all(code in ENDED for code in codes.values()), codes
             # Health and liveness are the gateway's own: a stalled backend never fails them.
             assert codes["health Check"] == codes["ServerLive"] == grpc.StatusCode.OK, codes
-            assert codes["ModelInfer"] != grpc.StatusCode.OK, codes  # the router really stalled
+            assert codes["ModelInfer"] != grpc.StatusCode.OK, codes  # the backend really stalled
 
             # Without a client deadline the edge's default (2 s) bounds them as well.
             unbounded = [

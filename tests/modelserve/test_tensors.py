@@ -566,3 +566,35 @@ def test_hostile_dims_are_refused_in_constant_memory(datatype: str, shape: list[
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024, f"refusing {shape} allocated {peak} bytes"
+
+
+def test_a_remembered_layout_still_has_its_payload_sizes_checked() -> None:
+    """validate_infer_request's memo (issue 14): a layout that passed is checked by its sizes
+    alone, so a wrong size is still refused with the full check's message, a new requested
+    output is checked in full, and BYTES layouts are never remembered."""
+    from modelserve.tensors import raw_layout
+
+    specs = [TensorSpec("x", "FP32", (-1, 4))]
+    outs = [TensorSpec("y", "FP32", (-1, 1))]
+    passed: dict = {}  # type: ignore[type-arg]
+    good = pb.ModelInferRequest(model_name="m")
+    good.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    good.raw_input_contents.append(bytes(32))
+    validate_infer_request(good, specs, outs, 8, layout=raw_layout(good), passed=passed)
+    assert len(passed) == 1
+    short = pb.ModelInferRequest()
+    short.CopyFrom(good)
+    short.raw_input_contents[0] = bytes(31)
+    with pytest.raises(InvalidArgumentError, match="needs 32 bytes, got 31"):
+        validate_infer_request(short, specs, outs, 8, layout=raw_layout(short), passed=passed)
+    unknown = pb.ModelInferRequest()
+    unknown.CopyFrom(good)
+    unknown.outputs.add(name="nope")
+    with pytest.raises(InvalidArgumentError, match="unknown output"):
+        validate_infer_request(unknown, specs, outs, 8, layout=raw_layout(unknown), passed=passed)
+    words = pb.ModelInferRequest()
+    words.inputs.add(name="s", datatype="BYTES", shape=[1, 1])
+    words.raw_input_contents.append(serialize_bytes_tensor(np.array([[b"ab"]], dtype=object)))
+    text_specs = [TensorSpec("s", "BYTES", (-1, 1))]
+    validate_infer_request(words, text_specs, [], 8, layout=raw_layout(words), passed=passed)
+    assert len(passed) == 1  # the BYTES layout was checked, not remembered

@@ -16,7 +16,7 @@ from testsupport import eventually
 
 from modelserve.discovery.dns import DNSDiscovery, NameNotFound
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
-from router.workers import WorkerPool
+from modelserve.workers import WorkerPool
 from worker.control_servicer import WorkerControlServicer
 from worker.status import StatusBroadcaster
 

@@ -25,6 +25,7 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
 from modelserve.tensors import decode_inputs, decode_outputs, encode_inputs, encode_outputs
+from modelserve.workers import WorkerPool, WorkerState
 from router.cache_backends import LocalBackend
 from router.dataplane import RouterDataPlane
 from router.enrichment import Enricher
@@ -35,7 +36,6 @@ from router.lookup import LookupAnswerer
 from router.prediction_cache import PredictionCache
 from router.shadow import ShadowMirror
 from router.shadow_stats import Reservoir, compare_outputs
-from router.workers import WorkerPool, WorkerState
 
 # ---- comparison, reservoir, quantiles ---------------------------------------------------------
 

@@ -277,8 +277,8 @@ async def test_the_rpc_says_not_found_for_an_unknown_model_and_checks_the_limit(
     from modelserve.catalog.replica import Catalog
     from modelserve.discovery.static import StaticDiscovery
     from modelserve.errors import InvalidArgumentError, NotFoundError
+    from modelserve.workers import WorkerPool
     from router.control_servicer import RouterControlServicer
-    from router.workers import WorkerPool
 
     catalog = Catalog(StaticDiscovery({}))
     known = registry_pb2.Model(name="m", versions=[registry_pb2.ModelVersion(model="m", version=1)])

@@ -11,7 +11,7 @@ from testsupport import eventually
 
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
-from router.workers import WorkerPool
+from modelserve.workers import WorkerPool
 from worker.control_servicer import WorkerControlServicer
 from worker.status import StatusBroadcaster
 

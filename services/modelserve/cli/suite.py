@@ -348,6 +348,6 @@ def _args(
         args += ["--router-addrs", addr["router"], "--gateway-addrs", addr["gateway"]]
     if service == "router":
         args += ["--worker-addrs", workers, "--featurestore-addr", addr["featurestore"]]
-    if service == "gateway":
-        args += ["--router-addr", addr["router"]]
+    if service == "gateway":  # the workers too: its direct lane (gateway/direct.py)
+        args += ["--router-addr", addr["router"], "--worker-addrs", workers]
     return args

@@ -31,6 +31,9 @@ from modelserve.tensors.datatypes import (
     shape_from_onnx,
 )
 from modelserve.tensors.validation import (
+    Layout,
+    PassedLayouts,
+    raw_layout,
     validate_infer_request,
 )
 
@@ -41,6 +44,8 @@ __all__ = [
     "MAX_TENSOR_ELEMENTS",
     "MERGED_REQUESTS_PARAMETER",
     "DType",
+    "Layout",
+    "PassedLayouts",
     "TensorSpec",
     "datatype_from_onnx",
     "decode_inputs",
@@ -50,6 +55,7 @@ __all__ = [
     "encode_inputs_typed",
     "encode_outputs",
     "from_proto_tensor",
+    "raw_layout",
     "serialize_bytes_tensor",
     "shape_from_onnx",
     "to_proto_tensor",

@@ -170,17 +170,86 @@ def _check_requested_outputs(
         seen.add(out.name)
 
 
+# (name, datatype, shape) of each input, in request order, of a request in the plain raw form.
+Layout = tuple[tuple[str, str, tuple[int, ...]], ...]
+# Remembered passes of one signature: (layout, requested output names) -> raw bytes per input.
+PassedLayouts = dict[tuple[Layout, tuple[str, ...]], tuple[int, ...]]
+MAX_PASSED_LAYOUTS = 1024
+
+
+def raw_layout(request: pb.ModelInferRequest) -> Layout | None:
+    """The request's layout when every input comes as raw bytes with no typed contents and no
+    per-tensor parameters (what tritonclient and perf_analyzer send), else None."""
+    inputs = request.inputs
+    if len(request.raw_input_contents) != len(inputs):
+        return None
+    layout = []
+    for tensor in inputs:
+        if tensor.parameters or tensor.HasField("contents"):
+            return None
+        layout.append((tensor.name, tensor.datatype, tuple(tensor.shape)))
+    return tuple(layout)
+
+
 def validate_infer_request(
     request: pb.ModelInferRequest,
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     max_batch_size: int,
+    *,
+    layout: Layout | None = None,
+    passed: PassedLayouts | None = None,
 ) -> None:
     """Check a request against a model signature without decoding any tensor.
 
     Spec shapes include the batch dimension. Cheap checks run over every input first; only
     then are payload sizes checked (each raw payload is read once: upb copies it on access).
-    """
+
+    With ``layout`` (``raw_layout(request)``) and ``passed`` (kept per signature by the
+    caller), a layout seen to pass before is checked by its payload sizes alone: every other
+    check depends only on the layout and the requested output names, which key the memo.
+    Layouts with BYTES inputs are never remembered (their payloads must be walked)."""
+    key = None
+    if layout is not None and passed is not None:
+        requested = request.outputs
+        key = (layout, tuple(o.name for o in requested) if requested else ())
+        sizes = passed.get(key)
+        if sizes is not None:
+            index = 0
+            for raw in request.raw_input_contents:  # as many as the layout has inputs
+                if len(raw) != sizes[index]:
+                    break  # a wrong size: the full check below names it
+                index += 1
+            else:
+                return
+    _validate_fully(request, inputs, outputs, max_batch_size)
+    if key is not None and layout is not None and passed is not None:
+        sizes = _raw_sizes(layout)
+        if sizes is not None:
+            if len(passed) >= MAX_PASSED_LAYOUTS:  # bounded: shapes vary per caller
+                passed.clear()
+            passed[key] = sizes
+
+
+def _raw_sizes(layout: Layout) -> tuple[int, ...] | None:
+    sizes = []
+    for _, datatype, shape in layout:
+        dt = DTYPES[datatype]
+        if dt.v2 == "BYTES":
+            return None
+        count = 1
+        for d in shape:
+            count *= d
+        sizes.append(count * dt.itemsize)
+    return tuple(sizes)
+
+
+def _validate_fully(
+    request: pb.ModelInferRequest,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    max_batch_size: int,
+) -> None:
     specs = {s.name: s for s in inputs}
     raws = request.raw_input_contents
     use_raw = _uses_raw(raws, len(request.inputs), "input")

@@ -1,4 +1,5 @@
-"""The router's view of the worker fleet: who is serving, which versions each holds warm.
+"""The view of the worker fleet a router (and the gateway's direct lane) keeps: who is
+serving, which versions each holds warm.
 
 Discovery says where workers are; each worker's WorkerControl.WatchStatus stream says what it
 holds and when it starts draining, so the router stops sending to a draining worker at once.
