@@ -51,6 +51,7 @@ def make_legacy_sqlite(path: Path, user_version: int) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(
         f"{later} DROP TABLE schema_migrations; DROP TABLE changes; DROP TABLE leases; "
+        "ALTER TABLE versions DROP COLUMN artifact_uri; "
         f"PRAGMA user_version = {user_version};"
     )
     conn.close()
