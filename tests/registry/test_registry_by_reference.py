@@ -68,7 +68,8 @@ async def test_a_file_uri_is_verified_inspected_and_not_copied(
     uri = f"file://{models_dir}/fraud-v1.onnx"
 
     v = await registry.push_by_reference("fraud", uri, FRAUD_V1_SHA, labels=["production"])
-    uploaded = await registry.push("fraud", FRAUD_V1)  # the same model, uploaded, to compare
+    assert registry.artifact_files() == [] and registry.temp_entries() == []
+    uploaded = await registry.push("fraud", FRAUD_V2)  # same signature, uploaded, to compare
 
     assert (v.version, v.sha256, v.size_bytes, v.artifact_uri) == (
         1, FRAUD_V1_SHA, len(FRAUD_V1), uri,
@@ -76,7 +77,8 @@ async def test_a_file_uri_is_verified_inspected_and_not_copied(
     assert list(v.inputs) == list(uploaded.inputs) and list(v.outputs) == list(uploaded.outputs)
     assert uploaded.artifact_uri == ""
     # Only the upload's file is in the registry's storage; nothing is left in tmp.
-    assert len(registry.artifact_files()) == 1 and registry.temp_entries() == []
+    assert [p.stem for p in registry.artifact_files()] == [uploaded.sha256]
+    assert registry.temp_entries() == []
     model = await registry.stub.GetModel(registry_pb2.GetModelRequest(name="fraud"))
     assert [x.artifact_uri for x in model.versions] == [uri, ""]
     assert await fetched(registry, "fraud", 1) == FRAUD_V1  # relayed from the URI
