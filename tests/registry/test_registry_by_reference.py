@@ -277,3 +277,23 @@ async def test_a_fetch_refuses_an_artifact_that_grew_at_its_uri(
 async def _drain(call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
     async for _ in call:
         pass
+
+
+async def test_a_lookup_model_takes_no_artifact_uri(registry: Registry, models_dir: Path) -> None:
+    config = registry_pb2.ServingConfig()
+    config.lookup.CopyFrom(
+        registry_pb2.LookupConfig(
+            view="preds",
+            entity_input="user_id",
+            outputs=[registry_pb2.LookupOutput(name="score", datatype="FP32", shape=[1])],
+        )
+    )
+    header = registry_pb2.PushVersionRequest.Header(
+        model="preds", config=config, sha256=FRAUD_V1_SHA, artifact_uri=f"file://{models_dir}/m"
+    )
+    await expect_status(
+        registry.push_raw([registry_pb2.PushVersionRequest(header=header)]),
+        INVALID,
+        "no artifact_uri",
+    )
+    await assert_nothing_stored(registry)
