@@ -27,7 +27,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY services ./services
 # [postgres]: psycopg, so a registry can run on PostgreSQL (registry_database_url).
-RUN pip install ".[postgres]"
+# [s3]: boto3, so registries and workers read artifacts pushed by reference as s3:// URIs.
+RUN pip install ".[postgres,s3]"
 
 # --- build-gpu: the same environment with onnxruntime swapped for onnxruntime-gpu ------------
 FROM build AS build-gpu

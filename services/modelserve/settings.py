@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "MODELSERVE_"
 MIB = 1024 * 1024
 
+# Settings the registry and the worker both declare (artifacts by reference, artifact_uris).
+ARTIFACT_FETCH_TIMEOUT_HELP = (
+    60.0,
+    "Artifacts by reference: how long connecting to the artifact's URI, or any one read from "
+    "it, may stall before the fetch fails (not a bound on the whole transfer).",
+)
+S3_ENDPOINT_HELP = (
+    "",
+    "Artifacts by reference: the S3-compatible endpoint for s3:// URIs (e.g. "
+    "http://minio:9000); empty = AWS S3. Credentials come from the standard AWS chain "
+    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance role). Needs the `s3` "
+    "extra.",
+)
+
 
 def setting(default: Any, help: str, *, env: Sequence[str] = (), secret: bool = False) -> Any:
     """Declare a settings field: its default, a one-line help, extra env names to honour."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from modelserve.artifact_uris import ArtifactUri, parse_artifact_uri
 from modelserve.catalog.routing import basis_points
 from modelserve.errors import InvalidArgumentError
 from modelserve.proto.modelserve.v1 import common_pb2, registry_pb2
@@ -39,6 +40,7 @@ class PushHeader:
     description: str
     parent_version: int
     sha256: str  # "" = the caller gave none
+    artifact_uri: ArtifactUri | None = None  # set: a push by reference, no chunks follow
 
 
 def header_from_proto(header: registry_pb2.PushVersionRequest.Header) -> PushHeader:
@@ -49,6 +51,18 @@ def header_from_proto(header: registry_pb2.PushVersionRequest.Header) -> PushHea
     if sha256:
         check_sha256(sha256)
     config = overrides_from_proto(header.config) if header.HasField("config") else None
+    uri = None
+    if header.artifact_uri:
+        uri = parse_artifact_uri(header.artifact_uri)
+        if not sha256:  # by reference the registry never holds the bytes it would hash
+            raise InvalidArgumentError(
+                "a push by reference (artifact_uri) must give the artifact's sha256"
+            )
+        if config is not None and config.lookup is not None:
+            raise InvalidArgumentError(
+                f"model {header.model!r} is a lookup (config.lookup is set): it has no "
+                "artifact, so no artifact_uri"
+            )
     return PushHeader(
         model=header.model,
         labels=labels,
@@ -56,6 +70,7 @@ def header_from_proto(header: registry_pb2.PushVersionRequest.Header) -> PushHea
         description=header.description,
         parent_version=header.parent_version,
         sha256=sha256,
+        artifact_uri=uri,
     )
 
 
@@ -155,6 +170,7 @@ def version_to_proto(record: VersionRecord) -> registry_pb2.ModelVersion:
         description=record.description,
         labels=list(record.labels),
         parent_version=record.parent_version,
+        artifact_uri=record.artifact_uri,
     )
 
 

@@ -25,6 +25,8 @@ class VersionRecord:
     description: str = ""
     parent_version: int = 0
     labels: tuple[str, ...] = ()  # labels pointing at this version when it was read
+    # Pushed by reference: where the artifact lives (the registry keeps no copy); "" = uploaded.
+    artifact_uri: str = ""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -17,9 +17,10 @@ from typing import Any, BinaryIO, TypeVar
 
 from grpc import aio
 
+from modelserve.artifact_uris import FetchOptions
 from modelserve.errors import FailedPreconditionError, InvalidArgumentError
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
-from registry import convert, lookup_models
+from registry import by_reference, convert, lookup_models
 from registry.onnx_inspect import inspect_model
 from registry.ownership import TrafficOwners
 from registry.policies.gate import PolicyGate
@@ -49,10 +50,13 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         owners: TrafficOwners | None = None,
         fleet: FleetReader | None = None,
         policy_ready_timeout_s: float = 300.0,
+        artifact_uri_prefixes: Sequence[str] = (),
+        artifact_fetch: FetchOptions | None = None,
     ) -> None:
         """``store_executor`` must have exactly one thread (store calls stay in commit order);
         ``io_executor`` bounds concurrent hashing/inspection (each inspection holds a whole
-        model in memory). Executors not given are created here and shut down by ``close``."""
+        model in memory). Executors not given are created here and shut down by ``close``.
+        ``artifact_uri_prefixes``: where pushes by reference may point (none: refused)."""
         self._store = store
         self._is_composite = is_composite  # a model may not take a composite's name
         self._hub = hub
@@ -62,6 +66,11 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         self._store_executor = store_executor or self._own(ThreadPoolExecutor(1, "registry-db"))
         self._io_executor = io_executor or self._own(ThreadPoolExecutor(2, "registry-io"))
         self._owners = owners or TrafficOwners()
+        self._by_reference = by_reference.ArtifactReader(
+            prefixes=artifact_uri_prefixes,
+            options=artifact_fetch or FetchOptions(),
+            executor=self._io_executor,
+        )
         # Without a fleet reader (a registry on its own) no router is known: writes go in
         # force at once, as there is no caller traffic to protect.
         self._gate = PolicyGate(
@@ -92,8 +101,13 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         # refused push creates no upload dir (T36: names refused before any filesystem access).
         header = _header_of(await anext(messages, None))
         new_upload = partial(TempUpload, self._store.new_upload_path, self._max_artifact_bytes)
+        if header.artifact_uri is not None:  # refused before a byte is read from it
+            await self._in_io(self._by_reference.check_allowed, header.artifact_uri)
         async with temp_upload(new_upload, self._io_executor, self._cleanups) as upload:
-            await self._receive(messages, header, upload)
+            if header.artifact_uri is not None:
+                await self._read_by_reference(messages, header, upload)
+            else:
+                await self._receive(messages, header, upload)
             if self._is_composite is not None and self._is_composite(header.model):
                 raise FailedPreconditionError(
                     f"'{header.model}' is a composite model; a model needs its own name"
@@ -102,6 +116,8 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
             if lookup is not None:  # no ONNX file: the definition is the artifact
                 await self._in_io(upload.write, lookup_models.definition_bytes(lookup))
             sha256 = await self._in_io(upload.finish)
+            if header.artifact_uri is not None and header.sha256 != sha256:
+                raise by_reference.mismatch(header.artifact_uri, header.sha256, upload.size, sha256)
             if header.sha256 and header.sha256 != sha256:
                 raise FailedPreconditionError(
                     f"artifact sha256 mismatch: the header says {header.sha256}, the "
@@ -122,9 +138,11 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
                     labels=header.labels,
                     description=header.description,
                     parent_version=header.parent_version,
+                    artifact_uri=header.artifact_uri.text if header.artifact_uri else "",
                 )
             )
-        log.info("pushed %s v%d (%s)", record.model, record.version, record.sha256[:12])
+        where = f" by reference to {record.artifact_uri}" if record.artifact_uri else ""
+        log.info("pushed %s v%d (%s)%s", record.model, record.version, record.sha256[:12], where)
         return convert.version_to_proto(record)
 
     async def ListModels(
@@ -175,6 +193,15 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
         self, request: registry_pb2.FetchArtifactRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[registry_pb2.ArtifactChunk]:
         record = await self._in_store(self._store.resolve, request.model, request.version)
+        if record.artifact_uri:  # no copy here: relayed from the URI to this worker
+            first = True
+            async for data in self._by_reference.stream(record, CHUNK_BYTES):
+                size = record.size_bytes if first else 0
+                yield registry_pb2.ArtifactChunk(
+                    data=data, sha256=record.sha256 if first else "", size_bytes=size
+                )
+                first = False
+            return
         path = await self._in_store(self._store.artifact_path_for, record)
         f = await self._in_io(_open_binary, path)
         try:
@@ -233,6 +260,23 @@ class RegistryServicer(PolicyRpcs, registry_pb2_grpc.RegistryServicer):
                 f"upload for model {header.model!r} carried no artifact bytes: send the ONNX "
                 "file in chunk messages after the header"
             )
+
+    async def _read_by_reference(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.PushVersionRequest],
+        header: convert.PushHeader,
+        upload: TempUpload,
+    ) -> None:
+        """A push by reference is the header alone: refuse any chunk, then read the
+        artifact from its URI into ``upload`` (hashed like an upload, removed afterwards)."""
+        assert header.artifact_uri is not None
+        async for _ in request_iterator:
+            raise by_reference.refuse_chunks(header.model, 1)
+
+        async def write(chunk: bytes) -> None:
+            await self._in_io(upload.write, chunk)
+
+        await self._by_reference.fill(header.artifact_uri, upload, write)
 
     def _own(self, executor: ThreadPoolExecutor) -> ThreadPoolExecutor:
         self._owned.append(executor)

@@ -74,4 +74,5 @@ def version_from_row(row: Row, labels: Sequence[str]) -> VersionRecord:
         description=row["description"],
         parent_version=row["parent_version"],
         labels=tuple(sorted(labels)),
+        artifact_uri=row["artifact_uri"],
     )

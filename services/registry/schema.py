@@ -8,7 +8,9 @@ global revision lives in ``meta`` so it survives restarts and only ever grows.
 per model); 3 ``pending_policies`` (at most one policy per model waiting for its versions to
 be READY) and ``models.unloaded`` (RepositoryModelUnload, 0 for every model that existed
 before); 4 ``changes`` (which model each revision touched, so a replica learns what another
-changed) and ``leases`` (which replica runs the controllers). Builds before migrations marked
+changed) and ``leases`` (which replica runs the controllers); 5 ``versions.artifact_uri``
+(where a version pushed by reference lives; '' for uploaded versions and every version that
+existed before). Builds before migrations marked
 the file with PRAGMA user_version 1-3, which stand for migrations 1-3.
 """
 
@@ -89,6 +91,11 @@ MIGRATIONS = (
             "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
             " expires_unix_ms BIGINT NOT NULL)",
         ),
+    ),
+    Migration(
+        5,
+        "versions.artifact_uri",
+        ("ALTER TABLE versions ADD COLUMN artifact_uri TEXT NOT NULL DEFAULT ''",),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,6 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from modelserve.artifact_uris import FetchOptions
 from modelserve.proto.modelserve.v1 import (
     composite_pb2,
     composite_pb2_grpc,
@@ -56,6 +57,13 @@ async def build(runtime: Runtime, settings: RegistrySettings) -> None:
         owners=owners,
         fleet=FleetReader(runtime.discovery),
         policy_ready_timeout_s=settings.policy_ready_timeout_seconds,
+        artifact_uri_prefixes=[
+            p.strip() for p in settings.artifact_uri_prefixes.split(",") if p.strip()
+        ],
+        artifact_fetch=FetchOptions(
+            timeout_s=settings.artifact_fetch_timeout_seconds,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        ),
     )
     servicer.gate.lease = gate_lease = lease("policy-gate")
     canary_lease = lease("canary-controller")

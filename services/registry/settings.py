@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelserve.server import dependency
-from modelserve.settings import CommonSettings, setting
+from modelserve.settings import (
+    ARTIFACT_FETCH_TIMEOUT_HELP,
+    S3_ENDPOINT_HELP,
+    CommonSettings,
+    setting,
+)
 
 
 @dataclass
@@ -30,7 +35,19 @@ class RegistrySettings(CommonSettings):
         "How long a controller lease (canaries, pending policies) lasts unrenewed: how soon "
         "another replica takes over from one that died.",
     )
-    max_artifact_bytes: int = setting(2 << 30, "Largest ONNX file a push may upload.")
+    max_artifact_bytes: int = setting(
+        2 << 30, "Largest ONNX file a push may upload (or point at, by reference)."
+    )
+    artifact_uri_prefixes: str = setting(
+        "",
+        "URI prefixes a push by reference may point under, comma-separated (e.g. "
+        "s3://models/,https://models.internal/,file:///srv/models/); a prefix matches on a "
+        "path boundary, file:// after resolving links. Empty = pushes by reference are refused.",
+    )
+    artifact_fetch_timeout_seconds: float = setting(
+        ARTIFACT_FETCH_TIMEOUT_HELP[0], ARTIFACT_FETCH_TIMEOUT_HELP[1]
+    )
+    s3_endpoint_url: str = setting(S3_ENDPOINT_HELP[0], S3_ENDPOINT_HELP[1])
     max_receive_message_bytes: int = setting(
         8 << 20, "Largest gRPC message accepted (pushes stream 1 MiB chunks)."
     )

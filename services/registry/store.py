@@ -129,11 +129,14 @@ class RegistryStore(PolicyStoreMethods):
         labels: Sequence[str] = (),
         description: str = "",
         parent_version: int = 0,
+        artifact_uri: str = "",
     ) -> VersionRecord:
         """Store ``artifact`` (already hashed and inspected) as the model's next version.
 
         The caller still owns ``artifact`` and removes it afterwards (it may have been moved
-        into the store, or left in place when an identical file was already stored).
+        into the store, or left in place when an identical file was already stored). With
+        ``artifact_uri`` (a push by reference, already read and verified from there) the file
+        is not kept: the version records the URI, and readers go there.
         """
         check_push(model, labels, description, parent_version)
         check_sha256(sha256)
@@ -143,7 +146,8 @@ class RegistryStore(PolicyStoreMethods):
         with self._lock:
             if parent_version:
                 self._require_version(model, parent_version)
-            self._artifacts.ingest(artifact, sha256, size_bytes)
+            if not artifact_uri:
+                self._artifacts.ingest(artifact, sha256, size_bytes)
             with self._transaction(model) as conn:
                 now = int(time.time() * 1000)
                 conn.execute(
@@ -156,12 +160,14 @@ class RegistryStore(PolicyStoreMethods):
                 ).fetchone()
                 version = int(row[0])
                 conn.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO versions (model, version, sha256, size_bytes, inputs_json, "
+                    "outputs_json, config_json, platform, created_unix_ms, description, "
+                    "parent_version, artifact_uri) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         model, version, sha256, size_bytes,
                         specs_to_json(signature.inputs), specs_to_json(signature.outputs),
                         config_to_json(resolved), signature.platform, now, description,
-                        parent_version,
+                        parent_version, artifact_uri,
                     ),
                 )  # fmt: skip
                 for label in dict.fromkeys(labels):
@@ -223,6 +229,11 @@ class RegistryStore(PolicyStoreMethods):
         return self.artifact_path_for(self.resolve(model, version))
 
     def artifact_path_for(self, record: VersionRecord) -> Path:
+        if record.artifact_uri:  # callers read these from the URI (RegistryServicer)
+            raise FailedPreconditionError(
+                f"model {record.model!r} version {record.version} was pushed by reference "
+                f"({record.artifact_uri}); the registry keeps no copy"
+            )
         path = self._artifacts.path_for(record.sha256)
         if not path.is_file():
             log.error("artifact file %s for %s v%d is missing", path, record.model, record.version)
@@ -408,7 +419,9 @@ class RegistryStore(PolicyStoreMethods):
         return f"unknown model {model!r} (models: {_listing(r[0] for r in rows)})"
 
     def _all_sha256(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM versions")]
+        """The sha256 of every artifact kept here (versions by reference keep none)."""
+        rows = self._db.execute("SELECT DISTINCT sha256 FROM versions WHERE artifact_uri = ''")
+        return [r[0] for r in rows]
 
 
 def check_push(model: str, labels: Sequence[str], description: str, parent_version: int) -> None:

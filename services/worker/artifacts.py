@@ -4,6 +4,12 @@ Files are named only by their validated sha256 (``<sha>.onnx``), never by model 
 (RELIABILITY.md rule 4). A download streams into a hidden temp file in the same directory
 while hashing, is checked against the sha256 the worker was told AND the one the registry
 announces, then fsynced and renamed into place, so a reader never sees a partial file.
+
+A version pushed by reference (``artifact_uri``) is fetched straight from its URI when direct
+fetch is on (modelserve.artifact_uris), verified the same way; when the worker cannot read the
+URI (unreachable, no credentials, a file:// path not mounted here) it falls back to the
+registry's FetchArtifact, which relays the artifact from the URI. Bytes that arrive but do not
+verify are refused outright: the registry would relay the same bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import grpc
 
+from modelserve.artifact_uris import (
+    ArtifactFetchError,
+    FetchOptions,
+    parse_artifact_uri,
+    read_chunks,
+)
 from modelserve.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -80,11 +92,17 @@ class ArtifactCache:
         *,
         max_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
         executor: Executor | None = None,
+        direct_fetch: bool = True,
+        fetch_options: FetchOptions | None = None,
     ) -> None:
-        """``executor`` runs file I/O and hashing (None: the loop's default, bounded, pool)."""
+        """``executor`` runs file I/O and hashing (None: the loop's default, bounded, pool).
+        ``direct_fetch``: read artifacts pushed by reference from their URI (else always
+        through the registry); ``fetch_options``: that read's timeout and S3 endpoint."""
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.max_bytes = max_bytes
+        self.direct_fetch = direct_fetch
+        self.fetch_options = fetch_options or FetchOptions()
         self._executor = executor
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
@@ -101,8 +119,12 @@ class ArtifactCache:
         version: int,
         expected_sha256: str,
         timeout: float = 120,
+        *,
+        artifact_uri: str = "",
     ) -> Path:
-        """The verified local file for ``model`` ``version``, downloaded unless cached.
+        """The verified local file for ``model`` ``version``, downloaded unless cached:
+        from ``artifact_uri`` when set and direct fetch is on, else (or when the URI cannot
+        be read) from the registry.
 
         Raises InvalidArgumentError for a malformed sha256, FailedPreconditionError when the
         bytes do not verify (nothing is left on disk), and the registry's own error for a
@@ -115,6 +137,20 @@ class ArtifactCache:
         async with self._locked(sha):  # one download per sha; the others then reuse it
             if await self._reusable(path, sha, label):
                 return path
+            if artifact_uri and self.direct_fetch:
+                try:
+                    await self._download_direct(artifact_uri, sha, path, label)
+                    log.info(
+                        "fetched artifact for %s from %s (sha256 %s)", label, artifact_uri, sha
+                    )
+                    return path
+                except (ArtifactFetchError, InvalidArgumentError) as exc:
+                    log.warning(
+                        "cannot read the artifact of %s from its URI (%s); fetching it through "
+                        "the registry",
+                        label,
+                        exc.message,
+                    )
             await self._download(stub, model, version, sha, path, timeout)
             log.info("fetched artifact for %s (sha256 %s)", label, sha)
             return path
@@ -180,6 +216,37 @@ class ArtifactCache:
             call.cancel()  # no-op once the stream ended; stops it when we gave up early
             # Synchronous on purpose: it must run even when this task is being cancelled.
             partial.discard()
+            self._partials.discard(partial.path.name)
+
+    async def _download_direct(self, uri_text: str, sha: str, path: Path, label: str) -> None:
+        """Stream the artifact from its URI into a partial file, verify, rename into place.
+        ArtifactFetchError (or InvalidArgumentError for a URI this build cannot parse) when
+        it cannot be read: the caller then asks the registry; FailedPreconditionError when
+        what was read does not verify."""
+        uri = parse_artifact_uri(uri_text)
+        partial = _Partial(self.directory / f".{sha}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+        self._partials.add(partial.path.name)
+        try:
+            await self._in_executor(partial.open)
+            chunks = read_chunks(uri, self.fetch_options, executor=self._executor)
+            async with contextlib.aclosing(chunks):
+                async for data in chunks:
+                    if partial.size + len(data) > self.max_bytes:
+                        raise FailedPreconditionError(
+                            f"artifact for {label} at {uri.text} is larger than the "
+                            f"{self.max_bytes} bytes this worker accepts"
+                        )
+                    await self._in_executor(partial.write, data)
+            digest = partial.hexdigest()
+            if digest != sha:
+                raise FailedPreconditionError(
+                    f"artifact for {label} failed verification: expected sha256 {sha}, the "
+                    f"{partial.size} bytes at {uri.text} hash to {digest} (changed there "
+                    "since the push?)"
+                )
+            await self._in_executor(partial.commit, path)
+        finally:
+            partial.discard()  # synchronous on purpose, as in _download
             self._partials.discard(partial.path.name)
 
     async def _receive(self, call: Any, partial: _Partial, sha: str, label: str) -> int:

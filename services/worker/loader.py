@@ -147,7 +147,9 @@ class ModelManager:
                 if endpoint is None:
                     raise UnavailableError("no registry instance to fetch the artifact from")
                 stub = endpoint.stub(registry_pb2_grpc.RegistryStub)
-                path = await self._artifacts.fetch(stub, r.model, r.version, r.sha256)
+                path = await self._artifacts.fetch(
+                    stub, r.model, r.version, r.sha256, artifact_uri=r.artifact_uri
+                )
                 session = await ModelSession.load(
                     path,
                     model=r.model,

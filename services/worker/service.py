@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelserve.artifact_uris import FetchOptions
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow
@@ -46,7 +47,14 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
     manager = ModelManager(
         catalog=catalog,
         registries=registries,
-        artifacts=ArtifactCache(Path(settings.data_dir)),
+        artifacts=ArtifactCache(
+            Path(settings.data_dir),
+            direct_fetch=settings.artifact_direct_fetch_enabled,
+            fetch_options=FetchOptions(
+                timeout_s=settings.artifact_fetch_timeout_seconds,
+                s3_endpoint_url=settings.s3_endpoint_url,
+            ),
+        ),
         only_models={m.strip() for m in settings.models.split(",") if m.strip()},
         gpu_mem_limit=settings.gpu_mem_limit_bytes,
         io_binding=settings.io_binding,

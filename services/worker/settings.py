@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelserve.server import dependency
-from modelserve.settings import CommonSettings, setting
+from modelserve.settings import (
+    ARTIFACT_FETCH_TIMEOUT_HELP,
+    S3_ENDPOINT_HELP,
+    CommonSettings,
+    setting,
+)
 
 
 @dataclass
@@ -15,6 +20,15 @@ class WorkerSettings(CommonSettings):
         "registry", "127.0.0.1:8301", "Registry address(es), comma-separated (static discovery)."
     )
     data_dir: str = setting(".modelserve-data/worker", "Artifact cache directory.")
+    artifact_direct_fetch_enabled: bool = setting(
+        True,
+        "Fetch versions pushed by reference straight from their artifact URI (sha256 "
+        "verified); off, or when the URI cannot be read from here, the registry relays them.",
+    )
+    artifact_fetch_timeout_seconds: float = setting(
+        ARTIFACT_FETCH_TIMEOUT_HELP[0], ARTIFACT_FETCH_TIMEOUT_HELP[1]
+    )
+    s3_endpoint_url: str = setting(S3_ENDPOINT_HELP[0], S3_ENDPOINT_HELP[1])
     models: str = setting("", "Comma-separated model names this worker holds; empty = every model.")
     gpu_mem_limit_bytes: int = setting(
         0, "CUDA memory arena limit per model version in bytes; 0 = unlimited."

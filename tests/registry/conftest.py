@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import registry_testkit
 from pgsupport import fresh_database, reset_database
 from registry_testkit import Registry
+
+from modelserve.artifact_uris import FetchOptions
 
 
 @pytest.fixture
@@ -21,8 +23,16 @@ async def start_registry(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitabl
         *,
         max_artifact_bytes: int = 64 << 20,
         hub_queue_size: int = 64,
+        artifact_uri_prefixes: Sequence[str] = (),
+        artifact_fetch: FetchOptions | None = None,
     ) -> Registry:
-        registry = Registry(data_dir or tmp_path / "data", max_artifact_bytes, hub_queue_size)
+        registry = Registry(
+            data_dir or tmp_path / "data",
+            max_artifact_bytes,
+            hub_queue_size,
+            artifact_uri_prefixes,
+            artifact_fetch,
+        )
         await registry.start()
         running.append(registry)
         return registry

@@ -17,6 +17,7 @@ import onnx
 import pytest
 from grpc import aio
 
+from modelserve.artifact_uris import FetchOptions
 from modelserve.cli import demo_models
 from modelserve.interceptors import ErrorInterceptor
 from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
@@ -51,6 +52,7 @@ def make_legacy_sqlite(path: Path, user_version: int) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(
         f"{later} DROP TABLE schema_migrations; DROP TABLE changes; DROP TABLE leases; "
+        "ALTER TABLE versions DROP COLUMN artifact_uri; "
         f"PRAGMA user_version = {user_version};"
     )
     conn.close()
@@ -81,10 +83,19 @@ FRAUD_V2 = model_bytes(demo_models.fraud(2))
 class Registry:
     """A running registry: store + hub + servicer + grpc.aio server + a client stub."""
 
-    def __init__(self, data_dir: Path, max_artifact_bytes: int, hub_queue_size: int) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        max_artifact_bytes: int,
+        hub_queue_size: int,
+        artifact_uri_prefixes: Sequence[str] = (),
+        artifact_fetch: FetchOptions | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.max_artifact_bytes = max_artifact_bytes
         self.hub_queue_size = hub_queue_size
+        self.artifact_uri_prefixes = artifact_uri_prefixes
+        self.artifact_fetch = artifact_fetch
         self.stopped = False
 
     async def start(self) -> Registry:
@@ -98,6 +109,8 @@ class Registry:
             hub=self.hub,
             max_artifact_bytes=self.max_artifact_bytes,
             store_executor=self.store_executor,
+            artifact_uri_prefixes=self.artifact_uri_prefixes,
+            artifact_fetch=self.artifact_fetch,
         )
         self.server = aio.server(interceptors=[ErrorInterceptor()])
         registry_pb2_grpc.add_RegistryServicer_to_server(self.servicer, self.server)
@@ -144,6 +157,23 @@ class Registry:
             registry_pb2.PushVersionRequest(chunk=data[i : i + chunk_size])
             for i in range(0, len(data), chunk_size)
         ]
+        return await self.push_raw(messages)
+
+    async def push_by_reference(
+        self,
+        model: str,
+        uri: str,
+        sha256: str,
+        *,
+        labels: Sequence[str] = (),
+        chunks: Sequence[bytes] = (),
+    ) -> registry_pb2.ModelVersion:
+        """PushVersion with a header naming ``uri`` (plus ``chunks``, which must be refused)."""
+        header = registry_pb2.PushVersionRequest.Header(
+            model=model, labels=list(labels), sha256=sha256, artifact_uri=uri
+        )
+        messages = [registry_pb2.PushVersionRequest(header=header)]
+        messages += [registry_pb2.PushVersionRequest(chunk=c) for c in chunks]
         return await self.push_raw(messages)
 
     async def push_raw(

@@ -107,3 +107,26 @@ def test_a_schema_3_file_of_an_older_build_gains_a_history(tmp_path: Path) -> No
     db.close()
     assert len(names) == schema.SCHEMA_VERSION
     assert all("user_version 3" in n for n in names[:3]) and "user_version" not in names[3]
+
+
+def test_a_schema_4_database_gains_artifact_uri_and_keeps_its_versions(
+    tmp_path: Path, database_url: str
+) -> None:
+    store = open_store(tmp_path / "data")
+    push_direct(store, "fraud", FRAUD_V1, labels=["production"])
+    store.close()
+    # Back to what a build before migration 5 left: no column, no ledger row for it.
+    db = open_database(database_url, tmp_path / "data" / "registry.sqlite3")
+    with db.transaction():
+        db.execute("ALTER TABLE versions DROP COLUMN artifact_uri")
+        db.execute("DELETE FROM schema_migrations WHERE component = 'registry' AND version = 5")
+    db.close()
+
+    store = open_store(tmp_path / "data")
+    try:
+        (version,) = store.get_model("fraud").versions
+        assert (version.version, version.artifact_uri) == (1, "")
+        assert store.artifact_path("fraud", 1).read_bytes() == FRAUD_V1
+    finally:
+        store.close()
+    assert ledger(database_url, tmp_path / "data" / "registry.sqlite3")["registry"][-1] == 5

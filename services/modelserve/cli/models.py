@@ -40,9 +40,20 @@ def _registry(ctx: click.Context, work: Callable[[Stub], Awaitable[int | None]])
     return asyncio.run(call())
 
 
-@group.command("push", help="push FILE.onnx as a new version of NAME")
+@group.command(
+    "push",
+    help="push FILE.onnx as a new version of NAME, or (--uri URI --sha256 HEX, no FILE) "
+    "register the artifact at URI by reference: the registry verifies it and keeps no copy",
+)
 @NAME
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--uri",
+    default="",
+    metavar="URI",
+    help="push by reference: file:///abs/path, http(s)://..., s3://bucket/key (needs --sha256)",
+)
+@click.option("--sha256", default="", metavar="HEX", help="the artifact's sha256 (checked)")
 @click.option("--label", multiple=True, help="label(s) for the new version")
 @click.option("--description", default="")
 @push_flags.config_options
@@ -54,9 +65,14 @@ def _registry(ctx: click.Context, work: Callable[[Stub], Awaitable[int | None]])
     help="then wait until the gateway says the new version is READY (exit 1 if not)",
 )
 @click.pass_context
-def push(ctx: click.Context, name: str, file: Path, label: tuple[str, ...], description: str,
-         wait: float, **config: Any) -> int:  # fmt: skip
-    if not file.is_file():  # before any connection is made
+def push(ctx: click.Context, name: str, file: Path | None, uri: str, sha256: str,
+         label: tuple[str, ...], description: str, wait: float, **config: Any) -> int:  # fmt: skip
+    # Checked before any connection is made.
+    if (file is None) == (not uri):
+        raise click.UsageError("give FILE or --uri URI (one of them)")
+    if uri and not sha256:
+        raise click.UsageError("--uri needs --sha256 HEX: the registry checks the artifact by it")
+    if file is not None and not file.is_file():
         raise click.UsageError(f"no such file: {file}")
 
     async def work(stub: Stub) -> int:
@@ -67,9 +83,13 @@ def push(ctx: click.Context, name: str, file: Path, label: tuple[str, ...], desc
             labels=list(label),
             description=description,
             config=push_flags.config_from_args(Args(**config)),
+            sha256=sha256.strip().lower(),
+            artifact_uri=uri,
         )
+        where = f" uri={v.artifact_uri}" if v.artifact_uri else ""
         print(
-            f"pushed {v.model} version {v.version} sha256={v.sha256[:12]} labels={list(v.labels)}"
+            f"pushed {v.model} version {v.version} sha256={v.sha256[:12]} "
+            f"labels={list(v.labels)}{where}"
         )
         if wait:
             return await _wait_ready(address(ctx, "gateway"), v.model, v.version, wait)
@@ -239,7 +259,8 @@ def _model_lines(m: registry_pb2.Model, *, detail: bool = False) -> str:
     lines = [f"{m.name}  labels: {labels or '-'}{state}"]
     for v in m.versions:
         sig = ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in v.inputs)
-        lines.append(f"  v{v.version}  sha256={v.sha256[:12]}  inputs: {sig}")
+        where = f"  uri: {v.artifact_uri}" if v.artifact_uri else ""
+        lines.append(f"  v{v.version}  sha256={v.sha256[:12]}  inputs: {sig}{where}")
     if detail:
         policy = policy_cli.describe(m.policy.policy) if m.HasField("policy") else "none"
         lines.append(f"  policy: {policy}")

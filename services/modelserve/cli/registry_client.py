@@ -11,19 +11,11 @@ CHUNK = 1 << 20
 
 
 async def _push_stream(
-    model: str,
-    path: Path,
-    labels: Sequence[str],
-    config: registry_pb2.ServingConfig | None,
-    description: str,
-    parent_version: int,
+    header: registry_pb2.PushVersionRequest.Header, path: Path | None
 ) -> AsyncIterator[registry_pb2.PushVersionRequest]:
-    header = registry_pb2.PushVersionRequest.Header(
-        model=model, labels=list(labels), description=description, parent_version=parent_version
-    )
-    if config is not None:
-        header.config.CopyFrom(config)
     yield registry_pb2.PushVersionRequest(header=header)
+    if path is None:  # by reference: the header is the whole push
+        return
     with path.open("rb") as f:  # small reads; the registry's limits bound the total
         while chunk := f.read(CHUNK):
             yield registry_pb2.PushVersionRequest(chunk=chunk)
@@ -32,16 +24,29 @@ async def _push_stream(
 async def push_version(
     stub: registry_pb2_grpc.RegistryStub,
     model: str,
-    path: Path,
+    path: Path | None,
     *,
     labels: Sequence[str] = (),
     config: registry_pb2.ServingConfig | None = None,
     description: str = "",
     parent_version: int = 0,
     timeout: float = 120.0,
+    sha256: str = "",
+    artifact_uri: str = "",
 ) -> registry_pb2.ModelVersion:
-    """Stream ``path`` to the registry as a new version of ``model``."""
+    """Stream ``path`` to the registry as a new version of ``model``; or, with
+    ``artifact_uri`` (and ``sha256``) and no path, push it by reference."""
+    header = registry_pb2.PushVersionRequest.Header(
+        model=model,
+        labels=list(labels),
+        description=description,
+        parent_version=parent_version,
+        sha256=sha256,
+        artifact_uri=artifact_uri,
+    )
+    if config is not None:
+        header.config.CopyFrom(config)
     result: registry_pb2.ModelVersion = await stub.PushVersion(
-        _push_stream(model, path, labels, config, description, parent_version), timeout=timeout
+        _push_stream(header, path), timeout=timeout
     )
     return result

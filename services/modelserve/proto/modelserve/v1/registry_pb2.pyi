@@ -292,6 +292,7 @@ class ModelVersion(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     PARENT_VERSION_FIELD_NUMBER: _builtins.int
+    ARTIFACT_URI_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     sha256: _builtins.str
@@ -301,6 +302,12 @@ class ModelVersion(_message.Message):
     description: _builtins.str
     parent_version: _builtins.int
     """The version this one was derived from (e.g. by INT8 quantisation), 0 if none."""
+    artifact_uri: _builtins.str
+    """Set when the version was pushed by reference: where its ONNX file lives (file://,
+    http(s):// or s3://). The registry keeps no copy; workers fetch it from there (or, when
+    they cannot reach it, through FetchArtifact, which the registry then streams from the
+    URI) and verify `sha256` either way. Empty for uploaded versions.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]: ...
     @_builtins.property
@@ -326,10 +333,11 @@ class ModelVersion(_message.Message):
         description: _builtins.str = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         parent_version: _builtins.int = ...,
+        artifact_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_unix_ms", b"created_unix_ms", "description", b"description", "inputs", b"inputs", "labels", b"labels", "model", b"model", "outputs", b"outputs", "parent_version", b"parent_version", "platform", b"platform", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "config", b"config", "created_unix_ms", b"created_unix_ms", "description", b"description", "inputs", b"inputs", "labels", b"labels", "model", b"model", "outputs", b"outputs", "parent_version", b"parent_version", "platform", b"platform", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -615,11 +623,20 @@ class PushVersionRequest(_message.Message):
         DESCRIPTION_FIELD_NUMBER: _builtins.int
         PARENT_VERSION_FIELD_NUMBER: _builtins.int
         SHA256_FIELD_NUMBER: _builtins.int
+        ARTIFACT_URI_FIELD_NUMBER: _builtins.int
         model: _builtins.str
         description: _builtins.str
         parent_version: _builtins.int
         sha256: _builtins.str
-        """Optional sha256 the caller computed; a mismatch fails the push."""
+        """Optional sha256 the caller computed; a mismatch fails the push. Required with
+        `artifact_uri`.
+        """
+        artifact_uri: _builtins.str
+        """Push by reference: the artifact stays at this URI (file:///abs/path, http(s)://...,
+        s3://bucket/key) and no chunk follows the header. The registry reads it once to check
+        the sha256 and inspect the model, and keeps no copy. Only URIs under the registry's
+        `artifact_uri_prefixes` are accepted.
+        """
         @_builtins.property
         def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
             """Applied to the new version once stored (e.g. "staging")."""
@@ -637,10 +654,11 @@ class PushVersionRequest(_message.Message):
             description: _builtins.str = ...,
             parent_version: _builtins.int = ...,
             sha256: _builtins.str = ...,
+            artifact_uri: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "description", b"description", "labels", b"labels", "model", b"model", "parent_version", b"parent_version", "sha256", b"sha256"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "config", b"config", "description", b"description", "labels", b"labels", "model", b"model", "parent_version", b"parent_version", "sha256", b"sha256"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -107,6 +107,7 @@ class RegistryServicer:
     def PushVersion(self, request_iterator, context):
         """Client stream: the first message carries `header`, every later one a `chunk` of the ONNX
         file. The registry checks the file loads in ONNX Runtime before anything is stored.
+        A push by reference (`header.artifact_uri` and `header.sha256` set) sends the header only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

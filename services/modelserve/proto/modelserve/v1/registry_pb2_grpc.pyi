@@ -36,6 +36,7 @@ class RegistryStub:
     PushVersion: _grpc.StreamUnaryMultiCallable[_registry_pb2.PushVersionRequest, _registry_pb2.ModelVersion]
     """Client stream: the first message carries `header`, every later one a `chunk` of the ONNX
     file. The registry checks the file loads in ONNX Runtime before anything is stored.
+    A push by reference (`header.artifact_uri` and `header.sha256` set) sends the header only.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]
@@ -72,6 +73,7 @@ class RegistryAsyncStub(RegistryStub):
     PushVersion: _aio.StreamUnaryMultiCallable[_registry_pb2.PushVersionRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     """Client stream: the first message carries `header`, every later one a `chunk` of the ONNX
     file. The registry checks the file loads in ONNX Runtime before anything is stored.
+    A push by reference (`header.artifact_uri` and `header.sha256` set) sends the header only.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
@@ -111,6 +113,7 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ModelVersion, _abc.Awaitable[_registry_pb2.ModelVersion]]:
         """Client stream: the first message carries `header`, every later one a `chunk` of the ONNX
         file. The registry checks the file loads in ONNX Runtime before anything is stored.
+        A push by reference (`header.artifact_uri` and `header.sha256` set) sends the header only.
         """
 
     @_abc_1.abstractmethod
