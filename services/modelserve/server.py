@@ -379,7 +379,7 @@ def auth_interceptor(settings: CommonSettings) -> AuthInterceptor | None:
     """The auth interceptor ``settings`` ask for (None when auth is off)."""
     if not settings.auth:
         return None
-    if not settings.service_token_file:
+    if not settings.service_token_file and not settings.tls_service_sans:
         log.warning("auth is on but service_token_file is unset: calls to other services fail")
     limits = IdentityLimits(
         max_streams=settings.max_streams_per_identity,
