@@ -178,9 +178,13 @@ def load_ca(dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def ensure_local_pki(data_dir: Path, names: Sequence[str]) -> LocalPKI:
+def ensure_local_pki(
+    data_dir: Path, names: Sequence[str], extra_sans: Sequence[str] = ()
+) -> LocalPKI:
     """CA and one certificate per name (and ``client``) under ``data_dir/tls``, reused when
-    present, issued by the CA there and not about to expire; otherwise (re)issued."""
+    present, issued by the CA there, naming what it should and not about to expire; otherwise
+    (re)issued. ``extra_sans``: more SANs for every service certificate (the one name every
+    service checks in the others' certificates in compose, ``tls_server_name``)."""
     dir = data_dir / "tls"
     dir.mkdir(parents=True, exist_ok=True)
     ca_cert = _load_cert(dir / "ca.pem")
@@ -192,10 +196,14 @@ def ensure_local_pki(data_dir: Path, names: Sequence[str]) -> LocalPKI:
     for name in dict.fromkeys([*names, CLIENT]):
         pair = Pair(dir / f"{name}.pem", dir / f"{name}-key.pem")
         cert = _load_cert(pair.cert)
+        sans = [name, *extra_sans, *LOCAL_NAMES] if name != CLIENT else [name, *LOCAL_NAMES]
         if not (
-            _fresh(cert) and pair.key.exists() and _issued_by(cert, ca_cert) and _names(cert, name)
+            _fresh(cert)
+            and pair.key.exists()
+            and _issued_by(cert, ca_cert)
+            and _names(cert, [n for n in sans if n not in LOCAL_NAMES])
         ):
-            issue(ca_cert, ca_key, name, pair.cert, pair.key)
+            issue(ca_cert, ca_key, name, pair.cert, pair.key, sans=sans)
         pairs[name] = pair
     return LocalPKI(dir=dir, ca=dir / "ca.pem", pairs=pairs)
 
@@ -210,13 +218,13 @@ def _issued_by(cert: x509.Certificate | None, ca: x509.Certificate) -> bool:
     return True
 
 
-def _names(cert: x509.Certificate | None, name: str) -> bool:
-    """Whether ``cert`` has ``name`` as a DNS SAN (certificates made before it had one are
-    issued again)."""
+def _names(cert: x509.Certificate | None, names: Sequence[str]) -> bool:
+    """Whether ``cert`` has every one of ``names`` as a DNS SAN (certificates made before
+    they had them are issued again)."""
     if cert is None:
         return False
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return False
-    return name in san.get_values_for_type(x509.DNSName)
+    return set(names) <= set(san.get_values_for_type(x509.DNSName))
