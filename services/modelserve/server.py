@@ -95,7 +95,11 @@ def make_discovery(settings: CommonSettings) -> Discovery:
     if settings.discovery == "consul":
         from modelserve.discovery.consul import ConsulDiscovery
 
-        return ConsulDiscovery(settings.consul_addr, settings.consul_token)
+        return ConsulDiscovery(
+            settings.consul_addr,
+            settings.consul_token,
+            reconcile_s=settings.consul_reconcile_seconds,
+        )
     if settings.discovery == "dns":
         from modelserve.discovery.dns import DNSDiscovery
 

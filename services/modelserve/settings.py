@@ -75,6 +75,11 @@ class CommonSettings:
         "http://127.0.0.1:8500", "Consul agent HTTP address.", env=("CONSUL_HTTP_ADDR",)
     )
     consul_token: str = setting("", "Consul ACL token.", env=("CONSUL_HTTP_TOKEN",), secret=True)
+    consul_reconcile_seconds: float = setting(
+        10.0,
+        "With consul discovery: how often this process checks that the agent still has its "
+        "registration, and registers again if not (an agent restarted without its state).",
+    )
     trace_exporter: str = setting(
         "none", "Trace exporter: none, console or otlp.", env=("OTEL_TRACES_EXPORTER",)
     )
@@ -221,6 +226,10 @@ class CommonSettings:
     def validate(self) -> None:
         """Fail fast on impossible values; subclasses extend."""
         _one_of("discovery", self.discovery, ("static", "consul", "dns"))
+        if self.consul_reconcile_seconds <= 0:
+            raise SettingsError(
+                f"consul_reconcile_seconds must be positive, got {self.consul_reconcile_seconds}"
+            )
         if self.dns_refresh_seconds <= 0:
             raise SettingsError(
                 f"dns_refresh_seconds must be positive, got {self.dns_refresh_seconds}"
