@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from featurestore_testkit import user_columns, user_view
+from private_redis import PrivateRedis
 
 from featurestore.catalog import ViewCatalog
 from featurestore.online import OnlineFeatures, ValueStatus
@@ -30,48 +29,9 @@ BACK_WITHIN_S = 5.0  # RELIABILITY-CASES T33: baseline <= 5 s after Redis return
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of our own on a test port, stopped and started at will."""
-
-    def __init__(self, port: int, folder: Path) -> None:
-        self.port = port
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()  # an abrupt loss, as a crash or a killed container
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(_free_port(), tmp_path)
+    server = PrivateRedis(tmp_path)
     server.start()
     yield server
     server.stop()
@@ -80,9 +40,7 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
 async def test_a_redis_restart_under_load_fails_fast_and_recovers_without_a_restart(
     catalog: ViewCatalog, redis_server: PrivateRedis
 ) -> None:
-    store = RedisOnlineStore(
-        f"redis://127.0.0.1:{redis_server.port}/0", client_config=RedisClientConfig()
-    )
+    store = RedisOnlineStore(redis_server.url, client_config=RedisClientConfig())
     online = OnlineFeatures(catalog=catalog, online_store=store)
     await catalog.apply(user_view())
     await online.write("users", ["u1"], user_columns(1))
