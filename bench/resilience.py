@@ -1,10 +1,10 @@
 """Fault runs against the real suite: `./dev resilience` (not part of the fast test run).
 
-One suite (two workers) runs under `modelserve up`'s supervisor; each scenario drives the
-gateway with concurrent clients, injects its fault a second in, and reports what the clients
-saw: requests sent, ok, failed by status, the recovery time (fault -> last failure), and the
-suite's RSS before and after. Between scenarios the supervisor brings every process back and
-the next one starts only when both workers are routed to again.
+One suite (two workers; --workers N for more) runs under `modelserve up`'s supervisor; each
+scenario drives the gateway with concurrent clients, injects its fault a second in, and
+reports what the clients saw: requests sent, ok, failed by status, the recovery time (fault
+-> last failure), and the suite's RSS before and after. Between scenarios the supervisor
+brings every process back and the next one starts only when every worker is routed to again.
 
     ./dev resilience                      # every scenario, 8 s of load each
     ./dev resilience --scenarios kill9-worker,deadline-1ms --seconds 3 --json
@@ -114,7 +114,8 @@ async def settle(suite: Suite, supervisor: Supervisor, timeout: float = 90) -> N
         supervisor.check()
         if all(p.process.poll() is None for p in suite.processes.values()):
             try:
-                if await routed_workers(suite) == 2 and await answers(suite, 10):
+                workers = sum(1 for n in suite.processes if n.startswith("worker"))
+                if await routed_workers(suite) == workers and await answers(suite, 10):
                     return
             except grpc.RpcError:
                 pass
@@ -383,9 +384,9 @@ def rolling_problems(outcome: Outcome) -> list[str]:
     return problems
 
 
-async def run(scenarios: list[str], seconds: float) -> list[Outcome]:
+async def run(scenarios: list[str], seconds: float, workers: int = 2) -> list[Outcome]:
     data = Path(tempfile.mkdtemp(prefix="resilience-"))
-    suite = start_suite(data, workers=2)
+    suite = start_suite(data, workers=workers)
     supervisor = Supervisor(suite, say=lambda line: print(f"  [supervisor] {line}", flush=True))
     outcomes = []
     try:
@@ -423,13 +424,16 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, default=ROLLING_RATE[0], help="requests/s of rolling-restart"
     )
+    parser.add_argument("--workers", type=int, default=2, help="workers in the suite (>= 2)")
     args = parser.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in ALL]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(ALL)}")
     ROLLING_RATE[0] = args.rate
-    outcomes = asyncio.run(run(scenarios, args.seconds))
+    if args.workers < 2:
+        parser.error("--workers must be at least 2 (a worker is always being faulted)")
+    outcomes = asyncio.run(run(scenarios, args.seconds, args.workers))
     print(json.dumps([asdict(o) for o in outcomes], indent=2) if args.json else table(outcomes))
     problems = [
         f"{o.scenario}: {p}" for o in outcomes if o.scenario == "rolling-restart"
