@@ -64,10 +64,11 @@ RUN groupadd --system --gid 10001 modelserve \
  && useradd --system --uid 10001 --gid modelserve --home-dir /var/lib/modelserve \
         --shell /usr/sbin/nologin modelserve \
  && mkdir -p /var/lib/modelserve/registry /var/lib/modelserve/featurestore \
-        /var/lib/modelserve/worker \
+        /var/lib/modelserve/worker /var/lib/modelserve/secrets \
  && chown -R modelserve:modelserve /var/lib/modelserve
 # Named volumes mounted on these folders start as a copy of them, owner included, so the
-# non-root user can write its SQLite files and artifacts there.
+# non-root user can write its SQLite files and artifacts there (and compose's one-shot `init`
+# its certificates and tokens into secrets/).
 WORKDIR /var/lib/modelserve
 # Exec form: the Python process is PID 1 and receives SIGTERM itself; the runtime's handler
 # turns it into the drain of RELIABILITY.md (NOT_SERVING, deregister, ~11 s, stop(grace=30)).

@@ -1,10 +1,10 @@
 """Fault runs against the real suite: `./dev resilience` (not part of the fast test run).
 
-One suite (two workers) runs under `modelserve up`'s supervisor; each scenario drives the
-gateway with concurrent clients, injects its fault a second in, and reports what the clients
-saw: requests sent, ok, failed by status, the recovery time (fault -> last failure), and the
-suite's RSS before and after. Between scenarios the supervisor brings every process back and
-the next one starts only when both workers are routed to again.
+One suite (two workers; --workers N for more) runs under `modelserve up`'s supervisor; each
+scenario drives the gateway with concurrent clients, injects its fault a second in, and
+reports what the clients saw: requests sent, ok, failed by status, the recovery time (fault
+-> last failure), and the suite's RSS before and after. Between scenarios the supervisor
+brings every process back and the next one starts only when every worker is routed to again.
 
     ./dev resilience                      # every scenario, 8 s of load each
     ./dev resilience --scenarios kill9-worker,deadline-1ms --seconds 3 --json
@@ -12,7 +12,13 @@ the next one starts only when both workers are routed to again.
 Scenarios: kill9-<service> and sigterm-<service> for worker, router, registry, featurestore,
 gateway; idle-streams (1,100 idle ModelStreamInfer streams beside the load); deadline-1ms and
 deadline-50ms (the load itself with those deadlines); watch-flood (300 idle registry Watch
-streams, then a worker is killed and must come back).
+streams, then a worker is killed and must come back); rolling-restart (T29: at --rate
+requests/s, each worker in turn gets SIGTERM and the next one only once the supervisor's
+replacement is routed to again; the load lasts until the last one is back, and the run fails
+unless >= 99.9 % succeeded and no second went by without a success).
+
+Every outcome reports the success ratio, the longest gap between two successes, and p95
+latency before the fault (the first second: the baseline) and after it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import json
 import signal
 import sys
@@ -62,7 +69,20 @@ class Outcome:
     recovery_s: float = 0.0
     rss_before_mib: float = 0.0
     rss_after_mib: float = 0.0
+    max_gap_s: float = 0.0  # longest stretch without a success, load start to end
+    p95_before_ms: float = 0.0  # before the fault: the baseline
+    p95_after_ms: float = 0.0
     note: str = ""
+
+    @property
+    def success_ratio(self) -> float:
+        return self.ok / self.sent if self.sent else 0.0
+
+
+# T29's bar (RELIABILITY-CASES): a rolling restart of every worker costs under 0.1 % of the
+# requests and never a second without a success.
+ROLLING_MIN_SUCCESS = 0.999
+ROLLING_MAX_GAP_S = 1.0
 
 
 def rss_mib(suite: Suite) -> float:
@@ -94,7 +114,8 @@ async def settle(suite: Suite, supervisor: Supervisor, timeout: float = 90) -> N
         supervisor.check()
         if all(p.process.poll() is None for p in suite.processes.values()):
             try:
-                if await routed_workers(suite) == 2 and await answers(suite, 10):
+                workers = sum(1 for n in suite.processes if n.startswith("worker"))
+                if await routed_workers(suite) == workers and await answers(suite, 10):
                     return
             except grpc.RpcError:
                 pass
@@ -112,38 +133,124 @@ async def answers(suite: Suite, count: int) -> bool:
     return True
 
 
+# (when it ended, status, latency in seconds)
+Result = tuple[float, str, float]
+
+
 async def load(
-    suite: Suite, seconds: float, timeout: float, fault: Callable[[], Awaitable[str]]
-) -> tuple[list[tuple[float, str]], float, str]:
-    """CLIENTS loops of fraud ModelInfer for ``seconds``; ``fault`` runs after one second."""
-    results: list[tuple[float, str]] = []
+    suite: Suite,
+    seconds: float,
+    timeout: float,
+    fault: Callable[[], Awaitable[str]],
+    *,
+    rate: float = 0.0,
+    hold: bool = False,
+) -> tuple[list[Result], float, str]:
+    """CLIENTS loops of fraud ModelInfer for ``seconds``; ``fault`` runs after one second.
+    ``rate`` > 0: the clients share a schedule of that many requests a second (each waits
+    for its slot; a late one goes at once), instead of running flat out. ``hold``: the load
+    goes on until the fault has finished, plus one second."""
+    results: list[Result] = []
     messages.clear()
-    stop_at = time.monotonic() + seconds
+    started = time.monotonic()
+    stop_at = started + seconds
     fault_at = 0.0
+    fault_done = not hold
     note = ""
+    tickets = iter(range(1 << 62))
+
+    def running() -> bool:
+        return time.monotonic() < stop_at or not fault_done
 
     async def client(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
-        while time.monotonic() < stop_at:
+        while running():
+            if rate > 0:
+                delay = started + next(tickets) / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             request = pb.ModelInferRequest(model_name="fraud")
             encode_inputs(request, {"transaction": np.ones((1, 8), np.float32)})
+            sent = time.monotonic()
             try:
                 await stub.ModelInfer(request, timeout=timeout)
-                results.append((time.monotonic(), "OK"))
+                now = time.monotonic()
+                results.append((now, "OK", now - sent))
             except grpc.RpcError as exc:
-                results.append((time.monotonic(), exc.code().name))
+                now = time.monotonic()
+                results.append((now, exc.code().name, now - sent))
                 messages[exc.code().name] = exc.details() or ""
                 await asyncio.sleep(0.01)  # a refused client backs off a little
 
     async def inject() -> None:
-        nonlocal fault_at, note
+        nonlocal fault_at, note, fault_done, stop_at
         await asyncio.sleep(1.0)
         fault_at = time.monotonic()
-        note = await fault()
+        try:
+            note = await fault()
+        finally:
+            if hold:
+                stop_at = max(stop_at, time.monotonic() + 1.0)
+                fault_done = True
 
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         await asyncio.gather(inject(), *(client(stub) for _ in range(CLIENTS)))
     return results, fault_at, note
+
+
+def longest_gap(results: list[Result]) -> tuple[float, float]:
+    """The longest time between two successes (or the load's first result and the first
+    success, or the last success and the load's last result), and when it began."""
+    if not results:
+        return 0.0, 0.0
+    ends = sorted(t for t, _, _ in results)
+    oks = sorted(t for t, code, _ in results if code == "OK")
+    if not oks:
+        return ends[-1] - ends[0], ends[0]
+    marks = [ends[0], *oks, ends[-1]]
+    return max((b - a, a) for a, b in itertools.pairwise(marks))
+
+
+def p95_ms(latencies: list[float]) -> float:
+    if not latencies:
+        return 0.0
+    return round(float(np.percentile(latencies, 95)) * 1000, 1)
+
+
+def rolling_restart(suite: Suite, names: list[str]) -> Callable[[], Awaitable[str]]:
+    """SIGTERM each of ``names`` in turn; the next one only once the supervisor (running
+    beside the load) has started the replacement and the router routes to every worker."""
+
+    async def fault() -> str:
+        steps = []
+        start = time.monotonic()
+        for name in names:
+            proc = suite.processes[name]
+            restarts, began = proc.restarts, time.monotonic()
+            proc.process.send_signal(signal.SIGTERM)
+            exited = restarted = 0.0
+            end = began + 120
+            while time.monotonic() < end:
+                await asyncio.sleep(0.1)
+                if not exited and (proc.restarts != restarts or proc.process.poll() is not None):
+                    exited = time.monotonic()
+                if proc.restarts == restarts or proc.process.poll() is not None:
+                    continue
+                restarted = restarted or time.monotonic()
+                try:
+                    if await routed_workers(suite) == len(names):
+                        break
+                except grpc.RpcError:
+                    pass
+            else:
+                raise TimeoutError(f"{name} was not routed to again within 120 s")
+            steps.append(
+                f"{name} (SIGTERM at {began - start:.1f}s, exited by {exited - start:.1f}s, "
+                f"started {restarted - start:.1f}s) back in {time.monotonic() - began:.1f}s"
+            )
+        return "SIGTERM one at a time: " + ", ".join(steps)
+
+    return fault
 
 
 def signal_fault(suite: Suite, service: str, sig: signal.Signals) -> Callable[[], Awaitable[str]]:
@@ -168,7 +275,11 @@ async def run_scenario(
         return ""
 
     fault: Callable[[], Awaitable[str]] = nothing
-    if scenario.startswith(("kill9-", "sigterm-")):
+    rate, hold = 0.0, False
+    if scenario == "rolling-restart":
+        workers = sorted(n for n in suite.processes if n.startswith("worker"))
+        fault, rate, hold = rolling_restart(suite, workers), ROLLING_RATE[0], True
+    elif scenario.startswith(("kill9-", "sigterm-")):
         kind, service = scenario.split("-", 1)
         fault = signal_fault(suite, service, signal.SIGKILL if kind == "kill9" else signal.SIGTERM)
     elif scenario.startswith("deadline-"):
@@ -206,20 +317,30 @@ async def run_scenario(
 
     async def supervise() -> None:  # as `modelserve up` does, every half second
         while True:
-            supervisor.check()
+            # In a thread: a restart waits (blocking) for the new process's port file, which
+            # would freeze this loop's clients too, a stall `up`'s callers never see.
+            await asyncio.to_thread(supervisor.check)
             await asyncio.sleep(0.5)
 
     watcher = asyncio.create_task(supervise())
     try:
-        results, fault_at, outcome.note = await load(suite, seconds, timeout, fault)
+        results, fault_at, outcome.note = await load(
+            suite, seconds, timeout, fault, rate=rate, hold=hold
+        )
     finally:
         watcher.cancel()
     outcome.sent = len(results)
-    outcome.ok = sum(1 for _, code in results if code == "OK")
-    outcome.failed = dict(collections.Counter(code for _, code in results if code != "OK"))
+    outcome.ok = sum(1 for _, code, _ in results if code == "OK")
+    outcome.failed = dict(collections.Counter(code for _, code, _ in results if code != "OK"))
+    gap, gap_began = longest_gap(results)
+    outcome.max_gap_s = round(gap, 3)
+    if gap_began >= fault_at > 0:
+        outcome.note += f"; longest gap began {gap_began - fault_at:.2f}s after the fault"
+    outcome.p95_before_ms = p95_ms([lat for t, c, lat in results if c == "OK" and t < fault_at])
+    outcome.p95_after_ms = p95_ms([lat for t, c, lat in results if c == "OK" and t >= fault_at])
     if messages:
         outcome.note += " (" + "; ".join(f"{k}: {v[:80]}" for k, v in messages.items()) + ")"
-    failures = [t for t, code in results if code != "OK" and t >= fault_at]
+    failures = [t for t, code, _ in results if code != "OK" and t >= fault_at]
     if fault is not nothing and failures:
         outcome.recovery_s = round(max(failures) - fault_at, 2)
     if scenario == "watch-flood":
@@ -245,12 +366,27 @@ ALL = [
     "deadline-1ms",
     "deadline-50ms",
     "watch-flood",
+    "rolling-restart",
 ]
+ROLLING_RATE = [100.0]  # requests/s of rolling-restart (--rate)
 
 
-async def run(scenarios: list[str], seconds: float) -> list[Outcome]:
+def rolling_problems(outcome: Outcome) -> list[str]:
+    """What keeps a rolling-restart outcome from T29's bar (empty: it holds)."""
+    problems = []
+    if outcome.success_ratio < ROLLING_MIN_SUCCESS:
+        problems.append(
+            f"success {outcome.success_ratio:.4%} < {ROLLING_MIN_SUCCESS:.1%} "
+            f"({outcome.ok}/{outcome.sent}, failed {outcome.failed})"
+        )
+    if outcome.max_gap_s >= ROLLING_MAX_GAP_S:
+        problems.append(f"{outcome.max_gap_s} s without a success (bar: < {ROLLING_MAX_GAP_S} s)")
+    return problems
+
+
+async def run(scenarios: list[str], seconds: float, workers: int = 2) -> list[Outcome]:
     data = Path(tempfile.mkdtemp(prefix="resilience-"))
-    suite = start_suite(data, workers=2)
+    suite = start_suite(data, workers=workers)
     supervisor = Supervisor(suite, say=lambda line: print(f"  [supervisor] {line}", flush=True))
     outcomes = []
     try:
@@ -266,14 +402,15 @@ async def run(scenarios: list[str], seconds: float) -> list[Outcome]:
 
 def table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| scenario | sent | ok | failed (by status) | recovery s | RSS MiB before -> after "
-        "| note |",
-        "|---|---:|---:|---|---:|---|---|",
+        "| scenario | sent | ok | failed (by status) | recovery s | longest gap s "
+        "| p95 ms before -> after | RSS MiB before -> after | note |",
+        "|---|---:|---:|---|---:|---:|---|---|---|",
     ]
     for o in outcomes:
         failed = ", ".join(f"{k} {v}" for k, v in sorted(o.failed.items())) or "0"
         lines.append(
-            f"| {o.scenario} | {o.sent} | {o.ok} | {failed} | {o.recovery_s} | "
+            f"| {o.scenario} | {o.sent} | {o.ok} | {failed} | {o.recovery_s} | {o.max_gap_s} | "
+            f"{o.p95_before_ms} -> {o.p95_after_ms} | "
             f"{o.rss_before_mib} -> {o.rss_after_mib} | {o.note} |"
         )
     return "\n".join(lines)
@@ -284,13 +421,27 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(ALL))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--rate", type=float, default=ROLLING_RATE[0], help="requests/s of rolling-restart"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="workers in the suite (>= 2)")
     args = parser.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in ALL]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(ALL)}")
-    outcomes = asyncio.run(run(scenarios, args.seconds))
+    ROLLING_RATE[0] = args.rate
+    if args.workers < 2:
+        parser.error("--workers must be at least 2 (a worker is always being faulted)")
+    outcomes = asyncio.run(run(scenarios, args.seconds, args.workers))
     print(json.dumps([asdict(o) for o in outcomes], indent=2) if args.json else table(outcomes))
+    problems = [
+        f"{o.scenario}: {p}" for o in outcomes if o.scenario == "rolling-restart"
+        for p in rolling_problems(o)
+    ]  # fmt: skip
+    if problems:
+        print("FAILED T29: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

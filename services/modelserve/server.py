@@ -95,7 +95,11 @@ def make_discovery(settings: CommonSettings) -> Discovery:
     if settings.discovery == "consul":
         from modelserve.discovery.consul import ConsulDiscovery
 
-        return ConsulDiscovery(settings.consul_addr, settings.consul_token)
+        return ConsulDiscovery(
+            settings.consul_addr,
+            settings.consul_token,
+            reconcile_s=settings.consul_reconcile_seconds,
+        )
     if settings.discovery == "dns":
         from modelserve.discovery.dns import DNSDiscovery
 
@@ -382,7 +386,7 @@ def auth_interceptor(settings: CommonSettings) -> AuthInterceptor | None:
     """The auth interceptor ``settings`` ask for (None when auth is off)."""
     if not settings.auth:
         return None
-    if not settings.service_token_file:
+    if not settings.service_token_file and not settings.tls_service_sans:
         log.warning("auth is on but service_token_file is unset: calls to other services fail")
     limits = IdentityLimits(
         max_streams=settings.max_streams_per_identity,

@@ -89,6 +89,11 @@ class CommonSettings:
         "http://127.0.0.1:8500", "Consul agent HTTP address.", env=("CONSUL_HTTP_ADDR",)
     )
     consul_token: str = setting("", "Consul ACL token.", env=("CONSUL_HTTP_TOKEN",), secret=True)
+    consul_reconcile_seconds: float = setting(
+        10.0,
+        "With consul discovery: how often this process checks that the agent still has its "
+        "registration, and registers again if not (an agent restarted without its state).",
+    )
     trace_exporter: str = setting(
         "none", "Trace exporter: none, console or otlp.", env=("OTEL_TRACES_EXPORTER",)
     )
@@ -162,6 +167,19 @@ class CommonSettings:
         "Name checked in the server certificates of the services this one calls, and the "
         "TLSServerName of its Consul check (empty: the host dialled).",
     )
+    tls_service_sans: str = setting(
+        "",
+        "With auth and mTLS: comma-separated names (globs) of peer certificates that are service "
+        "identities (role service) when the call carries no token, so internal hops need no "
+        "service token. Matched against the certificate's SANs (its CN only when it has none).",
+    )
+    tls_admin_sans: str = setting(
+        "",
+        "With auth: comma-separated names (globs) of the client certificates the admin plane "
+        "accepts; set = an RPC that needs role admin is PERMISSION_DENIED unless the caller's "
+        "verified certificate has one of them, whatever its token (service identities "
+        "excepted). Empty = not checked.",
+    )
     auth: bool = setting(
         False,
         "Require 'authorization: Bearer <token>' on every RPC (health and reflection "
@@ -222,6 +240,10 @@ class CommonSettings:
     def validate(self) -> None:
         """Fail fast on impossible values; subclasses extend."""
         _one_of("discovery", self.discovery, ("static", "consul", "dns"))
+        if self.consul_reconcile_seconds <= 0:
+            raise SettingsError(
+                f"consul_reconcile_seconds must be positive, got {self.consul_reconcile_seconds}"
+            )
         if self.dns_refresh_seconds <= 0:
             raise SettingsError(
                 f"dns_refresh_seconds must be positive, got {self.dns_refresh_seconds}"
@@ -231,10 +253,22 @@ class CommonSettings:
         tls_problems = _tls_problems(self)
         if tls_problems:
             raise SettingsError("; ".join(tls_problems))
-        if self.auth and not (self.auth_keys_file or self.auth_jwt_key_file or self.auth_jwks_file):
+        if self.auth and not (
+            self.auth_keys_file
+            or self.auth_jwt_key_file
+            or self.auth_jwks_file
+            or self.tls_service_sans
+        ):
             raise SettingsError(
                 "auth is on but no credentials can be checked: set auth_keys_file, "
-                "auth_jwt_key_file or auth_jwks_file"
+                "auth_jwt_key_file, auth_jwks_file or tls_service_sans"
+            )
+        if (self.tls_service_sans or self.tls_admin_sans) and not (
+            self.tls_cert_file and self.tls_ca_file
+        ):
+            raise SettingsError(
+                "tls_service_sans/tls_admin_sans need TLS with a CA (tls_cert_file, "
+                "tls_ca_file): only a verified client certificate names its peer"
             )
         if not 0.0 <= self.trace_sample_ratio <= 1.0:
             raise SettingsError(

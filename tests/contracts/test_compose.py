@@ -1,18 +1,27 @@
 """docker-compose.yml against the code: every modelserve container runs a real service, sets
 only real settings (loaded through the services' own settings loader), listens where the
 settings say, finds the others through Consul, exports traces to a collector that exists, is
-scraped by Prometheus, and gets the time RELIABILITY.md's graceful shutdown needs."""
+scraped by Prometheus, and gets the time RELIABILITY.md's graceful shutdown needs; and runs
+secure by default: the one-shot `init` writes (here: really runs its command into a temporary
+folder) every certificate, key and token the services, Consul and Prometheus read."""
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import importlib
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography import x509
 from deploy_files import (
     COMPOSE,
     ROOT,
@@ -58,10 +67,35 @@ def service(name: str) -> dict[str, Any]:
     return COMPOSE_SERVICES[name]
 
 
+SECRETS = "/var/lib/modelserve/secrets"  # where the `secrets` volume is mounted
+
+
+@functools.cache
+def secrets_dir() -> Path:
+    """What `init` writes into the secrets volume: its own command, run here by the real CLI
+    with the volume's path replaced by a temporary folder."""
+    init = service("init")
+    assert init.get("entrypoint") == ["modelserve"], init.get("entrypoint")
+    folder = Path(tempfile.mkdtemp(prefix="compose-secrets-"))
+    atexit.register(shutil.rmtree, folder, True)
+    argv = [a.replace(SECRETS, str(folder)) for a in command(init)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelserve", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, f"init failed: {proc.stderr}"
+    return folder
+
+
+def in_secrets(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with paths in the secrets volume pointing at what ``secrets_dir`` wrote."""
+    return {k: v.replace(SECRETS, str(secrets_dir())) for k, v in env.items()}
+
+
 def settings_of(name: str) -> CommonSettings:
-    """The settings the container would start with: compose's env through the real loader."""
+    """The settings the container would start with: compose's env through the real loader
+    (whose validation reads the TLS and key files init wrote)."""
     settings: CommonSettings = load_settings(
-        spec_of(name).settings_cls, [], environment(service(name))
+        spec_of(name).settings_cls, [], in_secrets(environment(service(name)))
     )
     return settings
 
@@ -252,3 +286,64 @@ def test_cpu_override_runs_the_worker_without_a_gpu() -> None:
     runs = "\n".join(i.args for s in provenance(stages, target) for i in s.of("RUN"))
     assert "onnxruntime-gpu" not in runs, f"{target} is not the CPU image"
     assert worker["image"] != service("worker")["image"], "CPU worker would reuse the GPU tag"
+
+
+# --- secure by default --------------------------------------------------------------------
+
+ALL_MODELSERVE = (*SERVICES, "streamer")
+
+
+@pytest.mark.parametrize("name", ALL_MODELSERVE)
+def test_every_service_runs_tls_mtls_and_auth_from_the_secrets_volume(name: str) -> None:
+    settings = settings_of(name)
+    assert settings.tls_cert_file and settings.tls_ca_file, f"{name} runs plaintext"
+    assert settings.auth, f"{name} takes calls without credentials"
+    assert settings.tls_require_client_cert == (name != "gateway"), name
+    assert Path(settings.auth_keys_file).is_file() and Path(settings.service_token_file).is_file()
+    # Read-only, and only once init has finished writing.
+    mount = next(v for v in service(name)["volumes"] if str(v).startswith("secrets:"))
+    assert mount == f"secrets:{SECRETS}:ro", f"{name} mounts {mount}"
+    assert depends_on(service(name)).get("init") == "service_completed_successfully"
+    # Hops dial Consul-registered hostnames: every certificate names tls_server_name.
+    cert = x509.load_pem_x509_certificate(Path(settings.tls_cert_file).read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert settings.tls_server_name in san.get_values_for_type(x509.DNSName), name
+    # Its own name is a service SAN, so its calls carry the service identity.
+    assert name in san.get_values_for_type(x509.DNSName)
+    assert name in settings.tls_service_sans.split(",")
+
+
+def test_the_admin_plane_wants_the_operators_certificate_except_at_the_gateway() -> None:
+    for name in ALL_MODELSERVE:
+        expected = "" if name == "gateway" else "client"
+        assert settings_of(name).tls_admin_sans == expected, name
+    assert (secrets_dir() / "tls" / "client.pem").is_file()
+    assert (secrets_dir() / "tokens" / "admin").is_file()
+
+
+def test_consul_checks_show_a_client_certificate_init_wrote() -> None:
+    consul = service("consul")
+    args = " ".join(command(consul))
+    assert "enable_agent_tls_for_checks = true" in args
+    for name in ("ca.pem", "consul.pem", "consul-key.pem"):
+        path = f"{SECRETS}/tls/{name}"
+        assert path in args, f"consul's tls stanza lacks {name}"
+        assert Path(path.replace(SECRETS, str(secrets_dir()))).is_file(), path
+    assert f"secrets:{SECRETS}:ro" in consul["volumes"]
+    assert depends_on(consul).get("init") == "service_completed_successfully"
+    # The key is 0600 and owned by the image's user: consul must run as that uid.
+    assert str(consul.get("user", "")).split(":")[0] == "10001"
+
+
+def test_prometheus_scrapes_https_with_the_ca() -> None:
+    prometheus = service("prometheus")
+    source = volume_mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load((COMPOSE.parent / Path(source)).read_text())
+    assert f"secrets:{SECRETS}:ro" in prometheus["volumes"]
+    for job in config["scrape_configs"]:
+        if job["job_name"] not in ALL_MODELSERVE:
+            continue
+        assert job.get("scheme") == "https", job["job_name"]
+        tls = job["tls_config"]
+        assert tls["ca_file"] == f"{SECRETS}/tls/ca.pem"
+        assert tls["server_name"] == settings_of(job["job_name"]).tls_server_name

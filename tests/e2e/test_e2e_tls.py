@@ -2,11 +2,17 @@
 what ``modelserve up --secure`` runs), as real processes on loopback: V2 clients with the CA
 infer through gateway -> router -> worker, plaintext is refused everywhere, internal listeners
 want a client certificate while the public gateway does not, and a gateway certificate replaced
-on disk is served to new connections without a restart."""
+on disk is served to new connections without a restart.
+
+T38's matrix: client certificates from another CA or expired are refused at the handshake
+(UNAVAILABLE) by every listener that asks for one; with auth on, a verified peer certificate
+is the service identity (hops need no token) and the admin plane wants the operator's
+certificate (``tls_service_sans`` / ``tls_admin_sans``, modelserve/auth/peers.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shlex
@@ -24,15 +30,20 @@ import grpc
 import numpy as np
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from suitesupport import dump_logs, ready_suite
 
+from modelserve.auth.client import bearer_interceptors
 from modelserve.cli import connect
-from modelserve.cli.suite import SERVICES, Suite, start_suite
-from modelserve.cli.tls_material import issue, load_ca
+from modelserve.cli.suite import SERVICES, Suite, _spawn, _with_port, start_suite, wait_serving
+from modelserve.cli.tls_material import _new_ca, issue, load_ca
 from modelserve.cli.up import banner
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from modelserve.proto.modelserve.v1 import registry_pb2, registry_pb2_grpc
 from modelserve.tensors import decode_outputs, encode_inputs
 from modelserve.tls import ClientTLS
 
@@ -218,3 +229,195 @@ def test_metrics_ports_serve_https_with_the_suites_ca(secure: Suite) -> None:
         url = f"https://127.0.0.1:{port}/metrics"
         with urllib.request.urlopen(url, timeout=5, context=context) as response:
             assert b"modelserve_ready 1.0" in response.read(), name
+
+
+# --- T38: the client-certificate matrix ---------------------------------------------------
+
+
+def _foreign_pair(dir: Path) -> ClientTLS:
+    """A certificate named like a service ("worker") but issued by a CA the suite never saw."""
+    dir.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _new_ca(dir)
+    issue(ca_cert, ca_key, "worker", dir / "worker.pem", dir / "worker-key.pem")
+    return ClientTLS(cert_file=str(dir / "worker.pem"), key_file=str(dir / "worker-key.pem"))
+
+
+def _expired_pair(suite: Suite, dir: Path) -> ClientTLS:
+    """A certificate from the suite's own CA, named "worker", that expired yesterday."""
+    assert suite.pki is not None
+    dir.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = load_ca(suite.pki.dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "worker")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("worker"), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (dir / "expired.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (dir / "expired-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ClientTLS(cert_file=str(dir / "expired.pem"), key_file=str(dir / "expired-key.pem"))
+
+
+async def test_client_certificates_from_another_ca_or_expired_are_refused_at_the_handshake(
+    secure: Suite, tmp_path: Path
+) -> None:
+    """Gateway (started here with client certificates required), router, worker, registry and
+    featurestore: only the suite CA's valid certificate gets a health answer; the others see
+    UNAVAILABLE, i.e. no RPC ran (health needs no credential, so only TLS can refuse it)."""
+    assert secure.pki is not None
+    ca = str(secure.pki.ca)
+    foreign = replace(_foreign_pair(tmp_path / "foreign"), ca_file=ca)
+    expired = replace(_expired_pair(secure, tmp_path / "expired"), ca_file=ca)
+    gw = secure.processes["gateway"]
+    command = _with_port(gw.command, 0)
+    command[command.index("--tls-require-client-cert") + 1] = "true"
+    process, info = await asyncio.to_thread(
+        _spawn, "gateway-mtls", command, gw.env, secure.data_dir, 60.0
+    )
+    try:
+        mtls_gateway = f"127.0.0.1:{info['port']}"
+        await wait_serving(mtls_gateway, timeout=60, tls=secure.client_tls)
+        targets = {
+            "gateway (mTLS)": mtls_gateway,
+            **{name: secure.address(name) for name in SERVICES if name != "gateway"},
+        }
+        for name, address in targets.items():
+            for label, tls in (("another CA", foreign), ("expired", expired)):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await _health(address, tls)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (name, label)
+            assert await _health(address, secure.client_tls) == SERVING, name
+        # The correct certificate infers through the mTLS gateway (and router -> worker).
+        async with connect.channel(mtls_gateway, secure.client_tls) as channel:
+            assert (await _infer(channel)).shape == (1, 1)
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 30)
+
+
+# --- T38: the peer certificate is the service identity; the admin plane's SAN allow-list ----
+
+
+@pytest.fixture(scope="module")
+def secure_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    """TLS + auth, and no service token anywhere: every hop between services is admitted on
+    its certificate alone (tls_service_sans), the operator's client.pem is the admin SAN."""
+    running = start_suite(
+        tmp_path_factory.mktemp("secure-auth"),
+        workers=1,
+        tls=True,
+        auth=True,
+        extra_env={"MODELSERVE_SERVICE_TOKEN_FILE": ""},
+    )
+    try:
+        asyncio.run(ready_suite(running))
+    except BaseException:
+        print(dump_logs(running))
+        running.stop(timeout=10)
+        raise
+    yield running
+    codes = running.stop()
+    assert all(code == 0 for code in codes.values()), (
+        f"unclean exits: {codes}\n{dump_logs(running)}"
+    )
+
+
+def _pair(suite: Suite, name: str) -> ClientTLS:
+    """A certificate of the suite's CA for ``name`` (SAN ``name``), made now if missing."""
+    assert suite.pki is not None
+    cert, key = suite.pki.dir / f"{name}.pem", suite.pki.dir / f"{name}-key.pem"
+    if not cert.exists():
+        ca_cert, ca_key = load_ca(suite.pki.dir)
+        issue(ca_cert, ca_key, name, cert, key)
+    return ClientTLS(ca_file=str(suite.pki.ca), cert_file=str(cert), key_file=str(key))
+
+
+def _auth_channel(address: str, tls: ClientTLS, token: str | None) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(
+        address, tls.credentials(), interceptors=bearer_interceptors(token)
+    )
+
+
+async def _code(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_hops_between_services_need_no_token_with_mtls(secure_auth: Suite) -> None:
+    """No service has a service token: the answer went gateway -> router -> worker, and the
+    model got READY through the registry's watch, on the certificates alone."""
+    infer = secure_auth.token("infer")
+    ca_only = ClientTLS(ca_file=str(secure_auth.pki.ca if secure_auth.pki else ""))
+    async with _auth_channel(secure_auth.address("gateway"), ca_only, infer) as channel:
+        assert (await _infer(channel)).shape == (1, 1)
+    # A token is still needed at the edge: the gateway sees no certificate.
+    async with _auth_channel(secure_auth.address("gateway"), ca_only, None) as channel:
+        request = pb.ModelInferRequest(model_name="fraud")
+        encode_inputs(request, {"transaction": np.full((1, 8), 0.5, np.float32)})
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        code = await _code(stub.ModelInfer(request, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_service_certificate_is_a_service_identity_and_others_are_not(
+    secure_auth: Suite,
+) -> None:
+    registry = secure_auth.address("registry")
+    cases = {
+        # (certificate, token): (ListModels, DeleteLabel)
+        ("worker", None): (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED),
+        ("intruder", None): (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+        ("client", None): (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+    }
+    for (cert, token), expected in cases.items():
+        async with _auth_channel(registry, _pair(secure_auth, cert), token) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            seen = (
+                await _code(stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)),
+                await _code(
+                    stub.DeleteLabel(
+                        registry_pb2.DeleteLabelRequest(model="fraud", label="nope"), timeout=10
+                    )
+                ),
+            )
+        assert seen == expected, (cert, token, seen)
+
+
+async def test_the_admin_plane_wants_the_operators_certificate_whatever_the_token(
+    secure_auth: Suite,
+) -> None:
+    registry = secure_auth.address("registry")
+    admin = secure_auth.token("admin")
+    request = registry_pb2.DeleteLabelRequest(model="fraud", label="nope")
+    for cert in ("intruder", "worker"):
+        async with _auth_channel(registry, _pair(secure_auth, cert), admin) as channel:
+            stub = registry_pb2_grpc.RegistryStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.DeleteLabel(request, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, cert
+            assert "tls_admin_sans" in (refused.value.details() or ""), cert
+            # Reads are not the admin plane: the same admin token reads from anywhere.
+            await stub.ListModels(registry_pb2.ListModelsRequest(), timeout=10)
+    async with _auth_channel(registry, _pair(secure_auth, "client"), admin) as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        code = await _code(stub.DeleteLabel(request, timeout=10))
+    assert code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)

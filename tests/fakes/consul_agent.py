@@ -7,6 +7,7 @@ It serves only what ``modelserve.discovery.consul`` uses, with Consul's JSON sha
   "snapshot the current state of the health check to avoid potential flapping"). Stricter than
   Consul on purpose: unknown field names get 400, where Consul would silently ignore a typo.
 - ``PUT /v1/agent/service/deregister/:id``: 404 "Unknown service ID" when absent (Consul >= 1.9).
+- ``GET /v1/agent/service/:id``: the service's definition, 404 when the agent does not know it.
 - ``GET /v1/health/service/:name``: Node/Service/Checks entries, ``passing`` filter, and blocking
   queries: ``index`` + ``wait`` (default 5m, max 10m, plus up to wait/16 jitter), holding until
   the index moves past ``index``; ``X-Consul-Index`` on every answer.
@@ -188,6 +189,14 @@ class FakeConsulAgent:
         """Answer the next ``count`` requests with ``status`` (an agent losing its servers)."""
         self._fail.extend([status] * count)
 
+    def wipe(self) -> None:
+        """Forget every service and check, as an agent restarted without its data dir does."""
+        for svc in self.services.values():
+            if svc.check and svc.check.task:
+                svc.check.task.cancel()
+        self.services.clear()
+        self._bump()
+
     def restore_index(self, index: int) -> None:
         """Make the index go backwards, as a raft snapshot restore does."""
         self.index = index
@@ -260,6 +269,13 @@ class FakeConsulAgent:
                 self._need(req, "PUT")
                 self._authorize(req, write=True)
                 return 200, {}, self._deregister(req.path.rsplit("/", 1)[1])
+            if req.path.startswith("/v1/agent/service/"):
+                self._need(req, "GET")
+                self._authorize(req, write=False)
+                sid = req.path.rsplit("/", 1)[1]
+                if sid not in self.services:
+                    return 404, {}, f'unknown service ID "{sid}"'
+                return 200, {}, self.services[sid].definition
             if req.path.startswith("/v1/health/service/"):
                 self._need(req, "GET")
                 anonymous = self._authorize(req, write=False)

@@ -63,7 +63,7 @@ def test_local_pki_writes_a_ca_and_one_server_client_cert_per_service(tmp_path: 
         cert.verify_directly_issued_by(ca)
         assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == name
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+        assert san.get_values_for_type(x509.DNSName) == [name, "localhost"]
         assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert {u.dotted_string for u in usage} == {
@@ -193,7 +193,7 @@ async def test_peer_identity_is_the_verified_client_certificate(pki: LocalPKI) -
     finally:
         await server.stop(None)
         await plain.stop(None)
-    assert servicer.seen == [PeerIdentity("gateway", ("localhost", "127.0.0.1")), None]
+    assert servicer.seen == [PeerIdentity("gateway", ("gateway", "localhost", "127.0.0.1")), None]
     assert servicer.seen[0] is not None and servicer.seen[0].names[0] == "gateway"
 
 
@@ -439,3 +439,16 @@ def test_a_half_written_rotation_keeps_the_old_pair_until_the_key_matches(
     assert fetch() is None  # nothing changed since
     key.write_text("not a key")
     assert fetch() is None and fetch.reloads == 1  # a broken file: keep serving the old pair
+
+
+def test_a_certificate_without_its_service_name_san_is_issued_again(tmp_path: Path) -> None:
+    """Certificates of an older `up --secure` named only localhost; tls_service_sans needs
+    the service's name, so they are replaced (by the same CA)."""
+    first = ensure_local_pki(tmp_path, ["router"])
+    ca_cert, ca_key = load_ca(first.dir)
+    router = first.pair("router")
+    old = issue(ca_cert, ca_key, "router", router.cert, router.key, sans=["localhost"])
+    again = _cert(ensure_local_pki(tmp_path, ["router"]).pair("router").cert)
+    assert again.serial_number != old.serial_number
+    san = again.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "router" in san.get_values_for_type(x509.DNSName)

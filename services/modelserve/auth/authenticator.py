@@ -13,6 +13,7 @@ from typing import Any
 from modelserve.auth.identity import Identity
 from modelserve.auth.jwts import JwtVerifier, TokenRejected
 from modelserve.auth.keys import KeyStore
+from modelserve.auth.peers import PeerPolicy
 
 AUTHORIZATION = "authorization"
 MISSING = "missing credential: send 'authorization: Bearer <token>' metadata"
@@ -47,10 +48,13 @@ class Authenticator:
         keys: KeyStore | None = None,
         jwts: JwtVerifier | None = None,
         peer: PeerResolver | None = None,
+        peers: PeerPolicy | None = None,
     ) -> None:
         self._keys = keys
         self._jwts = jwts
-        self._peer = peer
+        self._peers = peers or PeerPolicy()
+        # An explicit resolver wins; else the verified certificate's SANs (tls_service_sans).
+        self._peer = peer or (self._peers.service_identity if self._peers.service_sans else None)
         self._jwt_cache: dict[str, tuple[Identity, float]] = {}
 
     @classmethod
@@ -67,7 +71,12 @@ class Authenticator:
                     a.strip() for a in settings.auth_jwt_algorithms.split(",") if a.strip()
                 ],
             )
-        return cls(keys, jwts)
+        return cls(keys, jwts, peers=PeerPolicy.from_settings(settings))
+
+    def admin_refusal(self, identity: Identity, context: Any) -> str | None:
+        """Why ``identity`` may not use the admin plane from ``context``'s peer (the
+        ``tls_admin_sans`` allow-list), or None."""
+        return self._peers.admin_refusal(identity, context)
 
     def check_files(self) -> None:
         """Load every configured key file now; raises OSError/ValueError naming the problem."""

@@ -19,7 +19,7 @@ from grpc import aio
 from prometheus_client import Counter
 
 from modelserve.auth.authenticator import Authenticator, AuthFailed
-from modelserve.auth.identity import _CURRENT, CALLER_METADATA, Identity
+from modelserve.auth.identity import _CURRENT, ADMIN, CALLER_METADATA, Identity
 from modelserve.auth.limits import IdentityLimits, LimitExceeded
 from modelserve.auth.roles import Rule, rule_for
 from modelserve.errors import PermissionDeniedError
@@ -129,6 +129,14 @@ class AuthInterceptor(BehaviourInterceptor):
                 _audit(identity, method, _target(request), "PERMISSION_DENIED", context)
             REFUSED.labels("PERMISSION_DENIED").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        if ADMIN in rule.roles:
+            # The admin plane also wants the caller's certificate on tls_admin_sans (T38).
+            refusal = self._authenticator.admin_refusal(identity, context)
+            if refusal is not None:
+                if rule.audit:
+                    _audit(identity, method, _target(request), "PERMISSION_DENIED", context)
+                REFUSED.labels("PERMISSION_DENIED").inc()
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         if rule.model_field and isinstance(request, Message):
             model = getattr(request, rule.model_field, "")
             if not identity.may_infer(model):

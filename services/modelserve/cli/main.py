@@ -21,7 +21,7 @@ import numpy as np
 
 from modelserve.cli import auth as auth_cli
 from modelserve.cli import canary as canary_cli
-from modelserve.cli import completion, connect
+from modelserve.cli import completion, connect, tls_cmd
 from modelserve.cli import experiment as experiment_cli
 from modelserve.cli import features as features_cli
 from modelserve.cli import models as models_cli
@@ -138,9 +138,10 @@ cli.add_command(shadow_cli.group)
 cli.add_command(features_cli.group)
 cli.add_command(stream_cli.group)
 cli.add_command(batch_cli.group)
+cli.add_command(tls_cmd.group)
 cli.add_command(completion.command)
 # Every client command takes the global options; `serve` hands its arguments on as they are.
-install(cli, skip=("serve", "up", "auth", "completion"))
+install(cli, skip=("serve", "up", "auth", "tls", "completion"))
 
 
 def command() -> int:

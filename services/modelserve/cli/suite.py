@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # tls_material needs cryptography (modelserve[cli]), only for
 log = logging.getLogger(__name__)
 
 SERVICES = ("registry", "featurestore", "worker", "router", "gateway")
+CLIENT_CERT = "client"  # tls_material.CLIENT: the operator's certificate (its SAN)
 DEFAULT_PORTS = {
     "gateway": 8001,
     "router": 8101,
@@ -321,7 +322,7 @@ def _tls_args(service: str, pki: LocalPKI | None) -> list[str]:
     if pki is None:
         return []
     pair = pki.pair(service)
-    return [
+    args = [
         "--tls-cert-file",
         str(pair.cert),
         "--tls-key-file",
@@ -332,6 +333,17 @@ def _tls_args(service: str, pki: LocalPKI | None) -> list[str]:
         # issued by the suite's CA (the other services' or the operator's).
         "--tls-require-client-cert",
         "false" if service == "gateway" else "true",
+    ]
+    if service == "gateway":
+        return args  # it asks no client certificate, so it has no peer names to check
+    # With auth on, the other services' certificates are service identities (hops need no
+    # token) and only the operator's certificate (client.pem) reaches the admin plane.
+    return [
+        *args,
+        "--tls-service-sans",
+        ",".join(SERVICES),
+        "--tls-admin-sans",
+        CLIENT_CERT,
     ]
 
 

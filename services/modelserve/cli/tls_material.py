@@ -2,9 +2,11 @@
 
 ``ensure_local_pki(data_dir)`` writes under ``<data_dir>/tls/``: a CA (``ca.pem``,
 ``ca-key.pem``), and per service one certificate with both server and client use
-(``<service>.pem``, ``<service>-key.pem``, subject CN the service name, SANs ``localhost`` and
-``127.0.0.1``), plus ``client.pem`` for the operator CLI. Files present, issued by that CA and
-valid for at least another day are reused, so a restarted ``up`` keeps the CA clients trust.
+(``<service>.pem``, ``<service>-key.pem``, subject CN the service name, SANs the service name,
+``localhost`` and ``127.0.0.1``), plus ``client.pem`` (SAN ``client``) for the operator CLI. The
+name SAN is what ``tls_service_sans`` / ``tls_admin_sans`` match (auth/peers.py). Files
+present, issued by that CA, naming their service and valid for at least another day are
+reused, so a restarted ``up`` keeps the CA clients trust.
 Keys are written 0600. Only the CLI needs ``cryptography`` (``modelserve[cli]``).
 """
 
@@ -132,10 +134,13 @@ def issue(
     cert_path: Path,
     key_path: Path,
     *,
-    sans: Sequence[str] = LOCAL_NAMES,
+    sans: Sequence[str] | None = None,
     days: int = LEAF_DAYS,
 ) -> x509.Certificate:
-    """Issue a server+client certificate for ``name`` and write it (key first, atomically)."""
+    """Issue a server+client certificate for ``name`` and write it (key first, atomically).
+    ``sans``: default ``name`` and the loopback names."""
+    if sans is None:
+        sans = (name, *LOCAL_NAMES)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (
@@ -173,9 +178,13 @@ def load_ca(dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def ensure_local_pki(data_dir: Path, names: Sequence[str]) -> LocalPKI:
+def ensure_local_pki(
+    data_dir: Path, names: Sequence[str], extra_sans: Sequence[str] = ()
+) -> LocalPKI:
     """CA and one certificate per name (and ``client``) under ``data_dir/tls``, reused when
-    present, issued by the CA there and not about to expire; otherwise (re)issued."""
+    present, issued by the CA there, naming what it should and not about to expire; otherwise
+    (re)issued. ``extra_sans``: more SANs for every service certificate (the one name every
+    service checks in the others' certificates in compose, ``tls_server_name``)."""
     dir = data_dir / "tls"
     dir.mkdir(parents=True, exist_ok=True)
     ca_cert = _load_cert(dir / "ca.pem")
@@ -187,8 +196,14 @@ def ensure_local_pki(data_dir: Path, names: Sequence[str]) -> LocalPKI:
     for name in dict.fromkeys([*names, CLIENT]):
         pair = Pair(dir / f"{name}.pem", dir / f"{name}-key.pem")
         cert = _load_cert(pair.cert)
-        if not (_fresh(cert) and pair.key.exists() and _issued_by(cert, ca_cert)):
-            issue(ca_cert, ca_key, name, pair.cert, pair.key)
+        sans = [name, *extra_sans, *LOCAL_NAMES] if name != CLIENT else [name, *LOCAL_NAMES]
+        if not (
+            _fresh(cert)
+            and pair.key.exists()
+            and _issued_by(cert, ca_cert)
+            and _names(cert, [n for n in sans if n not in LOCAL_NAMES])
+        ):
+            issue(ca_cert, ca_key, name, pair.cert, pair.key, sans=sans)
         pairs[name] = pair
     return LocalPKI(dir=dir, ca=dir / "ca.pem", pairs=pairs)
 
@@ -201,3 +216,15 @@ def _issued_by(cert: x509.Certificate | None, ca: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def _names(cert: x509.Certificate | None, names: Sequence[str]) -> bool:
+    """Whether ``cert`` has every one of ``names`` as a DNS SAN (certificates made before
+    they had them are issued again)."""
+    if cert is None:
+        return False
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return set(names) <= set(san.get_values_for_type(x509.DNSName))

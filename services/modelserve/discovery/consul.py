@@ -3,10 +3,17 @@
 Endpoints used (Consul agent HTTP API):
   PUT /v1/agent/service/register           register / update_meta (register is an upsert)
   PUT /v1/agent/service/deregister/:id     deregister
+  GET /v1/agent/service/:id                reconcile: is our registration still there?
   GET /v1/health/service/:name?passing     resolve, and watch as a blocking query (index, wait)
 
 Each instance carries a gRPC health check run by the agent with RELIABILITY.md's defaults, so
 a process that turns NOT_SERVING (draining, not warm yet) drops out of every resolve/watch.
+
+Registrations are reconciled (T32): an agent that restarts without its state (a dev agent, a
+lost data dir, a node rebuilt) forgets our service, and nothing else would register it again
+until the next meta change. Every ``reconcile_s`` (10 s) each registration this process holds
+is looked up on the agent and registered again when it is missing; a deregistered one never
+is (deregister and the re-registration take one lock).
 """
 
 from __future__ import annotations
@@ -158,6 +165,7 @@ class ConsulDiscovery(Discovery):
         success_before_passing: int = 2,
         failures_before_critical: int = 2,
         wait: str = "30s",
+        reconcile_s: float = 10.0,
     ) -> None:
         base_url, uds, self._display_addr = _split_addr(addr)
         if check_interval_s <= 0 or check_timeout_s <= 0:
@@ -195,22 +203,68 @@ class ConsulDiscovery(Discovery):
             trust_env=False,
         )
         self._closed = False
+        if reconcile_s <= 0:
+            raise ValueError("reconcile_s must be positive")
+        self._reconcile_s = reconcile_s
+        self._registered: dict[str, Registration] = {}  # what this process has announced
+        self._registering = asyncio.Lock()
+        self._reconciler: asyncio.Task[None] | None = None
+        self.reregistrations = 0  # times the agent had lost us and we registered again
 
     # -- Discovery ------------------------------------------------------------------------
 
     async def register(self, registration: Registration) -> None:
-        await self._put_service(registration, op="register")
+        await self._announce(registration, op="register")
 
     async def update_meta(self, registration: Registration) -> None:
         # The agent's register is an upsert and keeps the check's current status, so a
         # meta change does not flap the instance out of rotation.
-        await self._put_service(registration, op="update meta")
+        await self._announce(registration, op="update meta")
 
     async def deregister(self, registration: Registration) -> None:
-        path = "/v1/agent/service/deregister/" + quote(registration.instance_id, safe="")
-        resp = await self._request("PUT", path, op="deregister", ok=(200, 404))
+        async with self._registering:
+            self._registered.pop(registration.instance_id, None)
+            path = "/v1/agent/service/deregister/" + quote(registration.instance_id, safe="")
+            resp = await self._request("PUT", path, op="deregister", ok=(200, 404))
         if resp.status_code == 404:
             log.info("Consul no longer knew %s; nothing to deregister", registration.instance_id)
+
+    async def _announce(self, registration: Registration, *, op: str) -> None:
+        async with self._registering:
+            await self._put_service(registration, op=op)
+            self._registered[registration.instance_id] = registration
+        if self._reconciler is None or self._reconciler.done():
+            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="consul-reconcile")
+
+    async def _reconcile_loop(self) -> None:
+        while not self._closed and self._registered:
+            await asyncio.sleep(self._reconcile_s)
+            for registration in list(self._registered.values()):
+                if self._closed:
+                    return
+                try:
+                    await self.reconcile(registration)
+                except ModelServeError as exc:  # agent away: look again next round
+                    log.debug("reconcile %s: %s", registration.instance_id, exc.message)
+
+    async def reconcile(self, registration: Registration) -> bool:
+        """Register ``registration`` again if the agent lost it; True when it did."""
+        path = "/v1/agent/service/" + quote(registration.instance_id, safe="")
+        resp = await self._request("GET", path, op="look up registration", ok=(200, 404))
+        if resp.status_code == 200:
+            return False
+        async with self._registering:
+            # Deregistered (draining) or superseded while we looked: leave it be.
+            if self._registered.get(registration.instance_id) is not registration:
+                return False
+            await self._put_service(registration, op="register again")
+        self.reregistrations += 1
+        log.warning(
+            "Consul at %s had lost %s (agent restarted without its state?); registered again",
+            self._display_addr,
+            registration.instance_id,
+        )
+        return True
 
     async def resolve(self, service: str) -> list[Instance]:
         instances, _ = await self._health(service, index=None)
@@ -241,6 +295,9 @@ class ConsulDiscovery(Discovery):
 
     async def close(self) -> None:
         self._closed = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
         await self._client.aclose()
 
     # -- HTTP -----------------------------------------------------------------------------

@@ -506,3 +506,57 @@ async def test_close_ends_running_watches(agent: FakeConsulAgent) -> None:
     await consul.close()
     await asyncio.wait_for(watcher.task, 2)  # ends by itself, no error, no cancel
     assert watcher.seen == [[]]
+
+
+# --- T32: registrations reconciled after the agent loses them ------------------------------
+
+
+async def test_an_agent_that_lost_our_registration_gets_it_again(
+    agent: FakeConsulAgent, health_servers: list[HealthServer]
+) -> None:
+    """Stand-in: the agent forgets every service (restarted without its state), first while
+    up, then across a stop/start on the same port; each time the reconcile loop registers the
+    instance again with its latest meta, and it passes its check and is resolved again."""
+    consul = fast(agent.addr, reconcile_s=0.1)
+    first = reg(health_servers[0], "w1", versions="fraud:1")
+    await consul.register(first)
+    latest = reg(health_servers[0], "w1", versions="fraud:1,fraud:2")
+    await consul.update_meta(latest)
+    await eventually(lambda: _expect_count(consul, 1))
+
+    agent.wipe()
+    assert await consul.resolve("worker") == []
+    await eventually(lambda: _expect_count(consul, 1), timeout=15)
+    assert agent.services["w1"].definition["Meta"] == {"versions": "fraud:1,fraud:2"}
+    assert consul.reregistrations == 1
+
+    port = agent.port
+    await agent.stop()
+    agent.wipe()
+    await asyncio.sleep(0.3)  # rounds that cannot reach the agent: logged, retried
+    await agent.start(port=port)
+    await eventually(lambda: _expect_count(consul, 1), timeout=15)
+    assert consul.reregistrations == 2
+    await consul.close()
+
+
+async def test_a_deregistered_instance_is_never_registered_again(
+    agent: FakeConsulAgent, health_servers: list[HealthServer]
+) -> None:
+    consul = fast(agent.addr, reconcile_s=0.05)
+    kept, drained = reg(health_servers[0], "w1"), reg(health_servers[1], "w2")
+    await consul.register(kept)
+    await consul.register(drained)
+    await consul.deregister(drained)  # draining: it must stay gone
+    agent.wipe()
+    await eventually(lambda: _assert("w1" in agent.services), timeout=15)
+    looks = sum(1 for r in agent.requests if r.path == "/v1/agent/service/w1")
+    await eventually(  # a few more rounds went by
+        lambda: _assert(sum(1 for r in agent.requests if r.path == "/v1/agent/service/w1") > looks)
+    )
+    assert "w2" not in agent.services
+    assert not any(r.path == "/v1/agent/service/w2" for r in agent.requests)
+    # A round that picked w2 up before its deregister (the race the lock closes) leaves it.
+    assert await consul.reconcile(drained) is False
+    assert "w2" not in agent.services
+    await consul.close()
