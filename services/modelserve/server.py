@@ -420,11 +420,12 @@ async def start_runtime(spec: ServiceSpec[S], settings: S, *, traced: bool = Fal
         behaviours.append(auth)
     # Every internal channel this service opens from here on sends the service token.
     set_service_token_file(settings.service_token_file)
+    # SERVER spans inside auth (a refused call costs no span), around the error mapping (the
+    # span sees the status the caller gets): tracing.ServerSpans, only when tracing is on.
+    if traced:
+        behaviours.append(tracing.ServerSpans())
     behaviours.append(ErrorInterceptor())
-    # The OpenTelemetry SERVER-span interceptor stays a gRPC interceptor (it is not ours to
-    # wrap), so only a traced service pays an interceptor chain; it runs outermost, so a
-    # refused call has its span too.
-    interceptors = [tracing.server_interceptor()] if traced else []
+    interceptors: list[aio.ServerInterceptor] = []
     # Every internal channel this process opens (channels.internal_channel) uses mTLS when
     # its listener uses TLS: the service's own certificate is its client certificate.
     configure_client_tls(TLSConfig.from_settings(settings).client())
