@@ -2,18 +2,19 @@
 
     .venv/bin/python bench/batch_bench.py                       # 1M rows of tabular and wide
     .venv/bin/python bench/batch_bench.py --rows 1000000 --wide-rows 200000
+    .venv/bin/python bench/batch_bench.py --models tabular --repeat 3 --publish-keys 0
 
 Prints a markdown table (and writes it to --out, default bench/results/batch-latest.md):
-- raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes,
-  intra-op threads = cores (the ceiling of any engine on this machine);
-- local: ``modelserve batch run --engine local`` as a subprocess (spawned pool, Parquet read
-  and written, artifact fetched from a real registry), rows / the run's own seconds;
+- raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes
+  (each timed for a second), intra-op threads = cores (the ceiling of any engine here);
+- local: ``modelserve batch run --engine local`` as a subprocess (Parquet read and written,
+  artifact fetched from a real registry), rows / the run's own seconds;
 - spark: ``--engine spark`` on a SparkSession local[N] (JVM started and Python workers warmed
   on a small file before timing; the same for predict_batch_udf);
 - predict_batch_udf: ``pyspark.ml.functions.predict_batch_udf`` with the same ONNX file, on
   ``spark.read.parquet`` of the same data, written with ``.write.parquet`` (what a Spark user
   writes by hand), batch_size 4096, one ORT thread per task;
-- peak memory of the local engine's process tree at two row counts (sampled from /proc);
+- peak memory of the local engine at two row counts (the process's high-water mark, wait4);
 - publishing N keys through a featurestore on Redis: keys/s and Redis memory per key.
 Numbers from a shared machine: the load average at both ends is printed with them.
 """
@@ -28,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ CLI = Path(sys.executable).parent / "modelserve"
 WIDTH = {"tabular": 32, "wide": 512}
 CHUNK = 65_536
 UDF_BATCH = 4096
+RAW_SECONDS = 1.0
 GOALS = {  # issue 15, on this box
     ("tabular", "local/raw"): 0.3,
     ("wide", "local/raw"): 0.8,
@@ -113,7 +114,10 @@ def write_data(path: Path, width: int, rows: int, seed: int) -> None:
 
 
 def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
-    """Best rows/s over a few batch sizes, rows already in memory, one process, all cores."""
+    """Best rows/s over a few batch sizes, rows already in memory, one process, all cores.
+
+    Each size runs for at least RAW_SECONDS (cycling over the rows): a single pass over
+    262,144 rows of tabular takes ~12 ms at 20M rows/s, too short to time on a shared box."""
     table = pq.read_table(data).slice(0, rows)
     width = table.schema.field("INPUT0").type.list_size
     x = np.asarray(table.column("INPUT0").combine_chunks().flatten()).reshape(-1, width)
@@ -123,66 +127,37 @@ def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
     best = (0.0, 0)
     for batch in (256, 1024, 4096, 16384, 65536):
         session.run(None, {"INPUT0": x[:batch]})
-        started = time.perf_counter()
-        for i in range(0, len(x), batch):
-            session.run(None, {"INPUT0": x[i : i + batch]})
-        rate = len(x) / (time.perf_counter() - started)
-        best = max(best, (rate, batch))
+        done, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < RAW_SECONDS:
+            i = done % len(x)
+            chunk = x[i : i + batch]
+            session.run(None, {"INPUT0": chunk})
+            done += len(chunk)
+        best = max(best, (done / elapsed, batch))
     return best
-
-
-class TreeRSS:
-    """Peak resident memory of a process and all its descendants, sampled from /proc."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.is_set():
-            parents: dict[int, int] = {}
-            rss: dict[int, int] = {}
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        stat = Path(f"/proc/{entry}/stat").read_text()
-                        fields = stat.rsplit(")", 1)[1].split()
-                        parents[int(entry)] = int(fields[1])
-                        rss[int(entry)] = int(fields[21]) * page
-                    except (OSError, IndexError, ValueError):
-                        pass
-            tree, frontier = {self.pid}, [self.pid]
-            while frontier:
-                p = frontier.pop()
-                kids = [c for c, pp in parents.items() if pp == p and c not in tree]
-                tree.update(kids)
-                frontier += kids
-            self.peak = max(self.peak, sum(rss.get(p, 0) for p in tree))
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def local_engine(
     model: str, data: Path, out: Path, registry: str, cache: Path
 ) -> tuple[dict[str, Any], int]:
-    proc = subprocess.Popen(
-        [str(CLI), "batch", "run", model, "--input", str(data), "--output", str(out),
-         "--key-column", "id", "--registry", registry, "--cache-dir", str(cache), "--json",
-         "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    rss = TreeRSS(proc.pid)
-    stdout, stderr = proc.communicate()
-    peak = rss.stop()
-    if proc.returncode:
-        raise RuntimeError(f"local engine failed: {stderr}")
-    return json.loads(stdout), peak
+    """The CLI's summary and its peak RSS. For numeric models the engine is one process (its
+    executors are threads), so the kernel's own high-water mark (wait4) is the exact peak,
+    with no sampler of /proc stealing CPU from the run being timed."""
+    shutil.rmtree(out, ignore_errors=True)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(
+            [str(CLI), "batch", "run", model, "--input", str(data), "--output", str(out),
+             "--key-column", "id", "--registry", registry, "--cache-dir", str(cache), "--json",
+             "--no-progress"],
+            stdout=stdout, stderr=stderr, text=True,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"local engine failed: {stderr.read()}")
+        return json.loads(stdout.read()), usage.ru_maxrss * 1024
 
 
 def spark_engine(
@@ -254,6 +229,10 @@ async def publish_keys(
     }
 
 
+def _median(values: list[Any]) -> Any:
+    return sorted(values)[len(values) // 2]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,6 +245,8 @@ def main() -> int:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--no-spark", action="store_true")
+    p.add_argument("--models", default="tabular,wide", help="comma-separated: tabular,wide")
+    p.add_argument("--repeat", type=int, default=1, help="alternated runs per model (median)")
     p.add_argument("--workdir", default="", help="keep data here (default: a temp dir)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch-latest.md"))
     args = p.parse_args()
@@ -285,31 +266,46 @@ def main() -> int:
             spark = session(args.master, "modelserve-batch-bench")
             spark.sparkContext.setLogLevel("ERROR")
         results: dict[str, dict[str, Any]] = {}
-        for name, n in rows.items():
+        for name in args.models.split(","):
+            n = rows[name]
             data = work / f"{name}-{n}.parquet"
             if not data.exists():
                 write_data(data, WIDTH[name], n, seed=1)
             outputs = 1 if name == "tabular" else 10
-            r: dict[str, Any] = {"rows": n}
-            r["raw"], r["raw_batch"] = raw_ort(models[name], data, min(n, args.raw_rows))
-            summary, peak = local_engine(
-                name, data, work / f"out-local-{name}", reg_addr, work / "cache"
-            )
-            r["local"] = summary["rows"] / summary["seconds"]
+            cache = work / "cache"
+            udf = None
             if spark is not None:
                 # Both warmed first on a small file (Spark's Python workers started, modules
                 # imported, the model loaded and cached per worker); then the timed runs.
                 warm = work / f"{name}-warm.parquet"
                 write_data(warm, WIDTH[name], 4 * UDF_BATCH, seed=9)
                 udf = make_udf(models[name], WIDTH[name], outputs)
-                cache = work / "cache"
+                for d in (f"warm-spark-{name}", f"warm-udf-{name}"):
+                    shutil.rmtree(work / d, ignore_errors=True)
                 spark_engine(name, warm, work / f"warm-spark-{name}", reg_addr, cache, args.master)
                 predict_batch_udf(spark, udf, warm, work / f"warm-udf-{name}")
-                s = spark_engine(
-                    name, data, work / f"out-spark-{name}", reg_addr, cache, args.master
-                )
-                r["spark"] = s["rows"] / s["seconds"]
-                r["udf"] = predict_batch_udf(spark, udf, data, work / f"out-udf-{name}")
+            runs: dict[str, list[Any]] = {"raw": [], "local": [], "spark": [], "udf": []}
+            # --repeat N: the measurements alternate (raw, local, spark, udf, raw, ...), so a
+            # burst of load from the box's other tenants hits all of them, and the medians count.
+            for _ in range(args.repeat):
+                runs["raw"].append(raw_ort(models[name], data, min(n, args.raw_rows)))
+                summary, _ = local_engine(name, data, work / f"out-local-{name}", reg_addr, cache)
+                runs["local"].append(summary["rows"] / summary["seconds"])
+                if spark is not None:
+                    for d in (f"out-spark-{name}", f"out-udf-{name}"):
+                        shutil.rmtree(work / d, ignore_errors=True)
+                    s = spark_engine(
+                        name, data, work / f"out-spark-{name}", reg_addr, cache, args.master
+                    )
+                    runs["spark"].append(s["rows"] / s["seconds"])
+                    runs["udf"].append(
+                        predict_batch_udf(spark, udf, data, work / f"out-udf-{name}")
+                    )
+            r: dict[str, Any] = {"rows": n, "runs": runs}
+            r["raw"], r["raw_batch"] = _median(runs["raw"])
+            r["local"] = _median(runs["local"])
+            if runs["spark"]:
+                r["spark"], r["udf"] = _median(runs["spark"]), _median(runs["udf"])
             results[name] = r
             print(f"{name}: {r}", file=sys.stderr, flush=True)
         mem: list[tuple[int, int, float]] = []
@@ -369,6 +365,9 @@ def report(
         f"# batch bench ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} CPUs, master {args.master})",
         "",
+        f"`{' '.join(['bench/batch_bench.py', *sys.argv[1:]])}`; each figure the median of "
+        f"{args.repeat} alternated run(s)",
+        "",
         f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}; after: "
         f"{' '.join(f'{v:.2f}' for v in load_after)}",
         "",
@@ -396,7 +395,7 @@ def report(
     if mem:
         lines += [
             "",
-            "| local engine, tabular | peak RSS of the process tree | rows/s (vs raw ORT) |",
+            "| local engine, tabular | peak RSS of the engine process | rows/s (vs raw ORT) |",
             "|---|---|---|",
         ]
         raw = results.get("tabular", {}).get("raw", 0.0)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ENGINES = ("local", "spark")
 FORMATS = ("parquet", "csv")
 NAN_POLICIES = ("error", "pass")
-DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_BATCH_ROWS = 4096  # rows per ONNX Runtime run; reads are sized apart (parts.py)
 DEFAULT_PART_ROWS = 262_144
 
 
