@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 from modelserve.cli.batch.columns import BatchInputError
 from modelserve.cli.batch.parts import JobSpec, score_part, scorer_for
 from modelserve.cli.batch.sources import Part
+from modelserve.tensors import TensorSpec
 
 
 def default_workers() -> int:
@@ -80,7 +81,7 @@ def run_local(
         return 0
     queue = _Parts(parts, on_rows)
     size = max(1, min(workers, len(parts)))
-    if holds_the_gil(spec):
+    if holds_the_gil((*spec.inputs, *spec.outputs)):
         driver = threading.Thread(target=_drive, args=(spec, artifact, queue, 0), daemon=True)
         driver.start()
         if size > 1:
@@ -100,9 +101,9 @@ def run_local(
     return queue.rows
 
 
-def holds_the_gil(spec: JobSpec) -> bool:
+def holds_the_gil(tensors: Iterable[TensorSpec]) -> bool:
     """BYTES values are converted one by one in Python: such a model scales by processes."""
-    return any(t.datatype == "BYTES" for t in (*spec.inputs, *spec.outputs))
+    return any(t.datatype == "BYTES" for t in tensors)
 
 
 def _drive(spec: JobSpec, artifact: Path, queue: _Parts, slot: int) -> None:
