@@ -14,7 +14,7 @@ Prints a markdown table (and writes it to --out, default bench/results/batch-lat
 - predict_batch_udf: ``pyspark.ml.functions.predict_batch_udf`` with the same ONNX file, on
   ``spark.read.parquet`` of the same data, written with ``.write.parquet`` (what a Spark user
   writes by hand), batch_size 4096, one ORT thread per task;
-- peak memory of the local engine at two row counts (the process's high-water mark, wait4);
+- peak memory of the local engine at two row counts (the process's high-water mark, VmHWM);
 - publishing N keys through a featurestore on Redis: keys/s and Redis memory per key.
 Numbers from a shared machine: the load average at both ends is printed with them.
 """
@@ -141,8 +141,10 @@ def local_engine(
     model: str, data: Path, out: Path, registry: str, cache: Path
 ) -> tuple[dict[str, Any], int]:
     """The CLI's summary and its peak RSS. For numeric models the engine is one process (its
-    executors are threads), so the kernel's own high-water mark (wait4) is the exact peak,
-    with no sampler of /proc stealing CPU from the run being timed."""
+    executors are threads), so the kernel's high-water mark of that process (VmHWM, read a
+    few times a second: one small file, not a scan of /proc that steals CPU from the run
+    being timed) is its peak. Not wait4's ru_maxrss: that counts this (large) process's RSS
+    at the fork too."""
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         proc = subprocess.Popen(
@@ -151,13 +153,25 @@ def local_engine(
              "--no-progress"],
             stdout=stdout, stderr=stderr, text=True,
         )  # fmt: skip
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _hwm(proc.pid))
+            time.sleep(0.05)
         stdout.seek(0)
         stderr.seek(0)
         if proc.returncode:
             raise RuntimeError(f"local engine failed: {stderr.read()}")
-        return json.loads(stdout.read()), usage.ru_maxrss * 1024
+        return json.loads(stdout.read()), peak
+
+
+def _hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def spark_engine(
