@@ -63,6 +63,7 @@ def start(
     service: str, work: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port_file = work / f"{service}.port.json"
+    port_file.unlink(missing_ok=True)  # a --workdir reused: not the last run's port
     log = (work / f"{service}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", service, "--port", "0", "--port-file", str(port_file),
