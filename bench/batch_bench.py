@@ -244,6 +244,89 @@ async def publish_keys(
     }
 
 
+def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
+    """CPU ms per 1M rows of each stage of the engine's own score_part, one thread, second
+    pass (warm): what no engine on this box can go under, whatever the load. Stages are
+    timed by wrapping the engine's functions (process CPU time, not wall: other tenants'
+    load does not count); "write" is the rest of score_part (output batch, Parquet, fsync)."""
+    from modelserve.cli.batch import parts as parts_mod
+    from modelserve.cli.batch.columns import ColumnPlan, plan_columns
+    from modelserve.cli.batch.scoring import Scorer, sha256_of
+    from modelserve.cli.batch.sources import open_source
+    from modelserve.tensors import TensorSpec
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])  # signature
+
+    def specs(values: Any) -> tuple[TensorSpec, ...]:
+        dims = lambda v: tuple(d if isinstance(d, int) else -1 for d in v.shape)  # noqa: E731
+        return tuple(TensorSpec(v.name, "FP32", dims(v)) for v in values)
+
+    inputs, outputs = specs(session.get_inputs()), specs(session.get_outputs())
+    source = open_source(str(data))
+    plan = plan_columns(source.schema, inputs, outputs, keys=["id"])
+    scorer = Scorer.load(model, sha256=sha256_of(model), model=name, version=1, inputs=inputs,
+                         outputs=outputs, threads=1)  # fmt: skip
+    stage = dict.fromkeys(("read", "feeds", "ORT", "outputs"), 0.0)
+
+    def timed(key: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            started = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                stage[key] += time.process_time() - started
+
+        return wrapper
+
+    def timed_read(*a: Any, **k: Any) -> Any:
+        it = read(*a, **k)
+        while True:
+            started = time.process_time()
+            batch = next(it, None)
+            stage["read"] += time.process_time() - started
+            if batch is None:
+                return
+            yield batch
+
+    read, feeds, outs, run = (
+        parts_mod.read_part, ColumnPlan.feeds, ColumnPlan.output_arrays, scorer.run
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as staging:
+        spec = parts_mod.JobSpec(
+            name, 1, "", inputs, outputs, plan, source, plan.output_schema(source.schema, {}),
+            "floor", staging, 4096,
+        )  # fmt: skip
+        parts_mod.read_part = timed_read  # type: ignore[assignment]
+        ColumnPlan.feeds = timed("feeds", feeds)  # type: ignore[method-assign]
+        ColumnPlan.output_arrays = timed("outputs", outs)  # type: ignore[method-assign]
+        scorer.run = timed("ORT", run)  # type: ignore[method-assign]
+        try:
+            for _ in range(2):  # the first pass faults in memory; the second counts
+                for key in stage:
+                    stage[key] = 0.0
+                started = time.process_time()
+                rows = sum(parts_mod.score_part(spec, scorer, p) for p in source.parts)
+                total = time.process_time() - started
+        finally:
+            parts_mod.read_part = read  # type: ignore[assignment]
+            ColumnPlan.feeds, ColumnPlan.output_arrays = feeds, outs  # type: ignore[method-assign]
+    per = 1e9 / rows  # seconds per row -> ms per 1M rows
+    floor = {k: v * per for k, v in stage.items()}
+    floor["write"] = total * per - sum(floor.values())
+    floor["total"] = total * per
+    # Raw ORT on the same rows and batch, one thread, for the same CPU clock.
+    x = np.zeros((4096, WIDTH[name]), np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    single = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    single.run(None, {"INPUT0": x})
+    started = time.process_time()
+    for _ in range(0, rows, 4096):
+        single.run(None, {"INPUT0": x})
+    floor["raw ORT"] = (time.process_time() - started) * per
+    return floor
+
+
 def _median(values: list[Any]) -> Any:
     return sorted(values)[len(values) // 2]
 
@@ -262,6 +345,7 @@ def main() -> int:
     p.add_argument("--no-spark", action="store_true")
     p.add_argument("--models", default="tabular,wide", help="comma-separated: tabular,wide")
     p.add_argument("--repeat", type=int, default=1, help="alternated runs per model (median)")
+    p.add_argument("--floor", action="store_true", help="also: CPU per stage, one thread")
     p.add_argument("--workdir", default="", help="keep data here (default: a temp dir)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch-latest.md"))
     args = p.parse_args()
@@ -321,6 +405,8 @@ def main() -> int:
             r["local"] = _median(runs["local"])
             if runs["spark"]:
                 r["spark"], r["udf"] = _median(runs["spark"]), _median(runs["udf"])
+            if args.floor:
+                r["floor"] = cpu_floor(models[name], data, name)
             results[name] = r
             print(f"{name}: {r}", file=sys.stderr, flush=True)
         mem: list[tuple[int, int, float]] = []
@@ -407,6 +493,23 @@ def report(
             + " | ".join(spark_cells)
             + " |"
         )
+    floors = {name: r["floor"] for name, r in results.items() if "floor" in r}
+    if floors:
+        stages = list(next(iter(floors.values())))
+        lines += [
+            "",
+            "CPU ms per 1M rows, one thread, warm (`--floor`: the engine's own score_part, "
+            "stages timed with process CPU time):",
+            "",
+            "| model | " + " | ".join(stages) + " | raw ORT / total |",
+            "|---|" + "---|" * (len(stages) + 1),
+        ]
+        lines += [
+            f"| {name} | "
+            + " | ".join(f"{f[k]:,.0f}" for k in stages)
+            + f" | {f['raw ORT'] / f['total']:.2f}x |"
+            for name, f in floors.items()
+        ]
     if mem:
         lines += [
             "",
