@@ -6,7 +6,8 @@
 
 Prints a markdown table (and writes it to --out, default bench/results/batch-latest.md):
 - raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes
-  (each timed for a second), intra-op threads = cores (the ceiling of any engine here);
+  (probed for 0.5 s each, the best timed for 3 s or a pass over --raw-rows), intra-op
+  threads = cores (the ceiling of any engine here);
 - local: ``modelserve batch run --engine local`` as a subprocess (Parquet read and written,
   artifact fetched from a real registry), rows / the run's own seconds;
 - spark: ``--engine spark`` on a SparkSession local[N] (JVM started and Python workers warmed
@@ -26,6 +27,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +52,8 @@ CLI = Path(sys.executable).parent / "modelserve"
 WIDTH = {"tabular": 32, "wide": 512}
 CHUNK = 65_536
 UDF_BATCH = 4096
-RAW_SECONDS = 1.0
+RAW_PROBE = 0.5
+RAW_SECONDS = 3.0
 GOALS = {  # issue 15, on this box
     ("tabular", "local/raw"): 0.3,
     ("wide", "local/raw"): 0.8,
@@ -115,27 +118,33 @@ def write_data(path: Path, width: int, rows: int, seed: int) -> None:
 
 
 def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
-    """Best rows/s over a few batch sizes, rows already in memory, one process, all cores.
+    """Rows/s at the best batch, rows already in memory, one process, intra-op = all cores.
 
-    Each size runs for at least RAW_SECONDS (cycling over the rows): a single pass over
-    262,144 rows of tabular takes ~12 ms at 20M rows/s, too short to time on a shared box."""
+    Each batch size is probed for RAW_PROBE seconds (cycling over the rows); the best one is
+    then timed for RAW_SECONDS or a pass over the rows, whichever is longer. A probe alone
+    would be a lucky second on a shared box (the engines run for seconds to a minute)."""
     table = pq.read_table(data).slice(0, rows)
     width = table.schema.field("INPUT0").type.list_size
     x = np.asarray(table.column("INPUT0").combine_chunks().flatten()).reshape(-1, width)
     so = ort.SessionOptions()
     so.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    best = (0.0, 0)
-    for batch in (256, 1024, 4096, 16384, 65536):
-        session.run(None, {"INPUT0": x[:batch]})
+
+    def rate(batch: int, seconds: float, rows: int = 0) -> float:
         done, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < RAW_SECONDS:
+        while (elapsed := time.perf_counter() - started) < seconds or done < rows:
             i = done % len(x)
             chunk = x[i : i + batch]
             session.run(None, {"INPUT0": chunk})
             done += len(chunk)
-        best = max(best, (done / elapsed, batch))
-    return best
+        return done / elapsed
+
+    probes = []
+    for batch in (256, 1024, 4096, 16384, 65536):
+        session.run(None, {"INPUT0": x[:batch]})
+        probes.append((rate(batch, RAW_PROBE), batch))
+    best = max(probes)[1]
+    return rate(best, RAW_SECONDS, len(x)), best
 
 
 def local_engine(
@@ -328,7 +337,11 @@ def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
 
 
 def _median(values: list[Any]) -> Any:
-    return sorted(values)[len(values) // 2]
+    """The median (of rates, or of (rate, batch) pairs: the median rate, the likeliest batch)."""
+    if values and isinstance(values[0], tuple):
+        batches = [b for _, b in values]
+        return statistics.median(r for r, _ in values), max(batches, key=batches.count)
+    return statistics.median(values)
 
 
 def main() -> int:
