@@ -255,9 +255,10 @@ async def publish_keys(
 
 def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
     """CPU ms per 1M rows of each stage of the engine's own score_part on the first two
-    parts, one thread, second pass (warm): what no engine on this box can go under, whatever the load. Stages are
-    timed by wrapping the engine's functions (process CPU time, not wall: other tenants'
-    load does not count); "write" is the rest of score_part (output batch, Parquet, fsync)."""
+    parts, one thread, second pass (warm): what no engine on this box can go under, whatever
+    the load. Stages are timed by wrapping the engine's functions (process CPU time, not
+    wall: other tenants' load does not count); "write" is the rest of score_part (output
+    batch, Parquet, fsync)."""
     from modelserve.cli.batch import parts as parts_mod
     from modelserve.cli.batch.columns import ColumnPlan, plan_columns
     from modelserve.cli.batch.scoring import Scorer, sha256_of

@@ -5,7 +5,7 @@ record batches of about ``READ_BYTES`` of input (at least ``batch_rows`` rows), 
 run through the model ``batch_rows`` rows at a time, and the part is written as one file.
 Reads and runs are sized apart because they want different sizes: a Parquet read pays a
 fixed cost per batch (so bigger is cheaper), while an ONNX Runtime run is fastest when its
-activations stay in cache (raw ORT on the bench models is 1.5-3x slower at 65,536 rows a run
+activations stay in cache (raw ORT on the bench models is 1.3-2.5x slower at 65,536 rows a run
 than at 4,096; bench/batch_bench.py).
 """
 
