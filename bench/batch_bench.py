@@ -2,18 +2,20 @@
 
     .venv/bin/python bench/batch_bench.py                       # 1M rows of tabular and wide
     .venv/bin/python bench/batch_bench.py --rows 1000000 --wide-rows 200000
+    .venv/bin/python bench/batch_bench.py --models tabular --repeat 3 --publish-keys 0
 
 Prints a markdown table (and writes it to --out, default bench/results/batch-latest.md):
-- raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes,
-  intra-op threads = cores (the ceiling of any engine on this machine);
-- local: ``modelserve batch run --engine local`` as a subprocess (spawned pool, Parquet read
-  and written, artifact fetched from a real registry), rows / the run's own seconds;
+- raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes
+  (probed for 0.5 s each, the best timed for 3 s or a pass over --raw-rows), intra-op
+  threads = cores (the ceiling of any engine here);
+- local: ``modelserve batch run --engine local`` as a subprocess (Parquet read and written,
+  artifact fetched from a real registry), rows / the run's own seconds;
 - spark: ``--engine spark`` on a SparkSession local[N] (JVM started and Python workers warmed
   on a small file before timing; the same for predict_batch_udf);
 - predict_batch_udf: ``pyspark.ml.functions.predict_batch_udf`` with the same ONNX file, on
   ``spark.read.parquet`` of the same data, written with ``.write.parquet`` (what a Spark user
   writes by hand), batch_size 4096, one ORT thread per task;
-- peak memory of the local engine's process tree at two row counts (sampled from /proc);
+- peak memory of the local engine at two row counts (the process's high-water mark, VmHWM);
 - publishing N keys through a featurestore on Redis: keys/s and Redis memory per key.
 Numbers from a shared machine: the load average at both ends is printed with them.
 """
@@ -25,10 +27,10 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,8 @@ CLI = Path(sys.executable).parent / "modelserve"
 WIDTH = {"tabular": 32, "wide": 512}
 CHUNK = 65_536
 UDF_BATCH = 4096
+RAW_PROBE = 0.5
+RAW_SECONDS = 3.0
 GOALS = {  # issue 15, on this box
     ("tabular", "local/raw"): 0.3,
     ("wide", "local/raw"): 0.8,
@@ -62,6 +66,7 @@ def start(
     service: str, work: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     port_file = work / f"{service}.port.json"
+    port_file.unlink(missing_ok=True)  # a --workdir reused: not the last run's port
     log = (work / f"{service}.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", service, "--port", "0", "--port-file", str(port_file),
@@ -113,76 +118,70 @@ def write_data(path: Path, width: int, rows: int, seed: int) -> None:
 
 
 def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
-    """Best rows/s over a few batch sizes, rows already in memory, one process, all cores."""
+    """Rows/s at the best batch, rows already in memory, one process, intra-op = all cores.
+
+    Each batch size is probed for RAW_PROBE seconds (cycling over the rows); the best one is
+    then timed for RAW_SECONDS or a pass over the rows, whichever is longer. A probe alone
+    would be a lucky second on a shared box (the engines run for seconds to a minute)."""
     table = pq.read_table(data).slice(0, rows)
     width = table.schema.field("INPUT0").type.list_size
     x = np.asarray(table.column("INPUT0").combine_chunks().flatten()).reshape(-1, width)
     so = ort.SessionOptions()
     so.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    best = (0.0, 0)
+
+    def rate(batch: int, seconds: float, rows: int = 0) -> float:
+        done, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds or done < rows:
+            i = done % len(x)
+            chunk = x[i : i + batch]
+            session.run(None, {"INPUT0": chunk})
+            done += len(chunk)
+        return done / elapsed
+
+    probes = []
     for batch in (256, 1024, 4096, 16384, 65536):
         session.run(None, {"INPUT0": x[:batch]})
-        started = time.perf_counter()
-        for i in range(0, len(x), batch):
-            session.run(None, {"INPUT0": x[i : i + batch]})
-        rate = len(x) / (time.perf_counter() - started)
-        best = max(best, (rate, batch))
-    return best
-
-
-class TreeRSS:
-    """Peak resident memory of a process and all its descendants, sampled from /proc."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.is_set():
-            parents: dict[int, int] = {}
-            rss: dict[int, int] = {}
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        stat = Path(f"/proc/{entry}/stat").read_text()
-                        fields = stat.rsplit(")", 1)[1].split()
-                        parents[int(entry)] = int(fields[1])
-                        rss[int(entry)] = int(fields[21]) * page
-                    except (OSError, IndexError, ValueError):
-                        pass
-            tree, frontier = {self.pid}, [self.pid]
-            while frontier:
-                p = frontier.pop()
-                kids = [c for c, pp in parents.items() if pp == p and c not in tree]
-                tree.update(kids)
-                frontier += kids
-            self.peak = max(self.peak, sum(rss.get(p, 0) for p in tree))
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
+        probes.append((rate(batch, RAW_PROBE), batch))
+    best = max(probes)[1]
+    return rate(best, RAW_SECONDS, len(x)), best
 
 
 def local_engine(
     model: str, data: Path, out: Path, registry: str, cache: Path
 ) -> tuple[dict[str, Any], int]:
-    proc = subprocess.Popen(
-        [str(CLI), "batch", "run", model, "--input", str(data), "--output", str(out),
-         "--key-column", "id", "--registry", registry, "--cache-dir", str(cache), "--json",
-         "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    rss = TreeRSS(proc.pid)
-    stdout, stderr = proc.communicate()
-    peak = rss.stop()
-    if proc.returncode:
-        raise RuntimeError(f"local engine failed: {stderr}")
-    return json.loads(stdout), peak
+    """The CLI's summary and its peak RSS. For numeric models the engine is one process (its
+    executors are threads), so the kernel's high-water mark of that process (VmHWM, read a
+    few times a second: one small file, not a scan of /proc that steals CPU from the run
+    being timed) is its peak. Not wait4's ru_maxrss: that counts this (large) process's RSS
+    at the fork too."""
+    shutil.rmtree(out, ignore_errors=True)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(
+            [str(CLI), "batch", "run", model, "--input", str(data), "--output", str(out),
+             "--key-column", "id", "--registry", registry, "--cache-dir", str(cache), "--json",
+             "--no-progress"],
+            stdout=stdout, stderr=stderr, text=True,
+        )  # fmt: skip
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _hwm(proc.pid))
+            time.sleep(0.05)
+        stdout.seek(0)
+        stderr.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"local engine failed: {stderr.read()}")
+        return json.loads(stdout.read()), peak
+
+
+def _hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def spark_engine(
@@ -254,6 +253,98 @@ async def publish_keys(
     }
 
 
+def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
+    """CPU ms per 1M rows of each stage of the engine's own score_part on the first two
+    parts, one thread, second pass (warm): what no engine on this box can go under, whatever
+    the load. Stages are timed by wrapping the engine's functions (process CPU time, not
+    wall: other tenants' load does not count); "write" is the rest of score_part (output
+    batch, Parquet, fsync)."""
+    from modelserve.cli.batch import parts as parts_mod
+    from modelserve.cli.batch.columns import ColumnPlan, plan_columns
+    from modelserve.cli.batch.scoring import Scorer, sha256_of
+    from modelserve.cli.batch.sources import open_source
+    from modelserve.tensors import TensorSpec
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])  # signature
+
+    def specs(values: Any) -> tuple[TensorSpec, ...]:
+        dims = lambda v: tuple(d if isinstance(d, int) else -1 for d in v.shape)  # noqa: E731
+        return tuple(TensorSpec(v.name, "FP32", dims(v)) for v in values)
+
+    inputs, outputs = specs(session.get_inputs()), specs(session.get_outputs())
+    source = open_source(str(data))
+    plan = plan_columns(source.schema, inputs, outputs, keys=["id"])
+    scorer = Scorer.load(model, sha256=sha256_of(model), model=name, version=1, inputs=inputs,
+                         outputs=outputs, threads=1)  # fmt: skip
+    stage = dict.fromkeys(("read", "feeds", "ORT", "outputs"), 0.0)
+
+    def timed(key: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            started = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                stage[key] += time.process_time() - started
+
+        return wrapper
+
+    def timed_read(*a: Any, **k: Any) -> Any:
+        it = read(*a, **k)
+        while True:
+            started = time.process_time()
+            batch = next(it, None)
+            stage["read"] += time.process_time() - started
+            if batch is None:
+                return
+            yield batch
+
+    read, feeds, outs, run = (
+        parts_mod.read_part, ColumnPlan.feeds, ColumnPlan.output_arrays, scorer.run
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as staging:
+        spec = parts_mod.JobSpec(
+            name, 1, "", inputs, outputs, plan, source, plan.output_schema(source.schema, {}),
+            "floor", staging, 4096,
+        )  # fmt: skip
+        parts_mod.read_part = timed_read  # type: ignore[assignment]
+        ColumnPlan.feeds = timed("feeds", feeds)  # type: ignore[method-assign]
+        ColumnPlan.output_arrays = timed("outputs", outs)  # type: ignore[method-assign]
+        scorer.run = timed("ORT", run)  # type: ignore[method-assign]
+        try:
+            for _ in range(2):  # the first pass faults in memory; the second counts
+                for key in stage:
+                    stage[key] = 0.0
+                started = time.process_time()
+                rows = sum(parts_mod.score_part(spec, scorer, p) for p in source.parts[:2])
+                total = time.process_time() - started
+        finally:
+            parts_mod.read_part = read  # type: ignore[assignment]
+            ColumnPlan.feeds, ColumnPlan.output_arrays = feeds, outs  # type: ignore[method-assign]
+    per = 1e9 / rows  # seconds per row -> ms per 1M rows
+    floor = {k: v * per for k, v in stage.items()}
+    floor["write"] = total * per - sum(floor.values())
+    floor["total"] = total * per
+    # Raw ORT on the same rows and batch, one thread, for the same CPU clock.
+    x = np.zeros((4096, WIDTH[name]), np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    single = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    single.run(None, {"INPUT0": x})
+    started = time.process_time()
+    for _ in range(0, rows, 4096):
+        single.run(None, {"INPUT0": x})
+    floor["raw ORT"] = (time.process_time() - started) * per
+    return floor
+
+
+def _median(values: list[Any]) -> Any:
+    """The median (of rates, or of (rate, batch) pairs: the median rate, the likeliest batch)."""
+    if values and isinstance(values[0], tuple):
+        batches = [b for _, b in values]
+        return statistics.median(r for r, _ in values), max(batches, key=batches.count)
+    return statistics.median(values)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,6 +357,9 @@ def main() -> int:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--no-spark", action="store_true")
+    p.add_argument("--models", default="tabular,wide", help="comma-separated: tabular,wide")
+    p.add_argument("--repeat", type=int, default=1, help="alternated runs per model (median)")
+    p.add_argument("--floor", action="store_true", help="also: CPU per stage, one thread")
     p.add_argument("--workdir", default="", help="keep data here (default: a temp dir)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch-latest.md"))
     args = p.parse_args()
@@ -285,31 +379,48 @@ def main() -> int:
             spark = session(args.master, "modelserve-batch-bench")
             spark.sparkContext.setLogLevel("ERROR")
         results: dict[str, dict[str, Any]] = {}
-        for name, n in rows.items():
+        for name in args.models.split(","):
+            n = rows[name]
             data = work / f"{name}-{n}.parquet"
             if not data.exists():
                 write_data(data, WIDTH[name], n, seed=1)
             outputs = 1 if name == "tabular" else 10
-            r: dict[str, Any] = {"rows": n}
-            r["raw"], r["raw_batch"] = raw_ort(models[name], data, min(n, args.raw_rows))
-            summary, peak = local_engine(
-                name, data, work / f"out-local-{name}", reg_addr, work / "cache"
-            )
-            r["local"] = summary["rows"] / summary["seconds"]
+            cache = work / "cache"
+            udf = None
             if spark is not None:
                 # Both warmed first on a small file (Spark's Python workers started, modules
                 # imported, the model loaded and cached per worker); then the timed runs.
                 warm = work / f"{name}-warm.parquet"
                 write_data(warm, WIDTH[name], 4 * UDF_BATCH, seed=9)
                 udf = make_udf(models[name], WIDTH[name], outputs)
-                cache = work / "cache"
+                for d in (f"warm-spark-{name}", f"warm-udf-{name}"):
+                    shutil.rmtree(work / d, ignore_errors=True)
                 spark_engine(name, warm, work / f"warm-spark-{name}", reg_addr, cache, args.master)
                 predict_batch_udf(spark, udf, warm, work / f"warm-udf-{name}")
-                s = spark_engine(
-                    name, data, work / f"out-spark-{name}", reg_addr, cache, args.master
-                )
-                r["spark"] = s["rows"] / s["seconds"]
-                r["udf"] = predict_batch_udf(spark, udf, data, work / f"out-udf-{name}")
+            runs: dict[str, list[Any]] = {"raw": [], "local": [], "spark": [], "udf": []}
+            # --repeat N: the measurements alternate (raw, local, spark, udf, raw, ...), so a
+            # burst of load from the box's other tenants hits all of them, and the medians count.
+            for _ in range(args.repeat):
+                runs["raw"].append(raw_ort(models[name], data, min(n, args.raw_rows)))
+                summary, _ = local_engine(name, data, work / f"out-local-{name}", reg_addr, cache)
+                runs["local"].append(summary["rows"] / summary["seconds"])
+                if spark is not None:
+                    for d in (f"out-spark-{name}", f"out-udf-{name}"):
+                        shutil.rmtree(work / d, ignore_errors=True)
+                    s = spark_engine(
+                        name, data, work / f"out-spark-{name}", reg_addr, cache, args.master
+                    )
+                    runs["spark"].append(s["rows"] / s["seconds"])
+                    runs["udf"].append(
+                        predict_batch_udf(spark, udf, data, work / f"out-udf-{name}")
+                    )
+            r: dict[str, Any] = {"rows": n, "runs": runs}
+            r["raw"], r["raw_batch"] = _median(runs["raw"])
+            r["local"] = _median(runs["local"])
+            if runs["spark"]:
+                r["spark"], r["udf"] = _median(runs["spark"]), _median(runs["udf"])
+            if args.floor:
+                r["floor"] = cpu_floor(models[name], data, name)
             results[name] = r
             print(f"{name}: {r}", file=sys.stderr, flush=True)
         mem: list[tuple[int, int, float]] = []
@@ -369,6 +480,9 @@ def report(
         f"# batch bench ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} CPUs, master {args.master})",
         "",
+        f"`{' '.join(['bench/batch_bench.py', *sys.argv[1:]])}`; each figure the median of "
+        f"{args.repeat} alternated run(s)",
+        "",
         f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}; after: "
         f"{' '.join(f'{v:.2f}' for v in load_after)}",
         "",
@@ -393,10 +507,27 @@ def report(
             + " | ".join(spark_cells)
             + " |"
         )
+    floors = {name: r["floor"] for name, r in results.items() if "floor" in r}
+    if floors:
+        stages = list(next(iter(floors.values())))
+        lines += [
+            "",
+            "CPU ms per 1M rows, one thread, warm (`--floor`: the engine's own score_part, "
+            "stages timed with process CPU time):",
+            "",
+            "| model | " + " | ".join(stages) + " | raw ORT / total |",
+            "|---|" + "---|" * (len(stages) + 1),
+        ]
+        lines += [
+            f"| {name} | "
+            + " | ".join(f"{f[k]:,.0f}" for k in stages)
+            + f" | {f['raw ORT'] / f['total']:.2f}x |"
+            for name, f in floors.items()
+        ]
     if mem:
         lines += [
             "",
-            "| local engine, tabular | peak RSS of the process tree | rows/s (vs raw ORT) |",
+            "| local engine, tabular | peak RSS of the engine process | rows/s (vs raw ORT) |",
             "|---|---|---|",
         ]
         raw = results.get("tabular", {}).get("raw", 0.0)

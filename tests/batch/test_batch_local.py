@@ -3,6 +3,7 @@ by hand on the same rows, the output's shape and metadata, the inputs it reads."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from batchsupport import (
     Registry,
     batch_cli,
     by_hand,
+    push,
     read_output,
     staging_dirs,
     two_input_table,
@@ -23,6 +25,7 @@ from batchsupport import (
 )
 
 from modelserve.cli.batch.job import RunOptions, run_batch
+from modelserve.tensors import TensorSpec
 
 
 def test_local_engine_equals_onnx_runtime_by_hand(
@@ -134,3 +137,70 @@ def test_csv_glob_and_partitioned_inputs(
         np.testing.assert_allclose(got.column("score").to_numpy(), want["score"], rtol=1e-5)
     hive = read_output(tmp_path / "out-hive")
     assert hive.column("day").to_pylist() == ["d1"] * 150 + ["d2"] * 150
+
+
+def test_onnx_runtime_runs_batch_rows_while_parts_are_read_in_larger_batches(
+    registry: Registry, two_in: onnx.ModelProto, tmp_path: Path, cache_dir: Path
+) -> None:
+    """--batch-rows sizes the model's runs; reads are sized apart (bigger), and every read
+    batch is split into runs of at most --batch-rows rows, the rows' order kept."""
+    from modelserve.cli.batch import parts
+
+    table = two_input_table(1000, seed=5)
+    pq.write_table(table, tmp_path / "in.parquet")
+    parts._SCORERS.clear()  # sessions are kept across runs: count this run's alone
+    summary = run_batch(
+        RunOptions(
+            model=TWO_IN,
+            input=str(tmp_path / "in.parquet"),
+            output=str(tmp_path / "out"),
+            key_columns=["id"],
+            registry=registry.address,
+            cache_dir=str(cache_dir),
+            batch_rows=96,
+            workers=1,
+            progress=False,
+        )
+    )
+    (scorer,) = [s for key, s in parts._SCORERS.items() if key[0] == summary["sha256"]]
+    runs = scorer._session.runs_by_instance()[0]
+    # One read batch of 1,000 rows (a part's reads hold up to READ_BYTES of input), run as
+    # ten runs of 96 rows and one of 40.
+    assert runs == {96: 10, 40: 1}, runs
+    got = read_output(tmp_path / "out")
+    want = by_hand(two_in, table)
+    np.testing.assert_allclose(got.column("score").to_numpy(), want["score"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_text_model_scores_on_processes(
+    registry: Registry, tmp_path: Path, cache_dir: Path
+) -> None:
+    """BYTES values are converted in Python, under the GIL: such a model is scored by the
+    driver plus spawned processes rather than by threads; the result is the same."""
+    from onnx import TensorProto, helper
+
+    from modelserve.cli.batch import local_engine
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "text_echo",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "text.onnx")
+    asyncio.run(push(registry.address, "batch_text", tmp_path / "text.onnx"))
+    words = [f"word-{i}" for i in range(3000)]
+    table = pa.table({"id": pa.array(np.arange(3000, dtype=np.int64)), "text": words})
+    write_parts(table, tmp_path / "in", files=3, row_group_rows=250)
+    result = batch_cli(
+        "run", "batch_text", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+        "--key-column", "id", "--registry", registry.address, "--cache-dir", str(cache_dir),
+        "--part-rows", "500", "--workers", "2", "--json", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = read_output(tmp_path / "out")
+    assert [v.decode() for v in got.column("echo").to_pylist()] == words
+    assert local_engine.holds_the_gil([TensorSpec("text", "BYTES", (-1,))])
+    assert not local_engine.holds_the_gil([TensorSpec("x", "FP32", (-1, 3))])

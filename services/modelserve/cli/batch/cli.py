@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ENGINES = ("local", "spark")
 FORMATS = ("parquet", "csv")
 NAN_POLICIES = ("error", "pass")
-DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_BATCH_ROWS = 4096  # rows per ONNX Runtime run; reads are sized apart (parts.py)
 DEFAULT_PART_ROWS = 262_144
 
 
@@ -53,7 +53,7 @@ def _addresses(ctx: click.Context, args: Args) -> Args:
 @click.option("--publish-lookup", default="", metavar="NAME")
 @click.option("--input-format", type=click.Choice(FORMATS), default=None)
 @click.option("--nan-policy", type=click.Choice(NAN_POLICIES), default="error", show_default=True)
-@click.option("--workers", type=int, default=0, help="local engine processes (0: cores)")
+@click.option("--workers", type=int, default=0, help="local engine executors (0: cores)")
 @click.option("--cache-dir", default="", help="artifact cache (MODELSERVE_BATCH_CACHE_DIR)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--no-progress", is_flag=True)

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelserve.cli.batch.columns import BatchInputError
+from modelserve.cli.batch.columns import META_COLUMNS, BatchInputError
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -113,8 +113,12 @@ def write_part(directory: Path, index: int, schema: pa.Schema, batches: Any) -> 
     final = directory / part_name(index)
     tmp = directory / f".{part_name(index)}.{os.getpid()}.tmp"
     rows = 0
+    # Dictionary pages only where values repeat (the metadata columns, dictionary-typed keys):
+    # on unique keys and float scores the writer builds a dictionary only to give it up, which
+    # was 40% of writing a part (bench/batch_bench.py, tabular).
+    repeated = [f.name for f in schema if f.name in META_COLUMNS or pa.types.is_dictionary(f.type)]
     try:
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, schema, use_dictionary=repeated) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows

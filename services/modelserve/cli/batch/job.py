@@ -28,7 +28,7 @@ from modelserve.cli.batch.resolve import ResolvedModel, resolve_model
 from modelserve.cli.batch.sources import DEFAULT_PART_ROWS, Part, local_path, open_source
 
 ENGINES = ("local", "spark")
-DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_BATCH_ROWS = 4096  # rows per ONNX Runtime run; reads are sized apart (parts.py)
 MAX_BATCH_ROWS = 1 << 22
 
 

@@ -1,12 +1,15 @@
-"""The embedded engine: the driver and a process pool, one model session per process.
+"""The embedded engine: ``workers`` executors in this process, one model session each.
 
-``workers`` processes score parts in all: the driver itself (in a thread, starting at once)
-and ``workers - 1`` spawned pool processes, each of which loads the verified artifact once in
-its initializer. Spawned, not forked: the driver holds gRPC's threads, which do not survive
-fork. A spawned process needs a second or two to import ONNX Runtime and pyarrow; the driver
-scores parts meanwhile, so a short run does not wait for the pool and a long one gets every
-core. Parts are handed out one at a time from one queue; only part numbers and row counts
-cross processes.
+For numeric models the executors are threads: reading Parquet, ONNX Runtime and writing
+Parquet all run in C++ with the GIL released, and what is left in Python is a few calls per
+batch of thousands of rows, so threads use every core without a process to spawn (spawning
+and importing ONNX Runtime and pyarrow cost one to two seconds per process, longer than a
+million rows of a small model take to score) and without a second copy of the interpreter
+in memory. A model with BYTES inputs or outputs converts every value in Python, under the
+GIL; it gets processes instead: the driver itself (in a thread, starting at once) and
+``workers - 1`` spawned ones (not forked: the driver holds gRPC's threads), each loading the
+verified artifact once. Either way parts are handed out one at a time from one queue, and
+only part numbers and row counts cross processes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -23,6 +26,7 @@ from typing import Any
 from modelserve.cli.batch.columns import BatchInputError
 from modelserve.cli.batch.parts import JobSpec, score_part, scorer_for
 from modelserve.cli.batch.sources import Part
+from modelserve.tensors import TensorSpec
 
 
 def default_workers() -> int:
@@ -76,20 +80,35 @@ def run_local(
     if not parts:
         return 0
     queue = _Parts(parts, on_rows)
-    pool_size = max(0, min(workers, len(parts)) - 1)
-    driver = threading.Thread(target=_drive, args=(spec, artifact, queue), daemon=True)
-    driver.start()
-    if pool_size:
-        _feed_pool(spec, artifact, queue, pool_size)
-    driver.join()
+    size = max(1, min(workers, len(parts)))
+    if holds_the_gil((*spec.inputs, *spec.outputs)):
+        driver = threading.Thread(target=_drive, args=(spec, artifact, queue, 0), daemon=True)
+        driver.start()
+        if size > 1:
+            _feed_pool(spec, artifact, queue, size - 1)
+        threads = [driver]
+    else:
+        threads = [
+            threading.Thread(target=_drive, args=(spec, artifact, queue, slot), daemon=True)
+            for slot in range(size)
+        ]
+        for thread in threads:
+            thread.start()
+    for thread in threads:
+        thread.join()
     if queue.failed is not None:
         raise queue.failed
     return queue.rows
 
 
-def _drive(spec: JobSpec, artifact: Path, queue: _Parts) -> None:
+def holds_the_gil(tensors: Iterable[TensorSpec]) -> bool:
+    """BYTES values are converted one by one in Python: such a model scales by processes."""
+    return any(t.datatype == "BYTES" for t in tensors)
+
+
+def _drive(spec: JobSpec, artifact: Path, queue: _Parts, slot: int) -> None:
     try:
-        scorer = scorer_for(spec, artifact)
+        scorer = scorer_for(spec, artifact, slot)
         while (part := queue.take()) is not None:
             queue.done(part, score_part(spec, scorer, part, queue.progress))
     except BaseException as exc:  # handed to the caller by run_local

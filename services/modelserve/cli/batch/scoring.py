@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class Scorer:
     def __init__(self, loop: asyncio.AbstractEventLoop, session: ModelSession) -> None:
         self._loop = loop
         self._session = session
+        # The session and its loop run one batch at a time; a second caller waits (executors
+        # have a scorer each, so this is never contended in a run).
+        self._lock = threading.Lock()
         self.outputs: tuple[TensorSpec, ...] = session.outputs
 
     @classmethod
@@ -86,7 +90,8 @@ class Scorer:
         return cls(loop, session)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._loop.run_until_complete(self._session.run(feeds))
+        with self._lock:
+            return self._loop.run_until_complete(self._session.run(feeds))
 
     def close(self) -> None:
         self._session.close()

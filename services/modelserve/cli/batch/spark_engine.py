@@ -5,11 +5,11 @@ it once) and builds a one-column DataFrame of part numbers, one Spark partition 
 ``mapInArrow`` hands each Python worker its part numbers as Arrow batches; the worker loads
 the model once (cached by sha256 for the life of the reused Python worker, checked against
 the sha256 before loading), reads its part with pyarrow straight from the input path,
-scores it in ``--batch-rows`` batches and commits the part file into the staging dir (the
-same code as the local engine). Rows never travel through the JVM or the driver: the only
-Arrow data crossing the JVM boundary is (part, rows) pairs. Executors therefore need the
-input and the output on a shared filesystem (a mount, or the same paths on every node), and
-modelserve installed in their Python (``spark.pyspark.python``).
+runs it through the model ``--batch-rows`` rows at a time and commits the part file into the
+staging dir (the same code as the local engine). Rows never travel through the JVM or the
+driver: the only Arrow data crossing the JVM boundary is (part, rows) pairs. Executors
+therefore need the input and the output on a shared filesystem (a mount, or the same paths
+on every node), and modelserve installed in their Python (``spark.pyspark.python``).
 
 A failed task attempt leaves no part file (parts are renamed into place when complete), so
 Spark's retries and speculative attempts are safe; a part file written twice is the same part.
