@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from modelserve.auth import files
 from modelserve.auth.authenticator import MISSING, Authenticator, AuthFailed, bearer_token
 from modelserve.auth.identity import ADMIN, INFER, READ, SERVICE, Identity
 from modelserve.auth.jwts import JwtVerifier
@@ -39,6 +40,26 @@ def test_roles_imply_what_they_should() -> None:
     assert Identity("x", frozenset({INFER})).may_infer("anything")
 
 
+def test_the_keys_file_is_looked_at_once_per_recheck_interval_not_per_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auth reads the keys on every RPC at every hop: one stat a call was a syscall per
+    request per hop (issue 14). Within RECHECK_S the last value is used without a stat."""
+    token, entry = new_key("a", [INFER])
+    store = KeyStore(_keys_file(tmp_path, entry))
+    assert store.lookup(token) is not None
+    stats = []
+    real_stat = os.stat
+    monkeypatch.setattr(files.os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p))
+    for _ in range(100):
+        assert store.lookup(token) is not None
+    assert stats == []
+    monkeypatch.setattr(files, "RECHECK_S", 0.0)
+    store._file._next_check = 0.0  # the interval has passed
+    store.lookup(token)
+    assert len(stats) == 1
+
+
 def test_api_keys_are_stored_hashed_and_looked_up_by_hash(tmp_path: Path) -> None:
     token, entry = new_key("alice", [INFER], ["fraud*"])
     assert token not in json.dumps(entry)
@@ -49,7 +70,10 @@ def test_api_keys_are_stored_hashed_and_looked_up_by_hash(tmp_path: Path) -> Non
     assert store.lookup(token + "x") is None
 
 
-def test_a_changed_keys_file_is_used_without_restart(tmp_path: Path) -> None:
+def test_a_changed_keys_file_is_used_without_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "RECHECK_S", 0.0)  # look at the file on every call
     token_a, a = new_key("a", [INFER])
     token_b, b = new_key("b", [ADMIN])
     path = _keys_file(tmp_path, a)

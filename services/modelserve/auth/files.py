@@ -1,15 +1,21 @@
-"""A file read again only when it changes (mtime, size, inode: one stat per check)."""
+"""A file read again only when it changes (mtime, size, inode: one stat per check, at most one
+check per ``RECHECK_S``)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Keys, JWT keys and service tokens are read on every RPC at every hop: a stat per call was a
+# syscall per request per hop (part of auth's cost on the hot path, issue 14). A change is
+# seen within this long instead of at once.
+RECHECK_S = 1.0
 
 
 class Reloading(Generic[T]):
@@ -20,15 +26,27 @@ class Reloading(Generic[T]):
     ``get()`` raises the error.
     """
 
-    def __init__(self, path: str | Path, parse: Callable[[str], T], what: str) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        parse: Callable[[str], T],
+        what: str,
+        recheck_s: float | None = None,
+    ) -> None:
         self.path = Path(path)
         self._parse = parse
         self._what = what
+        self._recheck_s = recheck_s
+        self._next_check = 0.0
         self._stamp: tuple[int, int, int] | None = None
         self._value: T | None = None
         self._error: Exception | None = None
 
     def get(self) -> T:
+        now = time.monotonic()
+        if self._value is not None and now < self._next_check:
+            return self._value
+        self._next_check = now + (RECHECK_S if self._recheck_s is None else self._recheck_s)
         try:
             st = os.stat(self.path)
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
