@@ -98,7 +98,10 @@ class CommonSettings:
         "none", "Trace exporter: none, console or otlp.", env=("OTEL_TRACES_EXPORTER",)
     )
     otlp_endpoint: str = setting(
-        "", "OTLP/gRPC collector endpoint.", env=("OTEL_EXPORTER_OTLP_ENDPOINT",)
+        "",
+        "OTLP/gRPC collector endpoint; http://host:port for a plaintext collector (without a "
+        "scheme the exporter uses TLS).",
+        env=("OTEL_EXPORTER_OTLP_ENDPOINT",),
     )
     service_name: str = setting(
         "", "Service name in traces (default modelserve-<service>).", env=("OTEL_SERVICE_NAME",)

@@ -146,7 +146,51 @@ async def wait_serving(
             await asyncio.sleep(0.05)
 
 
+class _PickedPortTaken(RuntimeError):
+    """A port chosen here ahead of its process was taken by someone else in between."""
+
+
+PORT_RACE_ATTEMPTS = 3
+
+
 def start_suite(
+    data_dir: Path,
+    *,
+    ports: Mapping[str, int] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+    workers: int = 1,
+    timeout: float = 60.0,
+    tls: bool = False,
+    auth: bool = False,
+    http_port: int = -1,
+) -> Suite:
+    """Start registry, featurestore, worker(s), router and gateway; return once all listen.
+
+    The router's and gateway's ports are picked before the registry starts (it must know
+    them); another process on the machine may take one in between (seen once in a full e2e
+    run), so the launch is tried again with new ports, up to ``PORT_RACE_ATTEMPTS`` times.
+    See ``_start_suite_once`` for the options."""
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        try:
+            return _start_suite_once(
+                data_dir,
+                ports=ports,
+                extra_env=extra_env,
+                extra_args=extra_args,
+                workers=workers,
+                timeout=timeout,
+                tls=tls,
+                auth=auth,
+                http_port=http_port,
+            )
+        except _PickedPortTaken:
+            if attempt == PORT_RACE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_suite_once(
     data_dir: Path,
     *,
     ports: Mapping[str, int] | None = None,
@@ -221,10 +265,24 @@ def start_suite(
             )
             suite.processes[name].http_port = info.get("http_port")
             addr[name] = f"127.0.0.1:{info['port']}"
-    except BaseException:
+    except BaseException as exc:
         suite.stop(timeout=5)
+        if isinstance(exc, RuntimeError) and _lost_a_picked_port(data_dir, picked):
+            raise _PickedPortTaken(str(exc)) from exc
         raise
     return suite
+
+
+def _lost_a_picked_port(data_dir: Path, picked: set[str]) -> bool:
+    """Whether a process whose port was picked here failed to bind it (its log says so)."""
+    for name in picked:
+        log_path = data_dir / f"{name}.log"
+        try:
+            if "Failed to bind to address" in log_path.read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def free_port() -> int:
