@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,9 @@ from opentelemetry.proto.collector.trace.v1 import (  # noqa: E402
     trace_service_pb2_grpc,
 )
 from perf_analyzer import locate, run_point  # noqa: E402
-from reference import PERFREF, cpu_of  # noqa: E402
+from reference import PERFREF, cpu_of, push_models  # noqa: E402
 
-from modelserve.auth.client import bearer  # noqa: E402
-from modelserve.cli.registry_client import push_version  # noqa: E402
 from modelserve.cli.suite import Suite, start_suite, wait_serving  # noqa: E402
-from modelserve.proto.inference import grpc_service_pb2 as pb  # noqa: E402
-from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from modelserve.proto.modelserve.v1 import registry_pb2_grpc  # noqa: E402
 
 HOPS = ("gateway", "router", "worker")
 
@@ -80,30 +74,13 @@ def start_sink() -> tuple[OtlpSink, int]:
 
 
 async def push(suite: Suite, models: Path) -> None:
-    token = suite.token("admin")
-    interceptors = bearer(lambda: token) if token else None
-    async with grpc.aio.insecure_channel(
-        suite.address("registry"), interceptors=interceptors
-    ) as channel:
-        stub = registry_pb2_grpc.RegistryStub(channel)
-        for name in ("tabular", "wide"):
-            await push_version(stub, name, models / f"{name}.onnx", labels=["production"])
-    infer = suite.token("infer")
-    metadata = (("authorization", f"Bearer {infer}"),) if infer else None
-    async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
-        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
-        deadline = time.monotonic() + 180
-        for name in ("tabular", "wide"):
-            while True:
-                try:
-                    request = pb.ModelReadyRequest(name=name)
-                    if (await v2.ModelReady(request, timeout=2, metadata=metadata)).ready:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not READY")
-                await asyncio.sleep(0.2)
+    await push_models(
+        suite.address("registry"),
+        suite.address("gateway"),
+        models,
+        admin_token=suite.token("admin") or "",
+        infer_token=suite.token("infer") or "",
+    )
 
 
 def main() -> int:

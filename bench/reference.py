@@ -34,6 +34,7 @@ sys.path.insert(0, str(BENCH))
 import grpc  # noqa: E402
 from perf_analyzer import locate, run_point  # noqa: E402
 
+from modelserve.auth.client import bearer  # noqa: E402
 from modelserve.cli.registry_client import push_version  # noqa: E402
 from modelserve.cli.suite import start_suite, wait_serving  # noqa: E402
 from modelserve.proto.inference import grpc_service_pb2 as pb  # noqa: E402
@@ -57,20 +58,25 @@ def start_reference(models: Path) -> list[int]:
     return [int(p) for p in done.stdout.split()]
 
 
-async def push_models(registry: str, gateway: str, models: Path) -> None:
-    async with grpc.aio.insecure_channel(registry) as channel:
+async def push_models(
+    registry: str, gateway: str, models: Path, *, admin_token: str = "", infer_token: str = ""
+) -> None:
+    """Push perfref's two models (tokens for a suite with auth on) and wait until READY."""
+    interceptors = bearer(lambda: admin_token) if admin_token else None
+    async with grpc.aio.insecure_channel(registry, interceptors=interceptors) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         for name in ("tabular", "wide"):
             # The suite's defaults (dynamic batching, merging): what `modelserve up` serves.
             await push_version(stub, name, models / f"{name}.onnx", labels=["production"])
+    metadata = (("authorization", f"Bearer {infer_token}"),) if infer_token else None
     async with grpc.aio.insecure_channel(gateway) as channel:
         v2 = pb_grpc.GRPCInferenceServiceStub(channel)
         deadline = time.monotonic() + 180
         for name in ("tabular", "wide"):
             while True:
                 try:
-                    ready = await v2.ModelReady(pb.ModelReadyRequest(name=name), timeout=2)
-                    if ready.ready:
+                    request = pb.ModelReadyRequest(name=name)
+                    if (await v2.ModelReady(request, timeout=2, metadata=metadata)).ready:
                         break
                 except grpc.aio.AioRpcError:
                     pass

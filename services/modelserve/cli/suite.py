@@ -167,68 +167,33 @@ def start_suite(
 ) -> Suite:
     """Start registry, featurestore, worker(s), router and gateway; return once all listen.
 
-    The router's and gateway's ports are picked before the registry starts (it must know
-    them); another process on the machine may take one in between (seen once in a full e2e
-    run), so the launch is tried again with new ports, up to ``PORT_RACE_ATTEMPTS`` times.
-    See ``_start_suite_once`` for the options."""
-    for attempt in range(PORT_RACE_ATTEMPTS):
-        try:
-            return _start_suite_once(
-                data_dir,
-                ports=ports,
-                extra_env=extra_env,
-                extra_args=extra_args,
-                workers=workers,
-                timeout=timeout,
-                tls=tls,
-                auth=auth,
-                http_port=http_port,
-            )
-        except _PickedPortTaken:
-            if attempt == PORT_RACE_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _start_suite_once(
-    data_dir: Path,
-    *,
-    ports: Mapping[str, int] | None = None,
-    extra_env: Mapping[str, str] | None = None,
-    extra_args: Mapping[str, Sequence[str]] | None = None,
-    workers: int = 1,
-    timeout: float = 60.0,
-    tls: bool = False,
-    auth: bool = False,
-    http_port: int = -1,
-) -> Suite:
-    """Start registry, featurestore, worker(s), router and gateway; return once all listen.
-
     ``tls``: certificates from ``data_dir/tls`` (made or reused, ``tls_material``), TLS on
     every listener, client certificates required everywhere but at the gateway, and mTLS on
     every channel between the services.
     ``auth``: every service requires credentials; the keys file and the admin, infer and
     service tokens are made in ``data_dir`` (``write_local_tokens``; ``suite.token(role)``).
     ``http_port``: the gateway's V2 REST port (-1 any free one, 0 off).
+
+    The router's and gateway's ports are picked before the registry starts (it must know
+    them); another process on the machine may take one in between (seen once in a full e2e
+    run), so the launch is tried again with new ports, up to ``PORT_RACE_ATTEMPTS`` times.
     """
-    ports = ports or {}
     data_dir.mkdir(parents=True, exist_ok=True)
     pki = None
     if tls:
         from modelserve.cli.tls_material import ensure_local_pki
 
         pki = ensure_local_pki(data_dir, SERVICES)
-    suite = Suite(data_dir, pki=pki)
+    tokens: dict[str, Path] = {}
     auth_env: dict[str, str] = {}
     if auth:
-        suite.tokens = write_local_tokens(data_dir)
+        tokens = write_local_tokens(data_dir)
         auth_env = {
             "MODELSERVE_AUTH": "1",
-            "MODELSERVE_AUTH_KEYS_FILE": str(suite.tokens["keys_file"]),
-            "MODELSERVE_SERVICE_TOKEN_FILE": str(suite.tokens["service"]),
+            "MODELSERVE_AUTH_KEYS_FILE": str(tokens["keys_file"]),
+            "MODELSERVE_SERVICE_TOKEN_FILE": str(tokens["service"]),
         }
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **auth_env, **(extra_env or {})}
-    addr: dict[str, str] = {}
     names = [
         "registry",
         "featurestore",
@@ -236,17 +201,39 @@ def _start_suite_once(
         "router",
         "gateway",
     ]
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        suite = Suite(data_dir, pki=pki)
+        suite.tokens = tokens
+        try:
+            _launch(suite, names, dict(ports or {}), env, extra_args or {}, http_port, timeout)
+            return suite
+        except _PickedPortTaken:
+            if attempt == PORT_RACE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch(
+    suite: Suite,
+    names: Sequence[str],
+    ports: dict[str, int],
+    env: dict[str, str],
+    extra_args: Mapping[str, Sequence[str]],
+    http_port: int,
+    timeout: float,
+) -> None:
+    """Spawn ``names`` in order into ``suite``; everything stopped again on a failure."""
+    data_dir = suite.data_dir
+    addr: dict[str, str] = {}
     # The router's and gateway's ports are chosen before the registry starts, so the
     # registry (started first) knows them: it asks routers which versions are READY, and
     # canaries read both (the gateway counts the requests it rejects per version).
-    chosen = dict(ports)
     picked: set[str] = set()  # ports chosen here: their metrics port is any free one
     for later in ("router", "gateway"):  # the registry starts first and must know them
-        if not chosen.get(later):
-            chosen[later] = free_port()
+        if not ports.get(later):
+            ports[later] = free_port()
             picked.add(later)
-        addr[later] = f"127.0.0.1:{chosen[later]}"
-    ports = chosen
+        addr[later] = f"127.0.0.1:{ports[later]}"
     try:
         for name in names:
             service = "worker" if name.startswith("worker") else name
@@ -256,7 +243,7 @@ def _start_suite_once(
             args += _tls_args(service, suite.pki)
             if service == "gateway":
                 args += ["--http-port", str(http_port)]
-            args += list((extra_args or {}).get(name, ()))
+            args += list(extra_args.get(name, ()))
             log_path = data_dir / f"{name}.log"
             command = [sys.executable, "-m", service, *args]
             proc, info = _spawn(name, command, env, data_dir, timeout)
@@ -270,7 +257,6 @@ def _start_suite_once(
         if isinstance(exc, RuntimeError) and _lost_a_picked_port(data_dir, picked):
             raise _PickedPortTaken(str(exc)) from exc
         raise
-    return suite
 
 
 def _lost_a_picked_port(data_dir: Path, picked: set[str]) -> bool:
