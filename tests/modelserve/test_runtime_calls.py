@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from modelserve.calls import Call, Hop, fan_out, forwarded_of
+from modelserve.calls import Call, Hop, RetryBudget, fan_out, forwarded_of
 from modelserve.channels import Endpoint, EndpointSet
 from modelserve.deadlines import Deadline, EdgeDeadlines
 from modelserve.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
@@ -277,3 +277,29 @@ async def test_one_of_three_peers_unavailable_costs_callers_nothing(
     retries = sum(len(names) - 1 for names in tried.values())
     assert retries == hop.budget.spent <= calls * 0.1 + 10, retries
     assert all(e.outstanding == 0 for e in endpoints.endpoints.values())
+
+
+def test_the_retry_budget_scales_with_the_traffic_it_has_seen() -> None:
+    """A kill -9 of one of two workers fails every call in flight to it at once: after 1,000
+    first attempts the budget lets ~100 retries through (10 % of the window plus the reserve),
+    not just the reserve of 10, and still refuses the 111th."""
+    budget = RetryBudget()
+    for _ in range(1000):
+        budget.earn()
+    allowed = sum(budget.spend() for _ in range(200))
+    assert allowed == 110, allowed
+    assert budget.denied == 90
+
+
+def test_the_retry_budget_forgets_traffic_older_than_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("modelserve.calls.time.monotonic", lambda: clock[0])
+    budget = RetryBudget(ttl_s=10)
+    for _ in range(1000):
+        budget.earn()
+    assert budget.tokens == pytest.approx(110)
+    clock[0] += 11
+    assert budget.tokens == pytest.approx(10)  # the reserve alone
+    assert sum(budget.spend() for _ in range(20)) == 10
