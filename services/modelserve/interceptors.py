@@ -88,11 +88,16 @@ async def abort_for(exc: BaseException, context: aio.ServicerContext, method: st
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({tag})")
 
 
+def plain_request_id(value: object) -> str:
+    """``value`` if it is a request id plain enough to echo (see _REQUEST_ID), else ""."""
+    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else ""
+
+
 def _request_id(context: aio.ServicerContext) -> str:
     """The caller's x-request-id if it is a plain token (see _REQUEST_ID), else ""."""
     for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
-            return value
+        if key == "x-request-id":
+            return plain_request_id(value)
     return ""
 
 

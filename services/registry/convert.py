@@ -110,6 +110,7 @@ def feature_input_from_proto(fi: registry_pb2.FeatureInput) -> FeatureInput:
         entity_input=fi.entity_input,
         entity_input_is_model_input=fi.entity_input_is_model_input,
         entity_datatype=fi.entity_datatype or "BYTES",
+        fallback_values=tuple(fi.fallback_values),
     )
 
 
@@ -141,6 +142,7 @@ def config_to_proto(config: ServingConfig) -> registry_pb2.ServingConfig:
                 entity_input=fi.entity_input,
                 entity_input_is_model_input=fi.entity_input_is_model_input,
                 entity_datatype=fi.entity_datatype,
+                fallback_values=list(fi.fallback_values),
             )
             for fi in config.feature_inputs
         ],

@@ -9,6 +9,7 @@ on every call and answers FAILED_PRECONDITION naming both widths.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ class FeatureInput:
     entity_input: str
     entity_input_is_model_input: bool = False
     entity_datatype: str = "BYTES"
+    # Fail-open row used when the feature store cannot answer; empty = fail closed (T33).
+    fallback_values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         what = f"config.feature_inputs[{self.model_input[:64]!r}]"
@@ -123,6 +126,13 @@ def _check_filled(fi: FeatureInput, spec: TensorSpec | None, known: list[str]) -
             f"{what}: input {spec.name!r} must have shape [-1, W] with a fixed W; "
             f"got {list(spec.shape)}"
         )
+    if fi.fallback_values and len(fi.fallback_values) != spec.shape[1]:
+        raise InvalidArgumentError(
+            f"{what}: fallback_values must hold the input's width ({spec.shape[1]}) values, "
+            f"or none (fail closed); got {len(fi.fallback_values)}"
+        )
+    if not all(math.isfinite(v) for v in fi.fallback_values):
+        raise InvalidArgumentError(f"{what}: fallback_values must be finite numbers")
     if len(fi.features) > spec.shape[1]:
         raise InvalidArgumentError(
             f"{what}: {len(fi.features)} features cannot fit input {spec.name!r} of width "

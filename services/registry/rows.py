@@ -32,7 +32,8 @@ def config_to_json(config: ServingConfig) -> str:
     data = asdict(config)
     data["preferred_batch_sizes"] = list(config.preferred_batch_sizes)
     data["feature_inputs"] = [
-        {**asdict(fi), "features": list(fi.features)} for fi in config.feature_inputs
+        {**asdict(fi), "features": list(fi.features), "fallback_values": list(fi.fallback_values)}
+        for fi in config.feature_inputs
     ]
     data["lookup"] = lookup_models.to_json(config.lookup) if config.lookup else None
     data["output_labels"] = [
@@ -47,7 +48,13 @@ def config_from_json(text: str) -> ServingConfig:
     data: dict[str, Any] = json.loads(text)
     data["preferred_batch_sizes"] = tuple(data.get("preferred_batch_sizes", ()))
     data["feature_inputs"] = tuple(
-        FeatureInput(**{**item, "features": tuple(item["features"])})
+        FeatureInput(
+            **{
+                **item,
+                "features": tuple(item["features"]),
+                "fallback_values": tuple(item.get("fallback_values", ())),
+            }
+        )
         for item in data.get("feature_inputs", ())
     )
     data["prediction_cache"] = PredictionCacheConfig(**data.get("prediction_cache", {}))

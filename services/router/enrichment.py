@@ -5,11 +5,16 @@ its features in order and the entity input that keys them. For one call (a clien
 a merged batch of them) the router looks every view up once for all rows, concatenates each
 row's feature values along the last axis, cast to the model input's datatype, drops entity
 inputs the model does not take, and forwards the rest untouched (raw bytes are not re-encoded).
+
+When the store cannot answer (UNAVAILABLE), the version's policy decides (T33): fail closed
+(the default: the call is UNAVAILABLE) or, for a view whose every filled input has
+``fallback_values``, fail open (those rows are used and the call is served).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +22,7 @@ import numpy as np
 
 from modelserve.calls import Call
 from modelserve.catalog.signatures import caller_inputs
-from modelserve.errors import FailedPreconditionError
+from modelserve.errors import FailedPreconditionError, UnavailableError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
 from modelserve.tensors import (
@@ -30,6 +35,9 @@ from modelserve.tensors import (
 from router.entity_keys import entity_keys
 from router.feature_cache import FeatureRow
 from router.features import FeatureClient
+from router.metrics import FEATURE_FALLBACKS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class _Fill:
     columns: tuple[int, ...]
     width: int
     datatype: str
+    fallback: tuple[float, ...]  # the fail-open row; empty = fail closed (T33)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class _Plan:
     lookups: Mapping[str, tuple[str, ...]]  # view -> every feature the version reads from it
     fills: tuple[_Fill, ...]
     dropped: frozenset[str]  # entity inputs the model does not take
+    fail_open: frozenset[str]  # views whose every fill has a fallback row
 
 
 def _plan(version: registry_pb2.ModelVersion) -> _Plan:
@@ -68,6 +78,7 @@ def _plan(version: registry_pb2.ModelVersion) -> _Plan:
             columns=tuple(lookups[fi.view].index(f) for f in fi.features),
             width=specs[fi.model_input].shape[-1],
             datatype=specs[fi.model_input].datatype,
+            fallback=tuple(fi.fallback_values),
         )
         for fi in version.config.feature_inputs
     )
@@ -83,6 +94,9 @@ def _plan(version: registry_pb2.ModelVersion) -> _Plan:
             fi.entity_input
             for fi in version.config.feature_inputs
             if not fi.entity_input_is_model_input
+        ),
+        fail_open=frozenset(
+            view for view in lookups if all(f.fallback for f in fills if f.view == view)
         ),
     )
 
@@ -120,9 +134,9 @@ class Enricher:
         views = list(plan.lookups)
         found = await asyncio.gather(
             *(
-                self._features.lookup(
+                self._lookup(
                     view,
-                    plan.lookups[view],
+                    plan,
                     [k for f in plan.fills if f.view == view for k in keys[f.entity_input]],
                     call,
                 )
@@ -130,13 +144,37 @@ class Enricher:
             )
         )
         rows_by_view = dict(zip(views, found, strict=True))
-        filled = {
-            fill.model_input: _assemble(
-                fill, plan.lookups[fill.view], keys[fill.entity_input], rows_by_view[fill.view]
+        filled: dict[str, np.ndarray] = {}
+        for fill in plan.fills:
+            rows = rows_by_view[fill.view]
+            filled[fill.model_input] = (
+                _fallback(fill, len(keys[fill.entity_input]))
+                if rows is None
+                else _assemble(fill, plan.lookups[fill.view], keys[fill.entity_input], rows)
             )
-            for fill in plan.fills
-        }
         return _forwarded(request, arrays, filled, plan.dropped)
+
+    async def _lookup(
+        self, view: str, plan: _Plan, keys: list[str], call: Call
+    ) -> Mapping[str, FeatureRow] | None:
+        """The rows of ``keys``; None when the store cannot answer and the version's policy
+        for ``view`` is fail-open (every input it fills has fallback_values)."""
+        try:
+            return await self._features.lookup(view, plan.lookups[view], keys, call)
+        except UnavailableError:
+            # Only the store's own failures (down, breaker open, feature budget spent):
+            # the caller's deadline stays DEADLINE_EXCEEDED, bad keys INVALID_ARGUMENT.
+            if view not in plan.fail_open:
+                raise
+            FEATURE_FALLBACKS.labels(view).inc()
+            log.debug("feature store unavailable for view %r: serving fallback_values", view)
+            return None
+
+
+def _fallback(fill: _Fill, rows: int) -> np.ndarray:
+    dtype = DTYPES[fill.datatype].numpy
+    assert dtype is not None  # the registry allows numeric datatypes only
+    return np.tile(np.asarray(fill.fallback, dtype=dtype), (rows, 1))
 
 
 def _assemble(

@@ -4,11 +4,20 @@ The hop's rules are ``modelserve.calls.Hop``'s: on UNAVAILABLE (worker full, dra
 the request is retried on a different worker while the deadline allows (inference is
 idempotent); anything else goes back to the caller with its status unchanged. The request
 already names the version (the hop that decided wrote it); nothing here rewrites it.
+
+A worker is ejected after consecutive UNAVAILABLE *or* DEADLINE_EXCEEDED answers (T34): a
+black-holed worker (SIGSTOPped, a partitioned link: its socket takes bytes, nothing answers,
+no RST) fails calls only at their deadline, long before keepalive (30 s + 10 s) drops the
+transport; and after the drop, reconnects hang in the handshake until the deadline again. So
+deadlines, not keepalive, are what detect it (Envoy's consecutive gateway failures count
+timeouts the same way). DEADLINE_EXCEEDED is still never retried: the caller's time is gone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+
+import grpc
 
 from modelserve.calls import Call, Hop
 from modelserve.channels import Endpoint
@@ -24,10 +33,24 @@ ToVersion = Callable[
 ]
 
 
+# The codes that count towards ejecting a worker (see above).
+WORKER_EJECT_ON = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def worker_hop(retry_attempts: int, default_timeout: float | None) -> Hop:
+    """The router's hop to workers: retries on UNAVAILABLE, ejects on WORKER_EJECT_ON."""
+    return Hop(
+        "worker",
+        attempts=1 + retry_attempts,
+        default_timeout=default_timeout,
+        eject_on=WORKER_EJECT_ON,
+    )
+
+
 class Forwarder:
     def __init__(self, *, pool: WorkerPool, retry_attempts: int, default_timeout: float) -> None:
         self._pool = pool
-        self._hop = Hop("worker", attempts=1 + retry_attempts, default_timeout=default_timeout)
+        self._hop = worker_hop(retry_attempts, default_timeout)
 
     async def infer(
         self, request: pb.ModelInferRequest, version: registry_pb2.ModelVersion, call: Call

@@ -19,6 +19,13 @@ FEATURE_CACHE_MISSES = Counter(
     ["view"],
 )
 
+FEATURE_FALLBACKS = Counter(
+    "modelserve_feature_fallbacks_total",
+    "Calls the router served with a version's fallback_values because the feature store could "
+    "not answer (T33 fail-open policy), by view",
+    ["view"],
+)
+
 FEATURE_LOOKUP_SECONDS = Histogram(
     "modelserve_feature_lookup_seconds",
     "Time of the router's GetOnlineFeatures calls, by view",

@@ -59,7 +59,17 @@ def test_flags_fill_the_serving_config() -> None:
     )
 
 
-@pytest.mark.parametrize("text", ["x=v@user", "x=v:@user", "=v:a@user", "x:v:a"])
+def test_a_feature_input_may_name_its_fail_open_row() -> None:
+    assert parse_feature_input("x=v:a,b@user?fallback=0,-1.5") == registry_pb2.FeatureInput(
+        model_input="x", view="v", features=["a", "b"], entity_input="user",
+        fallback_values=[0.0, -1.5],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x=v@user", "x=v:@user", "=v:a@user", "x:v:a", "x=v:a@u?fallback=", "x=v:a@u?fallback=z"],
+)
 def test_malformed_feature_inputs_are_refused(text: str) -> None:
     with pytest.raises(BadValue):
         parse_feature_input(text)

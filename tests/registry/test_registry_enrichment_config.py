@@ -63,11 +63,12 @@ def users(**changes: object) -> FeatureInput:
 
 def test_feature_inputs_and_the_cache_are_stored_and_survive_a_restart(tmp_path: Path) -> None:
     store = open_store(tmp_path / "data")
+    fail_open = users(fallback_values=(0.0, -1.0, 2.5))  # T33's per-model policy
     overrides = ConfigOverrides(
-        feature_inputs=(users(),), prediction_cache=PredictionCacheConfig(True, 30)
+        feature_inputs=(fail_open,), prediction_cache=PredictionCacheConfig(True, 30)
     )
     record = push_direct(store, "scorer", scorer(), config=overrides)
-    assert record.config.feature_inputs == (users(),)
+    assert record.config.feature_inputs == (fail_open,)
     assert record.config.prediction_cache == PredictionCacheConfig(enabled=True, ttl_seconds=30)
     store.close()
     reopened = open_store(tmp_path / "data")
@@ -102,6 +103,8 @@ def test_configs_written_before_these_fields_existed_still_read(tmp_path: Path) 
         (users(model_input="embedding"), None, "the model has no input 'embedding'"),
         (users(model_input="amount"), None, "cannot fit input 'amount' of width 1"),
         (users(features=("a", "b", "c", "d")), None, "4 features cannot fit"),
+        (users(fallback_values=(0.0, 1.0)), None, "fallback_values must hold the input's width"),
+        (users(fallback_values=(0.0, 1.0, float("nan"))), None, "must be finite"),
         (users(entity_input="amount"), None, "set entity_input_is_model_input"),
         (
             users(entity_input_is_model_input=True),

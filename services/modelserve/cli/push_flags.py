@@ -20,7 +20,7 @@ from modelserve.proto.modelserve.v1 import registry_pb2
 F = TypeVar("F", bound=Callable[..., Any])
 
 # MODEL_INPUT=VIEW:f1,f2,f3@ENTITY_INPUT
-_FEATURE_INPUT = re.compile(r"^([^=]+)=([^:]+):([^@]+)@(.+)$")
+_FEATURE_INPUT = re.compile(r"^([^=]+)=([^:]+):([^@]+)@([^?]+)(?:\?fallback=(.*))?$")
 
 
 def config_options(command: F) -> F:
@@ -38,9 +38,11 @@ def config_options(command: F) -> F:
         click.option("--prediction-cache-ttl", type=int, metavar="SECONDS",
                      help="enable the router's prediction cache with this TTL"),
         click.option("--feature-input", multiple=True,
-                     type=Parsed(parse_feature_input, "MODEL_INPUT=VIEW:F1,F2@ENTITY_INPUT"),
+                     type=Parsed(parse_feature_input,
+                                 "MODEL_INPUT=VIEW:F1,F2@ENTITY_INPUT[?fallback=V1,V2,...]"),
                      help="fill MODEL_INPUT from VIEW's features keyed by ENTITY_INPUT "
-                     "(repeatable)"),
+                     "(repeatable); with ?fallback= the input's width of values served when "
+                     "the feature store cannot answer (fail open; without: UNAVAILABLE)"),
         click.option("--class-labels", multiple=True,
                      type=Parsed(parse_output_labels, "OUTPUT=FILE"),
                      help="class labels of OUTPUT for classification answers, one per line like "
@@ -54,13 +56,24 @@ def config_options(command: F) -> F:
 def parse_feature_input(text: str) -> registry_pb2.FeatureInput:
     match = _FEATURE_INPUT.match(text.strip())
     if match is None:
-        raise BadValue(f"expected MODEL_INPUT=VIEW:f1,f2@ENTITY_INPUT; got {text!r}")
-    model_input, view, features, entity = (g.strip() for g in match.groups())
+        raise BadValue(
+            f"expected MODEL_INPUT=VIEW:f1,f2@ENTITY_INPUT[?fallback=v1,v2]; got {text!r}"
+        )
+    model_input, view, features, entity = (g.strip() for g in match.groups()[:4])
     names = [f.strip() for f in features.split(",") if f.strip()]
     if not names:
         raise BadValue(f"no features listed in {text!r}")
+    fallback = match.group(5)
+    try:
+        values = [float(v) for v in fallback.split(",")] if fallback is not None else []
+    except ValueError:
+        raise BadValue(f"fallback values must be numbers; got {fallback!r}") from None
     return registry_pb2.FeatureInput(
-        model_input=model_input, view=view, features=names, entity_input=entity
+        model_input=model_input,
+        view=view,
+        features=names,
+        entity_input=entity,
+        fallback_values=values,
     )
 
 

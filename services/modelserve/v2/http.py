@@ -9,6 +9,8 @@ anything about a model.
 
 Errors: a ``ModelServeError`` becomes Triton's status for its code (``STATUS``) with the body
 ``{"error": "<message>"}``; anything else 500 with a reference id (the stack goes to the log).
+INTERNAL answers carry the caller's ``x-request-id`` when it is a plain token, as the gRPC
+face's do (T39).
 Deadlines: the request parameter ``timeout`` (µs, what tritonclient.http's ``timeout=`` sends;
 Triton has no timeout header) is the client's deadline, clamped at the edge like a gRPC one;
 without it the edge's default applies. ``x-request-id`` and ``x-routing-key`` headers travel
@@ -31,6 +33,7 @@ import grpc
 from modelserve import metrics, tracing
 from modelserve.errors import InvalidArgumentError, ModelServeError, NotFoundError, error_for
 from modelserve.httpserver import SERVERS, HttpRequest, HttpResponse
+from modelserve.interceptors import plain_request_id
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.server import Runtime
 from modelserve.v2 import rest_codec as codec
@@ -202,11 +205,17 @@ class HttpFace:
         except ModelServeError as exc:
             status = STATUS.get(exc.code, 400)
             extra = [("Retry-After", RETRY_AFTER_S)] if status == 503 else None
-            return _error(status, exc.message, extra)
+            message = exc.message
+            rid = plain_request_id(request.headers.get("x-request-id"))
+            if rid and exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                message = f"{message} (request-id {rid})"  # as the gRPC face's abort_for
+            return _error(status, message, extra)
         except Exception:
             ref = uuid.uuid4().hex[:12]
-            log.exception("unexpected error in %s %s (ref %s)", request.method, request.path, ref)
-            return _error(500, f"internal error (ref {ref})")
+            rid = plain_request_id(request.headers.get("x-request-id"))
+            tag = f"request-id {rid}, ref {ref}" if rid else f"ref {ref}"
+            log.exception("unexpected error in %s %s (%s)", request.method, request.path, tag)
+            return _error(500, f"internal error ({tag})")
 
     async def _route(self, request: HttpRequest) -> HttpResponse:
         path, method = request.path, request.method

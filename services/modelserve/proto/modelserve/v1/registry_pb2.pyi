@@ -210,6 +210,7 @@ class FeatureInput(_message.Message):
     ENTITY_INPUT_FIELD_NUMBER: _builtins.int
     ENTITY_INPUT_IS_MODEL_INPUT_FIELD_NUMBER: _builtins.int
     ENTITY_DATATYPE_FIELD_NUMBER: _builtins.int
+    FALLBACK_VALUES_FIELD_NUMBER: _builtins.int
     model_input: _builtins.str
     """The model input filled: shape [-1, W] with a fixed W, a numeric datatype. The features'
     values are cast to it and concatenated along the last axis; their widths must sum to W.
@@ -230,6 +231,15 @@ class FeatureInput(_message.Message):
     def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The view's features, in the order they are concatenated; at least one."""
 
+    @_builtins.property
+    def fallback_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The per-model policy when the feature store cannot answer (down, its breaker open, its
+        feature budget spent: RELIABILITY-CASES T33). Empty: fail closed, the call is
+        UNAVAILABLE (retryable). W values (the input's width): fail open, every row of the input
+        gets this row and the call is served (counted in modelserve_feature_fallbacks_total).
+        A view feeding several inputs falls back only when each of them has a fallback.
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +249,11 @@ class FeatureInput(_message.Message):
         entity_input: _builtins.str = ...,
         entity_input_is_model_input: _builtins.bool = ...,
         entity_datatype: _builtins.str = ...,
+        fallback_values: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_datatype", b"entity_datatype", "entity_input", b"entity_input", "entity_input_is_model_input", b"entity_input_is_model_input", "features", b"features", "model_input", b"model_input", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_datatype", b"entity_datatype", "entity_input", b"entity_input", "entity_input_is_model_input", b"entity_input_is_model_input", "fallback_values", b"fallback_values", "features", b"features", "model_input", b"model_input", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
