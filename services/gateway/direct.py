@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from modelserve.calls import Call, Hop
+from modelserve.calls import Call
 from modelserve.catalog.lookups import is_lookup
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.version_stats import VersionStats, status_of
@@ -33,7 +33,7 @@ from modelserve.channels import Endpoint
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.workers import WorkerPool
+from modelserve.workers import WorkerPool, worker_hop
 
 
 def needs_a_router(model: registry_pb2.Model | None, version: registry_pb2.ModelVersion) -> bool:
@@ -63,7 +63,7 @@ class DirectLane:
         self._catalog = catalog
         self._pool = pool
         self._stats = stats
-        self._hop = Hop("worker", attempts=1 + retry_attempts, default_timeout=default_timeout)
+        self._hop = worker_hop(retry_attempts, default_timeout)  # the router's rules (T34)
         # (model, version as the request names it) -> the version when it may go direct,
         # None when it needs a router; rebuilt after any catalog change (policies, versions).
         self._eligible: dict[tuple[str, str], registry_pb2.ModelVersion | None] = {}

@@ -14,11 +14,28 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from modelserve.calls import Hop
 from modelserve.channels import Endpoint, EndpointSet, pick
 from modelserve.discovery import Discovery
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# The codes that count towards ejecting a worker (T34): a black-holed worker (SIGSTOPped, a
+# partitioned link) fails calls only at their deadline, long before keepalive drops the
+# transport, so deadlines count as UNAVAILABLE does (DEADLINE_EXCEEDED is never retried).
+WORKER_EJECT_ON = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def worker_hop(retry_attempts: int, default_timeout: float | None) -> Hop:
+    """The hop to workers, the router's and the gateway's direct lane's alike: retries on
+    UNAVAILABLE on another worker, ejects on WORKER_EJECT_ON."""
+    return Hop(
+        "worker",
+        attempts=1 + retry_attempts,
+        default_timeout=default_timeout,
+        eject_on=WORKER_EJECT_ON,
+    )
 
 
 @dataclass

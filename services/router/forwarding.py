@@ -17,34 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import grpc
-
-from modelserve.calls import Call, Hop
+from modelserve.calls import Call
 from modelserve.channels import Endpoint
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
-from modelserve.workers import WorkerPool
+from modelserve.workers import WorkerPool, worker_hop
 
 # Everything in the router that sends a request on to a version (the forwarder, the prediction
 # cache in front of it, lookups, composite members, shadow calls) has this shape.
 ToVersion = Callable[
     [pb.ModelInferRequest, registry_pb2.ModelVersion, Call], Awaitable[pb.ModelInferResponse]
 ]
-
-
-# The codes that count towards ejecting a worker (see above).
-WORKER_EJECT_ON = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def worker_hop(retry_attempts: int, default_timeout: float | None) -> Hop:
-    """The router's hop to workers: retries on UNAVAILABLE, ejects on WORKER_EJECT_ON."""
-    return Hop(
-        "worker",
-        attempts=1 + retry_attempts,
-        default_timeout=default_timeout,
-        eject_on=WORKER_EJECT_ON,
-    )
 
 
 class Forwarder:

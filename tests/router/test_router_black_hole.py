@@ -6,7 +6,8 @@ What detects it is the deadline, not keepalive: calls to it fail DEADLINE_EXCEED
 hang in the handshake too), and the worker hop counts those towards ejection (5 in a row).
 Two real gRPC server processes serve grpc.health.v1 Check (the call under test) with the
 internal server options; the client side is production code: channel_options(), Endpoint,
-pick (power of two choices, ejection) and router.forwarding.worker_hop."""
+pick (power of two choices, ejection) and modelserve.workers.worker_hop (the router's and the
+direct lane's)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelserve.calls import Call, pick_from
 from modelserve.channels import Endpoint, channel_options
 from modelserve.deadlines import Deadline
-from router.forwarding import worker_hop
+from modelserve.workers import worker_hop
 
 DEADLINE_S = 1.0
 CALLERS = 4
