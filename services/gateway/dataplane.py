@@ -234,7 +234,7 @@ class GatewayDataPlane:
     async def _set_loaded(self, name: str, loaded: bool, call: Call) -> None:
         await self._registry_hop.unary(
             self.catalog.registry_endpoints.pick,
-            lambda e: e.stub(registry_pb2_grpc.RegistryStub).SetModelLoaded,
+            lambda e: e.hot_stub(registry_pb2_grpc.RegistryStub).SetModelLoaded,
             registry_pb2.SetModelLoadedRequest(model=name, loaded=loaded),
             call,
             timeout=min(10.0, call.deadline.remaining() or 10.0),
@@ -337,7 +337,7 @@ def _poll(call: Call) -> Deadline:
 
 
 def _stub(endpoint: Endpoint) -> pb_grpc.GRPCInferenceServiceStub:
-    stub: pb_grpc.GRPCInferenceServiceStub = endpoint.stub(pb_grpc.GRPCInferenceServiceStub)
+    stub: pb_grpc.GRPCInferenceServiceStub = endpoint.hot_stub(pb_grpc.GRPCInferenceServiceStub)
     return stub
 
 

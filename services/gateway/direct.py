@@ -116,5 +116,5 @@ class DirectLane:
 
 
 def _model_infer(endpoint: Endpoint) -> Callable[..., Awaitable[pb.ModelInferResponse]]:
-    stub: pb_grpc.GRPCInferenceServiceStub = endpoint.stub(pb_grpc.GRPCInferenceServiceStub)
+    stub: pb_grpc.GRPCInferenceServiceStub = endpoint.hot_stub(pb_grpc.GRPCInferenceServiceStub)
     return stub.ModelInfer

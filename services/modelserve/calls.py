@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import Gauge
 
+from modelserve import tracing
+from modelserve.auth.client import service_authorization
 from modelserve.auth.identity import CALLER_METADATA, current_identity
 from modelserve.channels import Endpoint, pick
 from modelserve.deadlines import Deadline, EdgeDeadlines
@@ -115,6 +117,23 @@ Method = Callable[[Endpoint], Callable[..., Awaitable[T]]]
 Translate = Callable[[grpc.RpcError], ModelServeError]
 
 
+def hop_metadata(forwarded: Sequence[tuple[str, str]]) -> list[tuple[str, str | bytes]]:
+    """Metadata for a call ``Hop``/``fan_out`` makes on ``Endpoint.hot_stub`` (a channel
+    without client interceptors): what the caller forwards plus this service's token. The
+    trace context is added per attempt (``tracing.start_client_span``)."""
+    metadata = outbound_metadata(forwarded)
+    authorization = service_authorization()
+    if authorization is not None:
+        metadata.append(authorization)
+    return metadata
+
+
+def _method_name(send: Any) -> str:
+    """The full method of a grpc.aio multi-callable (``/package.Service/Method``)."""
+    raw = getattr(send, "_method", b"")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 class RetryBudget:
     """Retries may add at most ``ratio`` of the first attempts made in the last ``ttl_s``
     seconds, plus a reserve of ``burst`` (Finagle's retry budget, whose deposits expire after a
@@ -197,7 +216,8 @@ class Hop:
         """
         tried: set[str] = set()
         last: grpc.RpcError | None = None
-        metadata = outbound_metadata(call.forwarded)
+        metadata = hop_metadata(call.forwarded)
+        traced = tracing.enabled()
         outstanding = OUTSTANDING.labels(self.peer)
         self.budget.earn()
         for attempt in range(max(1, self.attempts)):
@@ -214,9 +234,16 @@ class Hop:
                 note(f"modelserve.hop_timeout_ms.{self.peer}", hop_timeout * 1000)
             endpoint.outstanding += 1
             outstanding.inc()
+            send = method(endpoint)
+            span = None
+            sent = metadata
+            if traced:
+                span, context = tracing.start_client_span(_method_name(send))
+                sent = [*metadata, *context]
             try:
-                result = await method(endpoint)(request, timeout=hop_timeout, metadata=metadata)
+                result = await send(request, timeout=hop_timeout, metadata=sent)
             except grpc.RpcError as exc:
+                tracing.end_client_span(span, exc.code())
                 if exc.code() in self.eject_on:
                     endpoint.record_failure()
                 if exc.code() not in self.retry_on:
@@ -224,9 +251,13 @@ class Hop:
                 last = exc
                 log.info("%s %s unavailable; trying another", self.peer, endpoint.address)
                 continue
+            except BaseException:
+                tracing.end_client_span(span, grpc.StatusCode.CANCELLED)
+                raise
             finally:
                 endpoint.outstanding -= 1
                 outstanding.dec()
+            tracing.end_client_span(span, grpc.StatusCode.OK)
             endpoint.record_success()
             return result
         if last is not None:
@@ -254,15 +285,26 @@ async def fan_out(
     """``method(endpoint)(request)`` on every endpoint at once (statistics from each worker);
     each result or the error it raised, in ``endpoints`` order."""
     timeout = call.deadline.for_hop(default_timeout)
-    metadata = outbound_metadata(call.forwarded)
+    metadata = hop_metadata(call.forwarded)
     outstanding = OUTSTANDING.labels(peer)
 
     async def one(endpoint: Endpoint) -> T:
         endpoint.outstanding += 1
         outstanding.inc()
+        send = method(endpoint)
+        span, context = (
+            tracing.start_client_span(_method_name(send)) if tracing.enabled() else (None, [])
+        )
+        code = grpc.StatusCode.CANCELLED
         try:
-            return await method(endpoint)(request, timeout=timeout, metadata=metadata)
+            result = await send(request, timeout=timeout, metadata=[*metadata, *context])
+            code = grpc.StatusCode.OK
+            return result
+        except grpc.RpcError as exc:
+            code = exc.code()
+            raise
         finally:
+            tracing.end_client_span(span, code)
             endpoint.outstanding -= 1
             outstanding.dec()
 

@@ -61,17 +61,27 @@ def channel_options(max_message_bytes: int = INTERNAL_MESSAGE_BYTES) -> list[tup
     ]
 
 
+def channel_interceptors() -> list[aio.ClientInterceptor]:
+    """What every intercepted internal channel runs per call: the service token
+    (modelserve.auth.client) and CLIENT spans while tracing is on; none otherwise."""
+    return [*(outbound_interceptors() or []), *tracing.client_interceptors()]
+
+
 def internal_channel(
-    address: str, max_message_bytes: int = INTERNAL_MESSAGE_BYTES, *, tls: ClientTLS | None = None
+    address: str,
+    max_message_bytes: int = INTERNAL_MESSAGE_BYTES,
+    *,
+    tls: ClientTLS | None = None,
+    intercepted: bool = True,
 ) -> aio.Channel:
     """The one way a service opens a channel to another: plaintext while TLS is off, else a
     secure channel verifying the peer with the CA and showing this service's certificate
-    (mTLS). ``tls`` defaults to the process's (``modelserve.tls.configure_client_tls``)."""
+    (mTLS). ``tls`` defaults to the process's (``modelserve.tls.configure_client_tls``).
+    ``intercepted=False``: no client interceptors, for callers that send the token and the
+    trace context themselves (``Endpoint.hot_stub``, ``calls.Hop``)."""
     tls = tls if tls is not None else client_tls()
     options = channel_options(max_message_bytes)
-    # The service token on every call (modelserve.auth.client), and client spans only when
-    # tracing is on: no interceptor, no cost, otherwise.
-    interceptors = [*(outbound_interceptors() or []), *tracing.client_interceptors()] or None
+    interceptors = (channel_interceptors() if intercepted else None) or None
     if tls is None:
         return aio.insecure_channel(address, options=options, interceptors=interceptors)
     return aio.secure_channel(
@@ -104,6 +114,12 @@ class Endpoint:
     stubs: dict[Any, Any] = field(default_factory=dict)
     # Told the address when this endpoint is ejected (DNS discovery re-resolves early).
     on_eject: Callable[[str], None] | None = None
+    # The same peer without client interceptors (None when ``channel`` has none): calls made
+    # through ``calls.Hop`` send the token and trace context as metadata themselves, because
+    # a grpc.aio client interceptor turns every call into an intercepted call (an extra task
+    # and callbacks per call). Same target and options, so gRPC shares the connection.
+    plain: aio.Channel | None = None
+    hot_stubs: dict[Any, Any] = field(default_factory=dict)
 
     def stub(self, stub_cls: Callable[[aio.Channel], Any]) -> Any:
         """A cached stub of ``stub_cls`` on this endpoint's channel."""
@@ -111,6 +127,15 @@ class Endpoint:
         if found is None:
             found = stub_cls(self.channel)
             self.stubs[stub_cls] = found
+        return found
+
+    def hot_stub(self, stub_cls: Callable[[aio.Channel], Any]) -> Any:
+        """A cached stub of ``stub_cls`` for calls made through ``calls.Hop`` / ``fan_out``
+        (which add the service token and trace context): on the uninterceptored channel."""
+        found = self.hot_stubs.get(stub_cls)
+        if found is None:
+            found = stub_cls(self.plain if self.plain is not None else self.channel)
+            self.hot_stubs[stub_cls] = found
         return found
 
     def ejected(self, now: float) -> bool:
@@ -133,6 +158,8 @@ class Endpoint:
 
     async def close(self) -> None:
         await self.channel.close()
+        if self.plain is not None:
+            await self.plain.close()
 
 
 def pick(candidates: Sequence[Endpoint], exclude: Iterable[str] = ()) -> Endpoint | None:
@@ -170,8 +197,16 @@ class EndpointSet:
         wanted = set(addresses)
         added = []
         for address in sorted(wanted - self.endpoints.keys()):
+            plain = (
+                internal_channel(address, self._max_message_bytes, intercepted=False)
+                if channel_interceptors()
+                else None
+            )
             endpoint = Endpoint(
-                address, internal_channel(address, self._max_message_bytes), on_eject=self.on_eject
+                address,
+                internal_channel(address, self._max_message_bytes),
+                on_eject=self.on_eject,
+                plain=plain,
             )
             self.endpoints[address] = endpoint
             added.append(endpoint)

@@ -2,10 +2,12 @@
 
 ``configure_tracing`` installs a tracer provider from settings (exporter none/console/otlp,
 honouring OTEL_* variables, OTEL_TRACES_SAMPLER/_ARG included). Spans come from the
-OpenTelemetry gRPC instrumentation (semantic conventions, maintained upstream): its server
-interceptor opens a SERVER span per RPC whose parent is the caller's ``traceparent``, and its
-client interceptors (on every channel ``modelserve.channels`` makes) a CLIENT span per call,
-injecting the context. The worker adds queue-wait and model-run spans (``stage_spans``) and
+OpenTelemetry gRPC instrumentation's conventions: ``ServerSpans`` (a behaviour wrapped at
+registration) opens a SERVER span per RPC whose parent is the caller's ``traceparent``; the
+hops' own calls (``calls.Hop`` / ``fan_out`` on ``Endpoint.hot_stub``) open a CLIENT span per
+attempt when the current span records (``start_client_span``) and inject the context either
+way; everything else (watch and status streams, artifact fetches) goes through the
+instrumentation's client interceptors on the channel. The worker adds queue-wait and model-run spans (``stage_spans``) and
 Redis calls are traced by the Redis instrumentation; ``http_server_span`` is the REST face's
 SERVER span. With the exporter ``none`` nothing is
 installed: no interceptor runs, so tracing off costs nothing. Spans never carry tensors or
@@ -141,8 +143,9 @@ class ServerSpans(BehaviourInterceptor):
     the 99 % of calls that record nothing (an interceptor chain per call, a new handler
     wrapped per call, peer-address parsing). Here an unsampled call costs the context
     extraction and a non-recording span; attributes are only built for recording spans.
-    Health and reflection are skipped, as the probe filter did. Client spans still come
-    from the instrumentation's client interceptors (they inject the context)."""
+    Health and reflection are skipped, as the probe filter did. The hops' CLIENT spans
+    come from ``start_client_span`` (same reasons: an interceptor per call cost a task and
+    callbacks per call, sampled or not)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -250,9 +253,45 @@ def note(name: str, value: float) -> None:
 
 
 def outbound_metadata(extra: Metadata = ()) -> list[tuple[str, str | bytes]]:
-    """Metadata for an outbound call. The trace context is added by the client interceptor
-    of the channel (with its CLIENT span as the parent), not here."""
+    """Metadata for an outbound call on an intercepted channel. The trace context is added by
+    the channel's client interceptor (with its CLIENT span as the parent), not here."""
     return list(extra)
+
+
+_client_tracer: trace.Tracer | None = None
+
+
+def start_client_span(method: str) -> tuple[Any, list[tuple[str, str]]]:
+    """For a call made without the client interceptors (``calls.Hop`` on a hot stub): a CLIENT
+    span named after the full method, as the instrumentation's, when the current span is
+    recording, and the W3C context to send (the CLIENT span's, else the current one, so an
+    unsampled trace stays unsampled downstream). Returns (span or None, metadata). Call only
+    while ``enabled()``; end the span with ``end_client_span``."""
+    global _client_tracer
+    current = trace.get_current_span()
+    carrier: dict[str, str] = {}
+    if not current.is_recording():
+        propagate.inject(carrier)
+        return None, list(carrier.items())
+    if _client_tracer is None:
+        _client_tracer = trace.get_tracer("modelserve.grpc.client")
+    service, _, name = method.lstrip("/").rpartition("/")
+    span = _client_tracer.start_span(
+        method,
+        kind=SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return span, list(carrier.items())
+
+
+def end_client_span(span: Any, code: grpc.StatusCode) -> None:
+    if span is None:
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code != grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
 
 
 @contextlib.contextmanager

@@ -200,7 +200,7 @@ class RouterDataPlane:
             raise UnavailableError("no serving worker to ask for statistics")
         results = await fan_out(
             [w.endpoint for w in workers],
-            lambda e: e.stub(pb_grpc.GRPCInferenceServiceStub).ModelStatistics,
+            lambda e: e.hot_stub(pb_grpc.GRPCInferenceServiceStub).ModelStatistics,
             request,
             call,
             default_timeout=STATISTICS_TIMEOUT_S,

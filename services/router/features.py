@@ -98,7 +98,7 @@ class FeatureClient:
         try:
             response = await self._hop.unary(
                 self._endpoints.pick,
-                lambda e: e.stub(featurestore_pb2_grpc.FeatureStoreStub).GetOnlineFeatures,
+                lambda e: e.hot_stub(featurestore_pb2_grpc.FeatureStoreStub).GetOnlineFeatures,
                 request,
                 call,
                 timeout=budget,

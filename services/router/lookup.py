@@ -137,7 +137,7 @@ class LookupAnswerer:
         )
         reply = await self._hop.unary(
             self._endpoints.pick,
-            lambda e: e.stub(featurestore_pb2_grpc.FeatureStoreStub).GetOnlineFeatures,
+            lambda e: e.hot_stub(featurestore_pb2_grpc.FeatureStoreStub).GetOnlineFeatures,
             request,
             call,
             translate=lambda exc: _lookup_error(exc, view),

@@ -4,7 +4,9 @@ Services call each other with the service token of ``service_token_file`` (read 
 the file changes): ``set_service_token_file`` is called once at start-up, and every internal
 channel (``modelserve.channels.insecure_channel``, hence every ``EndpointSet``, watch, status
 stream and reader) gets ``outbound_interceptors()``. The CLI passes its ``--token`` with
-``bearer_interceptors``. No token configured: no interceptor, no per-call cost.
+``bearer_interceptors``. No token configured: no interceptor, no per-call cost. The hops'
+own calls (``calls.Hop`` on ``Endpoint.hot_stub``) add the same header themselves
+(``service_authorization``) and skip the interceptor, which costs a task per call.
 """
 
 from __future__ import annotations
@@ -115,6 +117,13 @@ def set_service_token_file(path: str | Path | None) -> None:
     """The token this process sends on every internal call ("" or None: none)."""
     global _service_token
     _service_token = TokenFile(path) if path else None
+
+
+def service_authorization() -> tuple[str, str] | None:
+    """``("authorization", "Bearer <service token>")`` for a call that adds its own metadata
+    (``calls.Hop`` on ``Endpoint.hot_stub``), or None when no token is configured."""
+    source = _service_token
+    return (AUTHORIZATION, f"Bearer {source()}") if source is not None else None
 
 
 def outbound_interceptors() -> list[aio.ClientInterceptor] | None:
