@@ -177,6 +177,9 @@ class Runtime:
         self.certificates: ReloadingCertificate | None = None  # the listener's, when TLS is on
         self._serving = False
         self._started = False
+        # Health names a service adds beyond its gRPC services (a worker's model names): each
+        # is SERVING only while its flag is on and the process itself is serving.
+        self._named: dict[str, bool] = {}
 
     # --- wiring, called from each service's build() ---
     def add_service(
@@ -249,14 +252,26 @@ class Runtime:
             await self._apply_health()
 
     async def _apply_health(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self._serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = _status(self._serving)
         for name in ["", *self._service_names]:
             await self.health.set(name, status)
+        await self._apply_named()
         metrics.READY.set(1 if self._serving else 0)
+
+    def set_named_health(self, serving: Mapping[str, bool]) -> None:
+        """Health names of this service's own (a worker's models, T26): ``serving[name]`` and
+        the process serving give SERVING, else NOT_SERVING. A name once set stays known
+        (NOT_SERVING when left out), so Check never flips to NOT_FOUND under a watcher.
+        Applied in the background; every application writes the latest wish."""
+        for name in self._named.keys() - serving.keys():
+            self._named[name] = False
+        self._named.update(serving)
+        if self._started and not self.stopping.is_set():
+            self.background(self._apply_named(), "named health")
+
+    async def _apply_named(self) -> None:
+        for name in list(self._named):
+            await self.health.set(name, _status(self._serving and self._named.get(name, False)))
 
     async def update_meta(self, meta: Mapping[str, str]) -> None:
         self.meta = dict(meta)
@@ -355,6 +370,12 @@ class Runtime:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         log.info("%s stopped", self.spec.name)
+
+
+def _status(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    if serving:
+        return health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _describe_tls(tls: TLSConfig) -> str:

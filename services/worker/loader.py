@@ -4,8 +4,10 @@ Deployed = every version that carries a label or that the model's routing policy
 the newest version of each model (so a pushed version is servable as soon as it is warm);
 nothing of a model marked unloaded (RepositoryModelUnload). A
 version is fetched (sha256 verified), loaded, warmed, and only then READY; one that fails stays
-FAILED with its reason and the versions already serving keep serving. A version that stops
-being deployed stops taking new requests at once and is closed after ``unload_grace_seconds``.
+FAILED with its reason and the versions already serving keep serving; a failed attempt is
+tried again ``model_load_retry_count`` times first (Triton's ``--model-load-retry-count``). A
+version that stops being deployed stops taking new requests at once and is closed after
+``unload_grace_seconds``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from worker.stats import VersionStats
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUE_SIZE = 64  # the registry's default, for configs that leave it unset
+LOAD_RETRY_DELAY_S = 0.5  # between attempts: long enough for a registry to come back
 
 State: TypeAlias = worker_pb2.LoadedVersion.State.ValueType
 
@@ -80,6 +83,8 @@ class ModelManager:
         unload_grace: float,
         on_change: Callable[[], None],
         pinned: Callable[[], set[tuple[str, int]]] = set,
+        load_retry_count: int = 1,
+        load_retry_delay_s: float = LOAD_RETRY_DELAY_S,
     ) -> None:
         self._catalog = catalog
         self._registries = registries
@@ -92,6 +97,9 @@ class ModelManager:
         self._unload_grace = unload_grace
         self._on_change = on_change
         self._pinned = pinned  # versions composites name by number (CompositeCatalog)
+        self._load_retry_count = max(load_retry_count, 0)
+        self._load_retry_delay_s = load_retry_delay_s
+        self._state_changed = asyncio.Event()  # set on every change (see ``settled``)
         self.held: dict[tuple[str, int], Held] = {}
         self._load_lock = asyncio.Semaphore(1)  # one load at a time: loads compete for cores
         self._closing = False
@@ -139,8 +147,32 @@ class ModelManager:
         self._changed()
 
     async def _load(self, held: Held) -> None:
+        """Load ``held``, trying a failed load again up to ``load_retry_count`` times."""
+        r = held.record
+        attempts = 1 + self._load_retry_count
+        for attempt in range(1, attempts + 1):
+            if await self._attempt(held, final=attempt == attempts):
+                return
+            if self._closing or self.held.get((r.model, r.version)) is not held:
+                return  # undeployed or closing meanwhile: nobody wants it any more
+            log.warning(
+                "loading %s v%d failed (attempt %d of %d: %s); trying again",
+                r.model,
+                r.version,
+                attempt,
+                attempts,
+                held.reason,
+            )
+            MODEL_LOADS.labels(r.model, str(r.version), "retried").inc()
+            held.reason = ""
+            await asyncio.sleep(self._load_retry_delay_s)
+
+    async def _attempt(self, held: Held, *, final: bool) -> bool:
+        """One load; False when it failed and another attempt follows (``held`` stays
+        LOADING). The last attempt's failure leaves ``held`` FAILED with its reason."""
         r = held.record
         started = time.perf_counter()
+        session: ModelSession | None = None
         try:
             async with self._load_lock:
                 endpoint = self._registries.pick()
@@ -167,23 +199,21 @@ class ModelManager:
                 await session.warmup(max(r.config.warmup_iterations, 1), batch_sizes)
                 run_us = await session.measure_inline(max(batch_sizes), self._inline_max_us)
                 session.max_waiting = r.config.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
-        except asyncio.CancelledError:
-            raise
-        except ModelServeError as exc:
-            held.state, held.reason = worker_pb2.LoadedVersion.FAILED, exc.message
-            MODEL_LOADS.labels(r.model, str(r.version), "failed").inc()
-            log.error("loading %s v%d failed: %s", r.model, r.version, exc.message)
-            self._changed()
-            return
-        except Exception as exc:
-            held.state, held.reason = worker_pb2.LoadedVersion.FAILED, "load failed"
-            MODEL_LOADS.labels(r.model, str(r.version), "failed").inc()
+        except BaseException as exc:
+            # Undeployed, stopping (SIGTERM while loading) or failed mid warm-up: a session
+            # already made is closed here, its run stopped, or its ORT memory and executor
+            # thread would outlive the load (T28).
+            if session is not None:
+                session.close(terminate=True)
+            if isinstance(exc, ModelServeError):
+                return self._failed(held, exc.message, final=final)
+            if not isinstance(exc, Exception):
+                raise  # CancelledError and friends
             log.exception("loading %s v%d failed", r.model, r.version, exc_info=exc)
-            self._changed()
-            return
+            return self._failed(held, "load failed", final=final)
         if self.held.get((r.model, r.version)) is not held:  # undeployed while loading
             session.close()
-            return
+            return True
         held.session, held.stats = session, VersionStats(r.model, r.version)
         held.batcher = _batcher(session, r, held.stats)
         held.state = worker_pb2.LoadedVersion.READY
@@ -199,6 +229,18 @@ class ModelManager:
             "runs inline" if session.inline else "runs in executor",
         )
         self._changed()
+        return True
+
+    def _failed(self, held: Held, reason: str, *, final: bool) -> bool:
+        held.reason = reason
+        if not final:
+            return False
+        r = held.record
+        held.state = worker_pb2.LoadedVersion.FAILED
+        MODEL_LOADS.labels(r.model, str(r.version), "failed").inc()
+        log.error("loading %s v%d failed: %s", r.model, r.version, reason)
+        self._changed()
+        return True
 
     async def _unload(self, key: tuple[str, int]) -> None:
         held = self.held.pop(key, None)
@@ -228,7 +270,23 @@ class ModelManager:
         ]
 
     def _changed(self) -> None:
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
         self._on_change()
+
+    def models_ready(self) -> dict[str, bool]:
+        """Each model this worker holds: True when one of its versions is READY (the worker's
+        per-model health names, T26)."""
+        out: dict[str, bool] = {}
+        for (model, _), held in self.held.items():
+            out[model] = out.get(model, False) or held.state == worker_pb2.LoadedVersion.READY
+        return out
+
+    async def settled(self) -> None:
+        """Return once no deployed version is LOADING (each is READY or FAILED): strict
+        readiness waits for this after the first snapshot before the worker says SERVING."""
+        while any(h.state == worker_pb2.LoadedVersion.LOADING for h in self.held.values()):
+            await self._state_changed.wait()
 
     async def close(self) -> None:
         self._closing = True

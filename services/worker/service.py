@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from modelserve.artifact_uris import FetchOptions
@@ -43,6 +44,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
             ready = ready[: META_VALUE_LIMIT - 3] + "..."
         if runtime.meta.get("ready_versions") != ready:
             runtime.background(runtime.update_meta({"ready_versions": ready}), "meta")
+        runtime.set_named_health(manager.models_ready())
 
     manager = ModelManager(
         catalog=catalog,
@@ -63,6 +65,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         unload_grace=settings.unload_grace_seconds,
         on_change=publish,
         pinned=composites.pinned_versions,
+        load_retry_count=settings.model_load_retry_count,
     )
     composites.on_change(manager.reconcile)
     serve_v2(
@@ -80,9 +83,20 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
     runtime.background(catalog.run(), "registry watch")
     runtime.background(composites.run(), "composite watch")
 
-    # SERVING once the first snapshot is applied: versions then load one by one, and
-    # routers send each version only once this worker reports it READY.
-    runtime.serve_when(catalog.synced, then=publish)
+    # SERVING once the first snapshot is applied and, with strict readiness, once every
+    # version it deployed is READY or FAILED (so Consul never passes a worker still loading,
+    # T26). Versions deployed later load while it serves; routers send each version only once
+    # this worker reports it READY.
+    warm = asyncio.Event()
+
+    async def wait_warm() -> None:
+        await catalog.synced.wait()
+        if settings.strict_readiness_enabled:
+            await manager.settled()
+        warm.set()
+
+    runtime.background(wait_warm(), "strict readiness")
+    runtime.serve_when(warm, then=publish)
 
     async def start_draining() -> None:
         nonlocal draining

@@ -52,3 +52,15 @@ class WorkerSettings(CommonSettings):
     unload_grace_seconds: float = setting(
         5.0, "How long a version no longer deployed keeps its session for in-flight requests."
     )
+    model_load_retry_count: int = setting(
+        1,
+        "How many times a version whose load failed (fetch, sha256, session, warm-up) is tried "
+        "again before it is FAILED (RELIABILITY.md; Triton's --model-load-retry-count).",
+    )
+    strict_readiness_enabled: bool = setting(
+        True,
+        "Health (and so Consul's check) says SERVING only once every version deployed when the "
+        "first registry snapshot arrived is READY or FAILED; off: as soon as that snapshot is "
+        "in. Each model also has its own health name, SERVING while one of its versions is "
+        "READY here.",
+    )

@@ -21,6 +21,7 @@ from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import router_pb2, router_pb2_grpc
 from modelserve.tensors import decode_outputs, encode_inputs
+from worker.settings import WorkerSettings
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ async def test_sigterm_worker_mid_stream_loses_no_request(two_worker_suite: Suit
     fifty_done = asyncio.Event()
     stop_at = time.monotonic() + 3.0
     victim = suite.processes["worker"]
+    signalled: list[float] = []
 
     async def client(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
         while time.monotonic() < stop_at:
@@ -68,12 +70,17 @@ async def test_sigterm_worker_mid_stream_loses_no_request(two_worker_suite: Suit
         await fifty_done.wait()  # mid-stream: both workers have been taking requests
         assert await worker_served(suite, "worker") > 0
         victim.process.send_signal(signal.SIGTERM)
+        signalled.append(time.monotonic())
 
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         await asyncio.gather(terminate_victim(), *(client(stub) for _ in range(8)))
 
     exit_code = await asyncio.to_thread(victim.process.wait, 40)
+    # T28: exit <= drain + grace + 2 s (the worker's own settings; up passes none).
+    settings = WorkerSettings()
+    bound = settings.resolved_drain_seconds() + settings.shutdown_grace_seconds + 2
+    assert time.monotonic() - signalled[0] <= bound, dump_logs(suite)
     failures = [r for r in results if r != "ok"]
     assert not failures, f"{len(failures)} of {len(results)} failed: {failures[:5]}"
     assert exit_code == 0, dump_logs(suite)
@@ -126,9 +133,12 @@ async def test_a_killed_worker_is_restarted_and_the_suite_serves_on(
             except grpc.RpcError as exc:
                 results.append(f"{exc.code().name}: {exc.details()}")
 
+    killed: list[float] = []
+
     async def kill_victim() -> None:
         await asyncio.sleep(0.5)
         victim.process.send_signal(signal.SIGKILL)
+        killed.append(time.monotonic())
 
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -142,5 +152,7 @@ async def test_a_killed_worker_is_restarted_and_the_suite_serves_on(
         assert await routed_workers(suite) == 2  # routed to again, fraud READY
 
     await eventually(back, timeout=60)
+    # T30: the replacement serves (routed to, fraud READY) within 30 s of the kill.
+    assert time.monotonic() - killed[0] <= 30, dump_logs(suite)
     assert any("worker1 exited with code -9" in line for line in lines), lines
     assert any("worker1 restarted" in line for line in lines), lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,3 +218,21 @@ async def test_python_m_registry_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
     assert code == 0, output
     assert "registry draining" in output
     assert "registry stopped" in output
+
+
+@pytest.mark.skipif(
+    shutil.which("grpc_health_probe") is None,
+    reason="grpc_health_probe is not on PATH (a Go binary; not installable on the build box)",
+)
+async def test_grpc_health_probe_says_serving_when_up_and_fails_to_connect_when_down(
+    started: Started,
+) -> None:
+    """T27's probe part: grpc-health-probe exits 0 printing "SERVING" against a serving
+    process, and 2 (connection failure) once the server is stopped."""
+    await wait_serving(started.address)
+    probe = ["grpc_health_probe", f"-addr={started.address}", "-connect-timeout=1s"]
+    up = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True)
+    assert up.returncode == 0 and "SERVING" in up.stdout + up.stderr, up
+    await started.stop()
+    down = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True)
+    assert down.returncode == 2, down

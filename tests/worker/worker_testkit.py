@@ -3,6 +3,7 @@ name: pytest puts this directory on sys.path."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,6 +31,12 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
     artifacts: dict[tuple[str, int], bytes] = field(default_factory=dict)
     calls: list[tuple[str, int]] = field(default_factory=list)
     corrupt: bool = False  # flip one byte of the data, keep the announced sha256
+    # Watch: the snapshot it sends (then it holds the stream open, as the registry does).
+    models: list[registry_pb2.Model] = field(default_factory=list)
+    # model -> an event FetchArtifact waits for before answering (a load held mid-fetch).
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    # model -> how many more FetchArtifact calls answer UNAVAILABLE (a flaky registry).
+    failures: dict[str, int] = field(default_factory=dict)
 
     def add(self, model: str, version: int, data: bytes) -> str:
         self.artifacts[(model, version)] = data
@@ -39,6 +46,13 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
         self, request: registry_pb2.FetchArtifactRequest, context: aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.ArtifactChunk]:
         self.calls.append((request.model, request.version))
+        gate = self.gates.get(request.model)
+        if gate is not None:
+            await gate.wait()
+        if self.failures.get(request.model, 0) > 0:
+            self.failures[request.model] -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "registry briefly unavailable")
+            return
         data = self.artifacts.get((request.model, request.version))
         if data is None:
             await context.abort(
@@ -53,6 +67,12 @@ class FakeRegistry(registry_pb2_grpc.RegistryServicer):
             if offset == 0:
                 chunk.sha256, chunk.size_bytes = sha, len(data)
             yield chunk
+
+    async def Watch(
+        self, request: registry_pb2.WatchRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.WatchEvent]:
+        yield registry_pb2.WatchEvent(revision=1, snapshot=True, models=self.models)
+        await asyncio.Event().wait()  # held open until the caller leaves
 
 
 @dataclass

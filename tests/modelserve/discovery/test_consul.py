@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -560,3 +562,69 @@ async def test_a_deregistered_instance_is_never_registered_again(
     assert await consul.reconcile(drained) is False
     assert "w2" not in agent.services
     await consul.close()
+
+
+HEALTH_SERVER_SCRIPT = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_instance_is_critical_within_interval_times_failures(
+    agent: FakeConsulAgent,
+) -> None:
+    """T30's Consul part, against the stand-in (its real gRPC checks, its FailuresBeforeCritical
+    counting; Consul's 1 s check floor lowered): a process serving health is kill -9ed; its
+    check goes critical after ``failures_before_critical`` failed checks, so within
+    interval x failures (+ the interval in progress at the kill), and not before
+    failures - 1 intervals; resolve drops it. The router's own ejection (5 failures) and the
+    supervisor's restart are T30's other parts (tests/e2e/test_e2e_drain.py)."""
+    interval, failures = 0.2, 3
+    consul = ConsulDiscovery(
+        agent.addr,
+        check_interval_s=interval,
+        check_timeout_s=1.0,
+        failures_before_critical=failures,
+        success_before_passing=1,
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HEALTH_SERVER_SCRIPT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        port = int(await asyncio.wait_for(process.stdout.readline(), 20))
+        await consul.register(
+            Registration(service="worker", instance_id="victim", host="127.0.0.1", port=port)
+        )
+
+        async def passing() -> None:
+            assert agent.check_status("victim") == "passing"
+
+        await eventually(passing, timeout=10)
+        process.kill()  # SIGKILL
+        killed = time.monotonic()
+        await process.wait()
+        seen: dict[str, float] = {}
+        while time.monotonic() - killed < 5 and "critical" not in seen:
+            seen.setdefault(agent.check_status("victim"), time.monotonic() - killed)
+            await asyncio.sleep(0.01)
+        assert "critical" in seen, seen
+        # Counted, not at the first refused check; bounded by interval x failures (+1 interval).
+        assert (failures - 1) * interval <= seen["critical"] <= (failures + 1) * interval + 0.2
+        assert await consul.resolve("worker") == []
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await consul.close()
