@@ -9,7 +9,7 @@ module of ours per sample, so a change is judged by where the CPU went, not by o
 throughput figure. The collapsed files stay in ``--out`` (flamegraph.pl / speedscope).
 
     .venv/bin/python bench/profile_hotpath.py [--target suite|perfref] [--model tabular]
-        [--concurrency 64] [--seconds 10] [--native]
+        [--concurrency 64] [--seconds 10] [--native] [--auth]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--auth", action="store_true", help="the suite with auth on (infer token)")
     p.add_argument(
         "--native", action="store_true", help="C frames too (py-spy then pauses the process)"
     )
@@ -87,6 +88,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="modelserve-profile-"))
     models = work / "models"
     suite = None
+    headers: list[str] = []
     try:
         if args.target == "perfref":
             gateway_pid, router_pid, worker_pid = start_reference(models)
@@ -100,13 +102,26 @@ def main() -> int:
                 env={**os.environ, "PERFREF_MODELS": str(models)},
                 stdout=subprocess.DEVNULL,
             )
-            suite = start_suite(work / "suite", workers=1)
+            suite = start_suite(work / "suite", workers=1, auth=args.auth)
             for name in ("registry", "featurestore", "worker", "router", "gateway"):
                 asyncio.run(wait_serving(suite.address(name), timeout=60))
-            asyncio.run(push_models(suite.address("registry"), suite.address("gateway"), models))
+            asyncio.run(
+                push_models(
+                    suite.address("registry"),
+                    suite.address("gateway"),
+                    models,
+                    admin_token=suite.token("admin") or "",
+                    infer_token=suite.token("infer") or "",
+                )
+            )
+            if args.auth:
+                # perf_analyzer also reads ModelStatistics (role read): the admin token has it.
+                headers = ["-H", f"authorization: Bearer {suite.token('admin')}"]
             address = suite.address("gateway")
             pids = {name: suite.processes[name].process.pid for name in PROCESSES}
-        run_point(tool, args.model, address, args.concurrency, 2, work / "w.csv")
+        run_point(
+            tool, args.model, address, args.concurrency, 2, work / "w.csv", extra_args=headers
+        )
         spies = {
             name: subprocess.Popen(
                 [
@@ -137,6 +152,7 @@ def main() -> int:
             args.concurrency,
             args.seconds,
             work / "m.csv",
+            extra_args=headers,
         )
         cpu = {n: cpu_of([p]) - cpu0[n] for n, p in pids.items()}
         served = (point.get("infer_per_s") or 0) * (time.perf_counter() - wall0)

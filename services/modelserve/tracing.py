@@ -7,9 +7,9 @@ registration) opens a SERVER span per RPC whose parent is the caller's ``tracepa
 hops' own calls (``calls.Hop`` / ``fan_out`` on ``Endpoint.hot_stub``) open a CLIENT span per
 attempt when the current span records (``start_client_span``) and inject the context either
 way; everything else (watch and status streams, artifact fetches) goes through the
-instrumentation's client interceptors on the channel. The worker adds queue-wait and model-run spans (``stage_spans``) and
-Redis calls are traced by the Redis instrumentation; ``http_server_span`` is the REST face's
-SERVER span. With the exporter ``none`` nothing is
+instrumentation's client interceptors on the channel. The worker adds queue-wait and
+model-run spans (``stage_spans``) and Redis calls are traced by the Redis instrumentation;
+``http_server_span`` is the REST face's SERVER span. With the exporter ``none`` nothing is
 installed: no interceptor runs, so tracing off costs nothing. Spans never carry tensors or
 feature values (RELIABILITY.md, Tracing).
 """

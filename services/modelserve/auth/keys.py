@@ -24,6 +24,7 @@ from modelserve.auth.identity import ADMIN, INFER, ROLES, SERVICE, Identity
 
 TOKEN_PREFIX = "msk_"
 HASH_PREFIX = "sha256:"
+KNOWN_TOKENS = 1024  # valid tokens remembered per keys-file version (KeyStore.lookup)
 
 
 def hash_token(token: str) -> str:
@@ -75,12 +76,28 @@ class KeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self._file = Reloading(path, parse_keys, "API keys")
+        # Tokens already found, for the table they were found in: a hop sees the same few
+        # tokens on every call, and hashing each one was a third of authenticating it. Only
+        # known tokens are kept (random ones cannot grow it), and a reloaded file starts over,
+        # so a revoked key stops working as soon as the file is seen to change.
+        self._table: dict[str, Identity] | None = None
+        self._known: dict[str, Identity] = {}
 
     def check(self) -> None:
         self._file.get()
 
     def lookup(self, token: str) -> Identity | None:
-        return self._file.get().get(hash_token(token))
+        table = self._file.get()
+        if table is not self._table:
+            self._table, self._known = table, {}
+        identity = self._known.get(token)
+        if identity is None:
+            identity = table.get(hash_token(token))
+            if identity is not None:
+                if len(self._known) >= KNOWN_TOKENS:
+                    self._known.clear()
+                self._known[token] = identity
+        return identity
 
 
 def _write_private(path: Path, text: str) -> None:
