@@ -75,7 +75,7 @@ class RouterDataPlane:
 
     async def infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         by_policy = not request.model_version and "label" not in request.parameters
-        version = self.catalog.decide(request, call.forwarded)
+        version = self.catalog.decide(request, call.forwarded, inner=True)
         carry_decision(request, version)  # a no-op for a request the gateway decided
         if is_lookup(version):  # precomputed predictions: no worker
             return await self._lookups.infer(request, version, call)

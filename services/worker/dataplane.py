@@ -45,7 +45,7 @@ class WorkerDataPlane:
     async def infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         start = time.perf_counter_ns()
         call.deadline.require(self._min_budget_s, "the worker")
-        version = self.catalog.decide(request, call.forwarded)
+        version = self.catalog.decide(request, call.forwarded, inner=True)
         held = self._manager.get(version.model, version.version)
         assert held.session is not None and held.stats is not None
         labels = (version.model, str(version.version))

@@ -6,8 +6,10 @@ nothing of a model marked unloaded (RepositoryModelUnload). A
 version is fetched (sha256 verified), loaded, warmed, and only then READY; one that fails stays
 FAILED with its reason and the versions already serving keep serving; a failed attempt is
 tried again ``model_load_retry_count`` times first (Triton's ``--model-load-retry-count``). A
-version that stops being deployed stops taking new requests at once and is closed after
-``unload_grace_seconds``.
+version that stops being deployed is closed after ``unload_grace_seconds`` (``retiring``):
+until then requests already decided for it — queued in a gateway's merge lane, in flight
+through a router — are still answered (it stays READY in the status stream), while new ones
+are refused where requests are decided (the catalog says unloaded or not deployed) (T23).
 """
 
 from __future__ import annotations
@@ -101,13 +103,18 @@ class ModelManager:
         self._load_retry_delay_s = load_retry_delay_s
         self._state_changed = asyncio.Event()  # set on every change (see ``settled``)
         self.held: dict[tuple[str, int], Held] = {}
+        # Undeployed versions kept for ``unload_grace`` (T23): a request decided before the
+        # unload (queued in a gateway's merge lane, in flight through a router) still finds
+        # its version here, READY in the status stream, and is answered; new requests are
+        # refused where they are decided (the catalog says unloaded / not deployed).
+        self.retiring: dict[tuple[str, int], Held] = {}
         self._load_lock = asyncio.Semaphore(1)  # one load at a time: loads compete for cores
         self._closing = False
         self._unloads: set[asyncio.Task[None]] = set()
         catalog.on_change(lambda _changed: self.reconcile())
 
     def get(self, model: str, version: int) -> Held:
-        held = self.held.get((model, version))
+        held = self.held.get((model, version)) or self.retiring.get((model, version))
         if held is None or held.state != worker_pb2.LoadedVersion.READY or held.session is None:
             state = (
                 "not deployed" if held is None else worker_pb2.LoadedVersion.State.Name(held.state)
@@ -133,6 +140,8 @@ class ModelManager:
                 wanted[(name, number)] = found[0]
         for key, record in wanted.items():
             held = self.held.get(key)
+            if held is None and key in self.retiring:  # deployed again within its grace
+                held = self.held[key] = self.retiring.pop(key)
             if held is None or (
                 held.state == worker_pb2.LoadedVersion.FAILED
                 and held.record.sha256 != record.sha256
@@ -248,13 +257,20 @@ class ModelManager:
             return
         if held.task and not held.task.done():
             held.task.cancel()
+        if held.session is None:
+            self._changed()
+            return
+        self.retiring[key] = held
         self._changed()
-        if held.session is not None:
-            await asyncio.sleep(self._unload_grace)  # in-flight requests finish first
-            if held.batcher is not None:
-                held.batcher.close()
-            held.session.close()
-            log.info("%s v%d unloaded", *key)
+        await asyncio.sleep(self._unload_grace)  # in-flight requests finish first
+        if self.retiring.get(key) is not held:
+            return  # deployed again meanwhile (reconcile took it back), or closed
+        del self.retiring[key]
+        self._changed()
+        if held.batcher is not None:
+            held.batcher.close()
+        held.session.close()
+        log.info("%s v%d unloaded", *key)
 
     def status_versions(self) -> list[worker_pb2.LoadedVersion]:
         return [
@@ -266,7 +282,10 @@ class ModelManager:
                 execution_provider=h.session.execution_provider if h.session else "",
                 cold_start_ms=h.session.cold_start_ms if h.session else 0.0,
             )
-            for h in sorted(self.held.values(), key=lambda h: (h.record.model, h.record.version))
+            for h in sorted(
+                [*self.held.values(), *self.retiring.values()],
+                key=lambda h: (h.record.model, h.record.version),
+            )
         ]
 
     def _changed(self) -> None:
@@ -290,7 +309,7 @@ class ModelManager:
 
     async def close(self) -> None:
         self._closing = True
-        for held in self.held.values():
+        for held in [*self.held.values(), *self.retiring.values()]:
             if held.task and not held.task.done():
                 held.task.cancel()
             if held.batcher is not None:
@@ -298,6 +317,7 @@ class ModelManager:
             if held.session is not None:
                 held.session.close()
         self.held.clear()
+        self.retiring.clear()
 
 
 def _batcher(

@@ -154,14 +154,24 @@ class Catalog:
         return self._versions.get(name, {})
 
     def decide(
-        self, request: pb.ModelInferRequest, metadata: routing.Metadata | None
+        self,
+        request: pb.ModelInferRequest,
+        metadata: routing.Metadata | None,
+        *,
+        inner: bool = False,
     ) -> registry_pb2.ModelVersion:
         """The version that serves ``request``, decided once per hop: a request that arrives
         decided (a numeric ``model_version``, as the gateway sends it on) keeps that version;
-        otherwise its label, else the model's policy by routing key, else the defaults."""
-        if self._unloaded and request.model_name in self._unloaded:
-            raise UnavailableError(unloaded_message(request.model_name))
+        otherwise its label, else the model's policy by routing key, else the defaults.
+
+        An unloaded model is refused UNAVAILABLE, except a decided request at an ``inner`` hop
+        (router, worker): the edge admitted it before the unload (it may have waited in a merge
+        lane), and the worker keeps the version for its unload grace to answer exactly those
+        (T23: requests in flight complete OK)."""
         number = request.model_version
+        if self._unloaded and request.model_name in self._unloaded:
+            if not (inner and number.isascii() and number.isdigit()):
+                raise UnavailableError(unloaded_message(request.model_name))
         if number and number.isascii() and number.isdigit():
             found = self._versions.get(request.model_name, {}).get(int(number))
             if found is not None:
