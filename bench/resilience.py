@@ -15,7 +15,10 @@ deadline-50ms (the load itself with those deadlines); watch-flood (300 idle regi
 streams, then a worker is killed and must come back); rolling-restart (T29: at --rate
 requests/s, each worker in turn gets SIGTERM and the next one only once the supervisor's
 replacement is routed to again; the load lasts until the last one is back, and the run fails
-unless >= 99.9 % succeeded and no second went by without a success).
+unless >= 99.9 % succeeded and no second went by without a success); kill9-worker (T30: at
+--rate requests/s, kill -9 of worker1, the load lasting until the supervisor's replacement is
+routed to again; the run fails unless the failures are at most the requests in flight on the
+victim at the kill and the replacement serves within 30 s).
 
 Every outcome reports the success ratio, the longest gap between two successes, and p95
 latency before the fault (the first second: the baseline) and after it.
@@ -37,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +76,12 @@ class Outcome:
     max_gap_s: float = 0.0  # longest stretch without a success, load start to end
     p95_before_ms: float = 0.0  # before the fault: the baseline
     p95_after_ms: float = 0.0
+    # kill9-worker (T30): fraud requests in progress on the victim just before the kill (its
+    # modelserve_model_in_flight), and seconds from the kill until its replacement is routed
+    # to again (fraud READY); -1 when not measured.
+    in_flight_at_fault: int = -1
+    out_s: float = -1.0  # kill -> the router no longer routes to the victim
+    back_s: float = -1.0
     note: str = ""
 
     @property
@@ -253,6 +263,55 @@ def rolling_restart(suite: Suite, names: list[str]) -> Callable[[], Awaitable[st
     return fault
 
 
+async def model_in_flight(suite: Suite, name: str) -> int:
+    """The fraud requests in progress on ``name`` now, from its metrics port."""
+    port = suite.processes[name].metrics_port
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modelserve_model_in_flight{") and 'model="fraud"' in line
+        )
+    )
+
+
+def kill9_worker(suite: Suite, outcome: Outcome) -> Callable[[], Awaitable[str]]:
+    """T30: read the victim's in-flight count, kill -9 it, then wait (the load running on)
+    until the supervisor's replacement is routed to again by the router."""
+
+    async def fault() -> str:
+        name = "worker1"
+        proc = suite.processes[name]
+        restarts = proc.restarts
+        outcome.in_flight_at_fault = await model_in_flight(suite, name)
+        proc.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        workers = sum(1 for n in suite.processes if n.startswith("worker"))
+        out_at = 0.0
+        while time.monotonic() < killed + 120:
+            await asyncio.sleep(0.1)
+            try:
+                routed = await routed_workers(suite)
+            except grpc.RpcError:
+                continue
+            if not out_at and routed < workers:
+                out_at = time.monotonic()
+                outcome.out_s = round(out_at - killed, 2)
+            if proc.restarts != restarts and routed == workers:
+                outcome.back_s = round(time.monotonic() - killed, 2)
+                break
+        else:
+            raise TimeoutError(f"{name} was not routed to again within 120 s")
+        left = f"out of routing after {outcome.out_s}s, " if out_at else ""
+        return f"SIGKILL {name} ({outcome.in_flight_at_fault} in flight on it): {left}" + (
+            f"replacement routed to {outcome.back_s}s after the kill"
+        )
+
+    return fault
+
+
 def signal_fault(suite: Suite, service: str, sig: signal.Signals) -> Callable[[], Awaitable[str]]:
     name = "worker1" if service == "worker" else service
 
@@ -279,6 +338,8 @@ async def run_scenario(
     if scenario == "rolling-restart":
         workers = sorted(n for n in suite.processes if n.startswith("worker"))
         fault, rate, hold = rolling_restart(suite, workers), ROLLING_RATE[0], True
+    elif scenario == "kill9-worker":  # T30: paced at --rate, until the replacement serves
+        fault, rate, hold = kill9_worker(suite, outcome), ROLLING_RATE[0], True
     elif scenario.startswith(("kill9-", "sigterm-")):
         kind, service = scenario.split("-", 1)
         fault = signal_fault(suite, service, signal.SIGKILL if kind == "kill9" else signal.SIGTERM)
@@ -368,7 +429,8 @@ ALL = [
     "watch-flood",
     "rolling-restart",
 ]
-ROLLING_RATE = [100.0]  # requests/s of rolling-restart (--rate)
+LAST_STOP_CODES: dict[str, int | None] = {}  # exit codes of the last run's suite.stop()
+ROLLING_RATE = [100.0]  # requests/s of rolling-restart and kill9-worker (--rate)
 
 
 def rolling_problems(outcome: Outcome) -> list[str]:
@@ -384,6 +446,25 @@ def rolling_problems(outcome: Outcome) -> list[str]:
     return problems
 
 
+# T30's bar: client failures <= the requests in flight on the killed replica; its replacement
+# serving within 30 s.
+KILL9_MAX_BACK_S = 30.0
+
+
+def kill9_problems(outcome: Outcome) -> list[str]:
+    """What keeps a kill9-worker outcome from T30's bar (empty: it holds)."""
+    problems = []
+    failed = outcome.sent - outcome.ok
+    if failed > max(outcome.in_flight_at_fault, 0):
+        problems.append(
+            f"{failed} failed > {outcome.in_flight_at_fault} in flight on the victim "
+            f"({outcome.failed})"
+        )
+    if not 0 <= outcome.back_s <= KILL9_MAX_BACK_S:
+        problems.append(f"replacement routed to after {outcome.back_s} s (bar: 30 s)")
+    return problems
+
+
 async def run(scenarios: list[str], seconds: float, workers: int = 2) -> list[Outcome]:
     data = Path(tempfile.mkdtemp(prefix="resilience-"))
     suite = start_suite(data, workers=workers)
@@ -396,7 +477,8 @@ async def run(scenarios: list[str], seconds: float, workers: int = 2) -> list[Ou
             print(f"- {scenario} ...", flush=True)
             outcomes.append(await run_scenario(suite, supervisor, scenario, seconds))
     finally:
-        suite.stop(timeout=20)
+        LAST_STOP_CODES.clear()
+        LAST_STOP_CODES.update(suite.stop(timeout=20))
     return outcomes
 
 
@@ -422,7 +504,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
-        "--rate", type=float, default=ROLLING_RATE[0], help="requests/s of rolling-restart"
+        "--rate",
+        type=float,
+        default=ROLLING_RATE[0],
+        help="requests/s of rolling-restart and kill9-worker",
     )
     parser.add_argument("--workers", type=int, default=2, help="workers in the suite (>= 2)")
     args = parser.parse_args()
@@ -435,12 +520,13 @@ def main() -> None:
         parser.error("--workers must be at least 2 (a worker is always being faulted)")
     outcomes = asyncio.run(run(scenarios, args.seconds, args.workers))
     print(json.dumps([asdict(o) for o in outcomes], indent=2) if args.json else table(outcomes))
+    bars = {"rolling-restart": ("T29", rolling_problems), "kill9-worker": ("T30", kill9_problems)}
     problems = [
-        f"{o.scenario}: {p}" for o in outcomes if o.scenario == "rolling-restart"
-        for p in rolling_problems(o)
+        f"{bars[o.scenario][0]} {o.scenario}: {p}" for o in outcomes if o.scenario in bars
+        for p in bars[o.scenario][1](o)
     ]  # fmt: skip
     if problems:
-        print("FAILED T29: " + "; ".join(problems), file=sys.stderr)
+        print("FAILED " + "; ".join(problems), file=sys.stderr)
         sys.exit(1)
 
 

@@ -4,7 +4,8 @@ the single router is ridden out (the gateway's direct lane serves the demo model
 any failure is UNAVAILABLE and stops well within the window while the supervisor restarts it),
 and 50 ms deadlines only ever see OK or DEADLINE_EXCEEDED. And T29 trimmed: a rolling
 restart of both workers (SIGTERM one, wait for the supervisor's replacement to be routed to,
-then the other) at 40 requests/s instead of 100."""
+then the other) at 40 requests/s instead of 100. And T30 trimmed: kill -9 of one of three
+workers under a paced 100 requests/s, the load running until the replacement serves."""
 
 from __future__ import annotations
 
@@ -43,3 +44,24 @@ async def test_rolling_restart_of_every_worker_loses_nothing_and_never_stalls() 
     assert outcome.sent > 100, outcome
     # T29's bar: >= 99.9 % OK and no second without a success.
     assert resilience.rolling_problems(outcome) == [], outcome
+
+
+async def test_kill9_of_one_of_three_workers_at_100_rps_costs_at_most_its_in_flight() -> None:
+    """T30: three workers, 100 requests/s paced through the gateway; a second in, worker1 gets
+    kill -9. What was in flight on it may fail (target 0: the hop retries UNAVAILABLE on
+    another worker); it leaves routing at once; the supervisor's replacement is routed to
+    (fraud READY) within 30 s. The load runs until then, plus a second."""
+    assert resilience.ROLLING_RATE[0] == 100.0
+    (outcome,) = await resilience.run(["kill9-worker"], 4.0, workers=3)
+    assert outcome.sent >= 400, outcome  # ~100/s for >= 4 s
+    assert outcome.in_flight_at_fault >= 0, outcome
+    # The case's bounds (resilience.kill9_problems): failures <= in flight on the victim,
+    # replacement serving <= 30 s.
+    assert resilience.kill9_problems(outcome) == [], outcome
+    # Ejected: out of the router's routing within a second of the kill (its status stream
+    # breaks; the <= 5 consecutive failures rule is unit-tested in test_runtime_channels).
+    assert 0 <= outcome.out_s <= 1.0, outcome
+    # Every process, worker1 and worker2 too, stopped cleanly on SIGTERM at the end.
+    assert resilience.LAST_STOP_CODES and set(resilience.LAST_STOP_CODES.values()) == {0}, (
+        resilience.LAST_STOP_CODES
+    )
