@@ -376,7 +376,14 @@ def consul_outage(
     before is registered again (the services' reconcile loops) and passing."""
 
     async def fault() -> str:
+        async def registered() -> int:
+            return len(agent.agent.services)
+
         before = await agent.passing()
+        wait_until = time.monotonic() + 10  # a check that has not run yet: give it its turn
+        while len(before) < await agent.acall(registered()) and time.monotonic() < wait_until:
+            await asyncio.sleep(0.1)
+            before = await agent.passing()
         port = agent.agent.port
         flaps.clear()  # count from the outage on
         await agent.acall(agent.agent.stop())
