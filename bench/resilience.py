@@ -12,10 +12,17 @@ brings every process back and the next one starts only when every worker is rout
 Scenarios: kill9-<service> and sigterm-<service> for worker, router, registry, featurestore,
 gateway; idle-streams (1,100 idle ModelStreamInfer streams beside the load); deadline-1ms and
 deadline-50ms (the load itself with those deadlines); watch-flood (300 idle registry Watch
-streams, then a worker is killed and must come back); rolling-restart (T29: at --rate
-requests/s, each worker in turn gets SIGTERM and the next one only once the supervisor's
-replacement is routed to again; the load lasts until the last one is back, and the run fails
-unless >= 99.9 % succeeded and no second went by without a success).
+streams, then a worker is killed and must come back); consul-outage (T32: a suite of its
+own on Consul discovery against the stand-in agent of tests/fakes/consul_agent.py, at --rate
+requests/s; the agent stops for --outage seconds (60) and comes back without its state; the
+load lasts until every registration is back and passing; the run fails unless nothing failed,
+the router's worker set never changed and re-registration took <= 30 s); rolling-restart
+(T29: at --rate requests/s, each worker in turn gets SIGTERM and the next one only once the
+supervisor's replacement is routed to again; the load lasts until the last one is back, and
+the run fails unless >= 99.9 % succeeded and no second went by without a success);
+kill9-worker (T30: at --rate requests/s, kill -9 of worker1, the load lasting until the
+supervisor's replacement is routed to again; the run fails unless the failures are at most
+the requests in flight on the victim at the kill and the replacement serves within 30 s).
 
 Every outcome reports the success ratio, the longest gap between two successes, and p95
 latency before the fault (the first second: the baseline) and after it.
@@ -31,17 +38,21 @@ import json
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
+import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from fakes.consul_agent import FakeConsulAgent  # noqa: E402
 from suitesupport import ready_suite  # noqa: E402
 
 from modelserve.cli.suite import Suite, Supervisor, start_suite  # noqa: E402
@@ -55,6 +66,7 @@ from modelserve.proto.modelserve.v1 import (  # noqa: E402
 )
 from modelserve.tensors import encode_inputs  # noqa: E402
 
+T = TypeVar("T")
 SERVICES = ("worker", "router", "registry", "featurestore", "gateway")
 CLIENTS = 8
 messages: dict[str, str] = {}  # the last message seen per failing status, for the note
@@ -72,6 +84,16 @@ class Outcome:
     max_gap_s: float = 0.0  # longest stretch without a success, load start to end
     p95_before_ms: float = 0.0  # before the fault: the baseline
     p95_after_ms: float = 0.0
+    # kill9-worker (T30): fraud requests in progress on the victim just before the kill (its
+    # modelserve_model_in_flight), and seconds from the kill until its replacement is routed
+    # to again (fraud READY); -1 when not measured.
+    in_flight_at_fault: int = -1
+    out_s: float = -1.0  # kill -> the router no longer routes to the victim
+    back_s: float = -1.0
+    # consul-outage (T32): changes of the router's worker set during the load, and seconds
+    # from the agent's return until every registration is back on it and passing.
+    flaps: int = -1
+    reregistered_s: float = -1.0
     note: str = ""
 
     @property
@@ -253,6 +275,158 @@ def rolling_restart(suite: Suite, names: list[str]) -> Callable[[], Awaitable[st
     return fault
 
 
+async def model_in_flight(suite: Suite, name: str) -> int:
+    """The fraud requests in progress on ``name`` now, from its metrics port."""
+    port = suite.processes[name].metrics_port
+    async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("modelserve_model_in_flight{") and 'model="fraud"' in line
+        )
+    )
+
+
+def kill9_worker(suite: Suite, outcome: Outcome) -> Callable[[], Awaitable[str]]:
+    """T30: read the victim's in-flight count, kill -9 it, then wait (the load running on)
+    until the supervisor's replacement is routed to again by the router."""
+
+    async def fault() -> str:
+        name = "worker1"
+        proc = suite.processes[name]
+        restarts = proc.restarts
+        outcome.in_flight_at_fault = await model_in_flight(suite, name)
+        proc.process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        workers = sum(1 for n in suite.processes if n.startswith("worker"))
+        out_at = 0.0
+        while time.monotonic() < killed + 120:
+            await asyncio.sleep(0.1)
+            try:
+                routed = await routed_workers(suite)
+            except grpc.RpcError:
+                continue
+            if not out_at and routed < workers:
+                out_at = time.monotonic()
+                outcome.out_s = round(out_at - killed, 2)
+            if proc.restarts != restarts and routed == workers:
+                outcome.back_s = round(time.monotonic() - killed, 2)
+                break
+        else:
+            raise TimeoutError(f"{name} was not routed to again within 120 s")
+        left = f"out of routing after {outcome.out_s}s, " if out_at else ""
+        return f"SIGKILL {name} ({outcome.in_flight_at_fault} in flight on it): {left}" + (
+            f"replacement routed to {outcome.back_s}s after the kill"
+        )
+
+    return fault
+
+
+class AgentThread:
+    """The Consul stand-in (tests/fakes/consul_agent.py, an HTTP server speaking the agent
+    API and running real gRPC health checks) on its own event loop in a thread: start_suite
+    blocks, waiting for port files, while the services register with it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.agent: FakeConsulAgent = self.call(self._make())
+
+    @staticmethod
+    async def _make() -> FakeConsulAgent:
+        agent = FakeConsulAgent()  # Consul's own floors: 1 s checks, 1 m deregister, 30 s reaper
+        await agent.start()
+        return agent
+
+    def call(self, coro: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(_wrap(coro), self.loop).result(30)
+
+    async def acall(self, coro: Awaitable[T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_wrap(coro), self.loop))
+
+    async def passing(self) -> set[str]:
+        async def ids() -> set[str]:
+            return {sid for sid in self.agent.services if self.agent.check_status(sid) == "passing"}
+
+        return await self.acall(ids())
+
+    def close(self) -> None:
+        self.call(self.agent.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+async def _wrap(coro: Awaitable[T]) -> T:
+    return await coro
+
+
+CONSUL_OUTAGE_S = [60.0]  # seconds the stand-in agent is away in consul-outage (--outage)
+# T32's bar: 0 failures, no flap, every registration back and passing <= 30 s after return.
+CONSUL_MAX_REREGISTER_S = 30.0
+
+
+def consul_outage(
+    suite: Suite, agent: AgentThread, outcome: Outcome, flaps: list[int]
+) -> Callable[[], Awaitable[str]]:
+    """T32: stop the stand-in agent for CONSUL_OUTAGE_S, bring it back on its port without its
+    state (wiped: a dev agent, a lost data dir), and wait until every instance that passed
+    before is registered again (the services' reconcile loops) and passing."""
+
+    async def fault() -> str:
+        async def registered() -> int:
+            return len(agent.agent.services)
+
+        before = await agent.passing()
+        wait_until = time.monotonic() + 10  # a check that has not run yet: give it its turn
+        while len(before) < await agent.acall(registered()) and time.monotonic() < wait_until:
+            await asyncio.sleep(0.1)
+            before = await agent.passing()
+        port = agent.agent.port
+        flaps.clear()  # count from the outage on
+        await agent.acall(agent.agent.stop())
+        await asyncio.sleep(CONSUL_OUTAGE_S[0])
+
+        async def back() -> None:
+            agent.agent.wipe()
+            await agent.agent.start(port=port)
+
+        await agent.acall(back())
+        returned = time.monotonic()
+        while time.monotonic() < returned + 120:
+            if before <= await agent.passing():
+                outcome.reregistered_s = round(time.monotonic() - returned, 2)
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError("the registrations did not come back within 120 s")
+        return (
+            f"Consul stand-in away {CONSUL_OUTAGE_S[0]:.0f}s, back without its state; "
+            f"{len(before)} registrations back and passing {outcome.reregistered_s}s later"
+        )
+
+    return fault
+
+
+async def count_flaps(suite: Suite, flaps: list[int], stop: asyncio.Event) -> None:
+    """Every change of the router's worker address set, polled every 0.1 s, into ``flaps``."""
+    last: list[str] | None = None
+    async with grpc.aio.insecure_channel(suite.address("router")) as channel:
+        stub = router_pb2_grpc.RouterControlStub(channel)
+        while not stop.is_set():
+            try:
+                reply = await stub.ListWorkers(router_pb2.ListWorkersRequest(), timeout=2)
+                now = sorted(w.address for w in reply.workers if w.serving)
+                if last is not None and now != last:
+                    flaps.append(len(now))
+                last = now
+            except grpc.RpcError:
+                pass
+            await asyncio.sleep(0.1)
+
+
 def signal_fault(suite: Suite, service: str, sig: signal.Signals) -> Callable[[], Awaitable[str]]:
     name = "worker1" if service == "worker" else service
 
@@ -264,7 +438,11 @@ def signal_fault(suite: Suite, service: str, sig: signal.Signals) -> Callable[[]
 
 
 async def run_scenario(
-    suite: Suite, supervisor: Supervisor, scenario: str, seconds: float
+    suite: Suite,
+    supervisor: Supervisor,
+    scenario: str,
+    seconds: float,
+    agent: AgentThread | None = None,
 ) -> Outcome:
     outcome = Outcome(scenario, rss_before_mib=rss_mib(suite))
     release = asyncio.Event()
@@ -279,6 +457,15 @@ async def run_scenario(
     if scenario == "rolling-restart":
         workers = sorted(n for n in suite.processes if n.startswith("worker"))
         fault, rate, hold = rolling_restart(suite, workers), ROLLING_RATE[0], True
+    elif scenario == "kill9-worker":  # T30: paced at --rate, until the replacement serves
+        fault, rate, hold = kill9_worker(suite, outcome), ROLLING_RATE[0], True
+    elif scenario == "consul-outage":  # T32: paced at --rate, until re-registered
+        assert agent is not None, "consul-outage runs on a suite with Consul discovery"
+        flap_list: list[int] = []
+        done = asyncio.Event()
+        extra_flaps = asyncio.create_task(count_flaps(suite, flap_list, done))
+        fault = consul_outage(suite, agent, outcome, flap_list)
+        rate, hold = ROLLING_RATE[0], True
     elif scenario.startswith(("kill9-", "sigterm-")):
         kind, service = scenario.split("-", 1)
         fault = signal_fault(suite, service, signal.SIGKILL if kind == "kill9" else signal.SIGTERM)
@@ -329,6 +516,11 @@ async def run_scenario(
         )
     finally:
         watcher.cancel()
+    if scenario == "consul-outage":
+        done.set()
+        await extra_flaps
+        outcome.flaps = len(flap_list)
+        outcome.note += f"; {outcome.flaps} changes of the router's worker set"
     outcome.sent = len(results)
     outcome.ok = sum(1 for _, code, _ in results if code == "OK")
     outcome.failed = dict(collections.Counter(code for _, code, _ in results if code != "OK"))
@@ -367,8 +559,10 @@ ALL = [
     "deadline-50ms",
     "watch-flood",
     "rolling-restart",
+    "consul-outage",
 ]
-ROLLING_RATE = [100.0]  # requests/s of rolling-restart (--rate)
+LAST_STOP_CODES: dict[str, int | None] = {}  # exit codes of the last run's suite.stop()
+ROLLING_RATE = [100.0]  # requests/s of rolling-restart and kill9-worker (--rate)
 
 
 def rolling_problems(outcome: Outcome) -> list[str]:
@@ -384,9 +578,64 @@ def rolling_problems(outcome: Outcome) -> list[str]:
     return problems
 
 
-async def run(scenarios: list[str], seconds: float, workers: int = 2) -> list[Outcome]:
+# T30's bar: client failures <= the requests in flight on the killed replica; its replacement
+# serving within 30 s.
+KILL9_MAX_BACK_S = 30.0
+
+
+def kill9_problems(outcome: Outcome) -> list[str]:
+    """What keeps a kill9-worker outcome from T30's bar (empty: it holds)."""
+    problems = []
+    failed = outcome.sent - outcome.ok
+    if failed > max(outcome.in_flight_at_fault, 0):
+        problems.append(
+            f"{failed} failed > {outcome.in_flight_at_fault} in flight on the victim "
+            f"({outcome.failed})"
+        )
+    if not 0 <= outcome.back_s <= KILL9_MAX_BACK_S:
+        problems.append(f"replacement routed to after {outcome.back_s} s (bar: 30 s)")
+    return problems
+
+
+def consul_problems(outcome: Outcome) -> list[str]:
+    """What keeps a consul-outage outcome from T32's bar (empty: it holds)."""
+    problems = []
+    if outcome.ok != outcome.sent:
+        problems.append(f"{outcome.sent - outcome.ok} failed ({outcome.failed})")
+    if outcome.flaps != 0:
+        problems.append(f"the router's worker set changed {outcome.flaps} times")
+    if not 0 <= outcome.reregistered_s <= CONSUL_MAX_REREGISTER_S:
+        problems.append(f"re-registered after {outcome.reregistered_s} s (bar: 30 s)")
+    return problems
+
+
+async def run(
+    scenarios: list[str],
+    seconds: float,
+    workers: int = 2,
+    *,
+    consul: bool = False,
+    reconcile_s: float = 10.0,
+) -> list[Outcome]:
+    """``scenarios`` on one suite; ``consul``: on Consul discovery against the stand-in agent
+    (consul-outage needs it), every service's reconcile loop every ``reconcile_s`` (the
+    default: consul_reconcile_seconds' own)."""
     data = Path(tempfile.mkdtemp(prefix="resilience-"))
-    suite = start_suite(data, workers=workers)
+    agent = AgentThread() if consul else None
+    env = {}
+    if agent is not None:
+        env = {
+            "MODELSERVE_DISCOVERY": "consul",
+            "MODELSERVE_CONSUL_ADDR": agent.agent.addr,
+            "MODELSERVE_CONSUL_RECONCILE_SECONDS": str(reconcile_s),
+            "MODELSERVE_DRAIN_SECONDS": "0.5",  # the 11 s Consul default would only slow stop
+        }
+    try:
+        suite = start_suite(data, workers=workers, extra_env=env)
+    except BaseException:
+        if agent is not None:
+            agent.close()
+        raise
     supervisor = Supervisor(suite, say=lambda line: print(f"  [supervisor] {line}", flush=True))
     outcomes = []
     try:
@@ -394,9 +643,12 @@ async def run(scenarios: list[str], seconds: float, workers: int = 2) -> list[Ou
         for scenario in scenarios:
             await settle(suite, supervisor)
             print(f"- {scenario} ...", flush=True)
-            outcomes.append(await run_scenario(suite, supervisor, scenario, seconds))
+            outcomes.append(await run_scenario(suite, supervisor, scenario, seconds, agent))
     finally:
-        suite.stop(timeout=20)
+        LAST_STOP_CODES.clear()
+        LAST_STOP_CODES.update(suite.stop(timeout=20))
+        if agent is not None:
+            agent.close()
     return outcomes
 
 
@@ -422,9 +674,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
-        "--rate", type=float, default=ROLLING_RATE[0], help="requests/s of rolling-restart"
+        "--rate",
+        type=float,
+        default=ROLLING_RATE[0],
+        help="requests/s of rolling-restart and kill9-worker",
     )
     parser.add_argument("--workers", type=int, default=2, help="workers in the suite (>= 2)")
+    parser.add_argument(
+        "--outage", type=float, default=CONSUL_OUTAGE_S[0], help="seconds of consul-outage"
+    )
     args = parser.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in ALL]
@@ -433,14 +691,23 @@ def main() -> None:
     ROLLING_RATE[0] = args.rate
     if args.workers < 2:
         parser.error("--workers must be at least 2 (a worker is always being faulted)")
-    outcomes = asyncio.run(run(scenarios, args.seconds, args.workers))
+    CONSUL_OUTAGE_S[0] = args.outage
+    static = [s for s in scenarios if s != "consul-outage"]
+    outcomes = asyncio.run(run(static, args.seconds, args.workers)) if static else []
+    if "consul-outage" in scenarios:  # a suite of its own, on Consul discovery
+        outcomes += asyncio.run(run(["consul-outage"], args.seconds, args.workers, consul=True))
     print(json.dumps([asdict(o) for o in outcomes], indent=2) if args.json else table(outcomes))
+    bars = {
+        "rolling-restart": ("T29", rolling_problems),
+        "kill9-worker": ("T30", kill9_problems),
+        "consul-outage": ("T32", consul_problems),
+    }
     problems = [
-        f"{o.scenario}: {p}" for o in outcomes if o.scenario == "rolling-restart"
-        for p in rolling_problems(o)
+        f"{bars[o.scenario][0]} {o.scenario}: {p}" for o in outcomes if o.scenario in bars
+        for p in bars[o.scenario][1](o)
     ]  # fmt: skip
     if problems:
-        print("FAILED T29: " + "; ".join(problems), file=sys.stderr)
+        print("FAILED " + "; ".join(problems), file=sys.stderr)
         sys.exit(1)
 
 

@@ -98,9 +98,12 @@ class Suite:
 
     def stop(self, timeout: float = 40.0) -> dict[str, int | None]:
         """SIGTERM every process, edge first, so in-flight requests drain inward."""
-        for name in reversed(SERVICES):
-            proc = self.processes.get(name)
-            if proc and proc.process.poll() is None:
+        # Every process, worker1.. included (they are not in SERVICES by name: missing them
+        # cost each stop its whole timeout and then a SIGKILL).
+        rank = {service: i for i, service in enumerate(SERVICES)}
+        for name in sorted(self.processes, key=lambda n: -rank[_service_of(n)]):
+            proc = self.processes[name]
+            if proc.process.poll() is None:
                 proc.process.send_signal(signal.SIGTERM)
         codes: dict[str, int | None] = {}
         deadline = time.monotonic() + timeout
@@ -111,6 +114,11 @@ class Suite:
                 proc.process.kill()
                 codes[name] = proc.process.wait()
         return codes
+
+
+def _service_of(name: str) -> str:
+    """The service a suite process runs: worker1, worker2 .. are workers."""
+    return "worker" if name.startswith("worker") else name
 
 
 def _wait_port_file(
@@ -236,7 +244,7 @@ def _launch(
         addr[later] = f"127.0.0.1:{ports[later]}"
     try:
         for name in names:
-            service = "worker" if name.startswith("worker") else name
+            service = _service_of(name)
             args = _args(service, name, data_dir, ports.get(name, 0), addr, suite)
             if name in picked:  # port+1 (the default) may be anyone's: let the OS choose
                 args += ["--metrics-port", "0"]

@@ -14,6 +14,16 @@ lost data dir, a node rebuilt) forgets our service, and nothing else would regis
 until the next meta change. Every ``reconcile_s`` (10 s) each registration this process holds
 is looked up on the agent and registered again when it is missing; a deregistered one never
 is (deregister and the re-registration take one lock).
+
+An agent outage (T32) changes no routing: a watch that cannot reach the agent keeps what it
+yielded last, and ``resolve`` answers the last-known passing set (when it has one) instead of
+failing. When the agent answers again, removals are held for ``return_hold_s`` (default:
+``reconcile_s`` + (success_before_passing + 1) x check interval, the time every instance needs
+to be registered again and pass its first checks): an agent back without its state, or with
+its checks restarted critical, answers a smaller or empty set at first, and following it would
+take healthy replicas out of rotation and put them back seconds later (flapping). Additions
+apply at once; an instance that really died meanwhile is left to the callers' ejection until
+the hold ends.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import ipaddress
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -166,6 +177,7 @@ class ConsulDiscovery(Discovery):
         failures_before_critical: int = 2,
         wait: str = "30s",
         reconcile_s: float = 10.0,
+        return_hold_s: float | None = None,
     ) -> None:
         base_url, uds, self._display_addr = _split_addr(addr)
         if check_interval_s <= 0 or check_timeout_s <= 0:
@@ -206,6 +218,12 @@ class ConsulDiscovery(Discovery):
         if reconcile_s <= 0:
             raise ValueError("reconcile_s must be positive")
         self._reconcile_s = reconcile_s
+        if return_hold_s is None:
+            return_hold_s = reconcile_s + (success_before_passing + 1) * check_interval_s
+        if return_hold_s < 0:
+            raise ValueError("return_hold_s must be >= 0")
+        self._return_hold_s = return_hold_s
+        self._known: dict[str, list[Instance]] = {}  # last passing set read per service
         self._registered: dict[str, Registration] = {}  # what this process has announced
         self._registering = asyncio.Lock()
         self._reconciler: asyncio.Task[None] | None = None
@@ -267,18 +285,30 @@ class ConsulDiscovery(Discovery):
         return True
 
     async def resolve(self, service: str) -> list[Instance]:
-        instances, _ = await self._health(service, index=None)
+        try:
+            instances, _ = await self._health(service, index=None)
+        except UnavailableError as exc:
+            known = self._known.get(service)
+            if not known:
+                raise
+            # Agent away (T32): the last-known set, rather than no instance at all.
+            log.warning("resolve %s: %s; using the last-known %d", service, exc.message, len(known))
+            return list(known)
         return instances
 
     async def watch(self, service: str) -> AsyncIterator[list[Instance]]:
         index = 0
         last: list[Instance] | None = None
         failures = 0
+        hold_until = 0.0  # after an outage: removals wait until then (monotonic)
         bucket = _TokenBucket(_WATCH_BURST, _WATCH_REFILL_S)
         while not self._closed:
             await bucket.take()
+            holding = hold_until - time.monotonic()
             try:
-                instances, new_index = await self._health(service, index=index)
+                # While holding, a shorter blocking query, so the held removals apply on time.
+                wait_s = min(self._wait_s, holding) if holding > 0 else None
+                instances, new_index = await self._health(service, index=index, wait_s=wait_s)
             except ModelServeError as exc:  # unreachable, 5xx, 403, 400: keep watching
                 if self._closed:
                     return
@@ -287,11 +317,27 @@ class ConsulDiscovery(Discovery):
                 log.warning("watch %s: %s; retrying in %.2fs", service, exc.message, delay)
                 await asyncio.sleep(delay)
                 continue
+            # Back after errors, or an index gone backwards (an agent restarted between two
+            # queries, unseen): the agent may not know everything again yet.
+            if (failures or new_index < index) and last and self._return_hold_s > 0:
+                hold_until = time.monotonic() + self._return_hold_s
+                log.warning(
+                    "watch %s: Consul at %s answers again; removals held for %.0fs",
+                    service,
+                    self._display_addr,
+                    self._return_hold_s,
+                )
             failures = 0
             index = _next_index(index, new_index)
-            if instances != last:
-                last = instances
-                yield instances
+            shown = instances
+            if last and time.monotonic() < hold_until:
+                answered = {i.instance_id for i in instances}
+                kept = [i for i in last if i.instance_id not in answered]
+                if kept:
+                    shown = sorted([*instances, *kept], key=lambda i: (i.instance_id, i.address))
+            if shown != last:
+                last = shown
+                yield shown
 
     async def close(self) -> None:
         self._closed = True
@@ -332,14 +378,17 @@ class ConsulDiscovery(Discovery):
         body = self._service_body(reg)
         await self._request("PUT", "/v1/agent/service/register", op=op, json=body)
 
-    async def _health(self, service: str, *, index: int | None) -> tuple[list[Instance], int]:
+    async def _health(
+        self, service: str, *, index: int | None, wait_s: float | None = None
+    ) -> tuple[list[Instance], int]:
         params: dict[str, str] = {"passing": "true"}
         timeout = _REQUEST_TIMEOUT
         if index is not None:
             params["index"] = str(index)
-            params["wait"] = self._wait
+            params["wait"] = self._wait if wait_s is None else format_duration(max(wait_s, 0.05))
             # Consul adds up to wait/16 of jitter before answering.
-            timeout = httpx.Timeout(self._wait_s * 17 / 16 + 5.0, connect=2.0)
+            wait = self._wait_s if wait_s is None else max(wait_s, 0.05)
+            timeout = httpx.Timeout(wait * 17 / 16 + 5.0, connect=2.0)
         path = "/v1/health/service/" + quote(self._prefix + service, safe="")
         resp = await self._request(
             "GET", path, op=f"resolve {service}", params=params, timeout=timeout
@@ -353,7 +402,9 @@ class ConsulDiscovery(Discovery):
             raise UnavailableError(
                 f"Consul at {self._display_addr} sent an unreadable answer"
             ) from exc
-        return _instances(service, payload), new_index
+        instances = _instances(service, payload)
+        self._known[service] = instances
+        return instances, new_index
 
     async def _request(
         self,

@@ -628,3 +628,45 @@ async def test_a_killed_instance_is_critical_within_interval_times_failures(
             process.kill()
             await process.wait()
         await consul.close()
+
+
+async def test_an_agent_outage_keeps_the_last_known_set_and_holds_removals_after_it(
+    agent: FakeConsulAgent, health_servers: list[HealthServer]
+) -> None:
+    """T32, stand-in: the agent stops (transport errors) and comes back without its state
+    (wiped: a dev agent, a lost data dir). Meanwhile ``resolve`` answers the last-known set and
+    the watch yields nothing; on the agent's return its first answers are empty or short, and
+    the watch keeps every last-known instance until the hold ends. Only then is the one that
+    really went away (NOT_SERVING during the outage: critical once registered again) dropped;
+    the other was registered again by the reconcile loop and never left."""
+    hold = 1.5
+    consul = fast(agent.addr, reconcile_s=0.3, return_hold_s=hold)
+    await consul.register(reg(health_servers[0], "w1"))
+    await consul.register(reg(health_servers[1], "w2"))
+    seen: list[tuple[float, list[str]]] = []
+
+    async def follow() -> None:
+        async for instances in consul.watch("worker"):
+            seen.append((time.monotonic(), sorted(i.instance_id for i in instances)))
+
+    task = asyncio.create_task(follow())
+    await eventually(lambda: _assert(bool(seen) and seen[-1][1] == ["w1", "w2"]), timeout=10)
+    before = len(seen)
+
+    port = agent.port
+    await agent.stop()
+    assert [i.instance_id for i in await consul.resolve("worker")] == ["w1", "w2"]
+    await health_servers[1].set_serving(False)  # w2 goes away while nobody can tell
+    await asyncio.sleep(1.5)  # > the watch's 1 s rate limit: it fails and backs off meanwhile
+    agent.wipe()
+    await agent.start(port=port)
+    back = time.monotonic()
+    await eventually(lambda: _assert(seen[-1][1] == ["w1"]), timeout=15)
+    assert agent.check_status("w1") == "passing"  # registered again and in rotation
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await consul.close()
+    after = seen[before:]
+    # One change after the outage: w2 dropped, no sooner than the hold; w1 always there.
+    assert [ids for _, ids in after] == [["w1"]], seen
+    assert after[0][0] - back >= hold - 0.1, (after[0][0] - back, seen)
