@@ -23,6 +23,7 @@ from grpc import aio
 
 from modelserve import tracing
 from modelserve.auth.client import outbound_interceptors
+from modelserve.errors import UnavailableError
 from modelserve.settings import MIB
 from modelserve.tls import ClientTLS, client_tls
 
@@ -257,7 +258,9 @@ async def follow_stream(
                 delay = 0.05
         except asyncio.CancelledError:
             raise
-        except (grpc.RpcError, ConnectionError, OSError) as exc:
+        except (grpc.RpcError, ConnectionError, OSError, UnavailableError) as exc:
+            # UnavailableError: discovery itself cannot answer (a Consul agent away and
+            # nothing known yet); the watch waits it out like a broken stream.
             log.warning("%s interrupted (%s); retrying in %.2fs", what, _describe(exc), delay)
             if endpoint is not None:
                 discovery.suspect(service, endpoint.address)
