@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -95,7 +96,15 @@ class ColumnPlan:
 
     def feeds(self, batch: pa.RecordBatch, where: str) -> dict[str, np.ndarray]:
         """The model's inputs for one record batch; BatchInputError names a bad value."""
-        return {b.input: _feed(b, batch, self.nan_policy, where) for b in self.inputs}
+        checked = self.batch_feeds(batch, where)
+        return checked.rows(0, checked.num_rows)
+
+    def batch_feeds(self, batch: pa.RecordBatch, where: str) -> BatchFeeds:
+        """One record batch's inputs, checked (nulls, NaN, types), handed out a run at a time
+        by ``BatchFeeds.rows``; BatchInputError names a bad value."""
+        return BatchFeeds(
+            batch.num_rows, {b.input: _feed(b, batch, self.nan_policy, where) for b in self.inputs}
+        )
 
     def output_arrays(self, results: Mapping[str, np.ndarray], rows: int) -> list[pa.Array]:
         return [_output_array(o, results[o.name], rows) for o in self.outputs]
@@ -303,7 +312,57 @@ def _values(arr: pa.Array, datatype: str, name: str, policy: str, where: str) ->
         ) from None
 
 
-def _feed(b: InputBinding, batch: pa.RecordBatch, policy: str, where: str) -> np.ndarray:
+class ColumnStack:
+    """F scalar columns of one record batch that feed a [-1, F] input, assembled into
+    [rows, F] one run at a time, into a buffer reused from run to run.
+
+    Filling the whole record batch's [n, F] matrix column by column wrote 4 bytes every F * 4
+    (a cache miss per value once the matrix outgrows the cache) into 16 MiB of fresh memory
+    per batch: the largest cost of a 1M-row `tabular` run (bench/batch_bench.py). A run's
+    block of rows stays in cache, and its buffer is faulted in once."""
+
+    def __init__(self, columns: list[np.ndarray], dtype: np.dtype[Any]) -> None:
+        self.columns = columns
+        self.dtype = dtype
+        self._buffer: np.ndarray | None = None
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        n = stop - start
+        if self._buffer is None or len(self._buffer) < n:
+            self._buffer = np.empty((n, len(self.columns)), self.dtype)
+        out = self._buffer[:n]
+        np.stack([c[start:stop] for c in self.columns], axis=1, out=out)
+        return out
+
+
+class BatchFeeds:
+    """The checked inputs of one record batch; ``rows(start, stop)`` gives one run's feeds.
+    A run's [-1, F] feed from scalar columns is a view of a reused buffer: valid until the
+    next call (the run has copied it by then)."""
+
+    def __init__(self, num_rows: int, values: dict[str, np.ndarray | ColumnStack]) -> None:
+        self.num_rows = num_rows
+        self._values = values
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {
+            k: v.rows(start, stop) if isinstance(v, ColumnStack) else v[start:stop]
+            for k, v in self._values.items()
+        }
+
+    def reuse(self, previous: BatchFeeds | None) -> BatchFeeds:
+        """Take over the run buffers of the previous record batch's feeds (same plan)."""
+        if previous is not None:
+            for k, v in self._values.items():
+                old = previous._values.get(k)
+                if isinstance(v, ColumnStack) and isinstance(old, ColumnStack):
+                    v._buffer = old._buffer
+        return self
+
+
+def _feed(
+    b: InputBinding, batch: pa.RecordBatch, policy: str, where: str
+) -> np.ndarray | ColumnStack:
     n = batch.num_rows
     dtype = DTYPES[b.datatype].numpy
     if b.as_list:
@@ -323,10 +382,10 @@ def _feed(b: InputBinding, batch: pa.RecordBatch, policy: str, where: str) -> np
         return flat.reshape(n, b.width)
     if not b.width:
         return _values(batch.column(b.columns[0]), b.datatype, b.columns[0], policy, where)
-    out = np.empty((n, b.width), dtype=dtype)
-    for j, col in enumerate(b.columns):
-        out[:, j] = _values(batch.column(col), b.datatype, col, policy, where)
-    return out
+    return ColumnStack(
+        [_values(batch.column(col), b.datatype, col, policy, where) for col in b.columns],
+        np.dtype(dtype),
+    )
 
 
 def _output_array(o: OutputColumn, values: np.ndarray, rows: int) -> pa.Array:

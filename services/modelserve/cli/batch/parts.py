@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from modelserve.cli.batch.columns import ColumnPlan
+from modelserve.cli.batch.columns import BatchFeeds, ColumnPlan
 from modelserve.cli.batch.commit import write_part
 from modelserve.cli.batch.scoring import Scorer
 from modelserve.cli.batch.sources import Part, Source, read_part
@@ -95,19 +95,18 @@ def _batches(
     scored_at = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
     where = part.describe()
     step = spec.batch_rows
+    feeds: BatchFeeds | None = None
     for batch in read_part(spec.source, part, plan.read_columns, spec.read_rows):
         n = batch.num_rows
         if n == 0:
             continue
-        feeds = plan.feeds(batch, where)
-        if n <= step:
-            results = scorer.run(feeds)
-        else:
-            runs = [
-                scorer.run({k: v[i : i + step] for k, v in feeds.items()})
-                for i in range(0, n, step)
-            ]
-            results = {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+        feeds = plan.batch_feeds(batch, where).reuse(feeds)
+        runs = [_run(scorer, feeds.rows(i, min(i + step, n))) for i in range(0, n, step)]
+        results = (
+            runs[0]
+            if len(runs) == 1
+            else {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+        )
         arrays = [batch.column(k) for k in plan.keys]
         arrays += plan.output_arrays(results, n)
         zeros = pa.array(np.zeros(n, np.int32))
@@ -120,3 +119,13 @@ def _batches(
         ]
         yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
         on_rows(n)
+
+
+def _run(scorer: Scorer, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One ONNX Runtime run. An output that shares memory with a feed (an Identity's may be
+    the input itself) is copied: the feed's buffer is refilled by the next run."""
+    results = scorer.run(feeds)
+    return {
+        k: v.copy() if any(np.may_share_memory(v, f) for f in feeds.values()) else v
+        for k, v in results.items()
+    }
