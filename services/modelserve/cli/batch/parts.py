@@ -101,7 +101,7 @@ def _batches(
         if n == 0:
             continue
         feeds = plan.batch_feeds(batch, where).reuse(feeds)
-        runs = [_run(scorer, feeds.rows(i, min(i + step, n))) for i in range(0, n, step)]
+        runs = [scorer.run(feeds.rows(i, min(i + step, n))) for i in range(0, n, step)]
         results = (
             runs[0]
             if len(runs) == 1
@@ -119,13 +119,3 @@ def _batches(
         ]
         yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
         on_rows(n)
-
-
-def _run(scorer: Scorer, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One ONNX Runtime run. An output that shares memory with a feed (an Identity's may be
-    the input itself) is copied: the feed's buffer is refilled by the next run."""
-    results = scorer.run(feeds)
-    return {
-        k: v.copy() if any(np.may_share_memory(v, f) for f in feeds.values()) else v
-        for k, v in results.items()
-    }
