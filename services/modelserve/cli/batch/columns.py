@@ -290,26 +290,40 @@ def _is_list(t: pa.DataType) -> bool:
     return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
-def _values(arr: pa.Array, datatype: str, name: str, policy: str, where: str) -> np.ndarray:
+def _values(
+    arr: pa.Array, datatype: str, name: str, policy: str, where: str, check_nan: bool = True
+) -> np.ndarray:
     if arr.null_count:
         raise BatchInputError(f"column {name!r} has {arr.null_count} null value(s) in {where}")
     if datatype == "BYTES":
         return np.asarray(arr.cast(pa.binary()).to_pylist(), dtype=object)
-    if pa.types.is_floating(arr.type) and policy == "error":
-        nans = pc.sum(pc.is_nan(arr)).as_py() or 0
-        if nans:
-            raise BatchInputError(
-                f"column {name!r} has {nans} NaN value(s) in {where} (--nan-policy error)"
-            )
     target = _ARROW[datatype]
     try:
-        return np.asarray(
+        values = np.asarray(
             arr.cast(target, safe=datatype not in _FLOATS).to_numpy(zero_copy_only=False)
         )
     except pa.ArrowInvalid as exc:
         raise BatchInputError(
             f"column {name!r} does not fit {datatype} in {where}: {exc}"
         ) from None
+    if check_nan and _checks_nan(arr, policy) and len(values) and np.isnan(values.max()):
+        _raise_nan(arr, name, where)
+    return values
+
+
+def _checks_nan(arr: pa.Array, policy: str) -> bool:
+    return policy == "error" and pa.types.is_floating(arr.type)
+
+
+def _raise_nan(arr: pa.Array, name: str, where: str) -> None:
+    """Count the NaNs of a column (only once a cheap check found one) and fail the run.
+    The cheap check is a max: NaN propagates through it (a float cast keeps NaN as NaN and
+    makes none), and one vectorised pass costs a third of is_nan + sum."""
+    nans = pc.sum(pc.is_nan(arr)).as_py() or 0
+    if nans:
+        raise BatchInputError(
+            f"column {name!r} has {nans} NaN value(s) in {where} (--nan-policy error)"
+        )
 
 
 class ColumnStack:
@@ -319,11 +333,21 @@ class ColumnStack:
     Filling the whole record batch's [n, F] matrix column by column wrote 4 bytes every F * 4
     (a cache miss per value once the matrix outgrows the cache) into 16 MiB of fresh memory
     per batch: the largest cost of a 1M-row `tabular` run (bench/batch_bench.py). A run's
-    block of rows stays in cache, and its buffer is faulted in once."""
+    block of rows stays in cache, and its buffer is faulted in once. NaNs (``--nan-policy
+    error``) are looked for there too, in the run's block while it is in cache: before the
+    run is scored, so a NaN still fails the run before its part is written."""
 
-    def __init__(self, columns: list[np.ndarray], dtype: np.dtype[Any]) -> None:
+    def __init__(
+        self,
+        columns: list[np.ndarray],
+        dtype: np.dtype[Any],
+        sources: list[tuple[str, pa.Array]],
+        where: str,
+    ) -> None:
         self.columns = columns
         self.dtype = dtype
+        self._sources = sources  # (name, arrow column) that may hold NaN
+        self._where = where
         self._buffer: np.ndarray | None = None
 
     def rows(self, start: int, stop: int) -> np.ndarray:
@@ -332,6 +356,9 @@ class ColumnStack:
             self._buffer = np.empty((n, len(self.columns)), self.dtype)
         out = self._buffer[:n]
         np.stack([c[start:stop] for c in self.columns], axis=1, out=out)
+        if self._sources and n and np.isnan(out.max()):
+            for name, arr in self._sources:
+                _raise_nan(arr, name, self._where)
         return out
 
 
@@ -382,9 +409,12 @@ def _feed(
         return flat.reshape(n, b.width)
     if not b.width:
         return _values(batch.column(b.columns[0]), b.datatype, b.columns[0], policy, where)
+    arrays = [(col, batch.column(col)) for col in b.columns]
     return ColumnStack(
-        [_values(batch.column(col), b.datatype, col, policy, where) for col in b.columns],
+        [_values(a, b.datatype, col, policy, where, check_nan=False) for col, a in arrays],
         np.dtype(dtype),
+        [(col, a) for col, a in arrays if _checks_nan(a, policy)],
+        where,
     )
 
 
