@@ -289,3 +289,76 @@ def test_batch_feeds_reuse_one_run_buffer() -> None:
     assert np.shares_memory(run1, run2) and np.shares_memory(run2, run3)
     # The whole batch at once (ColumnPlan.feeds) is the same rows.
     np.testing.assert_array_equal(plan.feeds(batch(0), "here")["x"][:, 1], -np.arange(10))
+
+
+def _commit_test_run(registry: Registry, tmp_path: Path, cache_dir: Path) -> RunOptions:
+    write_parts(two_input_table(900), tmp_path / "in", files=3, row_group_rows=300)
+    return RunOptions(
+        model=TWO_IN,
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        key_columns=["id"],
+        registry=registry.address,
+        cache_dir=str(cache_dir),
+        workers=1,
+        progress=False,
+    )
+
+
+def test_a_part_is_committed_beside_the_scoring_of_the_next(
+    registry: Registry,
+    two_in: onnx.ModelProto,
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One executor, three parts: the first part's commit (fsync, rename) is still waiting
+    when the executor has staged the second part; every part is committed by the end."""
+    import threading
+
+    from modelserve.cli.batch import commit, local_engine
+
+    staged: list[int] = []
+    second = threading.Event()
+    overlapped: list[bool] = []
+    stage, real_commit = local_engine.stage_scored_part, commit.StagedPart.commit
+
+    def stage_and_note(*args: object, **kwargs: object) -> commit.StagedPart:
+        result = stage(*args, **kwargs)  # type: ignore[arg-type]
+        staged.append(result.rows)
+        if len(staged) == 2:
+            second.set()
+        return result
+
+    def slow_commit(self: commit.StagedPart) -> int:
+        if not overlapped:
+            overlapped.append(second.wait(10))
+        return real_commit(self)
+
+    monkeypatch.setattr(local_engine, "stage_scored_part", stage_and_note)
+    monkeypatch.setattr(commit.StagedPart, "commit", slow_commit)
+    summary = run_batch(_commit_test_run(registry, tmp_path, cache_dir))
+    assert overlapped == [True]
+    assert summary["rows"] == 900 and summary["parts"] == 3
+    assert read_output(tmp_path / "out").column("id").to_pylist() == list(range(900))
+
+
+def test_a_failed_commit_fails_the_run(
+    registry: Registry,
+    two_in: onnx.ModelProto,
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelserve.cli.batch import commit
+
+    def failing(self: commit.StagedPart) -> int:
+        self.tmp.unlink()
+        raise OSError(5, "disk gone")
+
+    monkeypatch.setattr(commit.StagedPart, "commit", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        run_batch(_commit_test_run(registry, tmp_path, cache_dir))
+    assert not (tmp_path / "out").exists()
+    (staging,) = staging_dirs(tmp_path / "out")  # kept for a re-run, no part committed
+    assert not list(staging.glob("part-*")) and not list(staging.glob(".*.tmp"))

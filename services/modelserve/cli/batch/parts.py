@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from modelserve.cli.batch.columns import BatchFeeds, ColumnPlan
-from modelserve.cli.batch.commit import write_part
+from modelserve.cli.batch.commit import StagedPart, stage_part
 from modelserve.cli.batch.scoring import Scorer
 from modelserve.cli.batch.sources import Part, Source, read_part
 from modelserve.tensors import TensorSpec
@@ -84,8 +84,15 @@ def score_part(
 ) -> int:
     """Score and commit one part; returns its row count. ``on_rows`` after each batch
     scored (progress; the part is committed only when all are)."""
+    return stage_scored_part(spec, scorer, part, on_rows).commit()
+
+
+def stage_scored_part(
+    spec: JobSpec, scorer: Scorer, part: Part, on_rows: Callable[[int], None] | None = None
+) -> StagedPart:
+    """Score one part into its temp file; the caller commits it (``StagedPart.commit``)."""
     batches = _batches(spec, scorer, part, on_rows or (lambda _n: None))
-    return write_part(Path(spec.staging), part.index, spec.schema, batches)
+    return stage_part(Path(spec.staging), part.index, spec.schema, batches)
 
 
 def _batches(
