@@ -103,6 +103,7 @@ def _batches(
     where = part.describe()
     step = spec.batch_rows
     feeds: BatchFeeds | None = None
+    metadata: dict[int, list[pa.Array]] = {}
     for batch in read_part(spec.source, part, plan.read_columns, spec.read_rows):
         n = batch.num_rows
         if n == 0:
@@ -116,13 +117,16 @@ def _batches(
         )
         arrays = [batch.column(k) for k in plan.keys]
         arrays += plan.output_arrays(results, n)
-        zeros = pa.array(np.zeros(n, np.int32))
-        arrays += [
-            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.model])),
-            pa.repeat(pa.scalar(spec.version, pa.int64()), n),
-            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.sha256])),
-            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.run_id])),
-            pa.repeat(scored_at, n),
-        ]
-        yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
+        if (
+            n not in metadata
+        ):  # the same for every batch of n rows: built once (arrays are immutable)
+            zeros = pa.array(np.zeros(n, np.int32))
+            metadata[n] = [
+                pa.DictionaryArray.from_arrays(zeros, pa.array([spec.model])),
+                pa.repeat(pa.scalar(spec.version, pa.int64()), n),
+                pa.DictionaryArray.from_arrays(zeros, pa.array([spec.sha256])),
+                pa.DictionaryArray.from_arrays(zeros, pa.array([spec.run_id])),
+                pa.repeat(scored_at, n),
+            ]
+        yield pa.RecordBatch.from_arrays(arrays + metadata[n], schema=spec.schema)
         on_rows(n)
