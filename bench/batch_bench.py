@@ -3,6 +3,14 @@
     .venv/bin/python bench/batch_bench.py                       # 1M rows of tabular and wide
     .venv/bin/python bench/batch_bench.py --rows 1000000 --wide-rows 200000
     .venv/bin/python bench/batch_bench.py --models tabular --repeat 3 --publish-keys 0
+    .venv/bin/python bench/batch_bench.py --models tabular --tabular-layout list  # the old data
+
+Data (generated, row groups of 65,536): `wide` as one fixed-size list column of 512 floats;
+`tabular` by default as 32 scalar float32 columns (``--tabular-layout scalar``: the common
+lake layout, mapped to INPUT0 [-1, 32] by the default column rule), encoded PLAIN as Spark
+writes them (parquet-mr keeps a dictionary only where it is smaller than the values; pyarrow
+would dictionary-encode 65,536 unique floats per row group), or ``--tabular-layout list``:
+one fixed-size list column, pyarrow's default encoding (the layout of earlier sittings).
 
 Prints a markdown table (and writes it to --out, default bench/results/batch-latest.md):
 - raw ORT: ONNX Runtime in one process on in-memory rows, at its best batch of a few sizes
@@ -98,23 +106,32 @@ async def push_models(registry: str, work: Path) -> dict[str, Path]:
     return paths
 
 
-def write_data(path: Path, width: int, rows: int, seed: int) -> None:
-    """id + INPUT0 as fixed-size lists, written a chunk at a time (row groups of CHUNK)."""
+def write_data(path: Path, width: int, rows: int, seed: int, layout: str = "list") -> None:
+    """id + the features, written a chunk at a time (row groups of CHUNK). ``list``: INPUT0
+    as fixed-size lists (pyarrow's default encoding); ``scalar``: ``width`` float32 columns
+    f000.., PLAIN-encoded as Spark's parquet-mr writes unique values (its dictionary falls
+    back to PLAIN on the first page when it saves nothing)."""
     rng = np.random.default_rng(seed)
-    schema = pa.schema([("id", pa.int64()), ("INPUT0", pa.list_(pa.float32(), width))])
-    with pq.ParquetWriter(path, schema) as writer:
+    if layout == "list":
+        fields = [("id", pa.int64()), ("INPUT0", pa.list_(pa.float32(), width))]
+    else:
+        fields = [("id", pa.int64()), *((f"f{j:03d}", pa.float32()) for j in range(width))]
+    schema = pa.schema(fields)
+    with pq.ParquetWriter(path, schema, use_dictionary=layout == "list") as writer:
         for start in range(0, rows, CHUNK):
             n = min(CHUNK, rows - start)
             x = rng.standard_normal((n, width), dtype=np.float32)
-            writer.write_batch(
-                pa.record_batch(
-                    [
-                        pa.array(np.arange(start, start + n)),
-                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), width),
-                    ],
-                    schema=schema,
-                )
-            )
+            ids = pa.array(np.arange(start, start + n))
+            if layout == "list":
+                cols = [ids, pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), width)]
+            else:
+                cols = [ids, *(pa.array(x[:, j]) for j in range(width))]
+            writer.write_batch(pa.record_batch(cols, schema=schema))
+
+
+def features(table: pa.Table) -> list[str]:
+    """The feature columns of bench data: INPUT0, or the scalar columns after the id."""
+    return ["INPUT0"] if "INPUT0" in table.schema.names else table.schema.names[1:]
 
 
 def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
@@ -124,8 +141,11 @@ def raw_ort(model: Path, data: Path, rows: int) -> tuple[float, int]:
     then timed for RAW_SECONDS or a pass over the rows, whichever is longer. A probe alone
     would be a lucky second on a shared box (the engines run for seconds to a minute)."""
     table = pq.read_table(data).slice(0, rows)
-    width = table.schema.field("INPUT0").type.list_size
-    x = np.asarray(table.column("INPUT0").combine_chunks().flatten()).reshape(-1, width)
+    if features(table) == ["INPUT0"]:
+        width = table.schema.field("INPUT0").type.list_size
+        x = np.asarray(table.column("INPUT0").combine_chunks().flatten()).reshape(-1, width)
+    else:
+        x = np.column_stack([table.column(c).to_numpy() for c in features(table)])
     so = ort.SessionOptions()
     so.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
@@ -223,9 +243,13 @@ def make_udf(model_path: Path, width: int, outputs: int) -> Any:
 
 
 def predict_batch_udf(spark: Any, udf: Any, data: Path, out: Path) -> float:
+    from pyspark.sql.functions import array
+
     started = time.perf_counter()
     frame = spark.read.parquet(str(data))
-    frame.select("id", udf("INPUT0").alias("OUTPUT0")).write.parquet(str(out))
+    # Scalar feature columns are combined with array(), as predict_batch_udf's docs say.
+    x = frame["INPUT0"] if "INPUT0" in frame.columns else array(*frame.columns[1:])
+    frame.select("id", udf(x).alias("OUTPUT0")).write.parquet(str(out))
     rows = spark.read.parquet(str(out)).count()
     return rows / (time.perf_counter() - started)
 
@@ -260,7 +284,7 @@ def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
     wall: other tenants' load does not count); "write" is the rest of score_part (output
     batch, Parquet, fsync)."""
     from modelserve.cli.batch import parts as parts_mod
-    from modelserve.cli.batch.columns import ColumnPlan, plan_columns
+    from modelserve.cli.batch.columns import BatchFeeds, ColumnPlan, plan_columns
     from modelserve.cli.batch.scoring import Scorer, sha256_of
     from modelserve.cli.batch.sources import open_source
     from modelserve.tensors import TensorSpec
@@ -298,8 +322,9 @@ def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
                 return
             yield batch
 
-    read, feeds, outs, run = (
-        parts_mod.read_part, ColumnPlan.feeds, ColumnPlan.output_arrays, scorer.run
+    read, feeds, rows_of, outs, run = (
+        parts_mod.read_part, ColumnPlan.batch_feeds, BatchFeeds.rows, ColumnPlan.output_arrays,
+        scorer.run,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as staging:
         spec = parts_mod.JobSpec(
@@ -307,7 +332,8 @@ def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
             "floor", staging, 4096,
         )  # fmt: skip
         parts_mod.read_part = timed_read  # type: ignore[assignment]
-        ColumnPlan.feeds = timed("feeds", feeds)  # type: ignore[method-assign]
+        ColumnPlan.batch_feeds = timed("feeds", feeds)  # type: ignore[method-assign]
+        BatchFeeds.rows = timed("feeds", rows_of)  # type: ignore[method-assign]
         ColumnPlan.output_arrays = timed("outputs", outs)  # type: ignore[method-assign]
         scorer.run = timed("ORT", run)  # type: ignore[method-assign]
         try:
@@ -319,7 +345,8 @@ def cpu_floor(model: Path, data: Path, name: str) -> dict[str, float]:
                 total = time.process_time() - started
         finally:
             parts_mod.read_part = read  # type: ignore[assignment]
-            ColumnPlan.feeds, ColumnPlan.output_arrays = feeds, outs  # type: ignore[method-assign]
+            ColumnPlan.batch_feeds, ColumnPlan.output_arrays = feeds, outs  # type: ignore[method-assign]
+            BatchFeeds.rows = rows_of  # type: ignore[method-assign]
     per = 1e9 / rows  # seconds per row -> ms per 1M rows
     floor = {k: v * per for k, v in stage.items()}
     floor["write"] = total * per - sum(floor.values())
@@ -360,6 +387,8 @@ def main() -> int:
     p.add_argument("--models", default="tabular,wide", help="comma-separated: tabular,wide")
     p.add_argument("--repeat", type=int, default=1, help="alternated runs per model (median)")
     p.add_argument("--floor", action="store_true", help="also: CPU per stage, one thread")
+    p.add_argument("--tabular-layout", choices=("scalar", "list"), default="scalar",
+                   help="tabular data: 32 float columns (default) or one list column")  # fmt: skip
     p.add_argument("--workdir", default="", help="keep data here (default: a temp dir)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch-latest.md"))
     args = p.parse_args()
@@ -381,9 +410,10 @@ def main() -> int:
         results: dict[str, dict[str, Any]] = {}
         for name in args.models.split(","):
             n = rows[name]
-            data = work / f"{name}-{n}.parquet"
+            layout = args.tabular_layout if name == "tabular" else "list"
+            data = work / f"{name}-{layout}-{n}.parquet"
             if not data.exists():
-                write_data(data, WIDTH[name], n, seed=1)
+                write_data(data, WIDTH[name], n, seed=1, layout=layout)
             outputs = 1 if name == "tabular" else 10
             cache = work / "cache"
             udf = None
@@ -391,7 +421,7 @@ def main() -> int:
                 # Both warmed first on a small file (Spark's Python workers started, modules
                 # imported, the model loaded and cached per worker); then the timed runs.
                 warm = work / f"{name}-warm.parquet"
-                write_data(warm, WIDTH[name], 4 * UDF_BATCH, seed=9)
+                write_data(warm, WIDTH[name], 4 * UDF_BATCH, seed=9, layout=layout)
                 udf = make_udf(models[name], WIDTH[name], outputs)
                 for d in (f"warm-spark-{name}", f"warm-udf-{name}"):
                     shutil.rmtree(work / d, ignore_errors=True)
@@ -425,9 +455,9 @@ def main() -> int:
             print(f"{name}: {r}", file=sys.stderr, flush=True)
         mem: list[tuple[int, int, float]] = []
         for n in (int(v) for v in args.mem_rows.split(",") if v):
-            data = work / f"tabular-{n}.parquet"
+            data = work / f"tabular-{args.tabular_layout}-{n}.parquet"
             if not data.exists():
-                write_data(data, WIDTH["tabular"], n, seed=2)
+                write_data(data, WIDTH["tabular"], n, seed=2, layout=args.tabular_layout)
             out = work / f"out-mem-{n}"
             shutil.rmtree(out, ignore_errors=True)
             summary, peak = local_engine("tabular", data, out, reg_addr, work / "cache")
@@ -443,9 +473,10 @@ def main() -> int:
             }
             fs, fs_addr = start("featurestore", work, env=env)
             procs.append(fs)
-            data = work / f"tabular-keys-{args.publish_keys}.parquet"
+            data = work / f"tabular-keys-{args.tabular_layout}-{args.publish_keys}.parquet"
             if not data.exists():
-                write_data(data, WIDTH["tabular"], args.publish_keys, seed=3)
+                write_data(data, WIDTH["tabular"], args.publish_keys, seed=3,
+                           layout=args.tabular_layout)  # fmt: skip
             out = work / "out-publish"
             shutil.rmtree(out, ignore_errors=True)
             local_engine("tabular", data, out, reg_addr, work / "cache")
@@ -481,7 +512,7 @@ def report(
         f"{os.cpu_count()} CPUs, master {args.master})",
         "",
         f"`{' '.join(['bench/batch_bench.py', *sys.argv[1:]])}`; each figure the median of "
-        f"{args.repeat} alternated run(s)",
+        f"{args.repeat} alternated run(s); tabular layout: {args.tabular_layout}",
         "",
         f"load average before: {' '.join(f'{v:.2f}' for v in load_before)}; after: "
         f"{' '.join(f'{v:.2f}' for v in load_after)}",

@@ -29,6 +29,13 @@ def _nan_at(table: pa.Table, row: int) -> pa.Table:
     return _with(table, "b_0", pa.array(b0))
 
 
+def _nans_in_list(table: pa.Table, *rows: int) -> pa.Table:
+    a = np.asarray(table.column("a").combine_chunks().flatten()).copy()
+    for row in rows:
+        a[row * 3 + 1] = np.nan
+    return _with(table, "a", pa.FixedSizeListArray.from_arrays(pa.array(a), 3))
+
+
 CASES = {
     "missing column": (lambda t: t.drop_columns(["b_1"]), "no column for input 'b'"),
     "wrong dtype": (
@@ -43,6 +50,10 @@ CASES = {
     ),
     # The NaN sits in the last part: earlier parts were scored (and staged) before it is met.
     "NaN": (lambda t: _nan_at(t, t.num_rows - 5), "column 'b_0' has 1 NaN value(s)"),
+    "NaN in a list column": (
+        lambda t: _nans_in_list(t, t.num_rows - 9, t.num_rows - 2),
+        "column 'a' has 2 NaN value(s)",
+    ),
     "null": (
         lambda t: _with(t, "b_1", pa.array([None, *t.column("b_1").to_pylist()[1:]], pa.float32())),
         "column 'b_1' has 1 null value(s)",

@@ -12,6 +12,7 @@ import onnx
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 from batchsupport import (
     TWO_IN,
     Registry,
@@ -73,6 +74,12 @@ def test_local_engine_equals_onnx_runtime_by_hand(
     assert meta[b"modelserve.run_id"] == b"r1" and meta[b"modelserve.version"] == b"1"
     assert meta[b"modelserve.sha256"].decode() == summary["sha256"]
     assert (out / "_SUCCESS").exists() and not list(staging_dirs(out))
+    # Statistics (for readers' pruning) on keys, outputs and scalar metadata, not on the
+    # dictionary-typed metadata (one value per part; computing them decodes every row).
+    chunk = pq.ParquetFile(next(out.glob("part-*.parquet"))).metadata.row_group(0)
+    stats = {chunk.column(i).path_in_schema: chunk.column(i).is_stats_set for i in range(8)}
+    assert stats["id"] and stats["score"] and stats["model_version"] and stats["scored_at"]
+    assert not any(stats[c] for c in ("model_name", "model_sha256", "run_id")), stats
 
 
 def test_same_run_id_again_is_already_complete(
@@ -204,3 +211,154 @@ def test_a_text_model_scores_on_processes(
     assert [v.decode() for v in got.column("echo").to_pylist()] == words
     assert local_engine.holds_the_gil([TensorSpec("text", "BYTES", (-1,))])
     assert not local_engine.holds_the_gil([TensorSpec("x", "FP32", (-1, 3))])
+
+
+def test_scalar_columns_feed_a_vector_input_run_by_run(
+    registry: Registry, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F scalar columns feeding a [-1, F] input are assembled one run at a time into a buffer
+    reused from run to run and from record batch to record batch: an Identity model gives
+    back every row, in order, across short last runs and several read batches per part."""
+    from onnx import TensorProto, helper
+
+    from modelserve.cli.batch import parts
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "vec_echo",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "echo.onnx")
+    asyncio.run(push(registry.address, "batch_vec_echo", tmp_path / "echo.onnx"))
+    rows = 2500
+    x = np.random.default_rng(3).standard_normal((rows, 4)).astype(np.float32)
+    columns = {f"f{j}": pa.array(x[:, j]) for j in range(4)}  # the default: numeric columns
+    table = pa.table({"id": pa.array(np.arange(rows, dtype=np.int64)), **columns})
+    write_parts(table, tmp_path / "in", files=2, row_group_rows=300)
+    # Read batches of 1,200 rows (16 bytes a row): runs of 100 and a short last one per batch.
+    monkeypatch.setattr(parts, "READ_BYTES", 1200 * 16)
+    summary = run_batch(
+        RunOptions(
+            model="batch_vec_echo",
+            input=str(tmp_path / "in"),
+            output=str(tmp_path / "out"),
+            key_columns=["id"],
+            registry=registry.address,
+            cache_dir=str(cache_dir),
+            batch_rows=100,
+            part_rows=1250,
+            workers=2,
+            progress=False,
+        )
+    )
+    assert summary["rows"] == rows
+    got = read_output(tmp_path / "out")
+    y = np.asarray(got.column("y").combine_chunks().flatten()).reshape(-1, 4)
+    np.testing.assert_array_equal(y, x)
+
+
+def test_batch_feeds_reuse_one_run_buffer() -> None:
+    """Runs of one record batch, and of the next, are views of one buffer; each holds its
+    own rows."""
+    from modelserve.cli.batch.columns import plan_columns
+
+    plan = plan_columns(
+        pa.schema([("k", pa.int64()), ("a", pa.float32()), ("b", pa.float32())]),
+        [TensorSpec("x", "FP32", (-1, 2))],
+        [TensorSpec("y", "FP32", (-1, 2))],
+        keys=["k"],
+    )
+
+    def batch(start: int) -> pa.RecordBatch:
+        values = np.arange(start, start + 10, dtype=np.float32)
+        return pa.record_batch(
+            [pa.array(np.arange(10)), pa.array(values), pa.array(-values)], names=["k", "a", "b"]
+        )
+
+    first = plan.batch_feeds(batch(0), "here")
+    run1 = first.rows(0, 4)["x"]
+    np.testing.assert_array_equal(run1, [[0, 0], [1, -1], [2, -2], [3, -3]])
+    run2 = first.rows(8, 10)["x"]
+    np.testing.assert_array_equal(run2, [[8, -8], [9, -9]])
+    second = plan.batch_feeds(batch(100), "here").reuse(first)
+    run3 = second.rows(0, 4)["x"]
+    np.testing.assert_array_equal(run3[:, 0], [100, 101, 102, 103])
+    assert np.shares_memory(run1, run2) and np.shares_memory(run2, run3)
+    # The whole batch at once (ColumnPlan.feeds) is the same rows.
+    np.testing.assert_array_equal(plan.feeds(batch(0), "here")["x"][:, 1], -np.arange(10))
+
+
+def _commit_test_run(registry: Registry, tmp_path: Path, cache_dir: Path) -> RunOptions:
+    write_parts(two_input_table(900), tmp_path / "in", files=3, row_group_rows=300)
+    return RunOptions(
+        model=TWO_IN,
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "out"),
+        key_columns=["id"],
+        registry=registry.address,
+        cache_dir=str(cache_dir),
+        workers=1,
+        progress=False,
+    )
+
+
+def test_a_part_is_committed_beside_the_scoring_of_the_next(
+    registry: Registry,
+    two_in: onnx.ModelProto,
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One executor, three parts: the first part's commit (fsync, rename) is still waiting
+    when the executor has staged the second part; every part is committed by the end."""
+    import threading
+
+    from modelserve.cli.batch import commit, local_engine
+
+    staged: list[int] = []
+    second = threading.Event()
+    overlapped: list[bool] = []
+    stage, real_commit = local_engine.stage_scored_part, commit.StagedPart.commit
+
+    def stage_and_note(*args: object, **kwargs: object) -> commit.StagedPart:
+        result = stage(*args, **kwargs)  # type: ignore[arg-type]
+        staged.append(result.rows)
+        if len(staged) == 2:
+            second.set()
+        return result
+
+    def slow_commit(self: commit.StagedPart) -> int:
+        if not overlapped:
+            overlapped.append(second.wait(10))
+        return real_commit(self)
+
+    monkeypatch.setattr(local_engine, "stage_scored_part", stage_and_note)
+    monkeypatch.setattr(commit.StagedPart, "commit", slow_commit)
+    summary = run_batch(_commit_test_run(registry, tmp_path, cache_dir))
+    assert overlapped == [True]
+    assert summary["rows"] == 900 and summary["parts"] == 3
+    assert read_output(tmp_path / "out").column("id").to_pylist() == list(range(900))
+
+
+def test_a_failed_commit_fails_the_run(
+    registry: Registry,
+    two_in: onnx.ModelProto,
+    tmp_path: Path,
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelserve.cli.batch import commit
+
+    def failing(self: commit.StagedPart) -> int:
+        self.tmp.unlink()
+        raise OSError(5, "disk gone")
+
+    monkeypatch.setattr(commit.StagedPart, "commit", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        run_batch(_commit_test_run(registry, tmp_path, cache_dir))
+    assert not (tmp_path / "out").exists()
+    (staging,) = staging_dirs(tmp_path / "out")  # kept for a re-run, no part committed
+    assert not list(staging.glob("part-*")) and not list(staging.glob(".*.tmp"))

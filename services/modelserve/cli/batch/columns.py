@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -95,7 +96,15 @@ class ColumnPlan:
 
     def feeds(self, batch: pa.RecordBatch, where: str) -> dict[str, np.ndarray]:
         """The model's inputs for one record batch; BatchInputError names a bad value."""
-        return {b.input: _feed(b, batch, self.nan_policy, where) for b in self.inputs}
+        checked = self.batch_feeds(batch, where)
+        return checked.rows(0, checked.num_rows)
+
+    def batch_feeds(self, batch: pa.RecordBatch, where: str) -> BatchFeeds:
+        """One record batch's inputs, checked (nulls, NaN, types), handed out a run at a time
+        by ``BatchFeeds.rows``; BatchInputError names a bad value."""
+        return BatchFeeds(
+            batch.num_rows, {b.input: _feed(b, batch, self.nan_policy, where) for b in self.inputs}
+        )
 
     def output_arrays(self, results: Mapping[str, np.ndarray], rows: int) -> list[pa.Array]:
         return [_output_array(o, results[o.name], rows) for o in self.outputs]
@@ -281,29 +290,106 @@ def _is_list(t: pa.DataType) -> bool:
     return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
-def _values(arr: pa.Array, datatype: str, name: str, policy: str, where: str) -> np.ndarray:
+def _values(
+    arr: pa.Array, datatype: str, name: str, policy: str, where: str, check_nan: bool = True
+) -> np.ndarray:
     if arr.null_count:
         raise BatchInputError(f"column {name!r} has {arr.null_count} null value(s) in {where}")
     if datatype == "BYTES":
         return np.asarray(arr.cast(pa.binary()).to_pylist(), dtype=object)
-    if pa.types.is_floating(arr.type) and policy == "error":
-        nans = pc.sum(pc.is_nan(arr)).as_py() or 0
-        if nans:
-            raise BatchInputError(
-                f"column {name!r} has {nans} NaN value(s) in {where} (--nan-policy error)"
-            )
     target = _ARROW[datatype]
     try:
-        return np.asarray(
+        values = np.asarray(
             arr.cast(target, safe=datatype not in _FLOATS).to_numpy(zero_copy_only=False)
         )
     except pa.ArrowInvalid as exc:
         raise BatchInputError(
             f"column {name!r} does not fit {datatype} in {where}: {exc}"
         ) from None
+    if check_nan and _checks_nan(arr, policy) and len(values) and np.isnan(values.max()):
+        _raise_nan(arr, name, where)
+    return values
 
 
-def _feed(b: InputBinding, batch: pa.RecordBatch, policy: str, where: str) -> np.ndarray:
+def _checks_nan(arr: pa.Array, policy: str) -> bool:
+    return policy == "error" and pa.types.is_floating(arr.type)
+
+
+def _raise_nan(arr: pa.Array, name: str, where: str) -> None:
+    """Count the NaNs of a column (only once a cheap check found one) and fail the run.
+    The cheap check is a max: NaN propagates through it (a float cast keeps NaN as NaN and
+    makes none), and one vectorised pass costs a third of is_nan + sum."""
+    nans = pc.sum(pc.is_nan(arr)).as_py() or 0
+    if nans:
+        raise BatchInputError(
+            f"column {name!r} has {nans} NaN value(s) in {where} (--nan-policy error)"
+        )
+
+
+class ColumnStack:
+    """F scalar columns of one record batch that feed a [-1, F] input, assembled into
+    [rows, F] one run at a time, into a buffer reused from run to run.
+
+    Filling the whole record batch's [n, F] matrix column by column wrote 4 bytes every F * 4
+    (a cache miss per value once the matrix outgrows the cache) into 16 MiB of fresh memory
+    per batch: the largest cost of a 1M-row `tabular` run (bench/batch_bench.py). A run's
+    block of rows stays in cache, and its buffer is faulted in once. NaNs (``--nan-policy
+    error``) are looked for there too, in the run's block while it is in cache: before the
+    run is scored, so a NaN still fails the run before its part is written."""
+
+    def __init__(
+        self,
+        columns: list[np.ndarray],
+        dtype: np.dtype[Any],
+        sources: list[tuple[str, pa.Array]],
+        where: str,
+    ) -> None:
+        self.columns = columns
+        self.dtype = dtype
+        self._sources = sources  # (name, arrow column) that may hold NaN
+        self._where = where
+        self._buffer: np.ndarray | None = None
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        n = stop - start
+        if self._buffer is None or len(self._buffer) < n:
+            self._buffer = np.empty((n, len(self.columns)), self.dtype)
+        out = self._buffer[:n]
+        np.stack([c[start:stop] for c in self.columns], axis=1, out=out)
+        if self._sources and n and np.isnan(out.max()):
+            for name, arr in self._sources:
+                _raise_nan(arr, name, self._where)
+        return out
+
+
+class BatchFeeds:
+    """The checked inputs of one record batch; ``rows(start, stop)`` gives one run's feeds.
+    A run's [-1, F] feed from scalar columns is a view of a reused buffer: valid until the
+    next call (the run has copied it by then)."""
+
+    def __init__(self, num_rows: int, values: dict[str, np.ndarray | ColumnStack]) -> None:
+        self.num_rows = num_rows
+        self._values = values
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {
+            k: v.rows(start, stop) if isinstance(v, ColumnStack) else v[start:stop]
+            for k, v in self._values.items()
+        }
+
+    def reuse(self, previous: BatchFeeds | None) -> BatchFeeds:
+        """Take over the run buffers of the previous record batch's feeds (same plan)."""
+        if previous is not None:
+            for k, v in self._values.items():
+                old = previous._values.get(k)
+                if isinstance(v, ColumnStack) and isinstance(old, ColumnStack):
+                    v._buffer = old._buffer
+        return self
+
+
+def _feed(
+    b: InputBinding, batch: pa.RecordBatch, policy: str, where: str
+) -> np.ndarray | ColumnStack:
     n = batch.num_rows
     dtype = DTYPES[b.datatype].numpy
     if b.as_list:
@@ -323,10 +409,13 @@ def _feed(b: InputBinding, batch: pa.RecordBatch, policy: str, where: str) -> np
         return flat.reshape(n, b.width)
     if not b.width:
         return _values(batch.column(b.columns[0]), b.datatype, b.columns[0], policy, where)
-    out = np.empty((n, b.width), dtype=dtype)
-    for j, col in enumerate(b.columns):
-        out[:, j] = _values(batch.column(col), b.datatype, col, policy, where)
-    return out
+    arrays = [(col, batch.column(col)) for col in b.columns]
+    return ColumnStack(
+        [_values(a, b.datatype, col, policy, where, check_nan=False) for col, a in arrays],
+        np.dtype(dtype),
+        [(col, a) for col, a in arrays if _checks_nan(a, policy)],
+        where,
+    )
 
 
 def _output_array(o: OutputColumn, values: np.ndarray, rows: int) -> pa.Array:

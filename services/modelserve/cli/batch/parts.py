@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from modelserve.cli.batch.columns import ColumnPlan
-from modelserve.cli.batch.commit import write_part
+from modelserve.cli.batch.columns import BatchFeeds, ColumnPlan
+from modelserve.cli.batch.commit import StagedPart, stage_part
 from modelserve.cli.batch.scoring import Scorer
 from modelserve.cli.batch.sources import Part, Source, read_part
 from modelserve.tensors import TensorSpec
@@ -84,8 +84,15 @@ def score_part(
 ) -> int:
     """Score and commit one part; returns its row count. ``on_rows`` after each batch
     scored (progress; the part is committed only when all are)."""
+    return stage_scored_part(spec, scorer, part, on_rows).commit()
+
+
+def stage_scored_part(
+    spec: JobSpec, scorer: Scorer, part: Part, on_rows: Callable[[int], None] | None = None
+) -> StagedPart:
+    """Score one part into its temp file; the caller commits it (``StagedPart.commit``)."""
     batches = _batches(spec, scorer, part, on_rows or (lambda _n: None))
-    return write_part(Path(spec.staging), part.index, spec.schema, batches)
+    return stage_part(Path(spec.staging), part.index, spec.schema, batches)
 
 
 def _batches(
@@ -95,28 +102,31 @@ def _batches(
     scored_at = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
     where = part.describe()
     step = spec.batch_rows
+    feeds: BatchFeeds | None = None
+    metadata: dict[int, list[pa.Array]] = {}
     for batch in read_part(spec.source, part, plan.read_columns, spec.read_rows):
         n = batch.num_rows
         if n == 0:
             continue
-        feeds = plan.feeds(batch, where)
-        if n <= step:
-            results = scorer.run(feeds)
-        else:
-            runs = [
-                scorer.run({k: v[i : i + step] for k, v in feeds.items()})
-                for i in range(0, n, step)
-            ]
-            results = {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+        feeds = plan.batch_feeds(batch, where).reuse(feeds)
+        runs = [scorer.run(feeds.rows(i, min(i + step, n))) for i in range(0, n, step)]
+        results = (
+            runs[0]
+            if len(runs) == 1
+            else {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
+        )
         arrays = [batch.column(k) for k in plan.keys]
         arrays += plan.output_arrays(results, n)
-        zeros = pa.array(np.zeros(n, np.int32))
-        arrays += [
-            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.model])),
-            pa.repeat(pa.scalar(spec.version, pa.int64()), n),
-            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.sha256])),
-            pa.DictionaryArray.from_arrays(zeros, pa.array([spec.run_id])),
-            pa.repeat(scored_at, n),
-        ]
-        yield pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
+        if (
+            n not in metadata
+        ):  # the same for every batch of n rows: built once (arrays are immutable)
+            zeros = pa.array(np.zeros(n, np.int32))
+            metadata[n] = [
+                pa.DictionaryArray.from_arrays(zeros, pa.array([spec.model])),
+                pa.repeat(pa.scalar(spec.version, pa.int64()), n),
+                pa.DictionaryArray.from_arrays(zeros, pa.array([spec.sha256])),
+                pa.DictionaryArray.from_arrays(zeros, pa.array([spec.run_id])),
+                pa.repeat(scored_at, n),
+            ]
+        yield pa.RecordBatch.from_arrays(arrays + metadata[n], schema=spec.schema)
         on_rows(n)
