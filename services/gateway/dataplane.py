@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from gateway.direct import DirectLane
+from gateway.direct import DirectLane, NoWorkerLeft
 from gateway.merging import RequestMerger
 from gateway.signatures import SignatureCache
 from modelserve.calls import Call, Hop
@@ -301,7 +301,10 @@ class GatewayDataPlane:
         if self._direct is not None:
             version = self._direct.version_for(request)
             if version is not None:
-                return await self._direct.infer(request, version, call)
+                try:
+                    return await self._direct.infer(request, version, call)
+                except NoWorkerLeft:
+                    pass  # every worker this gateway knows failed: a router may know more
         return await self._hop.unary(
             self._routers.pick, _model_infer, request, call, none_left="no router available"
         )

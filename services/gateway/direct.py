@@ -11,7 +11,10 @@ itself with the router's rules (``Hop``: power of two choices over the READY wor
 elsewhere on UNAVAILABLE, the deadline less the hop margin).
 
 Everything else still goes through a router, and so does a lane request when no worker holds
-its version READY (the router answers with the policy's fallback or the precise UNAVAILABLE).
+its version READY (the router answers with the policy's fallback or the precise UNAVAILABLE),
+or when every worker the gateway knows for it answered UNAVAILABLE (``NoWorkerLeft``: a router
+may know more, e.g. a restarted worker whose status stream to this gateway is still
+reconnecting).
 Canary statistics stay complete: the calls served here are counted per version in the
 gateway's ``VersionStats``, which the canary reader adds to the routers' (no call is counted
 twice: a call goes one way or the other). The router stays the home of per-version work.
@@ -30,6 +33,7 @@ from modelserve.catalog.lookups import is_lookup
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.version_stats import VersionStats, status_of
 from modelserve.channels import Endpoint
+from modelserve.errors import UnavailableError
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -48,6 +52,10 @@ def needs_a_router(model: registry_pb2.Model | None, version: registry_pb2.Model
         if policy.HasField("shadow") and policy.shadow.target:
             return True
     return False
+
+
+class NoWorkerLeft(UnavailableError):
+    """Every worker the direct lane knows for a version answered UNAVAILABLE, none left."""
 
 
 class DirectLane:
@@ -95,17 +103,36 @@ class DirectLane:
         self, request: pb.ModelInferRequest, version: registry_pb2.ModelVersion, call: Call
     ) -> pb.ModelInferResponse:
         """One call to a worker holding ``version`` READY, counted for canary gates as a
-        router counts its calls (every outcome but CANCELLED)."""
+        router counts its calls (every outcome but CANCELLED).
+
+        Raises ``NoWorkerLeft`` (counted nowhere) when the workers this gateway knows all
+        answered UNAVAILABLE and none is left to try: the caller sends the request through a
+        router then, whose view of the fleet may be wider (a worker whose status stream to
+        this gateway has not reconnected yet after a restart) and whose fallback rules apply.
+        """
         model, number = version.model, version.version
         started = time.perf_counter()
+        none_left = [False]
+
+        def choose(tried: set[str]) -> Endpoint | None:
+            chosen = self._pool.choose(model, number, tried)
+            if chosen is None and tried:
+                none_left[0] = True
+            return chosen
+
         try:
             answer: pb.ModelInferResponse = await self._hop.unary(
-                lambda tried: self._pool.choose(model, number, tried),
+                choose,
                 _model_infer,
                 request,
                 call,
                 none_left=f"no serving worker holds model '{model}' version {number} yet",
             )
+        except UnavailableError as exc:
+            if none_left[0]:
+                raise NoWorkerLeft(exc.message) from exc
+            self._stats.record(model, number, 0.0, status_of(exc))
+            raise
         except BaseException as exc:
             cancelled = isinstance(exc, asyncio.CancelledError)
             code = grpc.StatusCode.CANCELLED if cancelled else status_of(exc)

@@ -44,6 +44,8 @@ class WorkerState:
     worker_id: str = ""
     serving: bool = False
     ready: set[tuple[str, int]] = field(default_factory=set)
+    # Undeployed, still answering requests decided before (T23): routable, never READY.
+    retiring: set[tuple[str, int]] = field(default_factory=set)
     # Every version the worker reported (LOADING, READY, FAILED with its reason), for the
     # registry's readiness checks (RouterControl.ListWorkers).
     versions: list[worker_pb2.LoadedVersion] = field(default_factory=list)
@@ -61,7 +63,11 @@ class WorkerPool:
 
     def candidates(self, model: str, version: int) -> list[Endpoint]:
         key = (model, version)
-        return [w.endpoint for w in self.workers.values() if w.serving and key in w.ready]
+        return [
+            w.endpoint
+            for w in self.workers.values()
+            if w.serving and (key in w.ready or key in w.retiring)
+        ]
 
     def choose(self, model: str, version: int, exclude: set[str]) -> Endpoint | None:
         return pick(self.candidates(model, version), exclude)
@@ -134,6 +140,11 @@ class WorkerPool:
             (v.model, v.version)
             for v in status.versions
             if v.state == worker_pb2.LoadedVersion.READY
+        }
+        state.retiring = {
+            (v.model, v.version)
+            for v in status.versions
+            if v.state == worker_pb2.LoadedVersion.RETIRING
         }
         state.versions = list(status.versions)
         state.failed = {

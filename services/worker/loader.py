@@ -8,7 +8,7 @@ FAILED with its reason and the versions already serving keep serving; a failed a
 tried again ``model_load_retry_count`` times first (Triton's ``--model-load-retry-count``). A
 version that stops being deployed is closed after ``unload_grace_seconds`` (``retiring``):
 until then requests already decided for it — queued in a gateway's merge lane, in flight
-through a router — are still answered (it stays READY in the status stream), while new ones
+through a router — are still answered (RETIRING in the status stream), while new ones
 are refused where requests are decided (the catalog says unloaded or not deployed) (T23).
 """
 
@@ -70,6 +70,9 @@ def deployed_versions(
     return wanted
 
 
+RETIRING_REASON = "undeployed; answering the requests already sent to it"
+
+
 class ModelManager:
     def __init__(
         self,
@@ -105,8 +108,9 @@ class ModelManager:
         self.held: dict[tuple[str, int], Held] = {}
         # Undeployed versions kept for ``unload_grace`` (T23): a request decided before the
         # unload (queued in a gateway's merge lane, in flight through a router) still finds
-        # its version here, READY in the status stream, and is answered; new requests are
-        # refused where they are decided (the catalog says unloaded / not deployed).
+        # its version here, RETIRING in the status stream (routable for decided requests,
+        # never READY for policies and readiness), and is answered; new requests are refused
+        # where they are decided (the catalog says unloaded / not deployed).
         self.retiring: dict[tuple[str, int], Held] = {}
         self._load_lock = asyncio.Semaphore(1)  # one load at a time: loads compete for cores
         self._closing = False
@@ -273,12 +277,15 @@ class ModelManager:
         log.info("%s v%d unloaded", *key)
 
     def status_versions(self) -> list[worker_pb2.LoadedVersion]:
+        retiring = {id(h) for h in self.retiring.values()}
         return [
             worker_pb2.LoadedVersion(
                 model=h.record.model,
                 version=h.record.version,
-                state=h.state,
-                reason=h.reason,
+                state=worker_pb2.LoadedVersion.RETIRING if id(h) in retiring else h.state,
+                reason="undeployed; answering requests already sent"
+                if id(h) in retiring
+                else h.reason,
                 execution_provider=h.session.execution_provider if h.session else "",
                 cold_start_ms=h.session.cold_start_ms if h.session else 0.0,
             )

@@ -4,11 +4,17 @@ the catalog changes what the version needs."""
 
 from __future__ import annotations
 
-from gateway.direct import DirectLane, needs_a_router
+import socket
+
+import pytest
+
+from gateway.direct import DirectLane, NoWorkerLeft, needs_a_router
+from modelserve.calls import Call
 from modelserve.catalog.lookups import PLATFORM as LOOKUP_PLATFORM
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.version_stats import VersionStats
-from modelserve.channels import Endpoint
+from modelserve.channels import Endpoint, internal_channel
+from modelserve.deadlines import Deadline
 from modelserve.discovery.static import StaticDiscovery
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.modelserve.v1 import registry_pb2
@@ -75,3 +81,33 @@ def test_a_catalog_change_is_seen_at_once() -> None:
     mirrored = model(plain, version(2), shadow="2")
     catalog.apply(registry_pb2.WatchEvent(models=[mirrored], revision=2))
     assert direct.version_for(decided("1")) is None  # now shadowed: the router mirrors it
+
+
+async def test_a_lane_whose_only_worker_is_gone_hands_the_request_to_a_router() -> None:
+    """The gateway's view of the fleet can be thinner than a router's (a restarted worker's
+    status stream to the gateway reconnects with backoff): when every worker the lane knows
+    answers UNAVAILABLE and none is left, it raises NoWorkerLeft, not counted for canaries,
+    so the data plane sends the request through a router (an e2e kill -9 lost the 4 requests
+    in flight to this). A second worker that is still there is retried on as before."""
+    catalog = Catalog(StaticDiscovery({}))
+    catalog.apply(registry_pb2.WatchEvent(snapshot=True, models=[model(version())], revision=1))
+    pool = WorkerPool(StaticDiscovery({}))
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: connection refused, UNAVAILABLE
+    state = WorkerState(Endpoint(dead, channel=internal_channel(dead)), serving=True)
+    state.ready = {("m", 1)}
+    pool.workers[dead] = state
+    stats = VersionStats()
+    direct = DirectLane(catalog=catalog, pool=pool, stats=stats)
+    found = direct.version_for(decided("1"))
+    assert found is not None
+    with pytest.raises(NoWorkerLeft):
+        await direct.infer(decided("1"), found, Call(Deadline.after(2.0)))
+    assert not stats.report("m").versions  # the router will count this call, not the lane
+    await state.endpoint.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

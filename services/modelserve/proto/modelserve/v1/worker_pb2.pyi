@@ -48,12 +48,22 @@ class LoadedVersion(_message.Message):
         LOADING: LoadedVersion._State.ValueType  # 1
         READY: LoadedVersion._State.ValueType  # 2
         FAILED: LoadedVersion._State.ValueType  # 3
+        RETIRING: LoadedVersion._State.ValueType  # 4
+        """No longer deployed: it still answers requests decided for it before (queued in a
+        gateway's merge lane, in flight through a router) until the unload grace ends, and
+        takes nothing new. Never counted as READY (policies, canaries, readiness).
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: LoadedVersion.State.ValueType  # 0
     LOADING: LoadedVersion.State.ValueType  # 1
     READY: LoadedVersion.State.ValueType  # 2
     FAILED: LoadedVersion.State.ValueType  # 3
+    RETIRING: LoadedVersion.State.ValueType  # 4
+    """No longer deployed: it still answers requests decided for it before (queued in a
+    gateway's merge lane, in flight through a router) until the unload grace ends, and
+    takes nothing new. Never counted as READY (policies, canaries, readiness).
+    """
 
     MODEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
