@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINE_ARGS: list[str] = []  # extra `batch run` flags for the local engine (--batch-rows)
 sys.path.insert(0, str(ROOT / "services"))
 
 from modelserve.cli import demo_models  # noqa: E402
@@ -180,7 +181,7 @@ def local_engine(
         proc = subprocess.Popen(
             [str(CLI), "batch", "run", model, "--input", str(data), "--output", str(out),
              "--key-column", "id", "--registry", registry, "--cache-dir", str(cache), "--json",
-             "--no-progress"],
+             "--no-progress", *ENGINE_ARGS],
             stdout=stdout, stderr=stderr, text=True,
         )  # fmt: skip
         peak = 0
@@ -389,9 +390,14 @@ def main() -> int:
     p.add_argument("--floor", action="store_true", help="also: CPU per stage, one thread")
     p.add_argument("--tabular-layout", choices=("scalar", "list"), default="scalar",
                    help="tabular data: 32 float columns (default) or one list column")  # fmt: skip
+    p.add_argument(
+        "--batch-rows", type=int, default=0, help="the local engine's --batch-rows (0: its default)"
+    )
     p.add_argument("--workdir", default="", help="keep data here (default: a temp dir)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch-latest.md"))
     args = p.parse_args()
+    if args.batch_rows:
+        ENGINE_ARGS.extend(["--batch-rows", str(args.batch_rows)])
     work = Path(args.workdir or tempfile.mkdtemp(prefix="batch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
