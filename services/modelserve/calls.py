@@ -232,14 +232,14 @@ class Hop:
             )
             if hop_timeout is not None:
                 note(f"modelserve.hop_timeout_ms.{self.peer}", hop_timeout * 1000)
-            endpoint.outstanding += 1
-            outstanding.inc()
             send = method(endpoint)
             span = None
             sent = metadata
             if traced:
                 span, context = tracing.start_client_span(_method_name(send))
                 sent = [*metadata, *context]
+            endpoint.outstanding += 1  # from here on undone in the finally below
+            outstanding.inc()
             try:
                 result = await send(request, timeout=hop_timeout, metadata=sent)
             except grpc.RpcError as exc:
@@ -289,12 +289,12 @@ async def fan_out(
     outstanding = OUTSTANDING.labels(peer)
 
     async def one(endpoint: Endpoint) -> T:
-        endpoint.outstanding += 1
-        outstanding.inc()
         send = method(endpoint)
         span, context = (
             tracing.start_client_span(_method_name(send)) if tracing.enabled() else (None, [])
         )
+        endpoint.outstanding += 1
+        outstanding.inc()
         code = grpc.StatusCode.CANCELLED
         try:
             result = await send(request, timeout=timeout, metadata=[*metadata, *context])
