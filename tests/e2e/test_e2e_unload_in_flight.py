@@ -30,9 +30,7 @@ def request() -> pb.ModelInferRequest:
     return built
 
 
-async def test_requests_in_flight_during_an_unload_finish_ok(
-    suite: Suite, tmp_path: Path
-) -> None:
+async def test_requests_in_flight_during_an_unload_finish_ok(suite: Suite, tmp_path: Path) -> None:
     # One instance, batch size 1, ~0.8 s a run: of three calls one runs, two wait in the queue.
     await push_slow(suite, MODEL, tmp_path / "slow.onnx", seconds=0.8)
     async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
