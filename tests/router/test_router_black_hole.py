@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from testsupport import HEALTH_SERVER_SCRIPT
 
 from modelserve.calls import Call, pick_from
 from modelserve.channels import Endpoint, channel_options
@@ -31,28 +32,13 @@ from modelserve.workers import worker_hop
 DEADLINE_S = 1.0
 CALLERS = 4
 
-SERVER = """
-import asyncio, sys
-from grpc import aio
-from grpc_health.v1 import health, health_pb2_grpc
-from modelserve.server import INTERNAL_SERVER_OPTIONS
-
-async def main():
-    server = aio.server(options=INTERNAL_SERVER_OPTIONS)
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main())
-"""
-
 
 @pytest.fixture
 def servers() -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
     procs = [
-        subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, env=os.environ)
+        subprocess.Popen(
+            [sys.executable, "-c", HEALTH_SERVER_SCRIPT], stdout=subprocess.PIPE, env=os.environ
+        )
         for _ in range(2)
     ]
     try:

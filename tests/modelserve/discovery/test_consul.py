@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fakes.consul_agent import FakeConsulAgent
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from testsupport import eventually
+from testsupport import HEALTH_SERVER_SCRIPT, eventually
 
 from modelserve.discovery import Instance, Registration
 from modelserve.discovery.consul import (
@@ -562,23 +562,6 @@ async def test_a_deregistered_instance_is_never_registered_again(
     assert await consul.reconcile(drained) is False
     assert "w2" not in agent.services
     await consul.close()
-
-
-HEALTH_SERVER_SCRIPT = """
-import asyncio, sys
-import grpc
-from grpc_health.v1 import health, health_pb2_grpc
-
-async def main():
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main())
-"""
 
 
 async def test_a_killed_instance_is_critical_within_interval_times_failures(
