@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 UTILIZATION = "modelserve_gpu_utilization_ratio"
 MEMORY_USED = "modelserve_gpu_memory_used_bytes"
 MEMORY_TOTAL = "modelserve_gpu_memory_total_bytes"
-_installed: set[int] = set()  # registries a collector was added to (one per process)
+# Registries a collector was added to. Weak, not id()s: a test's discarded registry can hand its
+# id to the next one, which would then wrongly count as installed.
+_installed: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
 
 
 class GpuCollector(Collector):
@@ -70,7 +73,7 @@ class GpuCollector(Collector):
 
 def install(registry: CollectorRegistry = REGISTRY) -> bool:
     """Export the GPU series into ``registry`` when NVML finds a GPU; True if it did."""
-    if id(registry) in _installed:
+    if registry in _installed:
         return True
     try:
         nvml = importlib.import_module("pynvml")
@@ -87,6 +90,6 @@ def install(registry: CollectorRegistry = REGISTRY) -> bool:
         log.info("no GPU metrics: NVML sees no GPU")
         return False
     registry.register(GpuCollector(nvml, count))
-    _installed.add(id(registry))
+    _installed.add(registry)
     log.info("GPU metrics for %d GPU(s) from NVML", count)
     return True
