@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "modelserve_registry_changes"
+STOP_WITHIN_S = 0.5  # how long stop() may wait for the listening thread
 
 
 class ChangeFollower:
@@ -32,7 +34,7 @@ class ChangeFollower:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(timeout=self._poll_s + 5)
+        self._thread.join(timeout=STOP_WITHIN_S + 5)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -50,10 +52,15 @@ class ChangeFollower:
         with conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self._safe_wake()  # whatever committed before the LISTEN took effect
+            next_poll = time.monotonic() + self._poll_s
             while not self._stopping.is_set():
-                for _ in conn.notifies(timeout=self._poll_s, stop_after=1):
-                    pass
-                self._safe_wake()
+                # Short waits, so stop() is answered within STOP_WITHIN_S whatever the poll.
+                notified = False
+                for _ in conn.notifies(timeout=min(self._poll_s, STOP_WITHIN_S), stop_after=1):
+                    notified = True
+                if notified or time.monotonic() >= next_poll:
+                    self._safe_wake()
+                    next_poll = time.monotonic() + self._poll_s
 
     def _safe_wake(self) -> None:
         if self._stopping.is_set():
