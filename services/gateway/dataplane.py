@@ -63,6 +63,7 @@ class GatewayDataPlane:
         edge: EdgeDeadlines,
         merge_max_in_flight: int,
         merge_max_bytes: int = 8 << 20,
+        merge_gather_turns: int = 0,
         rejected: VersionStats | None = None,
         direct: DirectLane | None = None,
     ) -> None:
@@ -82,6 +83,7 @@ class GatewayDataPlane:
             forward=self._forward_infer,
             max_in_flight=merge_max_in_flight,
             max_bytes=merge_max_bytes,
+            gather_turns=merge_gather_turns,
         )
 
     @property

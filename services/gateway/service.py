@@ -51,6 +51,7 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
             ),
             merge_max_in_flight=settings.merge_max_in_flight if settings.merge_enabled else 1 << 30,
             merge_max_bytes=settings.merge_max_bytes,
+            merge_gather_turns=settings.merge_gather_turns,
             rejected=rejected,
             direct=direct,
         ),

@@ -61,3 +61,9 @@ class GatewaySettings(CommonSettings):
     merge_max_in_flight: int = setting(
         1, "Internal calls per model version before requests queue to be merged."
     )
+    merge_gather_turns: int = setting(
+        0,
+        "After a call returns with requests queued, event-loop turns the next call waits for "
+        "more (0: it leaves at once). Larger calls at saturation, at a cost in tail latency "
+        "(docs/performance.md).",
+    )

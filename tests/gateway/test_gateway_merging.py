@@ -275,3 +275,45 @@ async def test_a_merged_call_whose_callers_all_left_is_cancelled() -> None:
     assert upstream.cancelled == 2
     for task in (alone, *merged):
         assert task.cancelled()
+
+
+@pytest.mark.parametrize("gather_turns", [0, 8])
+async def test_a_returned_call_waits_turns_for_arrivals_only_when_told(
+    gather_turns: int,
+) -> None:
+    """A busy gateway takes requests in over several loop turns; with ``gather_turns`` the
+    call after a returned one waits those turns and carries what arrived in them."""
+    upstream = Upstream(gated=True)
+    merger = RequestMerger(forward=upstream, max_in_flight=1, gather_turns=gather_turns)
+
+    def submit(i: int) -> asyncio.Task[pb.ModelInferResponse]:
+        x = np.full((1, 4), float(i), np.float32)
+        return asyncio.create_task(merger.infer(make(x, f"r{i}"), 3, 64, within(5.0)))
+
+    tasks = [submit(0)]
+    await upstream.until(1)  # r0 is out alone; r1, r2 queue behind it
+    tasks += [submit(1), submit(2)]
+    await asyncio.sleep(0)
+
+    async def trickle() -> None:  # one arrival a loop turn, as a saturated loop reads them
+        for i in range(3, 7):
+            tasks.append(submit(i))
+            await asyncio.sleep(0)
+
+    upstream.gate.clear()
+    trickling = asyncio.create_task(trickle())
+    upstream.gate.set()
+    await trickling
+    await upstream.until(2)
+    await asyncio.sleep(0.05)  # the lone trickled ones (without gathering) have left too
+    upstream.gate.set()
+    responses = await asyncio.gather(*tasks)
+    for i, response in enumerate(responses):
+        np.testing.assert_array_equal(decode_outputs(response)["x_out"], np.full((1, 4), 2 * i))
+    second = upstream.calls[1].inputs[0].shape[0]
+    if gather_turns:
+        assert second == 6, "the trickled requests should join the call after the first"
+    else:
+        assert second == 2, "without gathering the next call leaves at once"
+    # Idle: a returned call with nothing queued sends nothing and waits for nothing.
+    assert await merger.infer(make(np.ones((1, 4), np.float32), "z"), 3, 64, within(5.0))
