@@ -5,7 +5,9 @@ it, without the demo models), pushes perfref's two model files into the suite un
 names, then drives both endpoints with perf_analyzer (batch 1, sync, fixed concurrency),
 alternating suite and reference point by point and round by round, and prints medians, the
 suite/reference ratio, the verdict against issue 14's targets and the load average (a busy
-box shifts even same-sitting ratios: measure alone).
+box shifts even same-sitting ratios: measure alone). It also prints how many client requests
+each worker call carried in both chains (the suite's gateway and worker counters; perfref's
+gateway STATS line on SIGUSR1): merging is where the chains differ most at load.
 
     .venv/bin/python bench/reference.py [--rounds 2] [--seconds 3] [--concurrency 1,16,64]
     .venv/bin/python bench/reference.py --smoke     # CI: 1 s points, asserts nothing on speed
@@ -17,12 +19,15 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +54,11 @@ TAIL_TARGET = 1.2  # c=16 p99 <= 1.2x perfref
 HOPS = ("gateway", "router", "worker")  # perfref's start.sh prints its PIDs in this order
 
 
-def start_reference(models: Path) -> list[int]:
+def start_reference(models: Path, logs: Path | None = None) -> list[int]:
     env = {**os.environ, "PY": sys.executable, "PERFREF_MODELS": str(models)}
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+        env["PERFREF_LOGS"] = str(logs)
     done = subprocess.run(
         ["bash", str(PERFREF / "start.sh")], capture_output=True, text=True, env=env, timeout=300
     )
@@ -84,6 +92,43 @@ async def push_models(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} not READY in the suite")
                 await asyncio.sleep(0.2)
+
+
+def metric_sum(port: int | None, name: str, model: str) -> float | None:
+    """The sum of ``name``'s samples for ``model`` on a suite process's metrics port."""
+    if port is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    label = f'model="{model}"'
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and label in line
+    )
+
+
+_STATS = re.compile(r"STATS gateway (\w+) batches=(\d+) items=(\d+)")
+
+
+def perfref_merge_counts(gateway_pid: int, log: Path, model: str) -> tuple[int, int] | None:
+    """(calls, requests) perfref's gateway has sent for ``model`` so far: SIGUSR1 makes it
+    print a STATS line per model (perfref/gateway.py)."""
+    try:
+        before = log.read_text().count("STATS gateway")
+        os.kill(gateway_pid, signal.SIGUSR1)
+    except OSError:
+        return None
+    for _ in range(50):
+        text = log.read_text()
+        if text.count("STATS gateway") >= before + 2:  # one line per model
+            found = [m for m in _STATS.finditer(text) if m.group(1) == model]
+            return (int(found[-1].group(2)), int(found[-1].group(3))) if found else None
+        time.sleep(0.02)
+    return None
 
 
 def cpu_of(pids: list[int]) -> float:
@@ -126,7 +171,8 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="modelserve-reference-"))
     models = work / "models"
-    ref_pids = start_reference(models)
+    ref_logs = work / "perfref-logs"
+    ref_pids = start_reference(models, ref_logs)
     suite_env = dict(item.split("=", 1) for item in args.suite_env)
     suite = start_suite(work / "suite", workers=1, extra_env=suite_env)
     try:
@@ -140,6 +186,17 @@ def main() -> int:
             "suite": (suite.address("gateway"), suite_hops, suite_rest),
             "perfref": (REFERENCE, dict(zip(HOPS, ref_pids, strict=True)), []),
         }
+        gateway_port = suite.processes["gateway"].metrics_port
+        worker_port = suite.processes["worker"].metrics_port
+
+        def merge_counts(name: str, model: str) -> tuple[float, float] | None:
+            """(worker calls, client requests) so far, for requests per worker call."""
+            if name == "perfref":
+                return perfref_merge_counts(ref_pids[0], ref_logs / "gateway.log", model)
+            calls = metric_sum(worker_port, "modelserve_infer_requests_total", model)
+            requests = metric_sum(gateway_port, "modelserve_model_requests_total", model)
+            return None if calls is None or requests is None else (calls, requests)
+
         results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         order = ["suite", "perfref"]
         for round_no in range(args.rounds):
@@ -149,11 +206,17 @@ def main() -> int:
                         address, hops, rest = targets[name]
                         pids = [*hops.values(), *rest]
                         hop0 = {h: cpu_of([pid]) for h, pid in hops.items()}
+                        merges0 = merge_counts(name, model)
                         cpu0, wall0 = cpu_of(pids), time.perf_counter()
                         point = run_point(
                             tool, model, address, c, args.seconds, work / f"{name}-{model}-{c}.csv"
                         )
                         used, wall = cpu_of(pids) - cpu0, time.perf_counter() - wall0
+                        merges1 = merge_counts(name, model)
+                        if merges0 and merges1 and merges1[0] > merges0[0]:
+                            point["requests_per_call"] = (merges1[1] - merges0[1]) / (
+                                merges1[0] - merges0[0]
+                            )
                         # perf_analyzer keeps the load on for its whole run: requests ~ rate x wall
                         count = (point.get("infer_per_s") or 0) * wall
                         point["cpu_us_per_request"] = used / count * 1e6 if count else None
@@ -228,6 +291,14 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], args: Any,
                 for hop in HOPS
             ]
             lines.append(f"  {model:<8} {c:>3}  " + "  ".join(cells))
+    lines.append("client requests per worker call, suite/perfref (medians):")
+    for model in models:
+        cells = []
+        for c in concurrencies:
+            s, r = results.get(("suite", model, c), []), results.get(("perfref", model, c), [])
+            s_m, r_m = _median(s, "requests_per_call"), _median(r, "requests_per_call")
+            cells.append(f"c={c} {_f(s_m, 1)}/{_f(r_m, 1)}")
+        lines.append(f"  {model:<8} " + "  ".join(cells))
     return "\n".join(lines)
 
 

@@ -84,3 +84,7 @@ def test_reference_smoke_prints_the_side_by_side_table() -> None:
     assert "suite vs perfref" in table and "load average" in table
     row = next(line for line in table.splitlines() if line.startswith("tabular"))
     assert row.split()[-1] in ("met", "missed"), row
+    # Merge sizes from both chains' own counters: at c=1 nothing can merge, so each worker
+    # call carried exactly one request in both (a miscount shows here, or as "-").
+    assert "client requests per worker call" in table
+    assert "  tabular  c=1 1.0/1.0" in table.splitlines(), table
