@@ -260,11 +260,9 @@ class RequestMerger:
         Requests were queued, so the lane is loaded, and a loaded gateway reads more requests
         in during these turns: fewer, larger calls, each of which saves every hop behind a
         whole RPC. Turns, not a timer: uvloop's timers are 1 ms coarse, and 64 idle turns take
-        ~70 us. Off by default: on the 2-core reference box (12-08, 4 alternating rounds, 64
-        turns against 0) tabular c=64 went 0.68x -> 0.83x of perfref and the worker's CPU per
-        request halved, but c=16 fell 0.92x -> 0.79x and c=64 p99 rose 1.32x -> 1.69x: a
-        trade for a gateway that runs saturated, not a default. A lane with nothing queued
-        (c=1) never gathers.
+        ~70 us. Off by default: it trades c=16 throughput and c=64 tail latency for saturated
+        throughput (figures in docs/architecture.md, Merging and batching). A lane with
+        nothing queued (c=1) never gathers.
         """
         if turn < self._gather_turns and lane.rows < max_rows:
             asyncio.get_running_loop().call_soon(self._gather, key, lane, max_rows, turn + 1)

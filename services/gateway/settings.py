@@ -65,5 +65,5 @@ class GatewaySettings(CommonSettings):
         0,
         "After a call returns with requests queued, event-loop turns the next call waits for "
         "more (0: it leaves at once). Larger calls at saturation, at a cost in tail latency "
-        "(docs/performance.md).",
+        "(docs/architecture.md, Merging and batching).",
     )

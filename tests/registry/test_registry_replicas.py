@@ -61,6 +61,23 @@ def test_a_write_on_one_replica_is_announced_on_the_other(
     assert b.revision() == a.revision()
 
 
+def test_a_follower_with_a_long_poll_stops_at_once(
+    replicas: tuple[RegistryStore, RegistryStore],
+) -> None:
+    """stop() does not wait out the poll (30 s here): a replica's shutdown, and every test's
+    teardown, would otherwise take that long."""
+    from registry.db.follow import ChangeFollower
+
+    _, b = replicas
+    follower = ChangeFollower(b.database_url, lambda: None, poll_s=30.0)
+    follower.start()
+    time.sleep(0.3)  # listening
+    started = time.monotonic()
+    follower.stop()
+    assert not follower._thread.is_alive()
+    assert time.monotonic() - started < 5.0  # the poll is 30 s; the bound is STOP_WITHIN_S
+
+
 def test_writers_on_two_replicas_take_turns(
     replicas: tuple[RegistryStore, RegistryStore],
 ) -> None:

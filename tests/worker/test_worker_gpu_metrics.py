@@ -117,3 +117,27 @@ def test_no_nvml_no_driver_or_no_gpu_means_no_series_and_one_info_line(
     assert "modelserve_gpu" not in generate_latest(registry).decode()
     (record,) = caplog.records
     assert record.levelno == logging.INFO and reason in record.getMessage()
+
+
+def test_a_new_registry_is_never_taken_for_a_discarded_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What went wrong in CI: a registry set up and then dropped can leave its memory (and so
+    its id()) to the next one, which must still be judged on its own."""
+    import gc
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML(count=1))
+    used: set[int] = set()
+    for _ in range(20):  # CPython reuses the freed block at once; a few tries make it certain
+        registry = CollectorRegistry()
+        assert gpu_metrics.install(registry)
+        used.add(id(registry))
+        del registry
+        gc.collect()
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML from here on
+    reused = 0
+    for _ in range(20):
+        fresh = CollectorRegistry()
+        reused += id(fresh) in used
+        assert not gpu_metrics.install(fresh), "a fresh registry counted as set up"
+        del fresh
+        gc.collect()
+    assert reused, "no id was reused: this test proved nothing on this interpreter"

@@ -57,6 +57,30 @@ async def test_tiny_models_run_inline_and_answer_the_same(demo_dir: Path) -> Non
         session.close()
 
 
+async def test_a_model_far_over_the_inline_bar_is_timed_once(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seven timed runs only when the model might be under the bar: a slow model's load would
+    otherwise pay seven of its runs (seconds each) to learn what one run shows."""
+    session = await ModelSession.load(demo_dir / "tabular.onnx", model="t", version=1)
+    runs = []
+    real_run = session._run_sync
+
+    def counted(*args: object) -> object:
+        runs.append(1)
+        return real_run(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(session, "_run_sync", counted)
+    try:
+        await session.measure_inline(64, threshold_us=1e-9)
+        assert len(runs) == 1 and not session.inline
+        runs.clear()
+        await session.measure_inline(64, threshold_us=1e9)
+        assert len(runs) == 7 and session.inline
+    finally:
+        session.close()
+
+
 async def test_unbatched_waiting_is_bounded(demo_dir: Path) -> None:
     """Models without a batch dimension bypass the batcher; their wait is bounded too."""
     session = await ModelSession.load(demo_dir / "tabular.onnx", model="t", version=1)
