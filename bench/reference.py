@@ -159,6 +159,14 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="environment of the suite's processes (repeatable), e.g. MODELSERVE_RPC_METRICS=false",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also run a second suite with these settings on top of --suite-env (repeatable), "
+        "measured in the same alternation: an A/B of a setting in one sitting",
+    )
     args = p.parse_args()
     if args.smoke:
         args.rounds, args.seconds, args.concurrency, args.models = 1, 1.0, "1", "tabular"
@@ -175,30 +183,42 @@ def main() -> int:
     ref_pids = start_reference(models, ref_logs)
     suite_env = dict(item.split("=", 1) for item in args.suite_env)
     suite = start_suite(work / "suite", workers=1, extra_env=suite_env)
+    variant = None
+    if args.variant:
+        variant_env = {**suite_env, **dict(item.split("=", 1) for item in args.variant)}
+        variant = start_suite(work / "variant", workers=1, extra_env=variant_env)
     try:
-        for name in ("registry", "featurestore", "worker", "router", "gateway"):
-            asyncio.run(wait_serving(suite.address(name), timeout=60))
-        asyncio.run(push_models(suite.address("registry"), suite.address("gateway"), models))
+        suites = {"suite": suite} if variant is None else {"suite": suite, "variant": variant}
+        for each in suites.values():
+            for name in ("registry", "featurestore", "worker", "router", "gateway"):
+                asyncio.run(wait_serving(each.address(name), timeout=60))
+            asyncio.run(push_models(each.address("registry"), each.address("gateway"), models))
         # Per hop, in chain order; the suite's registry and featurestore count in its chain total.
-        suite_hops = {n: suite.processes[n].process.pid for n in HOPS}
-        suite_rest = [s.process.pid for n, s in suite.processes.items() if n not in HOPS]
         targets = {
-            "suite": (suite.address("gateway"), suite_hops, suite_rest),
-            "perfref": (REFERENCE, dict(zip(HOPS, ref_pids, strict=True)), []),
+            name: (
+                each.address("gateway"),
+                {n: each.processes[n].process.pid for n in HOPS},
+                [s.process.pid for n, s in each.processes.items() if n not in HOPS],
+            )
+            for name, each in suites.items()
         }
-        gateway_port = suite.processes["gateway"].metrics_port
-        worker_port = suite.processes["worker"].metrics_port
+        targets["perfref"] = (REFERENCE, dict(zip(HOPS, ref_pids, strict=True)), [])
 
         def merge_counts(name: str, model: str) -> tuple[float, float] | None:
             """(worker calls, client requests) so far, for requests per worker call."""
             if name == "perfref":
                 return perfref_merge_counts(ref_pids[0], ref_logs / "gateway.log", model)
-            calls = metric_sum(worker_port, "modelserve_infer_requests_total", model)
-            requests = metric_sum(gateway_port, "modelserve_model_requests_total", model)
+            processes = suites[name].processes
+            calls = metric_sum(
+                processes["worker"].metrics_port, "modelserve_infer_requests_total", model
+            )
+            requests = metric_sum(
+                processes["gateway"].metrics_port, "modelserve_model_requests_total", model
+            )
             return None if calls is None or requests is None else (calls, requests)
 
         results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-        order = ["suite", "perfref"]
+        order = list(targets)
         for round_no in range(args.rounds):
             for model in args.models.split(","):
                 for c in (int(x) for x in args.concurrency.split(",")):
@@ -227,6 +247,8 @@ def main() -> int:
         load = os.getloadavg()
     finally:
         suite.stop(timeout=20)
+        if variant is not None:
+            variant.stop(timeout=20)
         for pid in ref_pids:
             try:
                 os.kill(pid, 15)
@@ -234,6 +256,9 @@ def main() -> int:
                 pass
         shutil.rmtree(work, ignore_errors=True)
     print(report(results, args, load))
+    if variant is not None:
+        print(f"\nvariant ({' '.join(args.variant)}), measured in the same alternation:")
+        print(report(results, args, load, name="variant"))
     if args.json:
         Path(args.json).write_text(
             json.dumps({"|".join(map(str, k)): v for k, v in results.items()}, indent=2)
@@ -246,7 +271,12 @@ def _median(points: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], args: Any, load: Any) -> str:
+def report(
+    results: dict[tuple[str, str, int], list[dict[str, Any]]],
+    args: Any,
+    load: Any,
+    name: str = "suite",
+) -> str:
     lines = [
         f"suite vs perfref, {args.rounds} alternating round(s) of {args.seconds:g} s points, "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
@@ -258,7 +288,7 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], args: Any,
     concurrencies = sorted({c for _, _, c in results})
     for model in models:
         for c in concurrencies:
-            s, r = results.get(("suite", model, c), []), results.get(("perfref", model, c), [])
+            s, r = results.get((name, model, c), []), results.get(("perfref", model, c), [])
             s_tp, r_tp = _median(s, "infer_per_s"), _median(r, "infer_per_s")
             s_p50, r_p50 = _median(s, "p50_ms"), _median(r, "p50_ms")
             s_p99, r_p99 = _median(s, "p99_ms"), _median(r, "p99_ms")
@@ -285,7 +315,7 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], args: Any,
     lines.append("CPU us per request by hop, suite/perfref (medians):")
     for model in models:
         for c in concurrencies:
-            s, r = results.get(("suite", model, c), []), results.get(("perfref", model, c), [])
+            s, r = results.get((name, model, c), []), results.get(("perfref", model, c), [])
             cells = [
                 f"{hop} {_f(_median(s, f'cpu_us_{hop}'), 0)}/{_f(_median(r, f'cpu_us_{hop}'), 0)}"
                 for hop in HOPS
@@ -295,7 +325,7 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], args: Any,
     for model in models:
         cells = []
         for c in concurrencies:
-            s, r = results.get(("suite", model, c), []), results.get(("perfref", model, c), [])
+            s, r = results.get((name, model, c), []), results.get(("perfref", model, c), [])
             s_m, r_m = _median(s, "requests_per_call"), _median(r, "requests_per_call")
             cells.append(f"c={c} {_f(s_m, 1)}/{_f(r_m, 1)}")
         lines.append(f"  {model:<8} " + "  ".join(cells))

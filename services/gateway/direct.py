@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from gateway.stream_lane import StreamLanes
 from modelserve.calls import Call
 from modelserve.catalog.lookups import is_lookup
 from modelserve.catalog.replica import Catalog
@@ -67,8 +68,11 @@ class DirectLane:
         stats: VersionStats,
         retry_attempts: int = 1,
         default_timeout: float = 30.0,
+        streams: StreamLanes | None = None,
     ) -> None:
         self._catalog = catalog
+        # Calls as messages of a stream per worker (gateway/stream_lane.py), or unary RPCs.
+        self._send_for = streams.sender if streams is not None else _model_infer
         self._pool = pool
         self._stats = stats
         self._hop = worker_hop(retry_attempts, default_timeout)  # the router's rules (T34)
@@ -123,7 +127,7 @@ class DirectLane:
         try:
             answer: pb.ModelInferResponse = await self._hop.unary(
                 choose,
-                _model_infer,
+                self._send_for,
                 request,
                 call,
                 none_left=f"no serving worker holds model '{model}' version {number} yet",

@@ -6,6 +6,7 @@ from gateway.control_servicer import GatewayControlServicer
 from gateway.dataplane import GatewayDataPlane
 from gateway.direct import DirectLane
 from gateway.settings import GatewaySettings
+from gateway.stream_lane import StreamLanes
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.catalog.version_stats import VersionStats
@@ -29,14 +30,18 @@ async def build(runtime: Runtime, settings: GatewaySettings) -> None:
         # The workers' status streams, as a router keeps them, for versions that need no
         # router (gateway/direct.py).
         pool = WorkerPool(runtime.discovery)
+        streams = StreamLanes() if settings.direct_lane_streams_enabled else None
         direct = DirectLane(
             catalog=catalog,
             pool=pool,
             stats=rejected,
             retry_attempts=settings.worker_retry_attempts,
             default_timeout=settings.default_deadline_seconds,
+            streams=streams,
         )
         runtime.background(pool.run(), "worker discovery")
+        if streams is not None:
+            runtime.on_stop(streams.aclose)
         runtime.on_stop(pool.close)
     servicer = serve_v2(
         runtime,

@@ -16,11 +16,13 @@ from worker import gpu_metrics
 from worker.artifacts import ArtifactCache
 from worker.control_servicer import WorkerControlServicer
 from worker.dataplane import WorkerDataPlane
+from worker.lane import WorkerLaneServicer, lane_behaviour
 from worker.loader import ModelManager
 from worker.settings import WorkerSettings
 from worker.status import StatusBroadcaster
 
 META_VALUE_LIMIT = 512  # Consul's limit on one meta value
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 async def build(runtime: Runtime, settings: WorkerSettings) -> None:
@@ -68,11 +70,18 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         load_retry_count=settings.model_load_retry_count,
     )
     composites.on_change(manager.reconcile)
-    serve_v2(
+    v2 = serve_v2(
         runtime,
         WorkerDataPlane(
             catalog=catalog, manager=manager, min_budget_s=settings.min_budget_ms / 1000
         ),
+    )
+    # The gateway's stream lane: each message through ModelInfer as the server wraps it.
+    lane = WorkerLaneServicer(lane_behaviour(MODEL_INFER, v2.ModelInfer, runtime.behaviours))
+    runtime.add_service(
+        worker_pb2.DESCRIPTOR.services_by_name["WorkerLane"].full_name,
+        worker_pb2_grpc.add_WorkerLaneServicer_to_server,
+        lane,
     )
     runtime.add_service(
         worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name,
@@ -102,6 +111,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         nonlocal draining
         draining = True
         publish()
+        lane.drain()
 
     async def end_status_streams() -> None:
         status.close()

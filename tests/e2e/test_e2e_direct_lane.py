@@ -93,3 +93,32 @@ async def test_a_version_with_router_work_still_goes_through_the_router(
     for _ in range(5):
         await gateway.ModelInfer(fraud_request(cached_model), timeout=10)
     assert router_infers(suite) == routed + 5
+
+
+def worker_series(suite: Suite) -> dict[str, float]:
+    port = suite.processes["worker"].metrics_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("modelserve_rpc_")
+    }
+
+
+async def test_direct_calls_travel_as_messages_of_one_stream_and_count_as_model_infers(
+    suite: Suite, gateway: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """The stream lane (gateway/stream_lane.py, on by default): the gateway keeps one
+    WorkerLane.Open stream to the worker, and the worker counts each message as the
+    ModelInfer it carries (RPC metrics, admission and auth run per message)."""
+    await gateway.ModelInfer(fraud_request(), timeout=10)
+    infers = 'modelserve_rpc_requests_total{code="OK",method="ModelInfer",service="worker"}'
+    before = worker_series(suite)
+    for _ in range(10):
+        await gateway.ModelInfer(fraud_request(), timeout=10)
+    after = worker_series(suite)
+    assert after[infers] - before.get(infers, 0.0) == 10, (before, after)
+    open_streams = 'modelserve_rpc_in_flight{method="Open",service="worker"}'
+    assert after[open_streams] == 1, after  # one stream carried them all
+    opened = 'modelserve_rpc_requests_total{code="OK",method="Open",service="worker"}'
+    assert after.get(opened, 0.0) == before.get(opened, 0.0)  # none opened, none ended

@@ -102,6 +102,8 @@ RPC_ROLES: dict[str, Rule] = {
     _ROUTER + "VersionStats": Rule((READ,)),
     _ROUTER + "ShadowDisagreements": Rule((ADMIN,)),
     _WORKER + "WatchStatus": Rule((SERVICE,)),
+    # The gateway's stream lane; each message is then checked as the ModelInfer it carries.
+    "/modelserve.v1.WorkerLane/Open": Rule((SERVICE,)),
     # The gateway's per-version rejections, read by the registry's canary controller.
     _GATEWAY + "VersionStats": Rule((READ,)),
     # Feature store: definitions and writes are admin; online values feed enrichment.

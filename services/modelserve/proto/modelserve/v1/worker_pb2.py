@@ -22,23 +22,32 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from modelserve.proto.inference import grpc_service_pb2 as inference_dot_grpc__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelserve/v1/worker.proto\x12\rmodelserve.v1\"\x14\n\x12WatchStatusRequest\"\xf7\x01\n\rLoadedVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".modelserve.v1.LoadedVersion.State\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x15\n\rcold_start_ms\x18\x06 \x01(\x01\"P\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0c\n\x08RETIRING\x10\x04\"\x86\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12.\n\x08versions\x18\x04 \x03(\x0b\x32\x1c.modelserve.v1.LoadedVersion\x12\x10\n\x08sequence\x18\x05 \x01(\x03\x32\x62\n\rWorkerControl\x12Q\n\x0bWatchStatus\x12!.modelserve.v1.WatchStatusRequest\x1a\x1b.modelserve.v1.WorkerStatus\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelserve/v1/worker.proto\x12\rmodelserve.v1\x1a\x1cinference/grpc_service.proto\"\x14\n\x12WatchStatusRequest\"\xf7\x01\n\rLoadedVersion\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".modelserve.v1.LoadedVersion.State\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12\x15\n\rcold_start_ms\x18\x06 \x01(\x01\"P\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0c\n\x08RETIRING\x10\x04\"\x86\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\x08\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\x12.\n\x08versions\x18\x04 \x03(\x0b\x32\x1c.modelserve.v1.LoadedVersion\x12\x10\n\x08sequence\x18\x05 \x01(\x03\"(\n\nLaneHeader\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x9e\x01\n\x0bLaneRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.inference.ModelInferRequest\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12+\n\x08metadata\x18\x04 \x03(\x0b\x32\x19.modelserve.v1.LaneHeader\x12\x0e\n\x06\x63\x61ncel\x18\x05 \x01(\x08\"g\n\tLaneReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1d.inference.ModelInferResponse\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t2b\n\rWorkerControl\x12Q\n\x0bWatchStatus\x12!.modelserve.v1.WatchStatusRequest\x1a\x1b.modelserve.v1.WorkerStatus\"\x00\x30\x01\x32P\n\nWorkerLane\x12\x42\n\x04Open\x12\x1a.modelserve.v1.LaneRequest\x1a\x18.modelserve.v1.LaneReply\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelserve.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=45
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=65
-  _globals['_LOADEDVERSION']._serialized_start=68
-  _globals['_LOADEDVERSION']._serialized_end=315
-  _globals['_LOADEDVERSION_STATE']._serialized_start=235
-  _globals['_LOADEDVERSION_STATE']._serialized_end=315
-  _globals['_WORKERSTATUS']._serialized_start=318
-  _globals['_WORKERSTATUS']._serialized_end=452
-  _globals['_WORKERCONTROL']._serialized_start=454
-  _globals['_WORKERCONTROL']._serialized_end=552
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=75
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=95
+  _globals['_LOADEDVERSION']._serialized_start=98
+  _globals['_LOADEDVERSION']._serialized_end=345
+  _globals['_LOADEDVERSION_STATE']._serialized_start=265
+  _globals['_LOADEDVERSION_STATE']._serialized_end=345
+  _globals['_WORKERSTATUS']._serialized_start=348
+  _globals['_WORKERSTATUS']._serialized_end=482
+  _globals['_LANEHEADER']._serialized_start=484
+  _globals['_LANEHEADER']._serialized_end=524
+  _globals['_LANEREQUEST']._serialized_start=527
+  _globals['_LANEREQUEST']._serialized_end=685
+  _globals['_LANEREPLY']._serialized_start=687
+  _globals['_LANEREPLY']._serialized_end=790
+  _globals['_WORKERCONTROL']._serialized_start=792
+  _globals['_WORKERCONTROL']._serialized_end=890
+  _globals['_WORKERLANE']._serialized_start=892
+  _globals['_WORKERLANE']._serialized_end=972
 # @@protoc_insertion_point(module_scope)

@@ -50,3 +50,49 @@ class WorkerControlServicer(metaclass=_abc_1.ABCMeta):
         """The current status, then a new one each time it changes."""
 
 def add_WorkerControlServicer_to_server(servicer: WorkerControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class WorkerLaneStub:
+    """The gateway's direct lane to one worker (services/gateway/stream_lane.py): ModelInfer calls as
+    messages of one long-lived bidirectional stream instead of one unary RPC each. A unary call
+    costs grpc.aio ~300 us of server CPU and ~225 us of client CPU, a message pair ~120 and ~140
+    (bench/lane_probe.py). Each message runs through the worker's ModelInfer exactly as a unary
+    call would (admission, auth, metrics, errors, deadline), and is answered by its id, in any
+    order.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WorkerLaneAsyncStub: ...
+    Open: _grpc.StreamStreamMultiCallable[_worker_pb2.LaneRequest, _worker_pb2.LaneReply]
+
+@_typing.type_check_only
+class WorkerLaneAsyncStub(WorkerLaneStub):
+    """The gateway's direct lane to one worker (services/gateway/stream_lane.py): ModelInfer calls as
+    messages of one long-lived bidirectional stream instead of one unary RPC each. A unary call
+    costs grpc.aio ~300 us of server CPU and ~225 us of client CPU, a message pair ~120 and ~140
+    (bench/lane_probe.py). Each message runs through the worker's ModelInfer exactly as a unary
+    call would (admission, auth, metrics, errors, deadline), and is answered by its id, in any
+    order.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Open: _aio.StreamStreamMultiCallable[_worker_pb2.LaneRequest, _worker_pb2.LaneReply]  # type: ignore[assignment]
+
+class WorkerLaneServicer(metaclass=_abc_1.ABCMeta):
+    """The gateway's direct lane to one worker (services/gateway/stream_lane.py): ModelInfer calls as
+    messages of one long-lived bidirectional stream instead of one unary RPC each. A unary call
+    costs grpc.aio ~300 us of server CPU and ~225 us of client CPU, a message pair ~120 and ~140
+    (bench/lane_probe.py). Each message runs through the worker's ModelInfer exactly as a unary
+    call would (admission, auth, metrics, errors, deadline), and is answered by its id, in any
+    order.
+    """
+
+    @_abc_1.abstractmethod
+    def Open(
+        self,
+        request_iterator: _MaybeAsyncIterator[_worker_pb2.LaneRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_worker_pb2.LaneReply], _abc.AsyncIterator[_worker_pb2.LaneReply]]: ...
+
+def add_WorkerLaneServicer_to_server(servicer: WorkerLaneServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
