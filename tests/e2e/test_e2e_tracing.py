@@ -126,7 +126,14 @@ async def test_client_and_server_spans_for_every_hop_and_the_workers_stages(
             break
         (span,) = children
     assert kinds == [SpanKind.SERVER, SpanKind.CLIENT] * 2 + [SpanKind.SERVER]
-    assert len({s.context.trace_id for s in spans}) == 1
+    # The request's spans are one trace. (Only its spans: a background stream's span that
+    # ends meanwhile, e.g. a router's WorkerControl.WatchStatus reopened on a loaded box, has
+    # a trace of its own, and made this flaky when every finished span was counted.)
+    traces: dict[int, list[str]] = {}
+    for s in spans:
+        if s.name.endswith("/ModelInfer") or s.name.startswith("worker."):
+            traces.setdefault(s.context.trace_id, []).append(s.name)
+    assert len(traces) == 1, traces
     stages = [s for s in spans if s.name.startswith("worker.")]
     assert all(by_id[s.parent.span_id].kind == SpanKind.SERVER for s in stages if s.parent)
     attrs = root.attributes or {}
