@@ -15,7 +15,9 @@ from modelserve.settings import (
 
 @dataclass
 class WorkerSettings(CommonSettings):
-    port: int = setting(8201, "gRPC port (V2 inference + modelserve.v1.WorkerControl).")
+    port: int = setting(
+        8201, "gRPC port (V2 inference, modelserve.v1.WorkerControl and WorkerLane)."
+    )
     registry_addr: str = dependency(
         "registry", "127.0.0.1:8301", "Registry address(es), comma-separated (static discovery)."
     )
