@@ -156,8 +156,6 @@ class _Stream:
                     await self.call.write(message)
                 self._idle = self._loop.create_future()
                 await self._idle
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the stream broke under a write: the reader fails the rest
             log.debug("lane write to %s failed: %s", self.address, exc)
             self.call.cancel()

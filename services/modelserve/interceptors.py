@@ -18,6 +18,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import grpc
@@ -154,10 +155,19 @@ def wrap_method_handlers(
     for name, handler in handlers.items():
         method = f"/{service}/{name}"
         if not method.startswith(_SKIPPED_PREFIXES):
-            for behaviour in reversed(behaviours):
-                handler = _rewrap(handler, method, behaviour.wrap)
+            handler = _rewrap(handler, method, partial(wrap_behaviour, behaviours=behaviours))
         out[name] = handler
     return out
+
+
+def wrap_behaviour(
+    method: str, fn: Behaviour, streaming: bool, behaviours: Sequence[BehaviourInterceptor]
+) -> Behaviour:
+    """``fn`` (the behaviour of ``method``) wrapped by ``behaviours``, the first outermost:
+    what every registered handler gets, and what the worker's lane runs each message through."""
+    for behaviour in reversed(behaviours):
+        fn = behaviour.wrap(method, fn, streaming)
+    return fn
 
 
 class _WrappedGenericHandler(grpc.GenericRpcHandler):
@@ -179,9 +189,7 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
         found = self._wrapped.get(method)
         if found is not None and found[0] is handler:
             return found[1]
-        wrapped = handler
-        for behaviour in reversed(self._behaviours):
-            wrapped = _rewrap(wrapped, method, behaviour.wrap)
+        wrapped = _rewrap(handler, method, partial(wrap_behaviour, behaviours=self._behaviours))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -79,9 +79,6 @@ class MessageContext:
 
     def peer(self) -> str:
         return str(self._stream.peer())
-
-    def cancelled(self) -> bool:
-        return False
 
 
 class _Stream:
@@ -166,15 +163,12 @@ class WorkerLaneServicer(worker_pb2_grpc.WorkerLaneServicer):
                     if task is not None:
                         task.cancel()
                     continue
-                if self._draining or message_id in running:
-                    code, text = (
-                        (grpc.StatusCode.UNAVAILABLE, "worker is draining")
-                        if self._draining
-                        else (grpc.StatusCode.INVALID_ARGUMENT, f"lane id {message_id} in use")
-                    )
-                    replies.put_nowait(
-                        worker_pb2.LaneReply(id=message_id, code=code.value[0], message=text)
-                    )
+                if self._draining:
+                    replies.put_nowait(_refusal(message_id, _UNAVAILABLE, "worker is draining"))
+                    continue
+                if message_id in running:
+                    text = f"lane id {message_id} in use"
+                    replies.put_nowait(_refusal(message_id, _INVALID, text))
                     continue
                 self.messages += 1
                 timeout = message.timeout_seconds
@@ -186,8 +180,6 @@ class WorkerLaneServicer(worker_pb2_grpc.WorkerLaneServicer):
                 # gRPC cancels an expired unary handler; so does the lane (T09).
                 expiry = loop.call_later(timeout, _expire, task) if deadline is not None else None
                 task.add_done_callback(partial(stream.settle, message_id, expiry))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the stream broke: what runs is cancelled with it
             log.debug("lane stream from %s ended: %s", context.peer(), exc)
         stream.end()  # the gateway is done writing
@@ -210,16 +202,13 @@ class WorkerLaneServicer(worker_pb2_grpc.WorkerLaneServicer):
         replies.put_nowait(reply)
 
 
+_UNAVAILABLE, _INVALID = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _refusal(message_id: int, code: grpc.StatusCode, text: str) -> worker_pb2.LaneReply:
+    return worker_pb2.LaneReply(id=message_id, code=code.value[0], message=text)
+
+
 def _expire(task: asyncio.Task[None]) -> None:
     if not task.done():
         task.cancel()
-
-
-def lane_behaviour(method: str, model_infer: ModelInfer, behaviours: Sequence[Any]) -> ModelInfer:
-    """``model_infer`` wrapped by ``behaviours`` (outermost first) as a unary ``method``
-    handler is when registered (``interceptors.wrap_method_handlers``)."""
-    wrapped: Any = model_infer
-    for behaviour in reversed(behaviours):
-        wrapped = behaviour.wrap(method, wrapped, False)
-    result: ModelInfer = wrapped
-    return result

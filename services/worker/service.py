@@ -9,6 +9,7 @@ from modelserve.artifact_uris import FetchOptions
 from modelserve.catalog.composite_replica import CompositeCatalog
 from modelserve.catalog.replica import Catalog
 from modelserve.channels import EndpointSet, follow
+from modelserve.interceptors import wrap_behaviour
 from modelserve.proto.modelserve.v1 import worker_pb2, worker_pb2_grpc
 from modelserve.server import Runtime
 from modelserve.v2.servicer import serve_v2
@@ -16,7 +17,7 @@ from worker import gpu_metrics
 from worker.artifacts import ArtifactCache
 from worker.control_servicer import WorkerControlServicer
 from worker.dataplane import WorkerDataPlane
-from worker.lane import WorkerLaneServicer, lane_behaviour
+from worker.lane import WorkerLaneServicer
 from worker.loader import ModelManager
 from worker.settings import WorkerSettings
 from worker.status import StatusBroadcaster
@@ -77,7 +78,7 @@ async def build(runtime: Runtime, settings: WorkerSettings) -> None:
         ),
     )
     # The gateway's stream lane: each message through ModelInfer as the server wraps it.
-    lane = WorkerLaneServicer(lane_behaviour(MODEL_INFER, v2.ModelInfer, runtime.behaviours))
+    lane = WorkerLaneServicer(wrap_behaviour(MODEL_INFER, v2.ModelInfer, False, runtime.behaviours))
     runtime.add_service(
         worker_pb2.DESCRIPTOR.services_by_name["WorkerLane"].full_name,
         worker_pb2_grpc.add_WorkerLaneServicer_to_server,

@@ -11,6 +11,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +24,15 @@ from gateway.stream_lane import LaneError, StreamLanes
 from modelserve.admission import AdmissionInterceptor
 from modelserve.channels import Endpoint, internal_channel
 from modelserve.errors import InvalidArgumentError
-from modelserve.interceptors import ErrorInterceptor
+from modelserve.interceptors import ErrorInterceptor, wrap_behaviour
 from modelserve.metrics import RpcMetricsInterceptor
 from modelserve.proto.inference import grpc_service_pb2 as pb
 from modelserve.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from modelserve.proto.modelserve.v1 import worker_pb2_grpc
-from worker.lane import WorkerLaneServicer, lane_behaviour
+from worker.lane import WorkerLaneServicer
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+Send = Callable[..., Awaitable[pb.ModelInferResponse]]
 
 
 @dataclass
@@ -83,12 +85,29 @@ async def start_worker(
         AdmissionInterceptor(max_unary=max_unary, max_streams=100),
         ErrorInterceptor(),
     )
-    lane = WorkerLaneServicer(lane_behaviour(MODEL_INFER, stand_in, behaviours))
+    lane = WorkerLaneServicer(wrap_behaviour(MODEL_INFER, stand_in, False, behaviours))
     server = aio.server()
     worker_pb2_grpc.add_WorkerLaneServicer_to_server(lane, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     return server, lane
+
+
+@asynccontextmanager
+async def lanes_to(
+    server: aio.Server, port: int
+) -> AsyncIterator[tuple[StreamLanes, Send, Endpoint]]:
+    """The gateway's end (lanes and a sender) for a test's own server on ``port``; all of it
+    closed after, whatever server then listens there."""
+    address = f"127.0.0.1:{port}"
+    endpoint = Endpoint(address, internal_channel(address))
+    lanes = StreamLanes()
+    try:
+        yield lanes, lanes.sender(endpoint), endpoint
+    finally:
+        await lanes.aclose()
+        await endpoint.close()
+        await server.stop(0)
 
 
 @pytest.fixture
@@ -113,9 +132,6 @@ async def until(check: Callable[[], bool], timeout: float = 2.0) -> None:
 
 def request(rid: str) -> pb.ModelInferRequest:
     return pb.ModelInferRequest(model_name="m", model_version="1", id=rid)
-
-
-Send = Callable[..., Awaitable[pb.ModelInferResponse]]
 
 
 async def test_calls_share_one_stream_and_are_answered_by_id_in_any_order(
@@ -200,31 +216,26 @@ async def test_a_broken_stream_fails_its_calls_unavailable_and_the_next_call_reo
     port = free_port()
     stand_in = StandIn(delays={"inflight": 5.0})
     server, _ = await start_worker(port, stand_in)
-    address = f"127.0.0.1:{port}"
-    endpoint = Endpoint(address, internal_channel(address))
-    lanes = StreamLanes()
-    send: Send = lanes.sender(endpoint)
-    call = asyncio.create_task(send(request("inflight"), timeout=10.0, metadata=[]))
-    await until(lambda: bool(stand_in.running))
-    await server.stop(0)  # the connection goes with it
-    with pytest.raises(LaneError) as broken:
-        await call
-    assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
-    server, _ = await start_worker(port, StandIn())
-    try:
-        answer = None
-        for _ in range(50):  # the channel reconnects with backoff
-            try:
-                answer = await send(request("again"), timeout=2.0, metadata=[])
-                break
-            except LaneError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE
-                await asyncio.sleep(0.1)
-        assert answer is not None and answer.id == "again"
-    finally:
-        await lanes.aclose()
-        await endpoint.close()
-        await server.stop(0)
+    async with lanes_to(server, port) as (_, send, _endpoint):
+        call = asyncio.create_task(send(request("inflight"), timeout=10.0, metadata=[]))
+        await until(lambda: bool(stand_in.running))
+        await server.stop(0)  # the connection goes with it
+        with pytest.raises(LaneError) as broken:
+            await call
+        assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
+        restarted, _ = await start_worker(port, StandIn())
+        try:
+            answer = None
+            for _ in range(50):  # the channel reconnects with backoff
+                try:
+                    answer = await send(request("again"), timeout=2.0, metadata=[])
+                    break
+                except LaneError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    await asyncio.sleep(0.1)
+            assert answer is not None and answer.id == "again"
+        finally:
+            await restarted.stop(0)
 
 
 async def test_a_draining_worker_finishes_what_it_runs_refuses_the_rest_and_ends_the_stream(
@@ -252,11 +263,7 @@ async def test_admission_refuses_a_message_as_it_refuses_a_unary_call() -> None:
     port = free_port()
     stand_in = StandIn(delays={"first": 0.5})
     server, _ = await start_worker(port, stand_in, max_unary=1)
-    address = f"127.0.0.1:{port}"
-    endpoint = Endpoint(address, internal_channel(address))
-    lanes = StreamLanes()
-    send: Send = lanes.sender(endpoint)
-    try:
+    async with lanes_to(server, port) as (_, send, _endpoint):
         first = asyncio.create_task(send(request("first"), timeout=5.0, metadata=[]))
         await until(lambda: bool(stand_in.running))
         with pytest.raises(LaneError) as busy:
@@ -264,10 +271,6 @@ async def test_admission_refuses_a_message_as_it_refuses_a_unary_call() -> None:
         assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "server busy" in busy.value.details()
         assert (await first).id == "first"
-    finally:
-        await lanes.aclose()
-        await endpoint.close()
-        await server.stop(0)
 
 
 async def test_a_worker_without_the_lane_is_called_unary() -> None:
@@ -278,18 +281,10 @@ async def test_a_worker_without_the_lane_is_called_unary() -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(UnaryOnly(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    address = f"127.0.0.1:{port}"
-    endpoint = Endpoint(address, internal_channel(address))
-    lanes = StreamLanes()
-    send: Send = lanes.sender(endpoint)
-    try:
+    async with lanes_to(server, port) as (lanes, send, endpoint):
         assert (await send(request("a"), timeout=5.0, metadata=[])).id == "unary a"
         assert (await send(request("b"), timeout=5.0, metadata=[])).id == "unary b"
         assert lanes.stream_for(endpoint) is None
-    finally:
-        await lanes.aclose()
-        await endpoint.close()
-        await server.stop(0)
 
 
 async def test_an_old_stream_is_replaced_and_ends_after_its_last_answer(
